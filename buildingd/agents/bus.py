@@ -1,0 +1,197 @@
+"""The message bus: FIPA-ACL-style envelopes, bounded mailboxes, and the in-process transport.
+
+Addresses are plain strings: an agent's name (``zone[f1-meeting]``) or a topic such as
+``readings/f1-meeting``. Transports (this one, MQTT) only move envelopes; they never decide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import uuid
+from collections.abc import Iterable
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+log = logging.getLogger(__name__)
+
+
+class Performative(StrEnum):
+    """FIPA ACL communicative acts used by buildingd (FIPA SC00037J)."""
+
+    INFORM = "inform"
+    REQUEST = "request"
+    AGREE = "agree"
+    CFP = "cfp"
+    PROPOSE = "propose"
+    REFUSE = "refuse"
+    ACCEPT_PROPOSAL = "accept-proposal"
+    REJECT_PROPOSAL = "reject-proposal"
+    INFORM_DONE = "inform-done"
+    FAILURE = "failure"
+    CANCEL = "cancel"
+    NOT_UNDERSTOOD = "not-understood"
+
+
+class Envelope(BaseModel):
+    """One message. ``ontology`` names the content model; ``content`` is its JSON form."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    performative: Performative
+    sender: str = Field(min_length=1, max_length=200)
+    receiver: str = Field(min_length=1, max_length=200)
+    ontology: str = Field(min_length=1, max_length=100)
+    content: dict[str, Any] = Field(default_factory=dict)
+    conversation_id: str | None = Field(default=None, max_length=100)
+    reply_with: str | None = Field(default=None, max_length=100)
+    in_reply_to: str | None = Field(default=None, max_length=100)
+    reply_by: datetime | None = None
+    protocol: str | None = Field(default=None, max_length=100)
+
+    def reply(
+        self,
+        performative: Performative,
+        sender: str,
+        content: dict[str, Any] | None = None,
+        ontology: str | None = None,
+    ) -> Envelope:
+        return Envelope(
+            performative=performative,
+            sender=sender,
+            receiver=self.sender,
+            ontology=ontology or self.ontology,
+            content=content or {},
+            conversation_id=self.conversation_id,
+            in_reply_to=self.reply_with,
+            protocol=self.protocol,
+        )
+
+
+def new_conversation_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+Overflow = Literal["drop_oldest", "block"]
+
+
+class Mailbox:
+    """A bounded inbox. When full, ``drop_oldest`` discards the oldest envelope (right for
+    readings: the newest value supersedes) and ``block`` makes the sender wait (right for
+    commands and negotiation messages, which must not be lost)."""
+
+    def __init__(self, owner: str, maxsize: int = 1000, overflow: Overflow = "drop_oldest") -> None:
+        self.owner = owner
+        self.maxsize = maxsize
+        self.overflow = overflow
+        self._items: collections.deque[Envelope] = collections.deque()
+        self._not_empty = asyncio.Event()
+        self._not_full = asyncio.Event()
+        self._not_full.set()
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    async def put(self, env: Envelope) -> None:
+        if len(self._items) >= self.maxsize:
+            if self.overflow == "drop_oldest":
+                self._items.popleft()
+                self.dropped += 1
+            else:
+                while len(self._items) >= self.maxsize:
+                    self._not_full.clear()
+                    await self._not_full.wait()
+        self._items.append(env)
+        self._not_empty.set()
+
+    def put_nowait(self, env: Envelope) -> bool:
+        """Enqueue without waiting; returns False (and counts a drop) if a ``block`` box is full."""
+        if len(self._items) >= self.maxsize:
+            if self.overflow == "block":
+                self.dropped += 1
+                return False
+            self._items.popleft()
+            self.dropped += 1
+        self._items.append(env)
+        self._not_empty.set()
+        return True
+
+    async def get(self) -> Envelope:
+        while not self._items:
+            self._not_empty.clear()
+            await self._not_empty.wait()
+        env = self._items.popleft()
+        self._not_full.set()
+        return env
+
+
+class Transport(Protocol):
+    """What agents see of the bus, whatever carries it."""
+
+    async def send(self, env: Envelope) -> None: ...
+
+    def subscribe(self, address: str, mailbox: Mailbox) -> None: ...
+
+    def unsubscribe(self, address: str, mailbox: Mailbox) -> None: ...
+
+
+class BusStats:
+    """Messages counted by kind (performative/ontology) and by conversation (bounded)."""
+
+    MAX_CONVERSATIONS = 1000
+
+    def __init__(self) -> None:
+        self.by_kind: collections.Counter[str] = collections.Counter()
+        self.by_conversation: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self.undeliverable = 0
+        self.invalid = 0
+        self.total = 0
+
+    def count(self, env: Envelope) -> None:
+        self.total += 1
+        self.by_kind[f"{env.performative.value}/{env.ontology}"] += 1
+        if env.conversation_id is not None:
+            conv = self.by_conversation
+            conv[env.conversation_id] = conv.get(env.conversation_id, 0) + 1
+            conv.move_to_end(env.conversation_id)
+            while len(conv) > self.MAX_CONVERSATIONS:
+                conv.popitem(last=False)
+
+    def messages_in(self, conversation_id: str) -> int:
+        return self.by_conversation.get(conversation_id, 0)
+
+
+class InProcessBus:
+    """Delivers each envelope to every mailbox subscribed to its receiver address."""
+
+    def __init__(self) -> None:
+        self._subs: dict[str, list[Mailbox]] = collections.defaultdict(list)
+        self.stats = BusStats()
+        self._seq = itertools.count()
+
+    def subscribe(self, address: str, mailbox: Mailbox) -> None:
+        if mailbox not in self._subs[address]:
+            self._subs[address].append(mailbox)
+
+    def unsubscribe(self, address: str, mailbox: Mailbox) -> None:
+        boxes = self._subs.get(address)
+        if boxes and mailbox in boxes:
+            boxes.remove(mailbox)
+
+    def subscribers(self, address: str) -> Iterable[Mailbox]:
+        return tuple(self._subs.get(address, ()))
+
+    async def send(self, env: Envelope) -> None:
+        self.stats.count(env)
+        boxes = self._subs.get(env.receiver)
+        if not boxes:
+            self.stats.undeliverable += 1
+            return
+        for box in tuple(boxes):
+            await box.put(env)

@@ -1,0 +1,80 @@
+"""Device schema for ``modbus-tcp`` and ``modbus-rtu``: connection, unit id and register maps."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import Field
+
+from buildingd.config.base import DeviceBase, PointBase
+from buildingd.config.common import Strict
+
+
+class RegisterTable(StrEnum):
+    COIL = "coil"
+    DISCRETE_INPUT = "discrete_input"
+    INPUT_REGISTER = "input_register"
+    HOLDING_REGISTER = "holding_register"
+
+
+class DataType(StrEnum):
+    BOOL = "bool"
+    INT16 = "int16"
+    UINT16 = "uint16"
+    INT32 = "int32"
+    UINT32 = "uint32"
+    FLOAT32 = "float32"
+    FLOAT64 = "float64"
+    BIT = "bit"  # one bit inside a 16-bit register (``bit: 0..15``)
+
+
+class Order(StrEnum):
+    BIG = "big"
+    LITTLE = "little"
+
+
+class ModbusPoint(PointBase):
+    table: RegisterTable
+    address: int = Field(ge=0, le=65535)
+    type: DataType = DataType.UINT16
+    bit: int | None = Field(default=None, ge=0, le=15)
+    word_order: Order = Order.BIG  # order of 16-bit words in 32/64-bit values
+    byte_order: Order = Order.BIG  # order of bytes inside each word
+    scale: float = 1.0  # engineering = raw * scale + offset
+    offset: float = 0.0
+
+
+class Planning(Strict):
+    max_gap: int = Field(default=10, ge=0, le=125)  # registers (or coils) read to bridge a gap
+    max_registers: int = Field(default=125, ge=1, le=125)
+    max_bits: int = Field(default=2000, ge=1, le=2000)
+
+
+class ModbusDeviceBase(DeviceBase):
+    unit_id: int = Field(default=1, ge=0, le=247)
+    planning: Planning = Planning()
+    points: list[ModbusPoint] = Field(min_length=1)
+
+
+class TcpConnection(Strict):
+    host: str
+    port: int = Field(default=502, ge=1, le=65535)
+
+
+class SerialConnection(Strict):
+    port: str  # /dev/ttyUSB0, /dev/serial/by-id/...
+    baudrate: int = 9600
+    parity: Literal["N", "E", "O"] = "E"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+
+
+class ModbusTcpDevice(ModbusDeviceBase):
+    driver: Literal["modbus-tcp"]
+    connection: TcpConnection
+
+
+class ModbusRtuDevice(ModbusDeviceBase):
+    driver: Literal["modbus-rtu"]
+    connection: SerialConnection

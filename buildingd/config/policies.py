@@ -1,0 +1,186 @@
+"""Policy file schema: what facilities staff edit (schedules, comfort bands, lighting, limits, contacts)."""
+
+from __future__ import annotations
+
+from datetime import date, time
+from enum import StrEnum
+from typing import Literal, Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, field_validator, model_validator
+
+from buildingd.config.common import Id, Strict
+
+
+class Weekday(StrEnum):
+    MON = "mon"
+    TUE = "tue"
+    WED = "wed"
+    THU = "thu"
+    FRI = "fri"
+    SAT = "sat"
+    SUN = "sun"
+
+    @property
+    def index(self) -> int:
+        return list(Weekday).index(self)
+
+
+class OccupiedHours(Strict):
+    days: list[Weekday] = Field(min_length=1)
+    start: time
+    end: time
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.end <= self.start:
+            raise ValueError(f"end {self.end} must be after start {self.start}")
+        return self
+
+
+class Schedule(Strict):
+    occupied_hours: list[OccupiedHours] = Field(default_factory=list)
+    holidays: list[date] = Field(default_factory=list)
+
+
+class Band(Strict):
+    """Zone temperature band: heat below ``heating_c``, cool above ``cooling_c``."""
+
+    heating_c: float = Field(ge=0, le=40)
+    cooling_c: float = Field(ge=0, le=40)
+
+    @model_validator(mode="after")
+    def _deadband(self) -> Self:
+        if self.cooling_c - self.heating_c < 0.5:
+            raise ValueError(
+                f"cooling_c ({self.cooling_c}) must be at least 0.5 K above heating_c "
+                f"({self.heating_c})"
+            )
+        return self
+
+
+class Comfort(Strict):
+    """ASHRAE Guideline 36 zone modes: occupied, occupied-standby and unoccupied setback."""
+
+    occupied: Band = Band(heating_c=21.0, cooling_c=24.0)
+    standby: Band = Band(heating_c=20.0, cooling_c=25.0)
+    unoccupied: Band = Band(heating_c=16.0, cooling_c=30.0)
+    standby_after_s: float = Field(default=900.0, ge=0)  # vacant this long in occupied hours
+    # Start heating/cooling to the occupied band this long before scheduled occupancy.
+    warmup_s: float = Field(default=3600.0, ge=0)
+
+    @model_validator(mode="after")
+    def _nested(self) -> Self:
+        if not (self.unoccupied.heating_c <= self.standby.heating_c <= self.occupied.heating_c):
+            raise ValueError("heating_c must not increase from occupied to standby to unoccupied")
+        if not (self.occupied.cooling_c <= self.standby.cooling_c <= self.unoccupied.cooling_c):
+            raise ValueError("cooling_c must not decrease from occupied to standby to unoccupied")
+        return self
+
+
+class Safety(Strict):
+    """Hard limits: no setpoint is ever written outside; a zone outside for too long escalates."""
+
+    min_c: float = 10.0
+    max_c: float = 32.0
+    max_outside_s: float = Field(default=1800.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.max_c - self.min_c < 1.0:
+            raise ValueError("max_c must be at least 1 K above min_c")
+        return self
+
+
+class Humidity(Strict):
+    min_pct: float = Field(default=30.0, ge=0, le=100)
+    max_pct: float = Field(default=60.0, ge=0, le=100)
+    hysteresis_pct: float = Field(default=5.0, ge=0, le=30)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.max_pct - self.min_pct < 2 * self.hysteresis_pct:
+            raise ValueError("max_pct - min_pct must be at least twice hysteresis_pct")
+        return self
+
+
+class Lighting(Strict):
+    vacancy_timeout_s: float = Field(default=900.0, ge=0)
+    daylight_target_lux: float = Field(default=500.0, ge=0)
+    full_output_lux: float = Field(default=500.0, gt=0)  # illuminance the lights add at 100 %
+    min_level_pct: float = Field(default=10.0, ge=0, le=100)
+    # Lights stay on through scheduled hours even when vacant (e.g. corridors); default off.
+    on_through_schedule: bool = False
+
+
+class Negotiation(Strict):
+    """Limits for the coordinator (demand response, votes) in zones under this policy."""
+
+    exempt: bool = False  # e.g. a server room: never offered for shedding
+    max_shift_k: float = Field(default=2.0, ge=0, le=5)
+    max_dim_pct: float = Field(default=30.0, ge=0, le=100)
+    max_rounds: int = Field(default=3, ge=1, le=20)
+    max_messages: int = Field(default=10_000, ge=1)
+    reply_timeout_s: float = Field(default=10.0, gt=0)
+    vote_window_s: float = Field(default=900.0, gt=0)
+    vote_step_k: float = Field(default=0.5, gt=0, le=2)
+    vote_max_offset_k: float = Field(default=1.5, ge=0, le=5)
+
+
+class Contact(Strict):
+    name: str
+    email: str | None = None
+    phone: str | None = None
+
+
+class Escalation(Strict):
+    contacts: list[Contact] = Field(default_factory=list)
+    reminder_interval_s: float = Field(default=3600.0, gt=0)
+    webhook_url: str | None = None
+    device_unavailable_s: float = Field(default=900.0, gt=0)
+
+
+class Shutdown(Strict):
+    """What actuators are left at when the daemon stops: ``hold`` keeps them, ``safe`` sets the
+    unoccupied band and switches lights off."""
+
+    action: Literal["hold", "safe"] = "hold"
+
+
+class Policy(Strict):
+    id: Id
+    zones: list[str] = Field(min_length=1)  # zone ids or globs ("f1-*")
+    timezone: str | None = None  # default: the site's timezone
+    schedule: Schedule = Schedule()
+    comfort: Comfort = Comfort()
+    safety: Safety = Safety()
+    humidity: Humidity = Humidity()
+    lighting: Lighting = Lighting()
+    negotiation: Negotiation = Negotiation()
+    escalation: Escalation = Escalation()
+    shutdown: Shutdown = Shutdown()
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError) as err:
+                raise ValueError(f"unknown timezone {value!r}") from err
+        return value
+
+    @model_validator(mode="after")
+    def _bands_inside_safety(self) -> Self:
+        for mode in ("occupied", "standby", "unoccupied"):
+            band: Band = getattr(self.comfort, mode)
+            if band.heating_c < self.safety.min_c or band.cooling_c > self.safety.max_c:
+                raise ValueError(
+                    f"comfort.{mode} ({band.heating_c}..{band.cooling_c} degC) is outside the "
+                    f"safety band ({self.safety.min_c}..{self.safety.max_c} degC)"
+                )
+        return self
+
+
+class PolicyFile(Strict):
+    policies: list[Policy] = Field(default_factory=list)

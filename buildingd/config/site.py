@@ -1,0 +1,52 @@
+"""Site file schema (``site.yaml``): the site id, its timezone and its zones as built."""
+
+from __future__ import annotations
+
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, field_validator
+
+from buildingd.config.common import Id, Strict
+
+
+class Windows(Strict):
+    area_m2: float = Field(default=0.0, ge=0)
+    orientation: Literal["north", "east", "south", "west", "none"] = "south"
+
+
+class Zone(Strict):
+    id: Id
+    name: str | None = None
+    floor: int = 0
+    area_m2: float = Field(default=20.0, gt=0)
+    height_m: float = Field(default=3.0, gt=0)
+    design_occupants: int = Field(default=2, ge=0)
+    windows: Windows = Windows()
+    neighbours: list[Id] = Field(default_factory=list)
+    # Heating and cooling capacity of the zone's terminal unit (W); used by the simulator and
+    # for demand-response flexibility estimates.
+    heating_capacity_w: float = Field(default=2000.0, ge=0)
+    cooling_capacity_w: float = Field(default=2000.0, ge=0)
+    lighting_power_w: float = Field(default=200.0, ge=0)
+
+
+class AirHandler(Strict):
+    id: Id
+    zones: list[Id] = Field(min_length=1)
+
+
+class SiteFile(Strict):
+    site: Id = "site"
+    timezone: str = "UTC"
+    zones: list[Zone] = Field(min_length=1)
+    air_handlers: list[AirHandler] = Field(default_factory=list)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as err:
+            raise ValueError(f"unknown timezone {value!r}") from err
+        return value

@@ -1,0 +1,115 @@
+"""The ``Driver`` interface every protocol implements, the context drivers are built with, and the
+registry keyed by the ``driver:`` name of device files."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from buildingd.clock import Clock
+from buildingd.config.devices import DeviceSpec
+from buildingd.points import Sample
+
+if TYPE_CHECKING:
+    from buildingd.sim.building import Building
+
+
+class Driver(ABC):
+    """Connection to one device. Values are in engineering units (scale/offset applied)."""
+
+    def __init__(self, device: DeviceSpec, ctx: DriverContext) -> None:
+        self.device = device
+        self.ctx = ctx
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect. Raises ``DeviceUnavailableError`` when the device cannot be reached."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release the connection; never raises."""
+
+    @abstractmethod
+    async def read(self) -> Mapping[str, Sample]:
+        """Current values of the readable points, by point id.
+
+        Polled drivers read the device now; streaming drivers (MQTT, BLE advertisements) return
+        the latest value received, with when it was received, so staleness can be judged.
+        Raises ``DeviceUnavailableError`` or ``DeviceRejectedError``.
+        """
+
+    @abstractmethod
+    async def write(self, point_id: str, value: float) -> float:
+        """Write one point (limits were checked by the caller) and return the value read back."""
+
+    async def wait_update(self) -> None:
+        """Return when new data may be available (streaming drivers); polled drivers never do."""
+        await asyncio.Event().wait()
+
+    def describe(self) -> list[str]:
+        """Human-readable lines for ``buildingd check --verbose`` (e.g. a Modbus poll plan)."""
+        return []
+
+
+class SharedResources:
+    """Connections shared by several devices (a Modbus line, a BLE scanner, the MQTT client),
+    created on first use and closed together when the daemon stops."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, Any] = {}
+        self._closers: list[Callable[[], Awaitable[None]]] = []
+        self._lock = asyncio.Lock()
+
+    async def get(
+        self,
+        key: str,
+        create: Callable[[], Awaitable[Any]],
+        close: Callable[[Any], Awaitable[None]] | None = None,
+    ) -> Any:
+        async with self._lock:
+            if key not in self._items:
+                item = await create()
+                self._items[key] = item
+                if close is not None:
+                    self._closers.append(lambda: close(item))
+            return self._items[key]
+
+    async def close_all(self) -> None:
+        for closer in reversed(self._closers):
+            try:
+                await closer()
+            except Exception:  # noqa: BLE001 - closing must go on for the others
+                pass
+        self._closers.clear()
+        self._items.clear()
+
+
+@dataclass
+class DriverContext:
+    clock: Clock
+    resources: SharedResources = field(default_factory=SharedResources)
+    building: Building | None = None  # the simulated building, for ``driver: sim``
+    mqtt: Any = None  # buildingd.mqtt.connection.MqttConnection when MQTT is enabled
+
+
+DriverFactory = Callable[[DeviceSpec, DriverContext], Driver]
+
+# driver name -> "module:Class"; modules are imported only when a device uses them, so a site
+# without BLE never imports bleak.
+_REGISTRY: dict[str, str] = {
+    "sim": "buildingd.drivers.sim:SimDriver",
+    "modbus-tcp": "buildingd.drivers.modbus:ModbusDriver",
+    "modbus-rtu": "buildingd.drivers.modbus:ModbusDriver",
+    "mqtt": "buildingd.drivers.mqtt:MqttDriver",
+    "ble": "buildingd.drivers.ble:BleDriver",
+}
+
+
+def create_driver(device: DeviceSpec, ctx: DriverContext) -> Driver:
+    module_name, cls_name = _REGISTRY[device.driver].split(":")
+    cls: type[Driver] = getattr(importlib.import_module(module_name), cls_name)
+    return cls(device, ctx)
