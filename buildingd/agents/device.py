@@ -1,0 +1,293 @@
+"""Device agent: owns one driver connection; polls or streams points, validates them, reports by
+exception, and executes commands (limits checked, written, read back) before the next poll."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from buildingd.agents.bus import Envelope, Performative
+from buildingd.agents.context import AgentContext
+from buildingd.agents.messages import (
+    COMMANDS_TOPIC,
+    EVENTS_TOPIC,
+    CommandMsg,
+    CommandResultMsg,
+    EventMsg,
+    ReadingMsg,
+    device_address,
+    readings_topic,
+)
+from buildingd.agents.runtime import Agent
+from buildingd.config.base import PointBase
+from buildingd.config.devices import DeviceSpec
+from buildingd.control.validation import FrozenTracker, check_command, judge
+from buildingd.drivers.base import Driver, create_driver
+from buildingd.errors import BuildingdError, CommandRejectedError, DeviceError, ReadBackMismatchError
+from buildingd.points import Quality, Sample
+
+log = logging.getLogger(__name__)
+audit = logging.getLogger("buildingd.audit")
+
+HEARTBEAT_S = 300.0  # a reading is re-published at least this often even when unchanged
+
+
+@dataclass
+class _Published:
+    value: float
+    quality: Quality
+    at_s: float
+
+
+class DeviceAgent(Agent):
+    overflow = "block"  # commands must not be dropped
+    mailbox_size = 100
+
+    def __init__(self, device: DeviceSpec, ctx: AgentContext) -> None:
+        super().__init__(device_address(device.id))
+        self.device = device
+        self.ctx = ctx
+        self.points: dict[str, PointBase] = {p.id: p for p in device.points_list()}
+        self.available: bool | None = None
+        self.driver: Driver | None = None
+        self._frozen: dict[str, FrozenTracker] = {}
+        self._published: dict[str, _Published] = {}
+        self._last_good_s: dict[str, float] = {}
+        self.last_poll_s: float | None = None
+
+    async def run(self, started: Callable[[], None]) -> None:
+        self.ctx.bus.subscribe(self.name, self.inbox)
+        self.driver = create_driver(self.device, self.ctx.drivers)
+        started_at = self.ctx.clock.monotonic()
+        for pid in self.points:
+            self._last_good_s[pid] = started_at
+        try:
+            opened = await self._open()
+            started()
+            inbox_get: asyncio.Task[Envelope] | None = None
+            update: asyncio.Task[None] | None = None
+            next_poll = self.ctx.clock.monotonic() if opened else started_at
+            try:
+                while True:
+                    if inbox_get is None:
+                        inbox_get = asyncio.ensure_future(self.inbox.get())
+                    if update is None:
+                        update = asyncio.ensure_future(self.driver.wait_update())
+                    wait_s = max(0.0, next_poll - self.ctx.clock.monotonic())
+                    done, _ = await asyncio.wait(
+                        {inbox_get, update},
+                        timeout=self.ctx.clock.to_loop_seconds(wait_s),
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                    # Queued writes go before the next read (a write never waits for a poll).
+                    if inbox_get in done:
+                        env = inbox_get.result()
+                        inbox_get = None
+                        await self._handle(env)
+                        continue
+                    if update in done:
+                        update.result()
+                        update = None
+                    elif self.ctx.clock.monotonic() < next_poll:
+                        continue
+                    else:
+                        next_poll = self.ctx.clock.monotonic() + self.device.poll_interval_s
+                    await self.poll()
+            finally:
+                for task in (inbox_get, update):
+                    if task is not None:
+                        task.cancel()
+        finally:
+            self.ctx.bus.unsubscribe(self.name, self.inbox)
+            await self.driver.close()
+
+    async def _open(self) -> bool:
+        assert self.driver is not None
+        try:
+            await self.driver.open()
+        except DeviceError as err:
+            await self._set_available(False, str(err))
+            return False
+        return True
+
+    async def _set_available(self, up: bool, why: str = "") -> None:
+        if self.available is up:
+            return
+        was = self.available
+        self.available = up
+        self.ctx.metrics.set("buildingd_device_up", 1.0 if up else 0.0, device=self.device.id)
+        if up and was is not None:
+            log.info("device %s back", self.device.id)
+        elif not up:
+            log.warning("device %s unavailable: %s", self.device.id, why)
+        if was is not None or not up:
+            await self._event(
+                "availability",
+                "warning" if not up else "info",
+                f"device {self.device.id} {'back' if up else 'unavailable: ' + why}",
+            )
+
+    async def _event(
+        self, kind: str, severity: str, message: str, zone_id: str | None = None
+    ) -> None:
+        env = EventMsg(
+            kind=kind,
+            source=self.name,
+            zone_id=zone_id,
+            severity=severity,
+            message=message,
+            timestamp=self.ctx.clock.now(),
+        ).envelope(Performative.INFORM, self.name, EVENTS_TOPIC)
+        await self.ctx.send(env)
+
+    async def poll(self) -> None:
+        assert self.driver is not None
+        now = self.ctx.clock.monotonic()
+        self.last_poll_s = now
+        try:
+            samples = await self.driver.read()
+        except DeviceError as err:
+            self.ctx.metrics.inc("buildingd_poll_errors_total", device=self.device.id)
+            await self._set_available(False, str(err))
+            samples = {}
+        else:
+            await self._set_available(True)
+        now = self.ctx.clock.monotonic()
+        for pid, point in self.points.items():
+            sample = samples.get(pid)
+            if sample is not None:
+                await self._consider(point, sample, now)
+            elif now - self._last_good_s[pid] > self.device.stale_after(point):
+                await self._publish(point, self._published_value(pid), Quality.STALE, now)
+
+    def _published_value(self, pid: str) -> float:
+        last = self._published.get(pid)
+        return last.value if last is not None else float("nan")
+
+    async def _consider(self, point: PointBase, sample: Sample, now: float) -> None:
+        tracker = self._frozen.get(point.id, FrozenTracker()).update(sample.value, sample.received_s)
+        self._frozen[point.id] = tracker
+        quality = judge(
+            point, sample.value, sample.received_s, now, self.device.stale_after(point), tracker
+        )
+        if quality is Quality.GOOD:
+            self._last_good_s[point.id] = sample.received_s
+        else:
+            self.ctx.metrics.inc(
+                "buildingd_readings_flagged_total", device=self.device.id, quality=quality.value
+            )
+        await self._publish(point, sample.value, quality, now)
+
+    async def _publish(self, point: PointBase, value: float, quality: Quality, now: float) -> None:
+        last = self._published.get(point.id)
+        if last is not None and last.quality is quality and now - last.at_s < HEARTBEAT_S:
+            same = value == last.value or (value != value and last.value != last.value)
+            if same or abs(value - last.value) < point.effective_deadband:
+                self.ctx.metrics.inc("buildingd_readings_suppressed_total")
+                return
+        if last is None or last.quality is not quality:
+            if quality is not Quality.GOOD:
+                log.warning(
+                    "device %s point %s is %s (value %s)", self.device.id, point.id, quality, value
+                )
+            elif last is not None:
+                log.info("device %s point %s is good again", self.device.id, point.id)
+        self._published[point.id] = _Published(value, quality, now)
+        msg = ReadingMsg(
+            device_id=self.device.id,
+            point_id=point.id,
+            zone_id=point.zone,
+            kind=point.kind,
+            unit=point.effective_unit,
+            value=value if value == value else 0.0,
+            quality=quality if value == value else Quality.UNAVAILABLE,
+            timestamp=self.ctx.clock.now(),
+        )
+        self.ctx.metrics.inc("buildingd_readings_published_total")
+        await self.ctx.send(msg.envelope(Performative.INFORM, self.name, readings_topic(point.zone)))
+
+    async def _handle(self, env: Envelope) -> None:
+        if env.performative is not Performative.REQUEST or env.ontology != CommandMsg.ontology:
+            self.ctx.metrics.inc("buildingd_messages_rejected_total", agent="device")
+            return
+        try:
+            cmd = CommandMsg.parse(env)
+        except ValueError as err:
+            self.ctx.metrics.inc("buildingd_messages_rejected_total", agent="device")
+            log.warning("device %s: malformed command from %s: %s", self.device.id, env.sender, err)
+            return
+        result = await self.execute(cmd)
+        reply = result.envelope(
+            Performative.INFORM_DONE if result.ok else Performative.FAILURE,
+            self.name,
+            env.sender,
+            conversation_id=env.conversation_id,
+            in_reply_to=env.reply_with,
+        )
+        await self.ctx.send(reply)
+        await self.ctx.send(result.envelope(Performative.INFORM, self.name, COMMANDS_TOPIC))
+
+    async def execute(self, cmd: CommandMsg) -> CommandResultMsg:
+        point = self.points.get(cmd.point_id)
+        read_back: float | None = None
+        error: str | None = None
+        if point is None:
+            error = f"unknown point {cmd.point_id!r}"
+        elif not self.ctx.accepting_commands:
+            error = "daemon is stopping"
+        else:
+            policy = self.ctx.site.policy_for(point.zone) if point.zone in self.ctx.site.zone_policy else None
+            try:
+                check_command(self.device.id, point, cmd.value, policy.safety if policy else None)
+                read_back = await self._write_verified(point, cmd.value)
+            except CommandRejectedError as err:
+                error = str(err)
+                self.ctx.metrics.inc("buildingd_commands_rejected_total", device=self.device.id)
+            except BuildingdError as err:
+                error = str(err)
+                self.ctx.metrics.inc("buildingd_command_errors_total", device=self.device.id)
+        ok = error is None
+        audit.info(
+            "command %s.%s <- %s (%s): %s",
+            self.device.id,
+            cmd.point_id,
+            cmd.value,
+            cmd.reason,
+            "ok, read back " + str(read_back) if ok else "FAILED: " + str(error),
+        )
+        if not ok:
+            await self._event("command-rejected", "warning", str(error), cmd.zone_id)
+        return CommandResultMsg(
+            device_id=self.device.id,
+            point_id=cmd.point_id,
+            zone_id=cmd.zone_id,
+            kind=point.kind if point is not None else "other",  # type: ignore[arg-type]
+            value=cmd.value,
+            read_back=read_back,
+            ok=ok,
+            reason=cmd.reason,
+            error=error,
+            timestamp=self.ctx.clock.now(),
+        )
+
+    async def _write_verified(self, point: PointBase, value: float) -> float:
+        assert self.driver is not None
+        last: BuildingdError | None = None
+        for _attempt in range(self.device.retries + 1):
+            try:
+                read_back = await self.driver.write(point.id, value)
+            except DeviceError as err:
+                last = err
+                continue
+            if abs(read_back - value) <= max(1e-6, abs(value) * 1e-4):
+                self.ctx.metrics.inc("buildingd_commands_total", device=self.device.id)
+                return read_back
+            last = ReadBackMismatchError(
+                f"wrote {value}, read back {read_back}", device_id=self.device.id, point_id=point.id
+            )
+            self.ctx.metrics.inc("buildingd_readback_mismatch_total", device=self.device.id)
+            log.error("%s", last)
+        assert last is not None
+        raise last

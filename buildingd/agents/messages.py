@@ -1,0 +1,109 @@
+"""Content models carried in envelopes, by ontology name, and the bus addresses agents use."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, ClassVar, Self
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from buildingd.agents.bus import Envelope, Performative
+from buildingd.points import PointKind, Quality
+
+
+class Content(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    ontology: ClassVar[str]
+
+    def envelope(self, performative: Performative, sender: str, receiver: str, **kw: Any) -> Envelope:
+        return Envelope(
+            performative=performative,
+            sender=sender,
+            receiver=receiver,
+            ontology=self.ontology,
+            content=self.model_dump(mode="json"),
+            **kw,
+        )
+
+    @classmethod
+    def parse(cls, env: Envelope) -> Self:
+        if env.ontology != cls.ontology:
+            raise ValueError(f"expected ontology {cls.ontology}, got {env.ontology}")
+        return cls.model_validate(env.content)
+
+
+class ReadingMsg(Content):
+    ontology: ClassVar[str] = "reading"
+    device_id: str
+    point_id: str
+    zone_id: str | None
+    kind: PointKind
+    unit: str
+    value: float
+    quality: Quality
+    timestamp: datetime
+
+
+class CommandMsg(Content):
+    ontology: ClassVar[str] = "command"
+    point_id: str
+    value: float
+    zone_id: str | None
+    reason: str = Field(max_length=200)
+
+
+class CommandResultMsg(Content):
+    ontology: ClassVar[str] = "command-result"
+    device_id: str
+    point_id: str
+    zone_id: str | None
+    kind: PointKind
+    value: float
+    read_back: float | None
+    ok: bool
+    reason: str
+    error: str | None = None
+    timestamp: datetime
+
+
+class ZoneStateMsg(Content):
+    ontology: ClassVar[str] = "zone-state"
+    zone_id: str
+    mode: str
+    temperature_c: float | None
+    humidity_pct: float | None
+    occupied: bool | None
+    illuminance_lux: float | None
+    heating_sp_c: float
+    cooling_sp_c: float
+    light_level_pct: float
+    dehumidifier_on: bool
+    degraded: list[str] = Field(default_factory=list)
+    timestamp: datetime
+
+
+class EventMsg(Content):
+    ontology: ClassVar[str] = "event"
+    kind: str  # availability, alert, reload, negotiation, command-rejected, ...
+    source: str
+    zone_id: str | None = None
+    severity: str = "info"  # info, warning, error
+    message: str = Field(max_length=2000)
+    timestamp: datetime
+
+
+def device_address(device_id: str) -> str:
+    return f"device[{device_id}]"
+
+
+def zone_address(zone_id: str) -> str:
+    return f"zone[{zone_id}]"
+
+
+def readings_topic(zone_id: str | None) -> str:
+    return f"readings/{zone_id or 'building'}"
+
+
+ZONE_STATE_TOPIC = "zone-state"
+EVENTS_TOPIC = "events"
+COMMANDS_TOPIC = "command-results"

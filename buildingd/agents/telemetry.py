@@ -1,0 +1,92 @@
+"""Telemetry agent: owns the telemetry sink; records readings, commands, zone states and events
+as line protocol. It never blocks the bus: the sink's ``submit`` is non-blocking and bounded."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from buildingd.agents.bus import Envelope
+from buildingd.agents.context import AgentContext
+from buildingd.agents.messages import (
+    COMMANDS_TOPIC,
+    EVENTS_TOPIC,
+    ZONE_STATE_TOPIC,
+    CommandResultMsg,
+    EventMsg,
+    ReadingMsg,
+    ZoneStateMsg,
+    readings_topic,
+)
+from buildingd.agents.runtime import Agent
+from buildingd.telemetry import schema
+from buildingd.telemetry.sink import TelemetrySink
+
+log = logging.getLogger(__name__)
+
+
+class TelemetryAgent(Agent):
+    name_ = "telemetry"
+    mailbox_size = 20_000
+    overflow = "drop_oldest"  # telemetry must never hold up control
+
+    def __init__(self, ctx: AgentContext, sink: TelemetrySink) -> None:
+        super().__init__("telemetry")
+        self.ctx = ctx
+        self.sink = sink
+
+    def topics(self) -> list[str]:
+        zones = [readings_topic(z) for z in self.ctx.site.zones]
+        return [*zones, readings_topic(None), ZONE_STATE_TOPIC, EVENTS_TOPIC, COMMANDS_TOPIC]
+
+    async def run(self, started: Callable[[], None]) -> None:
+        topics = self.topics()
+        for topic in topics:
+            self.ctx.bus.subscribe(topic, self.inbox)
+        started()
+        try:
+            while True:
+                env = await self.inbox.get()
+                line = self.to_line(env)
+                if line is not None:
+                    self.sink.submit([line])
+        finally:
+            for topic in topics:
+                self.ctx.bus.unsubscribe(topic, self.inbox)
+
+    def to_line(self, env: Envelope) -> str | None:
+        site = self.ctx.site.site_id
+        try:
+            if env.ontology == ReadingMsg.ontology:
+                r = ReadingMsg.parse(env)
+                return schema.reading_line(
+                    site, r.device_id, r.point_id, r.zone_id, r.kind.value, r.unit, r.value,
+                    r.quality.value, r.timestamp,
+                )
+            if env.ontology == CommandResultMsg.ontology:
+                c = CommandResultMsg.parse(env)
+                return schema.command_line(
+                    site, c.device_id, c.point_id, c.zone_id, c.kind.value, c.value, c.ok,
+                    c.reason, c.error, c.timestamp,
+                )
+            if env.ontology == ZoneStateMsg.ontology:
+                z = ZoneStateMsg.parse(env)
+                zone = self.ctx.site.zones.get(z.zone_id)
+                building = self.ctx.drivers.building
+                sim_zone = building.zones.get(z.zone_id) if building is not None else None
+                return schema.zone_state_line(
+                    site, z.zone_id, z.mode, z.temperature_c, z.humidity_pct, z.occupied,
+                    z.heating_sp_c, z.cooling_sp_c, z.heating_sp_c, z.cooling_sp_c,
+                    z.light_level_pct,
+                    sim_zone.heating_w if sim_zone is not None else None,
+                    sim_zone.cooling_w if sim_zone is not None else None,
+                    (zone.lighting_power_w * z.light_level_pct / 100) if zone is not None else None,
+                    z.timestamp,
+                )
+            if env.ontology == EventMsg.ontology:
+                e = EventMsg.parse(env)
+                return schema.event_line(site, e.kind, e.source, e.zone_id, e.message, e.timestamp)
+        except ValueError as err:
+            self.ctx.metrics.inc("buildingd_telemetry_invalid_total")
+            log.warning("telemetry: cannot record %s from %s: %s", env.ontology, env.sender, err)
+        return None

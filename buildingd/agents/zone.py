@@ -1,0 +1,287 @@
+"""Zone agent: owns one zone. Turns its readings into inputs, runs the pure zone controller, and
+commands the zone's actuators through their device agents, only when a target changes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from buildingd.agents.bus import Envelope, Performative, new_conversation_id
+from buildingd.agents.context import AgentContext
+from buildingd.agents.messages import (
+    EVENTS_TOPIC,
+    ZONE_STATE_TOPIC,
+    CommandMsg,
+    CommandResultMsg,
+    EventMsg,
+    ReadingMsg,
+    ZoneStateMsg,
+    device_address,
+    readings_topic,
+    zone_address,
+)
+from buildingd.agents.runtime import Agent
+from buildingd.control.zone import Adjustments, ZoneDecision, ZoneInputs, ZoneMode, ZoneState, decide
+from buildingd.points import PointKind, Quality
+
+log = logging.getLogger(__name__)
+
+CONTROL_INTERVAL_S = 10.0  # re-decide at least this often (simulated seconds under --speed)
+STATE_HEARTBEAT_S = 300.0
+RETRY_AFTER_S = 60.0  # an unconfirmed command is re-sent after this long
+
+
+@dataclass
+class _Actuator:
+    device_id: str
+    point_id: str
+    kind: PointKind
+    confirmed: float | None = None  # last value the device confirmed (read back)
+    pending: float | None = None
+    pending_since_s: float = 0.0
+    pending_id: str | None = None
+
+
+@dataclass
+class ZoneStats:
+    """Accumulated for the exit summary."""
+
+    seconds: float = 0.0
+    seconds_in_band: float = 0.0
+    commands_sent: int = 0
+    commands_failed: int = 0
+    light_on_s: float = 0.0
+
+
+@dataclass
+class _Sensor:
+    value: float
+    quality: Quality
+
+
+class ZoneAgent(Agent):
+    mailbox_size = 500
+    overflow = "drop_oldest"  # readings are superseded by newer ones
+
+    def __init__(self, zone_id: str, ctx: AgentContext) -> None:
+        super().__init__(zone_address(zone_id))
+        self.zone_id = zone_id
+        self.ctx = ctx
+        self.state = ZoneState()
+        self.decision: ZoneDecision | None = None
+        self.sensors: dict[tuple[str, str], tuple[PointKind, _Sensor]] = {}
+        self.actuators: dict[PointKind, list[_Actuator]] = {}
+        self.stats = ZoneStats()
+        self._last_tick_s: float | None = None
+        self._last_state_msg: tuple[object, ...] | None = None
+        self._last_state_s = -1e18
+        self.degraded: set[str] = set()
+        self._bind()
+
+    def _bind(self) -> None:
+        self.actuators = {}
+        for device in self.ctx.site.devices.values():
+            for point in device.points_list():
+                if point.zone == self.zone_id and point.writable and point.kind.is_actuator:
+                    self.actuators.setdefault(point.kind, []).append(
+                        _Actuator(device.id, point.id, point.kind)
+                    )
+
+    @property
+    def policy(self):  # type: ignore[no-untyped-def]
+        return self.ctx.site.policy_for(self.zone_id)
+
+    async def run(self, started: Callable[[], None]) -> None:
+        topic = readings_topic(self.zone_id)
+        self.ctx.bus.subscribe(self.name, self.inbox)
+        self.ctx.bus.subscribe(topic, self.inbox)
+        started()
+        try:
+            next_tick = self.ctx.clock.monotonic()
+            while True:
+                wait_s = max(0.0, next_tick - self.ctx.clock.monotonic())
+                try:
+                    async with asyncio.timeout(self.ctx.clock.to_loop_seconds(wait_s)):
+                        env = await self.inbox.get()
+                except TimeoutError:
+                    env = None
+                changed = self._handle(env) if env is not None else False
+                now = self.ctx.clock.monotonic()
+                if changed or now >= next_tick:
+                    await self.control(now)
+                    next_tick = now + CONTROL_INTERVAL_S
+        finally:
+            self.ctx.bus.unsubscribe(topic, self.inbox)
+            self.ctx.bus.unsubscribe(self.name, self.inbox)
+
+    def _handle(self, env: Envelope) -> bool:
+        """Take in one message; True when it should trigger a decision right away."""
+        if env.ontology == ReadingMsg.ontology:
+            msg = ReadingMsg.parse(env)
+            key = (msg.device_id, msg.point_id)
+            old = self.sensors.get(key)
+            self.sensors[key] = (msg.kind, _Sensor(msg.value, msg.quality))
+            # Occupancy and quality changes act at once; other readings at the next tick.
+            return (
+                msg.kind is PointKind.OCCUPANCY
+                or old is None
+                or old[1].quality is not msg.quality
+            )
+        if env.ontology == CommandResultMsg.ontology:
+            self._command_result(CommandResultMsg.parse(env), env)
+            return False
+        if env.ontology == "adjustments":
+            self.set_adjustments(Adjustments(**env.content))
+            return True
+        self.ctx.metrics.inc("buildingd_messages_rejected_total", agent="zone")
+        return False
+
+    def set_adjustments(self, adjustments: Adjustments) -> None:
+        self.state = replace(self.state, adjustments=adjustments)
+
+    def inputs(self) -> ZoneInputs:
+        def good(kind: PointKind) -> list[float]:
+            return [s.value for k, s in self.sensors.values() if k is kind and s.quality.usable]
+
+        temps, hums = good(PointKind.TEMPERATURE), good(PointKind.HUMIDITY)
+        occ, lux = good(PointKind.OCCUPANCY), good(PointKind.ILLUMINANCE)
+        return ZoneInputs(
+            # Median: one drifting sensor among three cannot move the zone.
+            temperature_c=statistics.median(temps) if temps else None,
+            humidity_pct=statistics.median(hums) if hums else None,
+            occupied=any(v >= 0.5 for v in occ) if occ else None,
+            illuminance_lux=statistics.fmean(lux) if lux else None,
+        )
+
+    async def control(self, now_s: float) -> None:
+        inputs = self.inputs()
+        policy = self.policy
+        local = self.ctx.clock.now().astimezone(_tz(policy.timezone or self.ctx.site.timezone))
+        previous_mode = self.state.mode
+        decision = decide(self.state, inputs, policy, local, now_s)
+        self.state = decision.state
+        self.decision = decision
+        self._account(inputs, decision, now_s)
+        if decision.state.mode is not previous_mode:
+            log.info("zone %s: %s -> %s", self.zone_id, previous_mode, decision.state.mode)
+            if decision.state.mode is ZoneMode.HOLD:
+                await self._degraded("temperature", "no usable temperature sensor; holding a safe band")
+        if decision.state.mode is not ZoneMode.HOLD:
+            await self._recovered("temperature")
+        for kind, target in decision.targets.items():
+            for act in self.actuators.get(kind, []):
+                await self._drive(act, target, now_s, f"{decision.state.mode} mode")
+        await self._publish_state(inputs, decision, now_s)
+
+    def _account(self, inputs: ZoneInputs, decision: ZoneDecision, now_s: float) -> None:
+        if self._last_tick_s is not None:
+            dt = now_s - self._last_tick_s
+            self.stats.seconds += dt
+            band = decision.band
+            t = inputs.temperature_c
+            if t is not None and band.heating_c - 0.5 <= t <= band.cooling_c + 0.5:
+                self.stats.seconds_in_band += dt
+            if decision.state.light_level_pct > 0:
+                self.stats.light_on_s += dt
+        self._last_tick_s = now_s
+
+    async def _drive(self, act: _Actuator, target: float, now_s: float, reason: str) -> None:
+        if act.pending is not None:
+            if act.pending == target and now_s - act.pending_since_s < RETRY_AFTER_S:
+                return
+        elif act.confirmed == target:
+            return
+        act.pending = target
+        act.pending_since_s = now_s
+        act.pending_id = new_conversation_id()
+        self.stats.commands_sent += 1
+        cmd = CommandMsg(point_id=act.point_id, value=target, zone_id=self.zone_id, reason=reason)
+        await self.ctx.send(
+            cmd.envelope(
+                Performative.REQUEST,
+                self.name,
+                device_address(act.device_id),
+                reply_with=act.pending_id,
+                conversation_id=act.pending_id,
+            )
+        )
+
+    def _command_result(self, result: CommandResultMsg, env: Envelope) -> None:
+        for acts in self.actuators.values():
+            for act in acts:
+                if act.pending_id is not None and env.in_reply_to == act.pending_id:
+                    if result.ok:
+                        act.confirmed = result.read_back
+                        act.pending = None
+                    else:
+                        self.stats.commands_failed += 1
+                        # Keep it pending: it is retried after RETRY_AFTER_S.
+                    act.pending_id = None if result.ok else act.pending_id
+
+    async def _degraded(self, what: str, message: str) -> None:
+        if what in self.degraded:
+            return
+        self.degraded.add(what)
+        log.error("zone %s: %s", self.zone_id, message)
+        await self._event("degraded", "error", message)
+
+    async def _recovered(self, what: str) -> None:
+        if what not in self.degraded:
+            return
+        self.degraded.discard(what)
+        log.info("zone %s: %s recovered", self.zone_id, what)
+        await self._event("recovered", "info", f"{what} recovered")
+
+    async def _event(self, kind: str, severity: str, message: str) -> None:
+        env = EventMsg(
+            kind=kind,
+            source=self.name,
+            zone_id=self.zone_id,
+            severity=severity,
+            message=message,
+            timestamp=self.ctx.clock.now(),
+        ).envelope(Performative.INFORM, self.name, EVENTS_TOPIC)
+        await self.ctx.send(env)
+
+    async def _publish_state(self, inputs: ZoneInputs, decision: ZoneDecision, now_s: float) -> None:
+        key = (
+            decision.state.mode,
+            decision.band,
+            decision.state.light_level_pct,
+            inputs.occupied,
+            None if inputs.temperature_c is None else round(inputs.temperature_c, 1),
+            decision.state.dehumidifier_on,
+        )
+        if key == self._last_state_msg and now_s - self._last_state_s < STATE_HEARTBEAT_S:
+            return
+        self._last_state_msg = key
+        self._last_state_s = now_s
+        msg = ZoneStateMsg(
+            zone_id=self.zone_id,
+            mode=decision.state.mode.value,
+            temperature_c=inputs.temperature_c,
+            humidity_pct=inputs.humidity_pct,
+            occupied=inputs.occupied,
+            illuminance_lux=inputs.illuminance_lux,
+            heating_sp_c=decision.band.heating_c,
+            cooling_sp_c=decision.band.cooling_c,
+            light_level_pct=decision.state.light_level_pct,
+            dehumidifier_on=decision.state.dehumidifier_on,
+            degraded=sorted(self.degraded),
+            timestamp=self.ctx.clock.now(),
+        )
+        await self.ctx.send(msg.envelope(Performative.INFORM, self.name, ZONE_STATE_TOPIC))
+
+
+_TZ_CACHE: dict[str, object] = {}
+
+
+def _tz(name: str):  # type: ignore[no-untyped-def]
+    from zoneinfo import ZoneInfo
+
+    if name not in _TZ_CACHE:
+        _TZ_CACHE[name] = ZoneInfo(name)
+    return _TZ_CACHE[name]

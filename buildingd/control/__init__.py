@@ -1,0 +1,1 @@
+"""Pure decision logic: functions of (state, inputs, policy, now). No I/O, no clock reads."""

@@ -1,0 +1,186 @@
+"""Zone control: mode (ASHRAE Guideline 36 occupied / standby / unoccupied, plus a safe hold),
+heating/cooling setpoints inside the comfort band, lighting on occupancy and daylight with the
+vacancy timeout, and humidity. Pure: ``decide(state, inputs, policy, local_now, now_s)``."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from enum import StrEnum
+
+from buildingd.config.policies import Band, Policy
+from buildingd.control.schedule import next_occupied_start, scheduled_occupied
+from buildingd.points import PointKind
+
+
+class ZoneMode(StrEnum):
+    OCCUPIED = "occupied"
+    STANDBY = "standby"  # G36 occupied-standby: scheduled hours, zone vacant
+    UNOCCUPIED = "unoccupied"  # setback outside scheduled hours
+    WARMUP = "warmup"  # reaching the occupied band before scheduled occupancy
+    HOLD = "hold"  # no usable temperature sensor: safe fixed band, no optimisation
+
+
+@dataclass(frozen=True)
+class ZoneInputs:
+    """What the zone knows now, from usable (GOOD) readings only; None means unknown."""
+
+    temperature_c: float | None = None
+    humidity_pct: float | None = None
+    occupied: bool | None = None
+    illuminance_lux: float | None = None
+
+
+@dataclass(frozen=True)
+class Adjustments:
+    """Temporary offsets from the coordinator: demand response and occupant votes (K, %)."""
+
+    dr_shift_k: float = 0.0  # widens the band: heating down, cooling up
+    vote_offset_k: float = 0.0  # moves the whole band: + warmer
+    dim_pct: float = 0.0  # lights dimmed by this many percentage points
+
+
+@dataclass(frozen=True)
+class ZoneState:
+    mode: ZoneMode = ZoneMode.UNOCCUPIED
+    last_occupied_s: float | None = None  # monotonic s of the last sensed occupancy
+    light_level_pct: float = 0.0
+    dehumidifier_on: bool = False
+    humidifier_on: bool = False
+    adjustments: Adjustments = field(default_factory=Adjustments)
+
+
+@dataclass(frozen=True)
+class ZoneDecision:
+    state: ZoneState
+    band: Band  # effective heating/cooling setpoints
+    targets: dict[PointKind, float]  # actuator kind -> value to drive
+
+
+LIGHT_STEP_PCT = 5.0  # dimming resolution: avoids chatter from small illuminance changes
+
+
+def band_for(mode: ZoneMode, policy: Policy, scheduled: bool) -> Band:
+    comfort = policy.comfort
+    if mode in (ZoneMode.OCCUPIED, ZoneMode.WARMUP):
+        return comfort.occupied
+    if mode is ZoneMode.STANDBY:
+        return comfort.standby
+    if mode is ZoneMode.HOLD:
+        return comfort.occupied if scheduled else comfort.unoccupied
+    return comfort.unoccupied
+
+
+def decide_mode(
+    policy: Policy,
+    inputs: ZoneInputs,
+    local_now: datetime,
+    now_s: float,
+    last_occupied_s: float | None,
+) -> ZoneMode:
+    if inputs.temperature_c is None:
+        return ZoneMode.HOLD
+    if scheduled_occupied(policy.schedule, local_now):
+        if inputs.occupied is None:  # occupancy unknown: assume people are there
+            return ZoneMode.OCCUPIED
+        vacant_for = math.inf if last_occupied_s is None else now_s - last_occupied_s
+        if inputs.occupied or vacant_for < policy.comfort.standby_after_s:
+            return ZoneMode.OCCUPIED
+        return ZoneMode.STANDBY
+    if policy.comfort.warmup_s > 0 and next_occupied_start(
+        policy.schedule, local_now, policy.comfort.warmup_s
+    ):
+        return ZoneMode.WARMUP
+    return ZoneMode.UNOCCUPIED
+
+
+def effective_band(base: Band, adj: Adjustments, policy: Policy) -> Band:
+    """Apply coordinator offsets, never leaving the safety band (offsets are bounded upstream;
+    this is the last line of defence and is reported by the caller's limit check)."""
+    heating = base.heating_c + adj.vote_offset_k - adj.dr_shift_k
+    cooling = base.cooling_c + adj.vote_offset_k + adj.dr_shift_k
+    safety = policy.safety
+    heating = max(safety.min_c, min(heating, safety.max_c - 0.5))
+    cooling = min(safety.max_c, max(cooling, heating + 0.5))
+    return Band(heating_c=round(heating, 2), cooling_c=round(cooling, 2))
+
+
+def light_level(
+    state: ZoneState,
+    inputs: ZoneInputs,
+    policy: Policy,
+    scheduled: bool,
+    now_s: float,
+) -> float:
+    """Target light level (%): off after the vacancy timeout, else just enough for the
+    daylight target (closed loop on measured illuminance)."""
+    lighting = policy.lighting
+    if inputs.occupied is None:
+        present = scheduled  # sensor unknown: light the scheduled hours (fail-safe)
+    else:
+        recent = (
+            state.last_occupied_s is not None
+            and now_s - state.last_occupied_s < lighting.vacancy_timeout_s
+        )
+        present = bool(inputs.occupied) or recent
+    if lighting.on_through_schedule and scheduled:
+        present = True
+    if not present:
+        return 0.0
+    current = state.light_level_pct
+    if inputs.illuminance_lux is None:
+        level = 100.0
+    else:
+        daylight = max(0.0, inputs.illuminance_lux - current * lighting.full_output_lux / 100)
+        needed = lighting.daylight_target_lux - daylight
+        if needed <= 0.1 * lighting.daylight_target_lux:
+            level = 0.0  # daylight is enough
+        else:
+            level = max(lighting.min_level_pct, min(100.0, 100 * needed / lighting.full_output_lux))
+    level = max(0.0, level - state.adjustments.dim_pct) if level > 0 else 0.0
+    level = round(level / LIGHT_STEP_PCT) * LIGHT_STEP_PCT
+    if level > 0 and abs(level - current) < LIGHT_STEP_PCT and current > 0:
+        return current
+    return float(level)
+
+
+def decide(
+    state: ZoneState,
+    inputs: ZoneInputs,
+    policy: Policy,
+    local_now: datetime,
+    now_s: float,
+) -> ZoneDecision:
+    last_occupied = now_s if inputs.occupied else state.last_occupied_s
+    scheduled = scheduled_occupied(policy.schedule, local_now)
+    mode = decide_mode(policy, inputs, local_now, now_s, last_occupied)
+    adjustments = state.adjustments if mode is not ZoneMode.HOLD else Adjustments()
+    band = effective_band(band_for(mode, policy, scheduled), adjustments, policy)
+    state = replace(state, mode=mode, last_occupied_s=last_occupied)
+    level = light_level(state, inputs, policy, scheduled, now_s)
+
+    hum = policy.humidity
+    dehum, humid = state.dehumidifier_on, state.humidifier_on
+    if inputs.humidity_pct is not None:
+        if inputs.humidity_pct > hum.max_pct:
+            dehum = True
+        elif inputs.humidity_pct < hum.max_pct - hum.hysteresis_pct:
+            dehum = False
+        if inputs.humidity_pct < hum.min_pct:
+            humid = True
+        elif inputs.humidity_pct > hum.min_pct + hum.hysteresis_pct:
+            humid = False
+    else:
+        dehum = humid = False  # unknown humidity: do not run moisture equipment blind
+
+    state = replace(state, light_level_pct=level, dehumidifier_on=dehum, humidifier_on=humid)
+    targets = {
+        PointKind.HEATING_SETPOINT: band.heating_c,
+        PointKind.COOLING_SETPOINT: band.cooling_c,
+        PointKind.LIGHT_LEVEL: level,
+        PointKind.LIGHT_SWITCH: 1.0 if level > 0 else 0.0,
+        PointKind.DEHUMIDIFIER: 1.0 if dehum else 0.0,
+        PointKind.HUMIDIFIER: 1.0 if humid else 0.0,
+    }
+    return ZoneDecision(state, band, targets)

@@ -1,0 +1,1 @@
+"""Service: CLI, composition root, settings-driven daemon lifecycle, console and systemd glue."""

@@ -1,0 +1,180 @@
+"""The ``buildingd`` command line: run, check, status, sim, kpi, evaluate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+from buildingd.errors import ConfigError
+
+log = logging.getLogger("buildingd")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="settings file (default /etc/buildingd/buildingd.toml)")
+    p.add_argument("--site", type=Path, help="site directory with site.yaml, devices/, policies/")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="buildingd", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the daemon")
+    _common(run)
+    run.add_argument("--duration", type=float, help="stop after this many seconds")
+    run.add_argument("--speed", type=float, help="simulated seconds per second (simulator only)")
+    run.add_argument("--start", help="simulation start: now, workday, or an ISO date-time")
+    run.add_argument("--state-dir", type=Path)
+    run.add_argument("--no-console", action="store_true", help="plain log lines even on a terminal")
+
+    check = sub.add_parser("check", help="validate settings, device and policy files")
+    _common(check)
+    check.add_argument("--verbose", "-v", action="store_true", help="also print poll plans")
+
+    kpi = sub.add_parser("kpi", help="compute KPIs of a trajectory CSV", add_help=False)
+    kpi.add_argument("args", nargs=argparse.REMAINDER)
+
+    evaluate = sub.add_parser("evaluate", help="compare buildingd with a baseline in simulation", add_help=False)
+    evaluate.add_argument("args", nargs=argparse.REMAINDER)
+
+    status = sub.add_parser("status", help="show the running daemon", add_help=False)
+    status.add_argument("args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def _settings(args: argparse.Namespace, **overrides: object):  # type: ignore[no-untyped-def]
+    from buildingd.settings import load_settings
+
+    if getattr(args, "site", None) is not None:
+        overrides["site_dir"] = args.site
+    return load_settings(args.config, **overrides)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from buildingd.config.loader import load_site
+
+    try:
+        settings = _settings(args)
+    except (ValidationError, FileNotFoundError, ValueError) as err:
+        print(f"{args.config or 'settings'}:1: {err}", file=sys.stderr)
+        return 1
+    try:
+        site = load_site(settings.site_dir)
+    except ConfigError as err:
+        for problem in err.problems:
+            print(problem, file=sys.stderr)
+        print(f"{len(err.problems)} problem(s) found", file=sys.stderr)
+        return 1
+    if args.verbose:
+        from buildingd.clock import SystemClock
+        from buildingd.drivers.base import DriverContext, create_driver
+
+        ctx = DriverContext(clock=SystemClock())
+        for device in site.devices.values():
+            lines = create_driver(device, ctx).describe()
+            if lines:
+                print(f"{device.id} ({device.driver}):")
+                for line in lines:
+                    print(f"  {line}")
+    print(f"ok: {site.summary()}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from buildingd.config.loader import load_site
+    from buildingd.service.app import Daemon, state_dir_usable
+    from buildingd.service.console import show
+
+    overrides: dict[str, object] = {}
+    if args.speed is not None:
+        overrides["speed"] = args.speed
+    if args.state_dir is not None:
+        overrides["state_dir"] = args.state_dir
+    try:
+        settings = _settings(args, **overrides)
+        if args.start is not None:
+            settings = settings.model_copy(
+                update={"sim": settings.sim.model_copy(update={"start": args.start})}
+            )
+        site = load_site(settings.site_dir)
+    except ConfigError as err:
+        for problem in err.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    except (ValidationError, FileNotFoundError, ValueError) as err:
+        print(f"settings: {err}", file=sys.stderr)
+        return 1
+    _setup_logging(settings.log_level)
+    if not state_dir_usable(settings.state_dir):
+        print(f"state directory {settings.state_dir} is not writable", file=sys.stderr)
+        return 1
+    duration = args.duration
+    if duration is None and os.environ.get("BUILDINGD_DURATION"):
+        duration = float(os.environ["BUILDINGD_DURATION"])
+    if duration is None:
+        duration = settings.duration_s
+    console = sys.stdout.isatty() and not args.no_console
+
+    async def main() -> None:
+        daemon = Daemon(settings, site)
+        async with asyncio.TaskGroup() as tg:
+            view = tg.create_task(show(daemon, sys.stdout if console else _NullTTY()), name="console")
+            try:
+                summary = await daemon.run(duration)
+            finally:
+                view.cancel()
+        for line in summary.lines():
+            print(line)
+
+    asyncio.run(main())
+    return 0
+
+
+class _NullTTY:
+    def isatty(self) -> bool:
+        return False
+
+
+def _setup_logging(level: str) -> None:
+    try:
+        from buildingd.service.journal import setup_logging
+    except ImportError:
+        logging.basicConfig(
+            level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        return
+    setup_logging(level)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    if args.command == "check":
+        return cmd_check(args)
+    if args.command == "run":
+        return cmd_run(args)
+    if args.command == "kpi":
+        from buildingd.kpi import kpi_main
+
+        return kpi_main(args.args)
+    if args.command == "evaluate":
+        from buildingd.evaluate import evaluate_main
+
+        return evaluate_main(args.args)
+    if args.command == "status":
+        from buildingd.service.status import status_main
+
+        return status_main(args.args)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
