@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 CONTROL_INTERVAL_S = 10.0  # re-decide at least this often (simulated seconds under --speed)
 STATE_HEARTBEAT_S = 300.0
 RETRY_AFTER_S = 60.0  # an unconfirmed command is re-sent after this long
+# After start, wait this long for a first temperature reading before judging the zone (devices
+# may still be connecting): no decision, hence no command, is made on no information.
+STARTUP_GRACE_S = 60.0
 
 
 @dataclass
@@ -76,6 +79,7 @@ class ZoneAgent(Agent):
         self.actuators: dict[PointKind, list[_Actuator]] = {}
         self.stats = ZoneStats()
         self._last_tick_s: float | None = None
+        self._started_s = 0.0
         self._last_state_msg: tuple[object, ...] | None = None
         self._last_state_s = -1e18
         self.degraded: set[str] = set()
@@ -99,6 +103,7 @@ class ZoneAgent(Agent):
         self.ctx.bus.subscribe(self.name, self.inbox)
         self.ctx.bus.subscribe(topic, self.inbox)
         started()
+        self._started_s = self.ctx.clock.monotonic()
         try:
             next_tick = self.ctx.clock.monotonic()
             while True:
@@ -158,6 +163,12 @@ class ZoneAgent(Agent):
 
     async def control(self, now_s: float) -> None:
         inputs = self.inputs()
+        if (
+            self.decision is None
+            and inputs.temperature_c is None
+            and now_s - self._started_s < STARTUP_GRACE_S
+        ):
+            return
         policy = self.policy
         local = self.ctx.clock.now().astimezone(_tz(policy.timezone or self.ctx.site.timezone))
         previous_mode = self.state.mode

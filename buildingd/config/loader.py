@@ -100,13 +100,18 @@ def load_site(root: Path) -> Site:
 
     policies: dict[str, Policy] = {}
     policy_docs: dict[str, tuple[LocatedDoc, tuple[Any, ...]]] = {}
+    # A broken policy file would make every zone it covers look uncovered; only judge coverage
+    # when all policy files are valid, so each mistake is reported once.
+    policies_complete = True
     for path in _yaml_files(root / "policies"):
         doc = parse(path)
         if doc is None:
+            policies_complete = False
             continue
         pfile, found = validate(PolicyFile, doc)
         problems += found
         if pfile is None:
+            policies_complete = False
             continue
         for i, policy in enumerate(pfile.policies):
             if policy.id in policies:
@@ -174,7 +179,7 @@ def load_site(root: Path) -> Site:
                 where = (*prefix, "points", k, "zone")
                 if point.zone not in zones:
                     problems.append(doc.problem(where, f"unknown zone {point.zone!r}"))
-                elif point.zone not in zone_policy:
+                elif point.zone not in zone_policy and policies_complete:
                     problems.append(doc.problem(where, f"zone {point.zone!r} is covered by no policy"))
 
     from buildingd.drivers.checks import check_device  # protocol-specific checks (addresses, ...)

@@ -27,6 +27,7 @@ from buildingd.config.loader import Site
 from buildingd.drivers.base import DriverContext
 from buildingd.settings import Settings
 from buildingd.sim.building import Building
+from buildingd.telemetry.sink import TelemetrySink
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +88,15 @@ def sim_start(settings: Settings, site: Site) -> datetime:
 class Daemon:
     """The running daemon. ``run`` returns a summary when stopped."""
 
-    def __init__(self, settings: Settings, site: Site, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        site: Site,
+        clock: Clock | None = None,
+        sink_factory: Callable[[], TelemetrySink] | None = None,
+    ) -> None:
         self.settings = settings
+        self._sink_factory = sink_factory
         self.site = site
         self.building: Building | None = None
         if uses_simulator(site):
@@ -123,7 +131,9 @@ class Daemon:
     def request_stop(self) -> None:
         self.stop_requested.set()
 
-    def _make_sink(self):  # type: ignore[no-untyped-def]
+    def _make_sink(self) -> TelemetrySink:
+        if self._sink_factory is not None:
+            return self._sink_factory()
         from buildingd.telemetry.sink import create_sink
 
         return create_sink(self.settings.influx, self.settings.state_dir, self.clock)
@@ -182,10 +192,11 @@ class Daemon:
                 ) as sup:
                     self.supervisor = sup
                     await sup.start("telemetry", lambda: TelemetryAgent(self.ctx, sink))
-                    for device_id in self.site.devices:
-                        await self.start_device(device_id)
+                    # Zones first, so they hear the devices' first readings.
                     for zone_id in self.site.zones:
                         await self.start_zone(zone_id)
+                    for device_id in self.site.devices:
+                        await self.start_device(device_id)
                     self.ready.set()
                     for callback in self.on_ready:
                         callback()
@@ -199,6 +210,8 @@ class Daemon:
                     self.ctx.accepting_commands = False
                     for zone_id in list(self.site.zones):
                         await sup.stop(f"zone[{zone_id}]")
+                    for device_id in list(self.site.devices):
+                        await sup.stop(f"device[{device_id}]")
                     await sup.stop_all()
         finally:
             for sig in installed:
