@@ -1,4 +1,4 @@
-"""The one exception tree of buildingd. Errors carry the fields a technician needs (ids, addresses)."""
+"""The one exception tree of buildingd. Errors carry the fields a technician needs (ids, ...)."""
 
 from __future__ import annotations
 
@@ -49,7 +49,9 @@ class DeviceError(BuildingdError):
         self.device_id = device_id
         self.point_id = point_id
         self.address = address
-        where = device_id + (f".{point_id}" if point_id else "") + (f" @{address}" if address else "")
+        where = (
+            device_id + (f".{point_id}" if point_id else "") + (f" @{address}" if address else "")
+        )
         super().__init__(f"{where}: {message}")
 
 
@@ -70,7 +72,7 @@ class DecodeError(BuildingdError):
 
 
 class CommandRejectedError(BuildingdError):
-    """A command was refused before reaching the device: not writable, outside limits or safety band."""
+    """A command refused before reaching the device: not writable, outside limits or safety band."""
 
     def __init__(self, message: str, *, device_id: str, point_id: str, value: float) -> None:
         self.device_id = device_id

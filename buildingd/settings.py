@@ -56,7 +56,7 @@ class MqttSettings(Section):
 
 
 class InfluxSettings(Section):
-    """InfluxDB 2.x write API (also InfluxDB 3, VictoriaMetrics). Off: line-protocol files locally."""
+    """InfluxDB 2.x write API (also InfluxDB 3, VictoriaMetrics). Off: local line-protocol files."""
 
     enabled: bool = False
     url: str = "http://127.0.0.1:8086"
@@ -108,7 +108,6 @@ class Settings(BaseSettings):
     http: HttpSettings = HttpSettings()
     sim: SimSettings = SimSettings()
 
-    _toml_file: Path | None = None
 
     @classmethod
     def settings_customise_sources(

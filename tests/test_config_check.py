@@ -77,7 +77,9 @@ def test_writable_point_without_limits(site_copy: Path, capsys: pytest.CaptureFi
     assert f"{devices}:{line}: devices[0].points[2]: a writable point needs limits" in err
 
 
-def test_point_in_zone_no_policy_covers(site_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_point_in_zone_no_policy_covers(
+    site_copy: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     policy = site_copy / "policies" / "office.yaml"
     _replace(policy, "    zones: [f2-server]", "    zones: [f2-serv*x]")
     rc, _, err = check(site_copy, capsys)

@@ -8,8 +8,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from buildingd.agents.messages import EVENTS_TOPIC, CommandMsg, EventMsg
 from buildingd.agents.bus import Mailbox
+from buildingd.agents.messages import EVENTS_TOPIC, CommandMsg, EventMsg
 from buildingd.clock import ScaledClock
 from buildingd.config.loader import load_site
 from buildingd.control.zone import ZoneMode
@@ -157,21 +157,32 @@ def test_commands_outside_limits_or_safety_band_are_refused(tmp_path: Path) -> N
         assert daemon.building is not None
         before = daemon.building.zones["f1-kitchen"].heating_sp_c
         # Device limits are 5..35 degC.
-        r = await device.execute(CommandMsg(point_id="heating_sp", value=36.0, zone_id="f1-kitchen", reason="t"))
+        r = await device.execute(
+            CommandMsg(point_id="heating_sp", value=36.0, zone_id="f1-kitchen", reason="t")
+        )
         assert not r.ok and "outside the device limits" in (r.error or "")
         # Inside the device limits but outside the office policy's safety band (12..30 degC).
-        r = await device.execute(CommandMsg(point_id="heating_sp", value=8.0, zone_id="f1-kitchen", reason="t"))
+        r = await device.execute(
+            CommandMsg(point_id="heating_sp", value=8.0, zone_id="f1-kitchen", reason="t")
+        )
         assert not r.ok and "safety band" in (r.error or "")
-        r = await device.execute(CommandMsg(point_id="temperature", value=20.0, zone_id="f1-kitchen", reason="t"))
+        r = await device.execute(
+            CommandMsg(point_id="temperature", value=20.0, zone_id="f1-kitchen", reason="t")
+        )
         assert not r.ok and "not writable" in (r.error or "")
         assert daemon.building.zones["f1-kitchen"].heating_sp_c == before  # nothing written
-        r = await device.execute(CommandMsg(point_id="heating_sp", value=20.5, zone_id="f1-kitchen", reason="t"))
+        r = await device.execute(
+            CommandMsg(point_id="heating_sp", value=20.5, zone_id="f1-kitchen", reason="t")
+        )
         assert r.ok and r.read_back == 20.5
         daemon.request_stop()
         await task
 
     run_virtual(main())
-    assert daemon.metrics.counters['buildingd_commands_rejected_total{device="f1-kitchen-thermostat"}'] == 3
+    assert (
+        daemon.metrics.counters['buildingd_commands_rejected_total{device="f1-kitchen-thermostat"}']
+        == 3
+    )
 
 
 def test_summary_after_a_working_day(tmp_path: Path) -> None:

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import pytest
 
 from buildingd.agents.bus import Envelope, InProcessBus, Mailbox, Performative
 from buildingd.agents.runtime import Agent, ChildState, RestartPolicy, Supervisor
-from datetime import UTC, datetime
-
 from buildingd.clock import ScaledClock
 from tests.conftest import run_virtual
 
 
 def env(n: int, receiver: str = "a") -> Envelope:
     return Envelope(
-        performative=Performative.INFORM, sender="t", receiver=receiver, ontology="n", content={"n": n}
+        performative=Performative.INFORM,
+        sender="t",
+        receiver=receiver,
+        ontology="n",
+        content={"n": n},
     )
 
 

@@ -36,7 +36,11 @@ def policy() -> Policy:
                 "standby_after_s": 600,
                 "warmup_s": 3600,
             },
-            "lighting": {"vacancy_timeout_s": 900, "daylight_target_lux": 500, "full_output_lux": 500},
+            "lighting": {
+                "vacancy_timeout_s": 900,
+                "daylight_target_lux": 500,
+                "full_output_lux": 500,
+            },
         }
     )
 
@@ -126,9 +130,13 @@ def test_setpoints_never_leave_the_safety_band(
     vote: float,
     minutes: int,
 ) -> None:
-    policy = Policy.model_validate({"id": "p", "zones": ["*"], "safety": {"min_c": 12, "max_c": 30}})
+    policy = Policy.model_validate(
+        {"id": "p", "zones": ["*"], "safety": {"min_c": 12, "max_c": 30}}
+    )
     state = ZoneState(adjustments=Adjustments(dr_shift_k=shift, vote_offset_k=vote))
     now = MONDAY_10 + timedelta(minutes=minutes)
-    d = decide(state, ZoneInputs(temp, occupied=occupied, illuminance_lux=lux), policy, now, minutes * 60)
+    d = decide(
+        state, ZoneInputs(temp, occupied=occupied, illuminance_lux=lux), policy, now, minutes * 60
+    )
     assert 12 <= d.targets[PointKind.HEATING_SETPOINT] < d.targets[PointKind.COOLING_SETPOINT] <= 30
     assert 0 <= d.targets[PointKind.LIGHT_LEVEL] <= 100

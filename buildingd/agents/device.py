@@ -25,8 +25,13 @@ from buildingd.config.base import PointBase
 from buildingd.config.devices import DeviceSpec
 from buildingd.control.validation import FrozenTracker, check_command, judge
 from buildingd.drivers.base import Driver, create_driver
-from buildingd.errors import BuildingdError, CommandRejectedError, DeviceError, ReadBackMismatchError
-from buildingd.points import Quality, Sample
+from buildingd.errors import (
+    BuildingdError,
+    CommandRejectedError,
+    DeviceError,
+    ReadBackMismatchError,
+)
+from buildingd.points import PointKind, Quality, Sample
 
 log = logging.getLogger(__name__)
 audit = logging.getLogger("buildingd.audit")
@@ -167,7 +172,9 @@ class DeviceAgent(Agent):
         return last.value if last is not None else float("nan")
 
     async def _consider(self, point: PointBase, sample: Sample, now: float) -> None:
-        tracker = self._frozen.get(point.id, FrozenTracker()).update(sample.value, sample.received_s)
+        tracker = self._frozen.get(point.id, FrozenTracker()).update(
+            sample.value, sample.received_s
+        )
         self._frozen[point.id] = tracker
         quality = judge(
             point, sample.value, sample.received_s, now, self.device.stale_after(point), tracker
@@ -206,7 +213,9 @@ class DeviceAgent(Agent):
             timestamp=self.ctx.clock.now(),
         )
         self.ctx.metrics.inc("buildingd_readings_published_total")
-        await self.ctx.send(msg.envelope(Performative.INFORM, self.name, readings_topic(point.zone)))
+        await self.ctx.send(
+            msg.envelope(Performative.INFORM, self.name, readings_topic(point.zone))
+        )
 
     async def _handle(self, env: Envelope) -> None:
         if env.performative is not Performative.REQUEST or env.ontology != CommandMsg.ontology:
@@ -238,7 +247,11 @@ class DeviceAgent(Agent):
         elif not self.ctx.accepting_commands:
             error = "daemon is stopping"
         else:
-            policy = self.ctx.site.policy_for(point.zone) if point.zone in self.ctx.site.zone_policy else None
+            policy = (
+                self.ctx.site.policy_for(point.zone)
+                if point.zone in self.ctx.site.zone_policy
+                else None
+            )
             try:
                 check_command(self.device.id, point, cmd.value, policy.safety if policy else None)
                 read_back = await self._write_verified(point, cmd.value)
@@ -263,7 +276,7 @@ class DeviceAgent(Agent):
             device_id=self.device.id,
             point_id=cmd.point_id,
             zone_id=cmd.zone_id,
-            kind=point.kind if point is not None else "other",  # type: ignore[arg-type]
+            kind=point.kind if point is not None else PointKind.OTHER,
             value=cmd.value,
             read_back=read_back,
             ok=ok,

@@ -15,7 +15,9 @@ class Content(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     ontology: ClassVar[str]
 
-    def envelope(self, performative: Performative, sender: str, receiver: str, **kw: Any) -> Envelope:
+    def envelope(
+        self, performative: Performative, sender: str, receiver: str, **kw: Any
+    ) -> Envelope:
         return Envelope(
             performative=performative,
             sender=sender,

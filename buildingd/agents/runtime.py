@@ -33,7 +33,7 @@ class Agent(ABC):
     @abstractmethod
     async def run(self, started: Callable[[], None]) -> None: ...
 
-    async def on_stop(self) -> None:
+    async def on_stop(self) -> None:  # noqa: B027 - optional hook, empty by default
         """Called once when the supervisor stops the agent on purpose (not after a crash)."""
 
 
@@ -161,7 +161,7 @@ class Supervisor:
                 await agent.run(started)
             except asyncio.CancelledError:
                 raise
-            except Exception as err:  # noqa: BLE001 - any crash is handled by restart policy
+            except Exception as err:
                 child.last_error = f"{type(err).__name__}: {err}"
                 now = self.clock.monotonic()
                 child.crashes.append(now)
@@ -169,7 +169,7 @@ class Supervisor:
                     child.crashes.popleft()
                 if len(child.crashes) > self.policy.max_restarts:
                     child.state = ChildState.FAILED
-                    log.error(
+                    log.error(  # noqa: TRY400 - the traceback was logged at each restart
                         "agent %s gave up after %d crashes in %.0f s: %s",
                         child.name,
                         len(child.crashes),

@@ -60,14 +60,29 @@ class TelemetryAgent(Agent):
             if env.ontology == ReadingMsg.ontology:
                 r = ReadingMsg.parse(env)
                 return schema.reading_line(
-                    site, r.device_id, r.point_id, r.zone_id, r.kind.value, r.unit, r.value,
-                    r.quality.value, r.timestamp,
+                    site,
+                    r.device_id,
+                    r.point_id,
+                    r.zone_id,
+                    r.kind.value,
+                    r.unit,
+                    r.value,
+                    r.quality.value,
+                    r.timestamp,
                 )
             if env.ontology == CommandResultMsg.ontology:
                 c = CommandResultMsg.parse(env)
                 return schema.command_line(
-                    site, c.device_id, c.point_id, c.zone_id, c.kind.value, c.value, c.ok,
-                    c.reason, c.error, c.timestamp,
+                    site,
+                    c.device_id,
+                    c.point_id,
+                    c.zone_id,
+                    c.kind.value,
+                    c.value,
+                    c.ok,
+                    c.reason,
+                    c.error,
+                    c.timestamp,
                 )
             if env.ontology == ZoneStateMsg.ontology:
                 z = ZoneStateMsg.parse(env)
@@ -75,8 +90,16 @@ class TelemetryAgent(Agent):
                 building = self.ctx.drivers.building
                 sim_zone = building.zones.get(z.zone_id) if building is not None else None
                 return schema.zone_state_line(
-                    site, z.zone_id, z.mode, z.temperature_c, z.humidity_pct, z.occupied,
-                    z.heating_sp_c, z.cooling_sp_c, z.heating_sp_c, z.cooling_sp_c,
+                    site,
+                    z.zone_id,
+                    z.mode,
+                    z.temperature_c,
+                    z.humidity_pct,
+                    z.occupied,
+                    z.heating_sp_c,
+                    z.cooling_sp_c,
+                    z.heating_sp_c,
+                    z.cooling_sp_c,
                     z.light_level_pct,
                     sim_zone.heating_w if sim_zone is not None else None,
                     sim_zone.cooling_w if sim_zone is not None else None,

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from buildingd.agents.bus import Envelope, Performative, new_conversation_id
 from buildingd.agents.context import AgentContext
@@ -24,7 +24,14 @@ from buildingd.agents.messages import (
     zone_address,
 )
 from buildingd.agents.runtime import Agent
-from buildingd.control.zone import Adjustments, ZoneDecision, ZoneInputs, ZoneMode, ZoneState, decide
+from buildingd.control.zone import (
+    Adjustments,
+    ZoneDecision,
+    ZoneInputs,
+    ZoneMode,
+    ZoneState,
+    decide,
+)
 from buildingd.points import PointKind, Quality
 
 log = logging.getLogger(__name__)
@@ -131,9 +138,7 @@ class ZoneAgent(Agent):
             self.sensors[key] = (msg.kind, _Sensor(msg.value, msg.quality))
             # Occupancy and quality changes act at once; other readings at the next tick.
             return (
-                msg.kind is PointKind.OCCUPANCY
-                or old is None
-                or old[1].quality is not msg.quality
+                msg.kind is PointKind.OCCUPANCY or old is None or old[1].quality is not msg.quality
             )
         if env.ontology == CommandResultMsg.ontology:
             self._command_result(CommandResultMsg.parse(env), env)
@@ -179,7 +184,9 @@ class ZoneAgent(Agent):
         if decision.state.mode is not previous_mode:
             log.info("zone %s: %s -> %s", self.zone_id, previous_mode, decision.state.mode)
             if decision.state.mode is ZoneMode.HOLD:
-                await self._degraded("temperature", "no usable temperature sensor; holding a safe band")
+                await self._degraded(
+                    "temperature", "no usable temperature sensor; holding a safe band"
+                )
         if decision.state.mode is not ZoneMode.HOLD:
             await self._recovered("temperature")
         for kind, target in decision.targets.items():
@@ -257,7 +264,9 @@ class ZoneAgent(Agent):
         ).envelope(Performative.INFORM, self.name, EVENTS_TOPIC)
         await self.ctx.send(env)
 
-    async def _publish_state(self, inputs: ZoneInputs, decision: ZoneDecision, now_s: float) -> None:
+    async def _publish_state(
+        self, inputs: ZoneInputs, decision: ZoneDecision, now_s: float
+    ) -> None:
         key = (
             decision.state.mode,
             decision.band,

@@ -1,1 +1,1 @@
-"""Loading and validating settings, device files and policy files (parse at the edge, frozen inside)."""
+"""Loading and validating device, policy and site files (parse at the edge, frozen inside)."""

@@ -27,7 +27,6 @@ class SimDevice(DeviceBase):
     points: list[SimPoint] = Field(min_length=1)
 
 
-
 DeviceSpec = Annotated[
     SimDevice | ModbusTcpDevice | ModbusRtuDevice | MqttDevice | BleDevice,
     Field(discriminator="driver"),

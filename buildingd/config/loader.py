@@ -91,12 +91,13 @@ def load_site(root: Path) -> Site:
         if parsed is None:
             continue
         for i, device in enumerate(parsed.devices):
-            where = (doc, ("devices", i))
             if device.id in devices:
-                problems.append(doc.problem(("devices", i, "id"), f"duplicate device id {device.id!r}"))
+                problems.append(
+                    doc.problem(("devices", i, "id"), f"duplicate device id {device.id!r}")
+                )
                 continue
             devices[device.id] = device
-            device_docs[device.id] = where
+            device_docs[device.id] = (doc, ("devices", i))
 
     policies: dict[str, Policy] = {}
     policy_docs: dict[str, tuple[LocatedDoc, tuple[Any, ...]]] = {}
@@ -115,7 +116,9 @@ def load_site(root: Path) -> Site:
             continue
         for i, policy in enumerate(pfile.policies):
             if policy.id in policies:
-                problems.append(doc.problem(("policies", i, "id"), f"duplicate policy id {policy.id!r}"))
+                problems.append(
+                    doc.problem(("policies", i, "id"), f"duplicate policy id {policy.id!r}")
+                )
                 continue
             policies[policy.id] = policy
             policy_docs[policy.id] = (doc, ("policies", i))
@@ -125,7 +128,9 @@ def load_site(root: Path) -> Site:
     if site_file is not None and site_doc is not None:
         for i, zone in enumerate(site_file.zones):
             if zone.id in zones:
-                problems.append(site_doc.problem(("zones", i, "id"), f"duplicate zone id {zone.id!r}"))
+                problems.append(
+                    site_doc.problem(("zones", i, "id"), f"duplicate zone id {zone.id!r}")
+                )
             zones[zone.id] = zone
         for i, zone in enumerate(site_file.zones):
             for j, other in enumerate(zone.neighbours):
@@ -168,7 +173,9 @@ def load_site(root: Path) -> Site:
             for j, pattern in enumerate(policy.zones):
                 if not any(fnmatch.fnmatchcase(z, pattern) for z in zones):
                     problems.append(
-                        doc.problem((*prefix, "zones", j), f"{pattern!r} matches no zone in site.yaml")
+                        doc.problem(
+                            (*prefix, "zones", j), f"{pattern!r} matches no zone in site.yaml"
+                        )
                     )
 
         for device_id, device in devices.items():
@@ -180,14 +187,16 @@ def load_site(root: Path) -> Site:
                 if point.zone not in zones:
                     problems.append(doc.problem(where, f"unknown zone {point.zone!r}"))
                 elif point.zone not in zone_policy and policies_complete:
-                    problems.append(doc.problem(where, f"zone {point.zone!r} is covered by no policy"))
+                    problems.append(
+                        doc.problem(where, f"zone {point.zone!r} is covered by no policy")
+                    )
 
     from buildingd.drivers.checks import check_device  # protocol-specific checks (addresses, ...)
 
     for device_id, device in devices.items():
         doc, prefix = device_docs[device_id]
-        for path, message in check_device(device):
-            problems.append(doc.problem((*prefix, *path), message))
+        for key_path, message in check_device(device):
+            problems.append(doc.problem((*prefix, *key_path), message))
 
     if problems:
         raise ConfigError(problems)

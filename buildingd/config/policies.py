@@ -1,4 +1,4 @@
-"""Policy file schema: what facilities staff edit (schedules, comfort bands, lighting, limits, contacts)."""
+"""Policy file schema: what facilities staff edit (schedules, bands, lighting, limits, contacts)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ class Weekday(StrEnum):
     SUN = "sun"
 
     @property
-    def index(self) -> int:
+    def number(self) -> int:
+        """Monday is 0, as ``datetime.weekday()``."""
         return list(Weekday).index(self)
 
 

@@ -1,4 +1,4 @@
-"""Read YAML keeping the line of every key, and turn pydantic errors into ``file:line: key: message``."""
+"""Read YAML keeping the line of every key; turn pydantic errors into ``file:line: key: message``."""
 
 from __future__ import annotations
 
@@ -50,9 +50,11 @@ def _to_python(node: yaml.Node, path: Path_, lines: dict[Path_, int]) -> Any:
     if isinstance(node, yaml.MappingNode):
         result: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key = yaml.safe_load(yaml.serialize(key_node)) if not isinstance(
-                key_node, yaml.ScalarNode
-            ) else _scalar(key_node)
+            key = (
+                yaml.safe_load(yaml.serialize(key_node))
+                if not isinstance(key_node, yaml.ScalarNode)
+                else _scalar(key_node)
+            )
             child = (*path, str(key))
             lines[child] = key_node.start_mark.line + 1
             if key in result:
@@ -66,7 +68,7 @@ def _to_python(node: yaml.Node, path: Path_, lines: dict[Path_, int]) -> Any:
 
 def _scalar(node: yaml.Node) -> Any:
     # Resolve the scalar exactly as safe_load would (ints, floats, bools, null, strings).
-    return yaml.SafeLoader(yaml.serialize(node)).get_single_data()  # type: ignore[no-untyped-call]
+    return yaml.SafeLoader(yaml.serialize(node)).get_single_data()
 
 
 class _DuplicateKey(Exception):

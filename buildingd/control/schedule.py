@@ -12,21 +12,21 @@ def scheduled_occupied(schedule: Schedule, local: datetime) -> bool:
         return False
     t = local.time().replace(tzinfo=None)
     return any(
-        local.weekday() in {d.index for d in block.days} and block.start <= t < block.end
+        local.weekday() in {d.number for d in block.days} and block.start <= t < block.end
         for block in schedule.occupied_hours
     )
 
 
 def next_occupied_start(schedule: Schedule, local: datetime, horizon_s: float) -> datetime | None:
     """The first start of occupied hours after ``local`` within ``horizon_s``, or None."""
-    for day in range(0, int(horizon_s // 86400) + 2):
+    for day in range(int(horizon_s // 86400) + 2):
         date = (local + timedelta(days=day)).date()
         if date in schedule.holidays:
             continue
         starts = sorted(
             datetime.combine(date, block.start, local.tzinfo)
             for block in schedule.occupied_hours
-            if date.weekday() in {d.index for d in block.days}
+            if date.weekday() in {d.number for d in block.days}
         )
         for start in starts:
             if start > local and (start - local).total_seconds() <= horizon_s:

@@ -44,9 +44,7 @@ def judge(
     return Quality.GOOD
 
 
-def check_command(
-    device_id: str, point: PointBase, value: float, safety: Safety | None
-) -> None:
+def check_command(device_id: str, point: PointBase, value: float, safety: Safety | None) -> None:
     """Refuse (never clamp) a value outside the device's limits or the policy's safety band."""
     if not point.writable:
         raise CommandRejectedError(
@@ -65,8 +63,10 @@ def check_command(
             point_id=point.id,
             value=value,
         )
-    if safety is not None and point.kind in SETPOINT_KINDS and not (
-        safety.min_c <= value <= safety.max_c
+    if (
+        safety is not None
+        and point.kind in SETPOINT_KINDS
+        and not (safety.min_c <= value <= safety.max_c)
     ):
         raise CommandRejectedError(
             f"outside the policy safety band {safety.min_c}..{safety.max_c} degC",

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from buildingd.drivers.base import Driver
 from buildingd.errors import DeviceError, DeviceUnavailableError
 from buildingd.points import Sample
+from buildingd.sim.building import Building
 
 
 class SimDriver(Driver):
@@ -20,7 +21,7 @@ class SimDriver(Driver):
     async def close(self) -> None:
         return None
 
-    def _building(self):  # type: ignore[no-untyped-def]
+    def _building(self) -> Building:
         building = self.ctx.building
         if building is None:
             raise DeviceUnavailableError("simulator stopped", device_id=self.device.id)
@@ -34,7 +35,9 @@ class SimDriver(Driver):
         for point in self.device.points_list():
             if building.sensor_failed(point.zone, point.kind):
                 raise DeviceUnavailableError(
-                    "no answer (simulated sensor failure)", device_id=self.device.id, point_id=point.id
+                    "no answer (simulated sensor failure)",
+                    device_id=self.device.id,
+                    point_id=point.id,
                 )
             out[point.id] = Sample(building.read_point(point.zone, point.kind), now)
         return out

@@ -187,9 +187,7 @@ class Daemon:
             async with contextlib.AsyncExitStack() as services:
                 self._services = services
                 await self._start_simulator_servers(services)
-                async with Supervisor(
-                    self.clock, RestartPolicy(), on_give_up=self._give_up
-                ) as sup:
+                async with Supervisor(self.clock, RestartPolicy(), on_give_up=self._give_up) as sup:
                     self.supervisor = sup
                     await sup.start("telemetry", lambda: TelemetryAgent(self.ctx, sink))
                     # Zones first, so they hear the devices' first readings.
@@ -241,7 +239,9 @@ class Daemon:
                 ZoneSummary(
                     zone_id=zone_id,
                     hours=stats.seconds / 3600,
-                    in_band_pct=100 * stats.seconds_in_band / stats.seconds if stats.seconds else None,
+                    in_band_pct=100 * stats.seconds_in_band / stats.seconds
+                    if stats.seconds
+                    else None,
                     heating_kwh=sim.heating_j / 3.6e6 if sim is not None else None,
                     cooling_kwh=sim.cooling_j / 3.6e6 if sim is not None else None,
                     light_on_h=stats.light_on_s / 3600,

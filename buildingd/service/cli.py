@@ -15,7 +15,9 @@ log = logging.getLogger("buildingd")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, help="settings file (default /etc/buildingd/buildingd.toml)")
+    p.add_argument(
+        "--config", type=Path, help="settings file (default /etc/buildingd/buildingd.toml)"
+    )
     p.add_argument("--site", type=Path, help="site directory with site.yaml, devices/, policies/")
 
 
@@ -38,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     kpi = sub.add_parser("kpi", help="compute KPIs of a trajectory CSV", add_help=False)
     kpi.add_argument("args", nargs=argparse.REMAINDER)
 
-    evaluate = sub.add_parser("evaluate", help="compare buildingd with a baseline in simulation", add_help=False)
+    evaluate = sub.add_parser(
+        "evaluate", help="compare buildingd with a baseline in simulation", add_help=False
+    )
     evaluate.add_argument("args", nargs=argparse.REMAINDER)
 
     status = sub.add_parser("status", help="show the running daemon", add_help=False)
@@ -126,7 +130,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     async def main() -> None:
         daemon = Daemon(settings, site)
         async with asyncio.TaskGroup() as tg:
-            view = tg.create_task(show(daemon, sys.stdout if console else _NullTTY()), name="console")
+            view = tg.create_task(
+                show(daemon, sys.stdout if console else _NullTTY()), name="console"
+            )
             try:
                 summary = await daemon.run(duration)
             finally:
@@ -141,6 +147,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 class _NullTTY:
     def isatty(self) -> bool:
         return False
+
+    def write(self, text: str, /) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        return None
 
 
 def _setup_logging(level: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from typing import TextIO
+from typing import Protocol
 
 from buildingd.service.app import Daemon
 
@@ -54,7 +54,15 @@ def _tz(name: str):  # type: ignore[no-untyped-def]
     return ZoneInfo(name)
 
 
-async def show(daemon: Daemon, out: TextIO = sys.stdout, interval_s: float = 1.0) -> None:
+class Output(Protocol):
+    def isatty(self) -> bool: ...
+
+    def write(self, text: str, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
+async def show(daemon: Daemon, out: Output = sys.stdout, interval_s: float = 1.0) -> None:
     """Redraw the table on a terminal; log a status line (and the zones) every minute otherwise."""
     await daemon.ready.wait()
     tty = out.isatty()

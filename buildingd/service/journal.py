@@ -17,6 +17,15 @@ from typing import Any, TextIO
 NOTICE = 25
 logging.addLevelName(NOTICE, "NOTICE")
 
+LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "notice": NOTICE,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
+
 AUDIT_LOGGER = "audit"
 audit_log = logging.getLogger(AUDIT_LOGGER)
 # Audit lines are never filtered by the configured log level (see setup_logging).
@@ -109,7 +118,9 @@ class IdsAdapter(logging.LoggerAdapter[logging.Logger]):
         super().__init__(logger, {"log_ids": dict(ids)})
         self.ids = dict(ids)
 
-    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
         extra = dict(kwargs.get("extra") or {})
         extra["log_ids"] = {**self.ids, **dict(extra.get("log_ids") or {})}
         kwargs["extra"] = extra
@@ -196,9 +207,12 @@ def setup_logging(
             journal = stream_is_journal(out.fileno())
         except (OSError, ValueError, AttributeError):
             journal = False
-    levelno = level if isinstance(level, int) else logging.getLevelName(level.upper())
-    if not isinstance(levelno, int):
-        raise ValueError(f"unknown log level {level!r}")
+    if isinstance(level, int):
+        levelno = level
+    elif level.lower() in LEVELS:
+        levelno = LEVELS[level.lower()]
+    else:
+        raise ValueError(f"unknown log level {level!r}; use one of {', '.join(LEVELS)}")
 
     handler = logging.StreamHandler(out)
     handler.setFormatter(JournalFormatter() if journal else PlainFormatter())
@@ -212,7 +226,9 @@ def setup_logging(
     root.addHandler(handler)
     root.setLevel(levelno)
     for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.NOTSET if levelno <= logging.DEBUG else logging.WARNING)
+        logging.getLogger(name).setLevel(
+            logging.NOTSET if levelno <= logging.DEBUG else logging.WARNING
+        )
     # Audit lines (NOTICE) must never be filtered by a higher log_level: set the audit logger's
     # own level, which is the only level check a record of that logger passes through.
     audit_log.setLevel(NOTICE)

@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 from buildingd.config.site import Zone
 from buildingd.points import PointKind
 from buildingd.sim.occupancy import OccupancyModel
-from buildingd.sim.weather import Scenario, Weather
+from buildingd.sim.weather import Outdoor, Scenario, Weather
 
 AIR_DENSITY = 1.2  # kg/m3
 AIR_CP = 1005.0  # J/(kg K)
@@ -209,7 +209,7 @@ class Building:
     def local_now(self) -> datetime:
         return self.now.astimezone(self.tz)
 
-    def outdoor(self) -> object:
+    def outdoor(self) -> Outdoor:
         return self.weather.at(self.local_now())
 
     def _daylight_lux(self, zone: ZoneSim) -> float:
@@ -257,8 +257,12 @@ class Building:
             t = zone.temperature_c
             spec = zone.spec
             # Terminal unit: proportional band of 1 K, like a room thermostat.
-            zone.heating_w = min(spec.heating_capacity_w, max(0.0, (zone.heating_sp_c - t)) * spec.heating_capacity_w)
-            zone.cooling_w = min(spec.cooling_capacity_w, max(0.0, (t - zone.cooling_sp_c)) * spec.cooling_capacity_w)
+            zone.heating_w = min(
+                spec.heating_capacity_w, max(0.0, (zone.heating_sp_c - t)) * spec.heating_capacity_w
+            )
+            zone.cooling_w = min(
+                spec.cooling_capacity_w, max(0.0, (t - zone.cooling_sp_c)) * spec.cooling_capacity_w
+            )
             if zone.heating_sp_c >= zone.cooling_sp_c:  # never fight: heating wins
                 zone.cooling_w = 0.0
             q = (

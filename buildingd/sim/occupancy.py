@@ -15,9 +15,9 @@ class OccupancyModel:
         self.seed = seed
         self._plans: dict[tuple[str, int], list[tuple[float, float]]] = {}
 
-    def _plan(self, zone_id: str, occupants: int, meeting: bool, local: datetime) -> list[
-        tuple[float, float]
-    ]:
+    def _plan(
+        self, zone_id: str, occupants: int, meeting: bool, local: datetime
+    ) -> list[tuple[float, float]]:
         """Intervals (start hour, end hour) of presence for each occupant on that day."""
         key = (zone_id, local.toordinal())
         if key in self._plans:
@@ -50,7 +50,9 @@ class OccupancyModel:
         if design <= 0:
             return 0
         hour = local.hour + local.minute / 60 + local.second / 3600
-        present = sum(1 for start, end in self._plan(zone_id, design, meeting, local) if start <= hour < end)
+        present = sum(
+            1 for start, end in self._plan(zone_id, design, meeting, local) if start <= hour < end
+        )
         if meeting:
             return design // 2 + 1 if present else 0
         return present

@@ -62,7 +62,9 @@ class Weather:
         sunrise, sunset = (8.0, 16.5) if self.scenario == "heating" else (5.5, 21.0)
         if self.scenario == "mild":
             sunrise, sunset = 6.5, 19.0
-        peak = 300.0 if self.scenario == "heating" else 850.0 if self.scenario == "cooling" else 600.0
+        peak = (
+            300.0 if self.scenario == "heating" else 850.0 if self.scenario == "cooling" else 600.0
+        )
         if sunrise < hour < sunset:
             phase = (hour - sunrise) / (sunset - sunrise)  # 0..1 across the day
             beam = peak * math.sin(math.pi * phase) * (1.0 - 0.75 * cloud)
