@@ -47,7 +47,10 @@ class MemorySink:
 def make_daemon(tmp_path: Path, start: datetime, seed: int = 7) -> tuple[Daemon, MemorySink]:
     settings = Settings(state_dir=tmp_path / "state", site_dir=REPO)
     settings = settings.model_copy(
-        update={"sim": settings.sim.model_copy(update={"seed": seed, "start": start.isoformat()})}
+        update={
+            "sim": settings.sim.model_copy(update={"seed": seed, "start": start.isoformat()}),
+            "http": settings.http.model_copy(update={"enabled": False}),
+        }
     )
     sink = MemorySink()
     clock = ScaledClock(start, 1.0)

@@ -61,6 +61,8 @@ class DeviceAgent(Agent):
         self._published: dict[str, _Published] = {}
         self._last_good_s: dict[str, float] = {}
         self.last_poll_s: float | None = None
+        self._poll_started_s: float | None = None  # set while a read is in flight
+        self._writing = asyncio.Lock()  # held while a command is executed
 
     async def run(self, started: Callable[[], None]) -> None:
         self.ctx.bus.subscribe(self.name, self.inbox)
@@ -147,10 +149,21 @@ class DeviceAgent(Agent):
         ).envelope(Performative.INFORM, self.name, EVENTS_TOPIC)
         await self.ctx.send(env)
 
+    def poll_stuck_since(self, now_s: float) -> float:
+        """How long the read in flight has taken (0 when none is): a wedged driver shows here."""
+        return 0.0 if self._poll_started_s is None else now_s - self._poll_started_s
+
+    async def on_stop(self) -> None:
+        # Graceful stop: let the write in flight finish (it is verified by read-back) before
+        # the task is cancelled, so no actuator is left half-written.
+        async with self._writing:
+            pass
+
     async def poll(self) -> None:
         assert self.driver is not None
         now = self.ctx.clock.monotonic()
         self.last_poll_s = now
+        self._poll_started_s = now
         try:
             samples = await self.driver.read()
         except DeviceError as err:
@@ -159,6 +172,8 @@ class DeviceAgent(Agent):
             samples = {}
         else:
             await self._set_available(True)
+        finally:
+            self._poll_started_s = None
         now = self.ctx.clock.monotonic()
         for pid, point in self.points.items():
             sample = samples.get(pid)
@@ -227,7 +242,8 @@ class DeviceAgent(Agent):
             self.ctx.metrics.inc("buildingd_messages_rejected_total", agent="device")
             log.warning("device %s: malformed command from %s: %s", self.device.id, env.sender, err)
             return
-        result = await self.execute(cmd)
+        async with self._writing:
+            result = await self.execute(cmd)
         reply = result.envelope(
             Performative.INFORM_DONE if result.ok else Performative.FAILURE,
             self.name,

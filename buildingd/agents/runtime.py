@@ -63,6 +63,7 @@ class Child:
     agent: Agent | None = None
     task: asyncio.Task[None] | None = None
     crashes: deque[float] = field(default_factory=deque)
+    started_s: float = 0.0  # monotonic time the child was started (not restarted)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -110,7 +111,7 @@ class Supervisor:
             ChildState.FAILED,
         ):
             raise ValueError(f"agent {name} is already running")
-        child = Child(name, factory)
+        child = Child(name, factory, started_s=self.clock.monotonic())
         self.children[name] = child
         child.task = self._group.create_task(self._keep(child), name=name)
         waiter = asyncio.ensure_future(child.ready.wait())

@@ -76,9 +76,12 @@ class ZoneAgent(Agent):
     mailbox_size = 500
     overflow = "drop_oldest"  # readings are superseded by newer ones
 
-    def __init__(self, zone_id: str, ctx: AgentContext) -> None:
+    def __init__(self, zone_id: str, ctx: AgentContext, baseline: bool = False) -> None:
         super().__init__(zone_address(zone_id))
         self.zone_id = zone_id
+        # Baseline (common practice, for ``buildingd evaluate``): no occupancy sensing and no
+        # daylight: the zone follows the schedule and lights stay on through scheduled hours.
+        self.baseline = baseline
         self.ctx = ctx
         self.state = ZoneState()
         self.decision: ZoneDecision | None = None
@@ -87,19 +90,47 @@ class ZoneAgent(Agent):
         self.stats = ZoneStats()
         self._last_tick_s: float | None = None
         self._started_s = 0.0
+        self.last_control_s: float | None = None
         self._last_state_msg: tuple[object, ...] | None = None
         self._last_state_s = -1e18
         self.degraded: set[str] = set()
         self._bind()
 
     def _bind(self) -> None:
+        old = {(a.device_id, a.point_id): a for acts in self.actuators.values() for a in acts}
         self.actuators = {}
         for device in self.ctx.site.devices.values():
             for point in device.points_list():
                 if point.zone == self.zone_id and point.writable and point.kind.is_actuator:
-                    self.actuators.setdefault(point.kind, []).append(
-                        _Actuator(device.id, point.id, point.kind)
+                    # Keep what the device already confirmed: no actuator is rewritten on a
+                    # reload unless its target changes.
+                    act = old.get((device.id, point.id)) or _Actuator(
+                        device.id, point.id, point.kind
                     )
+                    self.actuators.setdefault(point.kind, []).append(act)
+
+    def rebind(self) -> None:
+        """Re-read which actuators serve the zone (after a reload)."""
+        self._bind()
+
+    def pending_commands(self) -> int:
+        return sum(1 for acts in self.actuators.values() for a in acts if a.pending is not None)
+
+    async def drive_safe_state(self) -> None:
+        """Shutdown action ``safe``: the unoccupied band, lights and moisture equipment off."""
+        band = self.policy.comfort.unoccupied
+        targets = {
+            PointKind.HEATING_SETPOINT: band.heating_c,
+            PointKind.COOLING_SETPOINT: band.cooling_c,
+            PointKind.LIGHT_LEVEL: 0.0,
+            PointKind.LIGHT_SWITCH: 0.0,
+            PointKind.DEHUMIDIFIER: 0.0,
+            PointKind.HUMIDIFIER: 0.0,
+        }
+        now = self.ctx.clock.monotonic()
+        for kind, target in targets.items():
+            for act in self.actuators.get(kind, []):
+                await self._drive(act, target, now, "shutdown: safe state")
 
     @property
     def policy(self):  # type: ignore[no-untyped-def]
@@ -162,11 +193,12 @@ class ZoneAgent(Agent):
             # Median: one drifting sensor among three cannot move the zone.
             temperature_c=statistics.median(temps) if temps else None,
             humidity_pct=statistics.median(hums) if hums else None,
-            occupied=any(v >= 0.5 for v in occ) if occ else None,
-            illuminance_lux=statistics.fmean(lux) if lux else None,
+            occupied=any(v >= 0.5 for v in occ) if occ and not self.baseline else None,
+            illuminance_lux=statistics.fmean(lux) if lux and not self.baseline else None,
         )
 
     async def control(self, now_s: float) -> None:
+        self.last_control_s = now_s
         inputs = self.inputs()
         if (
             self.decision is None

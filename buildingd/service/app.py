@@ -19,13 +19,17 @@ from buildingd.agents.bus import InProcessBus, Performative
 from buildingd.agents.context import AgentContext, Metrics
 from buildingd.agents.device import DeviceAgent
 from buildingd.agents.messages import EVENTS_TOPIC, EventMsg
-from buildingd.agents.runtime import RestartPolicy, Supervisor
+from buildingd.agents.runtime import ChildState, RestartPolicy, Supervisor
 from buildingd.agents.telemetry import TelemetryAgent
-from buildingd.agents.zone import ZoneAgent, ZoneStats
+from buildingd.agents.zone import CONTROL_INTERVAL_S, ZoneAgent, ZoneStats
 from buildingd.clock import Clock, ScaledClock, SystemClock
-from buildingd.config.loader import Site
+from buildingd.config.loader import Site, load_site
 from buildingd.drivers.base import DriverContext
-from buildingd.settings import Settings
+from buildingd.errors import ConfigError
+from buildingd.service.http import HttpServer
+from buildingd.service.reload import plan_reload
+from buildingd.service.sdnotify import Notifier, WatchdogGuard
+from buildingd.settings import REPO_SITE, Settings, load_settings
 from buildingd.sim.building import Building
 from buildingd.telemetry.sink import TelemetrySink
 
@@ -94,8 +98,19 @@ class Daemon:
         site: Site,
         clock: Clock | None = None,
         sink_factory: Callable[[], TelemetrySink] | None = None,
+        baseline: bool = False,
+        config_path: Path | None = None,
     ) -> None:
         self.settings = settings
+        self.baseline = baseline
+        self.config_path = config_path
+        self.sink: TelemetrySink | None = None
+        self.notifier = Notifier()
+        self.watchdog: WatchdogGuard | None = None
+        self.http: HttpServer | None = None
+        self.reloads = {"ok": 0, "failed": 0}
+        self.accepting_external_commands = True
+        self._reload_requested = asyncio.Event()
         self._sink_factory = sink_factory
         self.site = site
         self.building: Building | None = None
@@ -163,7 +178,7 @@ class Daemon:
         assert self.supervisor is not None
 
         def make() -> ZoneAgent:
-            agent = ZoneAgent(zone_id, self.ctx)
+            agent = ZoneAgent(zone_id, self.ctx, baseline=self.baseline)
             old = self.zone_agents.get(zone_id)
             if old is not None:  # a restarted zone keeps its coordinator adjustments
                 agent.set_adjustments(old.state.adjustments)
@@ -175,19 +190,27 @@ class Daemon:
 
     async def run(self, duration_s: float | None = None) -> RunSummary:
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
-        sink = self._make_sink()
+        sink = self.sink = self._make_sink()
         await sink.start()
         loop = asyncio.get_running_loop()
         installed: list[signal.Signals] = []
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        handlers = {
+            signal.SIGTERM: self.request_stop,
+            signal.SIGINT: self.request_stop,
+            signal.SIGHUP: self.request_reload,
+        }
+        for sig, handler in handlers.items():
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(sig, self.request_stop)
+                loop.add_signal_handler(sig, handler)
                 installed.append(sig)
         try:
             async with contextlib.AsyncExitStack() as services:
                 self._services = services
                 await self._start_simulator_servers(services)
-                async with Supervisor(self.clock, RestartPolicy(), on_give_up=self._give_up) as sup:
+                async with (
+                    Supervisor(self.clock, RestartPolicy(), on_give_up=self._give_up) as sup,
+                    asyncio.TaskGroup() as tasks,
+                ):
                     self.supervisor = sup
                     await sup.start("telemetry", lambda: TelemetryAgent(self.ctx, sink))
                     # Zones first, so they hear the devices' first readings.
@@ -195,28 +218,190 @@ class Daemon:
                         await self.start_zone(zone_id)
                     for device_id in self.site.devices:
                         await self.start_device(device_id)
+                    await self._start_http()
                     self.ready.set()
                     for callback in self.on_ready:
                         callback()
                     log.info("%s; running", self.site.summary())
+                    self.notifier.ready(self.status_summary())
+                    housekeeping = tasks.create_task(self._housekeeping(), name="housekeeping")
+                    reloader = tasks.create_task(self._reloader(), name="reloader")
                     try:
                         async with asyncio.timeout(duration_s):
                             await self.stop_requested.wait()
                     except TimeoutError:
                         pass
+                    self.notifier.stopping()
                     log.info("stopping")
-                    self.ctx.accepting_commands = False
-                    for zone_id in list(self.site.zones):
-                        await sup.stop(f"zone[{zone_id}]")
-                    for device_id in list(self.site.devices):
-                        await sup.stop(f"device[{device_id}]")
-                    await sup.stop_all()
+                    housekeeping.cancel()
+                    reloader.cancel()
+                    await self._shutdown(sup)
         finally:
             for sig in installed:
                 loop.remove_signal_handler(sig)
+            if self.http is not None:
+                await self.http.stop()
             await self.ctx.drivers.resources.close_all()
-            await sink.stop()
+            await sink.stop()  # flushes telemetry to disk (or the server)
         return self.summary()
+
+    async def _shutdown(self, sup: Supervisor) -> None:
+        """Graceful stop: safe states where the policy asks, then zones, then devices (each
+        finishing its in-flight write), then the rest."""
+        self.accepting_external_commands = False
+        await self._apply_shutdown_states()
+        for zone_id in list(self.site.zones):
+            await sup.stop(f"zone[{zone_id}]")
+        self.ctx.accepting_commands = False
+        for device_id in list(self.site.devices):
+            await sup.stop(f"device[{device_id}]")
+        await sup.stop_all()
+
+    async def _apply_shutdown_states(self) -> None:
+        agents = [
+            a
+            for z, a in self.zone_agents.items()
+            if z in self.site.zones and self.site.policy_for(z).shutdown.action == "safe"
+        ]
+        for agent in agents:
+            await agent.drive_safe_state()
+        deadline = self.clock.monotonic() + 10.0
+        while any(a.pending_commands() for a in agents) and self.clock.monotonic() < deadline:
+            await self.clock.sleep(0.1)
+
+    def request_reload(self) -> None:
+        """SIGHUP: the reloader task (owned by the daemon's task group) does the work."""
+        self._reload_requested.set()
+
+    async def _reloader(self) -> None:
+        while True:
+            await self._reload_requested.wait()
+            self._reload_requested.clear()
+            await self.reload()
+
+    async def reload(self) -> dict[str, object]:
+        """Re-read settings and site; apply only what changed, or keep everything as it was."""
+        self.notifier.reloading()
+        try:
+            settings = load_settings(self.config_path)
+            if self.settings.site_dir != settings.site_dir and settings.site_dir == REPO_SITE:
+                settings = settings.model_copy(update={"site_dir": self.settings.site_dir})
+            site = load_site(settings.site_dir)
+        except ConfigError as err:
+            return await self._reload_failed([str(p) for p in err.problems])
+        except (ValueError, OSError) as err:
+            return await self._reload_failed([f"settings: {err}"])
+        plan = plan_reload(self.site, site)
+        self.site = site
+        self.ctx.site = site
+        sup = self.supervisor
+        assert sup is not None
+        for device_id in plan.devices_stop:
+            await sup.stop(f"device[{device_id}]")
+            self.device_agents.pop(device_id, None)
+        for zone_id in plan.zones_stop:
+            await sup.stop(f"zone[{zone_id}]")
+            self.zone_agents.pop(zone_id, None)
+        for zone_id in plan.zones_start:
+            await self.start_zone(zone_id)
+        for agent in self.zone_agents.values():
+            agent.rebind()
+        for device_id in plan.devices_start:
+            await self.start_device(device_id)
+        self.reloads["ok"] += 1
+        self.metrics.inc("buildingd_reloads_total", result="ok")
+        log.info("reloaded: %s", plan.describe())
+        await self._event("reload", "info", f"reloaded: {plan.describe()}")
+        self.notifier.ready(self.status_summary())
+        return {"ok": True, "changes": plan.describe()}
+
+    async def _reload_failed(self, problems: list[str]) -> dict[str, object]:
+        self.reloads["failed"] += 1
+        self.metrics.inc("buildingd_reloads_total", result="failed")
+        for problem in problems:
+            log.error("reload refused, keeping the running configuration: %s", problem)
+        await self._event("reload-failed", "error", "reload refused: " + "; ".join(problems[:5]))
+        self.notifier.ready(f"reload failed: {problems[0]}"[:200])
+        return {"ok": False, "errors": problems}
+
+    async def _event(self, kind: str, severity: str, message: str) -> None:
+        env = EventMsg(
+            kind=kind,
+            source="daemon",
+            severity=severity,
+            message=message[:2000],
+            timestamp=self.clock.now(),
+        ).envelope(Performative.INFORM, "daemon", EVENTS_TOPIC)
+        await self.bus.send(env)
+
+    async def _start_http(self) -> None:
+        http = self.settings.http
+        if not http.enabled:
+            return
+        from buildingd.service.api import install_routes
+
+        token = None
+        if http.token_file is not None:
+            token = http.token_file.read_text(encoding="utf-8").strip() or None
+        self.http = HttpServer(http.bind, http.port, token)
+        install_routes(self.http, self)
+        await self.http.start()
+
+    async def _housekeeping(self) -> None:
+        """Every few real seconds: STATUS= for systemd, and WATCHDOG=1 while alive."""
+        interval = self.notifier.watchdog_interval_s()
+        if interval is not None:
+            self.watchdog = WatchdogGuard(self.notifier, interval)
+            # The control loop must tick: the slowest zone decides at least every
+            # CONTROL_INTERVAL_S simulated seconds; allow three intervals plus slack.
+            self.watchdog.register(
+                "control", 3 * self.clock.to_loop_seconds(CONTROL_INTERVAL_S) + 2 * interval
+            )
+        while True:
+            if self.watchdog is not None:
+                if self._control_alive():
+                    self.watchdog.heartbeat("control")
+                self.watchdog.tick()
+            self.notifier.status(self.status_summary())
+            await asyncio.sleep(interval if interval is not None else 5.0)
+
+    def _control_alive(self) -> bool:
+        """True when every zone agent has decided recently and no device poll is stuck."""
+        now = self.clock.monotonic()
+        for agent in self.zone_agents.values():
+            last = agent.last_control_s
+            if last is not None and now - last > 3 * CONTROL_INTERVAL_S + 60:
+                return False
+        for dev in self.device_agents.values():
+            if dev.poll_stuck_since(now) > 3 * dev.device.poll_interval_s + 120:
+                return False
+        return True
+
+    def status_summary(self) -> str:
+        zones = len(self.site.zones)
+        degraded = sum(1 for a in self.zone_agents.values() if a.degraded)
+        up = sum(1 for a in self.device_agents.values() if a.available)
+        down = sum(1 for a in self.device_agents.values() if a.available is False)
+        alerts = len(self.open_alerts())
+        return (
+            f"{zones} zones ({degraded} degraded), devices {up} up/{down} down, "
+            f"{alerts} alerts open"
+        )
+
+    def open_alerts(self) -> list[dict[str, object]]:
+        """Current problems: degraded zones, unavailable devices, agents given up on."""
+        out: list[dict[str, object]] = []
+        for zone_id, agent in self.zone_agents.items():
+            for what in sorted(agent.degraded):
+                out.append({"zone": zone_id, "cause": f"{what} unavailable"})
+        for device_id, dev in self.device_agents.items():
+            if dev.available is False:
+                out.append({"device": device_id, "cause": "device unavailable"})
+        if self.supervisor is not None:
+            for child in self.supervisor.children.values():
+                if child.state is ChildState.FAILED:
+                    out.append({"agent": child.name, "cause": child.last_error})
+        return out
 
     async def _start_simulator_servers(self, services: contextlib.AsyncExitStack) -> None:
         if self.building is None:

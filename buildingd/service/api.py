@@ -1,0 +1,200 @@
+"""Routes of the HTTP endpoint over a running daemon: health, Prometheus metrics, the read-only
+JSON API (zones, devices, alerts) and the token-protected writes."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+from buildingd.agents.runtime import ChildState
+from buildingd.service.http import HttpError, HttpServer, Request, Response
+
+if TYPE_CHECKING:
+    from buildingd.service.app import Daemon
+
+
+def zones_json(daemon: Daemon) -> list[dict[str, Any]]:
+    out = []
+    for zone_id, zone in daemon.site.zones.items():
+        agent = daemon.zone_agents.get(zone_id)
+        entry: dict[str, Any] = {"id": zone_id, "name": zone.name, "floor": zone.floor}
+        entry["policy"] = daemon.site.zone_policy.get(zone_id)
+        if agent is not None and agent.decision is not None:
+            i, d = agent.inputs(), agent.decision
+            entry.update(
+                mode=d.state.mode.value,
+                temperature_c=i.temperature_c,
+                humidity_pct=i.humidity_pct,
+                occupied=i.occupied,
+                illuminance_lux=i.illuminance_lux,
+                heating_sp_c=d.band.heating_c,
+                cooling_sp_c=d.band.cooling_c,
+                light_level_pct=d.state.light_level_pct,
+                dehumidifier_on=d.state.dehumidifier_on,
+                degraded=sorted(agent.degraded),
+            )
+        else:
+            entry["mode"] = "starting"
+        out.append(entry)
+    return out
+
+
+def devices_json(daemon: Daemon) -> list[dict[str, Any]]:
+    out = []
+    for device_id, device in daemon.site.devices.items():
+        agent = daemon.device_agents.get(device_id)
+        out.append(
+            {
+                "id": device_id,
+                "driver": device.driver,
+                "available": agent.available if agent is not None else None,
+                "points": len(device.points_list()),
+                "poll_interval_s": device.poll_interval_s,
+            }
+        )
+    return out
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def metrics_text(daemon: Daemon) -> str:
+    """Prometheus text exposition format 0.0.4."""
+    lines: list[str] = []
+
+    def add(name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> None:
+        lines.append(f"# HELP {name} {help_}")
+        lines.append(f"# TYPE {name} {kind}")
+        lines.extend(f"{key} {value:g}" for key, value in samples)
+
+    stats = daemon.bus.stats
+    add(
+        "buildingd_bus_messages_total",
+        "counter",
+        "Messages on the agent bus by performative/ontology.",
+        [
+            (f'buildingd_bus_messages_total{{kind="{_escape(k)}"}}', float(v))
+            for k, v in sorted(stats.by_kind.items())
+        ],
+    )
+    add(
+        "buildingd_bus_invalid_total",
+        "counter",
+        "Messages refused by the bus.",
+        [("buildingd_bus_invalid_total", float(stats.invalid))],
+    )
+    devices = devices_json(daemon)
+    add(
+        "buildingd_device_up",
+        "gauge",
+        "1 when the device answers, 0 when unavailable.",
+        [
+            (f'buildingd_device_up{{device="{_escape(d["id"])}"}}', 1.0 if d["available"] else 0.0)
+            for d in devices
+        ],
+    )
+    sup = daemon.supervisor
+    children = list(sup.children.values()) if sup is not None else []
+    add(
+        "buildingd_agent_restarts_total",
+        "counter",
+        "Restarts of each agent by the supervisor.",
+        [
+            (f'buildingd_agent_restarts_total{{agent="{_escape(c.name)}"}}', float(c.restarts))
+            for c in children
+        ],
+    )
+    add(
+        "buildingd_agents_failed",
+        "gauge",
+        "Agents the supervisor gave up on.",
+        [("buildingd_agents_failed", float(sum(c.state is ChildState.FAILED for c in children)))],
+    )
+    sink_stats = daemon.sink.stats() if daemon.sink is not None else {}
+    add(
+        "buildingd_telemetry",
+        "gauge",
+        "Telemetry sink figures (buffer depth, drops, written).",
+        [
+            (f'buildingd_telemetry{{figure="{_escape(k)}"}}', float(v))
+            for k, v in sorted(sink_stats.items())
+        ],
+    )
+    for key, value in sorted(daemon.metrics.counters.items()):
+        name = key.split("{", 1)[0]
+        lines.append(f"# TYPE {name} counter")
+        lines.append(f"{key} {float(value):g}")
+    for key, value in sorted(daemon.metrics.gauges.items()):
+        if key.startswith("buildingd_device_up"):
+            continue
+        name = key.split("{", 1)[0]
+        lines.append(f"# TYPE {name} gauge")
+        lines.append(f"{key} {value:g}")
+    return "\n".join(_dedupe_type_lines(lines)) + "\n"
+
+
+def _dedupe_type_lines(lines: list[str]) -> list[str]:
+    seen: set[str] = set()
+    out = []
+    for line in lines:
+        if line.startswith("# TYPE"):
+            if line in seen:
+                continue
+            seen.add(line)
+        out.append(line)
+    return out
+
+
+def install_routes(server: HttpServer, daemon: Daemon) -> None:
+    async def healthz(_: Request) -> Response:
+        ready = daemon.ready.is_set() and not daemon.stop_requested.is_set()
+        body = {"live": True, "ready": ready, "status": daemon.status_summary()}
+        return Response.json(body, 200 if ready else HTTPStatus.SERVICE_UNAVAILABLE)
+
+    async def metrics(_: Request) -> Response:
+        return Response.text(metrics_text(daemon))
+
+    async def zones(_: Request) -> Response:
+        return Response.json(zones_json(daemon))
+
+    async def zone(request: Request) -> Response:
+        for entry in zones_json(daemon):
+            if entry["id"] == request.params["zone"]:
+                return Response.json(entry)
+        raise HttpError(HTTPStatus.NOT_FOUND, f"no zone {request.params['zone']!r}")
+
+    async def devices(_: Request) -> Response:
+        return Response.json(devices_json(daemon))
+
+    async def alerts(_: Request) -> Response:
+        return Response.json(daemon.open_alerts())
+
+    async def agents(_: Request) -> Response:
+        sup = daemon.supervisor
+        children = list(sup.children.values()) if sup is not None else []
+        return Response.json(
+            [
+                {
+                    "name": c.name,
+                    "state": c.state.value,
+                    "restarts": c.restarts,
+                    "started_s": round(c.started_s, 3),
+                    "last_error": c.last_error,
+                }
+                for c in children
+            ]
+        )
+
+    async def reload(_: Request) -> Response:
+        result = await daemon.reload()
+        return Response.json(result, 200 if result["ok"] else HTTPStatus.UNPROCESSABLE_ENTITY)
+
+    server.route("GET", "/healthz", healthz)
+    server.route("GET", "/metrics", metrics)
+    server.route("GET", "/api/zones", zones)
+    server.route("GET", "/api/zones/{zone}", zone)
+    server.route("GET", "/api/devices", devices)
+    server.route("GET", "/api/alerts", alerts)
+    server.route("GET", "/api/agents", agents)
+    server.route("POST", "/api/reload", reload, write=True)

@@ -1,0 +1,59 @@
+"""``buildingd status``: a readable table of the running daemon, from its HTTP API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.error
+import urllib.request
+from typing import Any
+
+
+def fetch(base: str, path: str, timeout_s: float = 5.0) -> Any:
+    with urllib.request.urlopen(base + path, timeout=timeout_s) as response:  # noqa: S310 - local URL
+        return json.loads(response.read())
+
+
+def status_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="buildingd status")
+    parser.add_argument("--url", default="http://127.0.0.1:8750", help="the daemon's HTTP endpoint")
+    args = parser.parse_args(argv)
+    base = args.url.rstrip("/")
+    try:
+        health = fetch(base, "/healthz")
+    except urllib.error.HTTPError as err:
+        health = json.loads(err.read() or b"{}")
+    except (urllib.error.URLError, OSError) as err:
+        print(f"buildingd is not answering at {base}: {err}", file=sys.stderr)
+        return 1
+    zones = fetch(base, "/api/zones")
+    devices = fetch(base, "/api/devices")
+    alerts = fetch(base, "/api/alerts")
+    print(f"buildingd: {'ready' if health.get('ready') else 'NOT READY'}; {health.get('status')}")
+    print()
+    print(
+        f"{'zone':<18}{'mode':<11}{'temp':>7}{'RH':>6}{'occ':>5}{'light':>7}"
+        f"{'heat sp':>9}{'cool sp':>9}  degraded"
+    )
+
+    def num(v: Any, spec: str) -> str:
+        return "?" if v is None else format(v, spec)
+
+    for z in zones:
+        occ = "?" if z.get("occupied") is None else ("yes" if z["occupied"] else "no")
+        light = z.get("light_level_pct")
+        print(
+            f"{z['id']:<18}{z.get('mode', '?'):<11}{num(z.get('temperature_c'), '.1f'):>7}"
+            f"{num(z.get('humidity_pct'), '.0f'):>6}{occ:>5}"
+            f"{num(light, '.0f') + '%' if light is not None else '?':>7}"
+            f"{num(z.get('heating_sp_c'), '.1f'):>9}{num(z.get('cooling_sp_c'), '.1f'):>9}"
+            f"  {', '.join(z.get('degraded', []))}"
+        )
+    down = [d["id"] for d in devices if d.get("available") is False]
+    print()
+    print(f"devices: {len(devices) - len(down)} up, {len(down)} down {down if down else ''}")
+    print(f"alerts open: {len(alerts)}")
+    for alert in alerts:
+        print("  " + ", ".join(f"{k}={v}" for k, v in alert.items()))
+    return 0
