@@ -156,6 +156,43 @@ def test_assignments_must_be_single_lines(notify_socket: NotifySocket) -> None:
     assert notify_socket.pending() == []
 
 
+def test_a_full_manager_queue_never_blocks_and_loses_no_state_change(
+    notify_socket: NotifySocket,
+) -> None:
+    """PID 1 busy: its queue (net.unix.max_dgram_qlen) fills. Pings are dropped, READY and
+    STATUS wait and go out first, in order, once there is room."""
+    assert isinstance(notify_socket.address, str)
+    notifier = Notifier(notify_socket.address)
+    for _ in range(10_000):
+        if not notifier.watchdog():
+            break
+    else:
+        pytest.fail("the receiving queue never filled")
+    queued = len(notify_socket.pending())
+    assert queued > 0
+    assert notifier.dropped == 1
+    # Fill it again, then send what must not be lost.
+    for _ in range(queued):
+        assert notifier.watchdog()
+    assert notifier.ready() is False
+    assert notifier.status("3 zones") is False
+    assert notifier.status("3 zones") is False  # already waiting: not queued twice
+    assert notifier.watchdog() is False
+    assert notifier.dropped == 2
+    assert notify_socket.pending() == [{"WATCHDOG": "1"}] * queued
+    assert notifier.watchdog()
+    assert notify_socket.pending() == [{"READY": "1"}, {"STATUS": "3 zones"}, {"WATCHDOG": "1"}]
+    # Without a further message, flush() sends what waits.
+    for _ in range(queued):
+        assert notifier.watchdog()
+    assert notifier.stopping() is False
+    assert notifier.flush() is False
+    notify_socket.pending()
+    assert notifier.flush()
+    assert notify_socket.pending() == [{"STOPPING": "1"}]
+    assert notifier.flush()
+
+
 @pytest.mark.parametrize(
     ("environ", "expected_s"),
     [

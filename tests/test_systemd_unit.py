@@ -285,8 +285,9 @@ def test_install_stages_everything_under_destdir(tmp_path: Path) -> None:
         assert (root / rel).read_bytes() == source.read_bytes(), rel
     for source in [*(REPO / "devices").rglob("*"), *(REPO / "policies").rglob("*")]:
         if source.is_file():
-            rel = source.relative_to(REPO)
-            assert (root / "etc/buildingd" / rel).read_bytes() == source.read_bytes(), rel
+            relative = source.relative_to(REPO)
+            target = root / "etc/buildingd" / relative
+            assert target.read_bytes() == source.read_bytes(), relative
     # Settings may hold secrets.
     assert stat.S_IMODE((root / "etc/buildingd/buildingd.toml").stat().st_mode) == 0o640
     assert stat.S_IMODE((root / "etc/systemd/system/buildingd.service").stat().st_mode) == 0o644

@@ -144,8 +144,8 @@ class HttpServer:
             method, target, version = lines[0].split(" ")
         except ValueError as err:
             raise HttpError(HTTPStatus.BAD_REQUEST, "malformed request line") from err
-        if not version.startswith("HTTP/1."):
-            raise HttpError(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED, "HTTP/1.x only")
+        if version not in ("HTTP/1.0", "HTTP/1.1"):
+            raise HttpError(HTTPStatus.BAD_REQUEST, "HTTP/1.0 or HTTP/1.1 only")
         headers: dict[str, str] = {}
         for line in lines[1:]:
             if not line:

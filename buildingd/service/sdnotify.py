@@ -9,14 +9,16 @@ import logging
 import os
 import socket
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
-# A datagram to the service manager is tiny; if the manager does not drain its socket within
-# this long something is badly wrong, and the daemon must not hang on it.
-SEND_TIMEOUT_S = 2.0
+# Sends never block the event loop. If the manager's queue is full (net.unix.max_dgram_qlen,
+# 10 by default, while PID 1 is busy), a WATCHDOG ping is dropped (the next tick sends another)
+# and any other message waits in a short backlog, sent in order before the next message.
+BACKLOG_MAX = 16
 
 
 def monotonic_usec() -> int:
@@ -86,6 +88,8 @@ class Notifier:
         self._usec_clock = usec_clock
         self._sock: socket.socket | None = None
         self._last_status: str | None = None
+        self._backlog: deque[bytes] = deque(maxlen=BACKLOG_MAX)
+        self.dropped = 0  # WATCHDOG pings dropped because the manager's queue was full
 
     @property
     def enabled(self) -> bool:
@@ -93,20 +97,43 @@ class Notifier:
 
     def notify(self, *assignments: str) -> bool:
         """Send ``KEY=VALUE`` assignments in one datagram, newline-separated."""
-        if self._address is None or not assignments:
+        return self._send(assignments, keep=True)
+
+    def flush(self) -> bool:
+        """Send what waits in the backlog (every other send does this first); ``True`` when
+        nothing is left waiting."""
+        if self._address is None:
+            return True
+        return self._send((), keep=True)
+
+    def _send(self, assignments: tuple[str, ...], *, keep: bool) -> bool:
+        if self._address is None:
             return False
         for item in assignments:
             if "=" not in item or "\n" in item:
                 raise ValueError(f"notification {item!r} must be one KEY=VALUE line")
-        payload = "\n".join(assignments).encode()
+        payload = "\n".join(assignments).encode() if assignments else None
         try:
             if self._sock is None:
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-                sock.settimeout(SEND_TIMEOUT_S)
+                sock.setblocking(False)
                 self._sock = sock
-            self._sock.sendto(payload, self._address)
+            while self._backlog:
+                self._sock.sendto(self._backlog[0], self._address)
+                self._backlog.popleft()
+            if payload is not None:
+                self._sock.sendto(payload, self._address)
+        except BlockingIOError:
+            if payload is not None and keep:
+                if len(self._backlog) == self._backlog.maxlen:
+                    log.warning("sd_notify backlog full; dropping %r", self._backlog[0])
+                self._backlog.append(payload)
+            elif payload is not None:
+                self.dropped += 1
+            return False
         except OSError as err:
-            log.warning("sd_notify %s failed: %s", assignments[0].split("=", 1)[0], err)
+            what = assignments[0].split("=", 1)[0] if assignments else "backlog"
+            log.warning("sd_notify %s failed: %s", what, err)
             return False
         return True
 
@@ -114,20 +141,22 @@ class Notifier:
         """READY=1: start-up (or a reload) finished; with an optional STATUS= line."""
         if status is None:
             return self.notify("READY=1")
-        return self.notify("READY=1", f"STATUS={_one_line(status)}")
+        self._last_status = _one_line(status)
+        return self.notify("READY=1", f"STATUS={self._last_status}")
 
     def status(self, text: str) -> bool:
         """STATUS=: the one-line summary `systemctl status` shows. Repeats are not re-sent."""
         line = _one_line(text)
         if line == self._last_status:
             return False
-        sent = self.notify(f"STATUS={line}")
-        if sent:
+        payload = f"STATUS={line}"
+        sent = self.notify(payload)
+        if sent or payload.encode() in self._backlog:
             self._last_status = line
         return sent
 
     def watchdog(self) -> bool:
-        return self.notify("WATCHDOG=1")
+        return self._send(("WATCHDOG=1",), keep=False)
 
     def reloading(self) -> bool:
         """RELOADING=1 with the CLOCK_MONOTONIC time of the request (systemd.service(5),
