@@ -203,12 +203,15 @@ def test_audit_lines_survive_a_high_log_level() -> None:
     )
     audit_decision("allocation", "granted", zone="f2-office-a", conversation="c-17", granted_w=1200)
     audit("reload", outcome="kept-old", detail=None)
+    # Audit lines logged straight to the logger (at info) pass too.
+    logging.getLogger("buildingd.audit").info("command value=1 outcome=written")
     assert out.getvalue().splitlines() == [
         "<5>audit: [device=f1-meeting-thermostat zone=f1-meeting point=heating_sp] command "
         'value=21.5 source=zone:f1-meeting outcome=rejected reason="outside safety band 16..24"',
         "<5>audit: [zone=f2-office-a] decision kind=allocation outcome=granted conversation=c-17 "
         "granted_w=1200",
         "<5>audit: reload outcome=kept-old",
+        "<6>audit: command value=1 outcome=written",
     ]
 
 

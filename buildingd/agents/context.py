@@ -43,6 +43,7 @@ class AgentContext:
     drivers: DriverContext
     metrics: Metrics = field(default_factory=Metrics)
     accepting_commands: bool = True
+    ready_s: float | None = None  # monotonic time every agent had started
 
     async def send(self, env: Envelope) -> None:
         await self.bus.send(env)

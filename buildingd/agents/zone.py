@@ -200,10 +200,11 @@ class ZoneAgent(Agent):
     async def control(self, now_s: float) -> None:
         self.last_control_s = now_s
         inputs = self.inputs()
+        ready_s = self.ctx.ready_s
         if (
             self.decision is None
             and inputs.temperature_c is None
-            and now_s - self._started_s < STARTUP_GRACE_S
+            and (ready_s is None or now_s - max(ready_s, self._started_s) < STARTUP_GRACE_S)
         ):
             return
         policy = self.policy

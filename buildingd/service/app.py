@@ -115,7 +115,8 @@ class Daemon:
         self.site = site
         self.building: Building | None = None
         if uses_simulator(site):
-            start = sim_start(settings, site)
+            # A given scaled clock (tests, evaluate) says when the simulation starts.
+            start = clock.start if isinstance(clock, ScaledClock) else sim_start(settings, site)
             self.clock: Clock = clock or ScaledClock(start, settings.speed)
             self.building = Building(
                 list(site.zones.values()),
@@ -219,6 +220,7 @@ class Daemon:
                     for device_id in self.site.devices:
                         await self.start_device(device_id)
                     await self._start_http()
+                    self.ctx.ready_s = self.clock.monotonic()
                     self.ready.set()
                     for callback in self.on_ready:
                         callback()

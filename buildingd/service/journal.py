@@ -26,10 +26,12 @@ LEVELS = {
     "critical": logging.CRITICAL,
 }
 
-AUDIT_LOGGER = "audit"
+# Shown as "audit:" (the "buildingd." prefix is dropped on every line). Audit lines are never
+# filtered by the configured log level: the logger's own level admits INFO and above whatever
+# the root level is (set here and again in setup_logging).
+AUDIT_LOGGER = "buildingd.audit"
 audit_log = logging.getLogger(AUDIT_LOGGER)
-# Audit lines are never filtered by the configured log level (see setup_logging).
-audit_log.setLevel(NOTICE)
+audit_log.setLevel(logging.INFO)
 
 # Ids shown first, in this order, on every line that carries them; others follow as given.
 ID_ORDER = ("device", "zone", "point")
@@ -229,9 +231,9 @@ def setup_logging(
         logging.getLogger(name).setLevel(
             logging.NOTSET if levelno <= logging.DEBUG else logging.WARNING
         )
-    # Audit lines (NOTICE) must never be filtered by a higher log_level: set the audit logger's
-    # own level, which is the only level check a record of that logger passes through.
-    audit_log.setLevel(NOTICE)
+    # Audit lines must never be filtered by a higher log_level: the audit logger's own level is
+    # the only level check a record of that logger passes through.
+    audit_log.setLevel(logging.INFO)
     logging.captureWarnings(True)
     return handler
 

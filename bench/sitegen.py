@@ -1,0 +1,47 @@
+"""Generate a site of N simulated zones (10 points each) for benchmarks."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def generate(folder: Path, zones: int, poll_interval_s: float = 10.0) -> Path:
+    (folder / "devices").mkdir(parents=True, exist_ok=True)
+    (folder / "policies").mkdir(parents=True, exist_ok=True)
+    ids = [f"z{n:04d}" for n in range(zones)]
+    site = ["site: bench", "timezone: Europe/Berlin", "zones:"]
+    for i, z in enumerate(ids):
+        nb = [ids[j] for j in (i - 1, i + 1) if 0 <= j < zones]
+        site.append(f"  - {{id: {z}, floor: {i // 20}, area_m2: 25, design_occupants: 3, "
+                    f"windows: {{area_m2: 5, orientation: south}}, neighbours: [{', '.join(nb)}]}}")
+    (folder / "site.yaml").write_text("\n".join(site) + "\n")
+    dev = ["devices:"]
+    p = poll_interval_s
+    for z in ids:
+        dev += [
+            f"  - id: {z}-thermostat", "    driver: sim", f"    poll_interval_s: {p}", "    points:",
+            f"      - {{id: t, zone: {z}, kind: temperature}}",
+            f"      - {{id: rh, zone: {z}, kind: humidity}}",
+            f"      - {{id: co2, zone: {z}, kind: co2}}",
+            f"      - {{id: hsp, zone: {z}, kind: heating_setpoint, writable: true, limits: {{min: 5, max: 35}}}}",
+            f"      - {{id: csp, zone: {z}, kind: cooling_setpoint, writable: true, limits: {{min: 15, max: 35}}}}",
+            f"  - id: {z}-presence", "    driver: sim", f"    poll_interval_s: {p}", "    points:",
+            f"      - {{id: occ, zone: {z}, kind: occupancy}}",
+            f"      - {{id: lux, zone: {z}, kind: illuminance}}",
+            f"  - id: {z}-lights", "    driver: sim", f"    poll_interval_s: {p}", "    points:",
+            f"      - {{id: level, zone: {z}, kind: light_level, writable: true, limits: {{min: 0, max: 100}}}}",
+            f"      - {{id: power, zone: {z}, kind: power}}",
+            f"      - {{id: dehum, zone: {z}, kind: dehumidifier, writable: true, limits: {{min: 0, max: 1}}}}",
+        ]
+    (folder / "devices" / "bench.yaml").write_text("\n".join(dev) + "\n")
+    (folder / "policies" / "all.yaml").write_text(
+        "policies:\n  - id: all\n    zones: ['*']\n    timezone: Europe/Berlin\n"
+        "    schedule:\n      occupied_hours:\n        - {days: [mon, tue, wed, thu, fri], "
+        "start: '07:00', end: '19:00'}\n"
+    )
+    return folder
+
+
+if __name__ == "__main__":
+    print(generate(Path(sys.argv[1]), int(sys.argv[2])))
