@@ -7,7 +7,7 @@ SPEED  ?= 60
 STATE  ?= $(CURDIR)/state
 PYFILES := buildingd tests bench
 
-.PHONY: run test lint bench check system-deps install install-test clean
+.PHONY: run test lint bench check system-deps install install-test install-service uninstall-service clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,14 @@ test: install-test lint
 
 bench: install-test
 	$(BIN)/python bench/run_all.py --out bench/results.json
+
+# On a Pi or gateway: a venv under /opt/buildingd, the unit, the sysusers file and an example
+# /etc/buildingd (never overwritten). See docs/systemd.md.
+install-service:
+	sudo systemd/install.sh
+
+uninstall-service:
+	sudo systemd/uninstall.sh
 
 clean:
 	rm -rf $(VENV) state .pytest_cache .mypy_cache .ruff_cache

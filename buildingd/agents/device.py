@@ -32,9 +32,9 @@ from buildingd.errors import (
     ReadBackMismatchError,
 )
 from buildingd.points import PointKind, Quality, Sample
+from buildingd.service.journal import audit_command
 
 log = logging.getLogger(__name__)
-audit = logging.getLogger("buildingd.audit")
 
 HEARTBEAT_S = 300.0  # a reading is re-published at least this often even when unchanged
 
@@ -251,7 +251,7 @@ class DeviceAgent(Agent):
             log.warning("device %s: malformed command from %s: %s", self.device.id, env.sender, err)
             return
         async with self._writing:
-            result = await self.execute(cmd)
+            result = await self.execute(cmd, env.sender)
         reply = result.envelope(
             Performative.INFORM_DONE if result.ok else Performative.FAILURE,
             self.name,
@@ -262,7 +262,7 @@ class DeviceAgent(Agent):
         await self.ctx.send(reply)
         await self.ctx.send(result.envelope(Performative.INFORM, self.name, COMMANDS_TOPIC))
 
-    async def execute(self, cmd: CommandMsg) -> CommandResultMsg:
+    async def execute(self, cmd: CommandMsg, sender: str = "local") -> CommandResultMsg:
         point = self.points.get(cmd.point_id)
         read_back: float | None = None
         error: str | None = None
@@ -286,13 +286,15 @@ class DeviceAgent(Agent):
                 error = str(err)
                 self.ctx.metrics.inc("buildingd_command_errors_total", device=self.device.id)
         ok = error is None
-        audit.info(
-            "command %s.%s <- %s (%s): %s",
+        audit_command(
             self.device.id,
             cmd.point_id,
             cmd.value,
-            cmd.reason,
-            "ok, read back " + str(read_back) if ok else "FAILED: " + str(error),
+            source=sender,
+            outcome="written" if ok else "rejected",
+            zone=cmd.zone_id,
+            reason=error or cmd.reason,
+            read_back=read_back,
         )
         if not ok:
             await self._event("command-rejected", "warning", str(error), cmd.zone_id)
