@@ -17,15 +17,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sitegen import generate  # noqa: E402
+from sitegen import generate
 
-from buildingd.agents.bus import Envelope, InProcessBus, Mailbox, Performative  # noqa: E402
-from buildingd.agents.device import DeviceAgent  # noqa: E402
-from buildingd.clock import ScaledClock  # noqa: E402
-from buildingd.config.loader import load_site  # noqa: E402
-from buildingd.evaluate import NullSink  # noqa: E402
-from buildingd.service.app import Daemon  # noqa: E402
-from buildingd.settings import REPO_SITE, Settings  # noqa: E402
+from buildingd.agents.bus import Envelope, InProcessBus, Mailbox, Performative
+from buildingd.agents.device import DeviceAgent
+from buildingd.clock import ScaledClock
+from buildingd.config.loader import load_site
+from buildingd.evaluate import NullSink
+from buildingd.service.app import Daemon
+from buildingd.settings import REPO_SITE, Settings
 
 
 def settings_for(site_dir: Path, state: Path) -> Settings:
@@ -45,7 +45,9 @@ async def raw_bus_rate(n: int = 200_000) -> float:
     return n / (time.perf_counter() - t0)
 
 
-async def daemon_rate(site_dir: Path, state: Path, seconds: float, speed: float) -> dict[str, float]:
+async def daemon_rate(
+    site_dir: Path, state: Path, seconds: float, speed: float
+) -> dict[str, float]:
     site = load_site(site_dir)
     start = datetime(2027, 1, 11, 9, 0, tzinfo=UTC)
     daemon = Daemon(
@@ -76,7 +78,10 @@ def messages_per_zone_hour(report_by_exception: bool, hours: float = 6.0) -> flo
     with tempfile.TemporaryDirectory() as tmp:
         start = datetime(2027, 1, 11, 7, 0, tzinfo=UTC)
         daemon = Daemon(
-            settings_for(REPO_SITE, Path(tmp)), site, clock=ScaledClock(start, 1.0), sink_factory=NullSink
+            settings_for(REPO_SITE, Path(tmp)),
+            site,
+            clock=ScaledClock(start, 1.0),
+            sink_factory=NullSink,
         )
         loop = looptime.new_event_loop(start=0.0)
         try:

@@ -13,23 +13,34 @@ def generate(folder: Path, zones: int, poll_interval_s: float = 10.0) -> Path:
     site = ["site: bench", "timezone: Europe/Berlin", "zones:"]
     for i, z in enumerate(ids):
         nb = [ids[j] for j in (i - 1, i + 1) if 0 <= j < zones]
-        site.append(f"  - {{id: {z}, floor: {i // 20}, area_m2: 25, design_occupants: 3, "
-                    f"windows: {{area_m2: 5, orientation: south}}, neighbours: [{', '.join(nb)}]}}")
+        site.append(
+            f"  - {{id: {z}, floor: {i // 20}, area_m2: 25, design_occupants: 3, "
+            f"windows: {{area_m2: 5, orientation: south}}, neighbours: [{', '.join(nb)}]}}"
+        )
     (folder / "site.yaml").write_text("\n".join(site) + "\n")
     dev = ["devices:"]
     p = poll_interval_s
     for z in ids:
         dev += [
-            f"  - id: {z}-thermostat", "    driver: sim", f"    poll_interval_s: {p}", "    points:",
+            f"  - id: {z}-thermostat",
+            "    driver: sim",
+            f"    poll_interval_s: {p}",
+            "    points:",
             f"      - {{id: t, zone: {z}, kind: temperature}}",
             f"      - {{id: rh, zone: {z}, kind: humidity}}",
             f"      - {{id: co2, zone: {z}, kind: co2}}",
             f"      - {{id: hsp, zone: {z}, kind: heating_setpoint, writable: true, limits: {{min: 5, max: 35}}}}",
             f"      - {{id: csp, zone: {z}, kind: cooling_setpoint, writable: true, limits: {{min: 15, max: 35}}}}",
-            f"  - id: {z}-presence", "    driver: sim", f"    poll_interval_s: {p}", "    points:",
+            f"  - id: {z}-presence",
+            "    driver: sim",
+            f"    poll_interval_s: {p}",
+            "    points:",
             f"      - {{id: occ, zone: {z}, kind: occupancy}}",
             f"      - {{id: lux, zone: {z}, kind: illuminance}}",
-            f"  - id: {z}-lights", "    driver: sim", f"    poll_interval_s: {p}", "    points:",
+            f"  - id: {z}-lights",
+            "    driver: sim",
+            f"    poll_interval_s: {p}",
+            "    points:",
             f"      - {{id: level, zone: {z}, kind: light_level, writable: true, limits: {{min: 0, max: 100}}}}",
             f"      - {{id: power, zone: {z}, kind: power}}",
             f"      - {{id: dehum, zone: {z}, kind: dehumidifier, writable: true, limits: {{min: 0, max: 1}}}}",

@@ -108,7 +108,6 @@ class Settings(BaseSettings):
     http: HttpSettings = HttpSettings()
     sim: SimSettings = SimSettings()
 
-
     @classmethod
     def settings_customise_sources(
         cls,

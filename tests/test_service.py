@@ -130,7 +130,11 @@ def test_writes_need_the_token_and_bad_requests_get_4xx(daemon: Running) -> None
     code, body = daemon.post("/api/reload", daemon.token)
     assert code == 200 and body["ok"] is True
     assert daemon.get("/api/nope")[0] == 404
-    for raw in (b"GARBAGE\r\n\r\n", b"GET / HTTP/9\r\n\r\n", b"POST /api/reload HTTP/1.1\r\nContent-Length: x\r\n\r\n"):
+    for raw in (
+        b"GARBAGE\r\n\r\n",
+        b"GET / HTTP/9\r\n\r\n",
+        b"POST /api/reload HTTP/1.1\r\nContent-Length: x\r\n\r\n",
+    ):
         with socket.create_connection(("127.0.0.1", daemon.port), timeout=5) as s:
             s.sendall(raw)
             reply = s.recv(4096).decode()
@@ -163,7 +167,9 @@ def test_sighup_applies_changes_without_restarting_other_agents(daemon: Running)
         "      - {id: co2, zone: f1-reception, kind: co2}\n"
     )
     policy = daemon.site / "policies" / "office.yaml"
-    policy.write_text(policy.read_text().replace("vacancy_timeout_s: 900", "vacancy_timeout_s: 600"))
+    policy.write_text(
+        policy.read_text().replace("vacancy_timeout_s: 900", "vacancy_timeout_s: 600")
+    )
     daemon.proc.send_signal(signal.SIGHUP)
     daemon.wait_for(lambda m: "RELOADING=1" in m)
     daemon.wait_for(lambda m: "READY=1" in m)

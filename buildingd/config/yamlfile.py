@@ -1,4 +1,4 @@
-"""Read YAML keeping the line of every key; turn pydantic errors into ``file:line: key: message``."""
+"""Read YAML keeping each key's line; turn pydantic errors into ``file:line: key: message``."""
 
 from __future__ import annotations
 

@@ -121,10 +121,10 @@ def metrics_text(daemon: Daemon) -> str:
             for k, v in sorted(sink_stats.items())
         ],
     )
-    for key, value in sorted(daemon.metrics.counters.items()):
+    for key, count in sorted(daemon.metrics.counters.items()):
         name = key.split("{", 1)[0]
         lines.append(f"# TYPE {name} counter")
-        lines.append(f"{key} {float(value):g}")
+        lines.append(f"{key} {float(count):g}")
     for key, value in sorted(daemon.metrics.gauges.items()):
         if key.startswith("buildingd_device_up"):
             continue
