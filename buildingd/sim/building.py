@@ -30,6 +30,9 @@ COP_COOLING = 3.0
 DEHUMIDIFIER_KG_S = 0.4 / 3600
 DEHUMIDIFIER_W = 250.0
 MAX_STEP_S = 60.0
+# Reads closer together than this see the same state: every device reading the building would
+# otherwise integrate all zones for a few milliseconds each time (O(devices x zones)).
+MIN_STEP_S = 5.0
 
 
 def saturation_pressure_pa(t_c: float) -> float:
@@ -242,8 +245,9 @@ class Building:
 
     def advance_to(self, moment: datetime) -> None:
         """Integrate up to ``moment`` in steps of at most a minute (explicit Euler is stable
-        here: the smallest zone time constant is hours)."""
-        while self.now < moment:
+        here: the smallest zone time constant is hours); less than ``MIN_STEP_S`` is left for
+        the next call."""
+        while (moment - self.now).total_seconds() >= MIN_STEP_S:
             dt = min(MAX_STEP_S, (moment - self.now).total_seconds())
             self._step(dt)
             self.now += timedelta(seconds=dt)
