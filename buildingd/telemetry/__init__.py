@@ -1,0 +1,1 @@
+"""Telemetry: the line-protocol schema, sinks (local files, InfluxDB with a disk buffer)."""
