@@ -69,6 +69,7 @@ class InfluxSettings(Section):
     batch_size: int = Field(default=1000, ge=1, le=100_000)
     flush_interval_s: float = Field(default=5.0, gt=0)
     timeout_s: float = Field(default=10.0, gt=0)
+    retry_max_s: float = Field(default=60.0, gt=0)  # backoff ceiling while the server is away
     gzip: bool = True
     buffer_max_mb: float = Field(default=200.0, gt=0)  # store-and-forward bound on disk
     local_max_mb: float = Field(default=100.0, gt=0)  # local line-protocol files when disabled

@@ -108,7 +108,9 @@ class TelemetryAgent(Agent):
                 )
             if env.ontology == EventMsg.ontology:
                 e = EventMsg.parse(env)
-                return schema.event_line(site, e.kind, e.source, e.zone_id, e.message, e.timestamp)
+                return schema.event_line(
+                    site, e.kind, e.severity, e.source, e.zone_id, e.message, e.timestamp
+                )
         except ValueError as err:
             self.ctx.metrics.inc("buildingd_telemetry_invalid_total")
             log.warning("telemetry: cannot record %s from %s: %s", env.ontology, env.sender, err)

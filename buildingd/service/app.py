@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,9 +32,12 @@ from buildingd.service.reload import plan_reload
 from buildingd.service.sdnotify import Notifier, WatchdogGuard
 from buildingd.settings import REPO_SITE, Settings, load_settings
 from buildingd.sim.building import Building
+from buildingd.telemetry.schema import daemon_line
 from buildingd.telemetry.sink import TelemetrySink
 
 log = logging.getLogger(__name__)
+
+HEALTH_INTERVAL_S = 60.0  # daemon health to telemetry, real seconds
 
 
 @dataclass
@@ -105,6 +109,7 @@ class Daemon:
         self.baseline = baseline
         self.config_path = config_path
         self.sink: TelemetrySink | None = None
+        self._loop_started = 0.0
         self.notifier = Notifier()
         self.watchdog: WatchdogGuard | None = None
         self.http: HttpServer | None = None
@@ -152,7 +157,7 @@ class Daemon:
             return self._sink_factory()
         from buildingd.telemetry.sink import create_sink
 
-        return create_sink(self.settings.influx, self.settings.state_dir, self.clock)
+        return create_sink(self.settings.influx, self.settings.state_dir)
 
     async def _give_up(self, name: str, err: BaseException) -> None:
         self.metrics.inc("buildingd_agents_failed_total")
@@ -194,6 +199,7 @@ class Daemon:
         sink = self.sink = self._make_sink()
         await sink.start()
         loop = asyncio.get_running_loop()
+        self._loop_started = loop.time()
         installed: list[signal.Signals] = []
         handlers = {
             signal.SIGTERM: self.request_stop,
@@ -359,13 +365,34 @@ class Daemon:
             self.watchdog.register(
                 "control", 3 * self.clock.to_loop_seconds(CONTROL_INTERVAL_S) + 2 * interval
             )
+        next_health = 0.0
         while True:
             if self.watchdog is not None:
                 if self._control_alive():
                     self.watchdog.heartbeat("control")
                 self.watchdog.tick()
             self.notifier.status(self.status_summary())
+            now = asyncio.get_running_loop().time()
+            if self.sink is not None and now >= next_health:
+                next_health = now + HEALTH_INTERVAL_S
+                self.sink.submit([daemon_line(self.site.site_id, self.health(), self.clock.now())])
             await asyncio.sleep(interval if interval is not None else 5.0)
+
+    def health(self) -> dict[str, float | None]:
+        """The ``daemon`` telemetry measurement (see ``telemetry.schema``)."""
+        sink = self.sink.stats() if self.sink is not None else {}
+        return {
+            "uptime_s": asyncio.get_running_loop().time() - self._loop_started,
+            "zones_degraded": sum(1 for a in self.zone_agents.values() if a.degraded),
+            "devices_up": sum(1 for a in self.device_agents.values() if a.available),
+            "devices_down": sum(1 for a in self.device_agents.values() if a.available is False),
+            "alerts": len(self.open_alerts()),
+            "bus_messages": self.bus.stats.total,
+            "telemetry_pending": sink.get("pending"),
+            "telemetry_buffered": sink.get("buffer_points"),
+            "telemetry_dropped": sum(v for k, v in sink.items() if k.startswith("dropped")),
+            "rss_mb": resident_mb(),
+        }
 
     def _control_alive(self) -> bool:
         """True when every zone agent has decided recently and no device poll is stuck."""
@@ -438,6 +465,15 @@ class Daemon:
                 )
             )
         return out
+
+
+def resident_mb() -> float | None:
+    """Current resident set size (Linux), for the health measurement."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
 
 
 def state_dir_usable(path: Path) -> bool:

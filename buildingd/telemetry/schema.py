@@ -34,8 +34,27 @@ SCHEMA: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "lighting_w",
         ),
     ),
-    "event": (("site", "kind", "source", "zone"), ("message",)),
+    "event": (("site", "kind", "severity", "source", "zone"), ("level", "message")),
+    "daemon": (
+        ("site",),
+        (
+            "uptime_s",
+            "zones_degraded",
+            "devices_up",
+            "devices_down",
+            "alerts",
+            "bus_messages",
+            "telemetry_pending",
+            "telemetry_buffered",
+            "telemetry_dropped",
+            "rss_mb",
+        ),
+    ),
 }
+
+# Event severities as a number too: string fields are not kept by every backend
+# (VictoriaMetrics drops them), and Grafana can threshold a number.
+SEVERITY_LEVEL = {"info": 0, "warning": 1, "error": 2}
 
 
 def _escape_key(text: str) -> str:
@@ -106,7 +125,12 @@ def command_line(
     ts: datetime,
 ) -> str:
     tags = {"site": site, "zone": zone_id, "device": device_id, "point": point_id, "kind": kind}
-    fields = {"value": value, "ok": ok, "reason": reason, "error": error}
+    fields: dict[str, float | bool | str | None] = {
+        "value": value,
+        "ok": ok,
+        "reason": reason,
+        "error": error,
+    }
     return line("command", tags, fields, ts)
 
 
@@ -144,7 +168,25 @@ def zone_state_line(
 
 
 def event_line(
-    site: str, kind: str, source: str, zone_id: str | None, message: str, ts: datetime
+    site: str,
+    kind: str,
+    severity: str,
+    source: str,
+    zone_id: str | None,
+    message: str,
+    ts: datetime,
 ) -> str:
-    tags = {"site": site, "kind": kind, "source": source, "zone": zone_id}
-    return line("event", tags, {"message": message}, ts)
+    tags = {"site": site, "kind": kind, "severity": severity, "source": source, "zone": zone_id}
+    fields: dict[str, float | bool | str | None] = {
+        "level": SEVERITY_LEVEL.get(severity, 0),
+        "message": message,
+    }
+    return line("event", tags, fields, ts)
+
+
+def daemon_line(site: str, health: dict[str, float | None], ts: datetime) -> str:
+    """Daemon health; ``health`` keys are the ``daemon`` fields of ``SCHEMA``."""
+    fields: dict[str, float | bool | str | None] = {
+        key: health.get(key) for key in SCHEMA["daemon"][1]
+    }
+    return line("daemon", {"site": site}, fields, ts)

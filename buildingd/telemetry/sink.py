@@ -9,7 +9,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
 
-from buildingd.clock import Clock
 from buildingd.settings import InfluxSettings
 
 log = logging.getLogger(__name__)
@@ -100,9 +99,9 @@ class LocalFileSink:
             log.error("telemetry: cannot write %s: %s", self.folder, err)  # noqa: TRY400
 
 
-def create_sink(settings: InfluxSettings, state_dir: Path, clock: Clock) -> TelemetrySink:
+def create_sink(settings: InfluxSettings, state_dir: Path) -> TelemetrySink:
     if settings.enabled:
         from buildingd.telemetry.influx import InfluxSink
 
-        return InfluxSink(settings, state_dir, clock)
+        return InfluxSink(settings, state_dir)
     return LocalFileSink(state_dir / "telemetry", int(settings.local_max_mb * 1024 * 1024))
