@@ -195,3 +195,14 @@ class InProcessBus:
             return
         for box in tuple(boxes):
             await box.put(env)
+
+    def deliver_nowait(self, env: Envelope) -> None:
+        """Deliver without waiting (from a transport's receive callback); full mailboxes drop
+        per their overflow rule, counted by the mailbox."""
+        self.stats.count(env)
+        boxes = self._subs.get(env.receiver)
+        if not boxes:
+            self.stats.undeliverable += 1
+            return
+        for box in tuple(boxes):
+            box.put_nowait(env)

@@ -73,6 +73,9 @@ class DeviceBase(Strict):
     id: Id
     name: str | None = None
     enabled: bool = True
+    # Served by the simulated building over the device's own protocol (Modbus, MQTT) when the
+    # daemon runs the simulator: the demo exercises the real drivers against it.
+    simulated: bool = False
     poll_interval_s: float = Field(default=10.0, gt=0)
     timeout_s: float = Field(default=3.0, gt=0)
     retries: int = Field(default=2, ge=0, le=10)

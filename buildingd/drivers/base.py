@@ -15,6 +15,8 @@ from buildingd.config.devices import DeviceSpec
 from buildingd.points import Sample
 
 if TYPE_CHECKING:
+    from buildingd.agents.context import Metrics
+    from buildingd.mqtt.connection import MqttConnection
     from buildingd.sim.building import Building
 
 
@@ -93,7 +95,8 @@ class DriverContext:
     clock: Clock
     resources: SharedResources = field(default_factory=SharedResources)
     building: Building | None = None  # the simulated building, for ``driver: sim``
-    mqtt: Any = None  # buildingd.mqtt.connection.MqttConnection when MQTT is enabled
+    mqtt: MqttConnection | None = None  # when ``[mqtt] enabled``
+    metrics: Metrics | None = None  # drivers count bad input here
 
 
 DriverFactory = Callable[[DeviceSpec, DriverContext], Driver]

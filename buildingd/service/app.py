@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from buildingd.agents.bus import InProcessBus, Performative
 from buildingd.agents.context import AgentContext, Metrics
@@ -33,6 +34,9 @@ from buildingd.service.sdnotify import Notifier, WatchdogGuard
 from buildingd.settings import REPO_SITE, Settings, load_settings
 from buildingd.sim.building import Building
 from buildingd.telemetry.schema import daemon_line
+
+if TYPE_CHECKING:
+    from buildingd.mqtt.connection import MqttConnection
 from buildingd.telemetry.sink import TelemetrySink
 
 log = logging.getLogger(__name__)
@@ -132,22 +136,53 @@ class Daemon:
             )
         else:
             self.clock = clock or SystemClock()
-        self.bus = InProcessBus()
+        self.supervisor: Supervisor | None = None
+        self.mqtt: MqttConnection | None = None
+        self.bus: InProcessBus = InProcessBus()
+        if settings.mqtt.enabled:
+            from buildingd.mqtt.connection import MqttConnection
+
+            mqtt = settings.mqtt
+            self.mqtt = MqttConnection(mqtt, site.site_id, mqtt.host or "127.0.0.1", mqtt.port)
+            if mqtt.bus:
+                from buildingd.mqtt.bus import MqttBus
+
+                self.bus = MqttBus(self.mqtt, self._is_local_agent)
         self.metrics = Metrics()
         self.ctx = AgentContext(
             bus=self.bus,
             clock=self.clock,
             site=site,
-            drivers=DriverContext(clock=self.clock, building=self.building),
+            drivers=DriverContext(
+                clock=self.clock, building=self.building, mqtt=self.mqtt, metrics=self.metrics
+            ),
             metrics=self.metrics,
         )
-        self.supervisor: Supervisor | None = None
         self.zone_agents: dict[str, ZoneAgent] = {}
         self.device_agents: dict[str, DeviceAgent] = {}
         self.stop_requested = asyncio.Event()
         self.ready = asyncio.Event()
         self.on_ready: list[Callable[[], None]] = []
         self._services: contextlib.AsyncExitStack | None = None
+
+    def _is_local_agent(self, name: str) -> bool:
+        return self.supervisor is not None and name in self.supervisor.children
+
+    async def _start_mqtt(self, services: contextlib.AsyncExitStack) -> None:
+        """The broker connection (and the embedded broker when no host is configured)."""
+        if self.mqtt is None:
+            return
+        if self.settings.mqtt.host is None:
+            from buildingd.mqtt.broker import EmbeddedBroker
+
+            broker = EmbeddedBroker(self.settings.mqtt.port)
+            await broker.start()
+            services.push_async_callback(broker.stop)
+            self.mqtt.host, self.mqtt.port = broker.host, broker.port
+        await self.mqtt.start()
+        services.push_async_callback(self.mqtt.stop)
+        if not await self.mqtt.wait_connected(10.0):
+            log.warning("mqtt: not connected yet; MQTT devices stay unavailable until it is")
 
     def request_stop(self) -> None:
         self.stop_requested.set()
@@ -213,6 +248,7 @@ class Daemon:
         try:
             async with contextlib.AsyncExitStack() as services:
                 self._services = services
+                await self._start_mqtt(services)
                 await self._start_simulator_servers(services)
                 async with (
                     Supervisor(self.clock, RestartPolicy(), on_give_up=self._give_up) as sup,

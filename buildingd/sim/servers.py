@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 
 def site_needs_simulator(site: Site) -> bool:
-    return any(d.driver == "sim" for d in site.devices.values())
+    return any(d.driver == "sim" or d.simulated for d in site.devices.values())
 
 
 def resolve_start(start: str | None, timezone: str) -> datetime:

@@ -1,0 +1,1 @@
+"""MQTT: the connection, the embedded broker, and the agent bus over a broker."""
