@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from buildingd.config.loader import load_site
-from buildingd.evaluate import evaluate, evaluate_main, plot
+from buildingd.evaluate import evaluate, plot
+from buildingd.service.cli import main
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -33,7 +34,7 @@ def test_one_working_day_against_the_baseline(tmp_path: Path) -> None:
 
 def test_evaluate_command_prints_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "result.json"
-    rc = evaluate_main(["--days", "0.25", "--seed", "2", "--json", str(out)])
+    rc = main(["evaluate", "--days", "0.25", "--seed", "2", "--json", str(out)])
     assert rc == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads(out.read_text())

@@ -168,23 +168,25 @@ def _setup_logging(level: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Sub-commands with their own parsers get their arguments untouched (argparse's REMAINDER
+    # does not pass on options that come first, like ``evaluate --days 7``).
+    if argv and argv[0] == "kpi":
+        from buildingd.kpi import kpi_main
+
+        return kpi_main(argv[1:])
+    if argv and argv[0] == "evaluate":
+        from buildingd.evaluate import evaluate_main
+
+        return evaluate_main(argv[1:])
+    if argv and argv[0] == "status":
+        from buildingd.service.status import status_main
+
+        return status_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "check":
         return cmd_check(args)
     if args.command == "run":
         return cmd_run(args)
-    if args.command == "kpi":
-        from buildingd.kpi import kpi_main
-
-        return kpi_main(args.args)
-    if args.command == "evaluate":
-        from buildingd.evaluate import evaluate_main
-
-        return evaluate_main(args.args)
-    if args.command == "status":
-        from buildingd.service.status import status_main
-
-        return status_main(args.args)
     return 2
 
 
