@@ -1,0 +1,1 @@
+"""The coordinator: negotiations between zones (contract net, trim & respond, votes)."""
