@@ -82,6 +82,55 @@ class ZoneStateMsg(Content):
     dehumidifier_on: bool
     degraded: list[str] = Field(default_factory=list)
     timestamp: datetime
+    # Flexibility, for the coordinator: current HVAC electrical power and lighting power (W),
+    # and whether daylight alone meets the lighting target.
+    hvac_w: float | None = None
+    lighting_w: float | None = None
+    daylight_sufficient: bool = False
+
+
+class DemandResponseCall(Content):
+    """cfp of a demand-response negotiation: shed ``target_w`` (building total) for a window."""
+
+    ontology: ClassVar[str] = "demand-response"
+    target_w: float = Field(gt=0)
+    window_s: float = Field(gt=0)
+    reason: str = Field(max_length=200)
+
+
+class OfferMsg(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    level: str = Field(max_length=50)
+    shift_k: float = Field(ge=0, le=5)
+    dim_pct: float = Field(ge=0, le=100)
+    shed_w: float = Field(ge=0)
+    comfort_cost: float = Field(ge=0)
+
+
+class DemandResponseProposal(Content):
+    """propose: a zone's offers; refuse carries ``reason`` only."""
+
+    ontology: ClassVar[str] = "demand-response"
+    offers: list[OfferMsg] = Field(default_factory=list, max_length=10)
+    reason: str = Field(default="", max_length=200)
+
+
+class DemandResponseAward(Content):
+    """accept-proposal: apply this offer until ``cancel`` (the end of the window)."""
+
+    ontology: ClassVar[str] = "demand-response"
+    level: str = Field(max_length=50)
+    shift_k: float = Field(ge=0, le=5)
+    dim_pct: float = Field(ge=0, le=100)
+
+
+class AdjustmentsMsg(Content):
+    """Coordinator to zone: set some of the zone's temporary offsets (others are kept)."""
+
+    ontology: ClassVar[str] = "adjustments"
+    dr_shift_k: float | None = Field(default=None, ge=0, le=5)
+    vote_offset_k: float | None = Field(default=None, ge=-5, le=5)
+    dim_pct: float | None = Field(default=None, ge=0, le=100)
 
 
 class EventMsg(Content):
@@ -106,6 +155,8 @@ def readings_topic(zone_id: str | None) -> str:
     return f"readings/{zone_id or 'building'}"
 
 
+COORDINATOR = "coordinator"
+DEMAND_RESPONSE_TOPIC = "demand-response"  # requests from outside (MQTT, HTTP) open an event
 ZONE_STATE_TOPIC = "zone-state"
 EVENTS_TOPIC = "events"
 COMMANDS_TOPIC = "command-results"

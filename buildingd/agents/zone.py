@@ -14,9 +14,14 @@ from buildingd.agents.context import AgentContext
 from buildingd.agents.messages import (
     EVENTS_TOPIC,
     ZONE_STATE_TOPIC,
+    AdjustmentsMsg,
     CommandMsg,
     CommandResultMsg,
+    DemandResponseAward,
+    DemandResponseCall,
+    DemandResponseProposal,
     EventMsg,
+    OfferMsg,
     ReadingMsg,
     ZoneStateMsg,
     device_address,
@@ -32,6 +37,7 @@ from buildingd.control.zone import (
     ZoneState,
     decide,
 )
+from buildingd.coordinator.contract_net import ZoneFlexibility, zone_offers
 from buildingd.points import PointKind, Quality
 
 log = logging.getLogger(__name__)
@@ -42,6 +48,7 @@ RETRY_AFTER_S = 60.0  # an unconfirmed command is re-sent after this long
 # After start, wait this long for a first temperature reading before judging the zone (devices
 # may still be connecting): no decision, hence no command, is made on no information.
 STARTUP_GRACE_S = 60.0
+ASSUMED_COP = 3.0  # heat pump / chiller, to estimate electrical power without a zone meter
 
 
 @dataclass
@@ -94,6 +101,7 @@ class ZoneAgent(Agent):
         self._last_state_msg: tuple[object, ...] | None = None
         self._last_state_s = -1e18
         self.degraded: set[str] = set()
+        self._pending_replies: list[Envelope] = []
         self._bind()
 
     def _bind(self) -> None:
@@ -153,6 +161,8 @@ class ZoneAgent(Agent):
                     env = None
                 changed = self._handle(env) if env is not None else False
                 now = self.ctx.clock.monotonic()
+                while self._pending_replies:
+                    await self.ctx.send(self._pending_replies.pop(0))
                 if changed or now >= next_tick:
                     await self.control(now)
                     next_tick = now + CONTROL_INTERVAL_S
@@ -174,11 +184,108 @@ class ZoneAgent(Agent):
         if env.ontology == CommandResultMsg.ontology:
             self._command_result(CommandResultMsg.parse(env), env)
             return False
-        if env.ontology == "adjustments":
-            self.set_adjustments(Adjustments(**env.content))
+        if env.ontology == AdjustmentsMsg.ontology:
+            given = AdjustmentsMsg.parse(env).model_dump(exclude_none=True)
+            self.set_adjustments(replace(self.state.adjustments, **given))
             return True
+        if env.ontology == DemandResponseCall.ontology:
+            try:
+                self._pending_replies.append(self._demand_response(env))
+            except ValueError as err:
+                self.ctx.metrics.inc("buildingd_messages_rejected_total", agent="zone")
+                log.warning("zone %s: malformed %s from %s: %s", self.zone_id, env.performative,
+                            env.sender, err)  # fmt: skip
+                return False
+            return env.performative in (Performative.ACCEPT_PROPOSAL, Performative.CANCEL)
         self.ctx.metrics.inc("buildingd_messages_rejected_total", agent="zone")
         return False
+
+    def flexibility(self) -> ZoneFlexibility:
+        negotiation = self.policy.negotiation
+        hvac_w, lighting_w, daylight = self._demand()
+        return ZoneFlexibility(
+            zone_id=self.zone_id,
+            hvac_w=hvac_w,
+            lighting_w=lighting_w,
+            occupied=bool(self.inputs().occupied),
+            daylight_sufficient=daylight,
+            max_shift_k=negotiation.max_shift_k,
+            max_dim_pct=negotiation.max_dim_pct,
+            exempt=negotiation.exempt,
+        )
+
+    def _demand(self) -> tuple[float, float, bool]:
+        """Current HVAC electrical power (a zone power meter if there is one, otherwise estimated
+        from the capacity and the distance to the setpoints: full output 1 K away), lighting
+        power, and whether daylight alone meets the lighting target."""
+        spec = self.ctx.site.zones[self.zone_id]
+        inputs = self.inputs()
+        meters = [
+            s.value for k, s in self.sensors.values() if k is PointKind.POWER and s.quality.usable
+        ]
+        band = self.decision.band if self.decision is not None else None
+        if meters:
+            hvac = sum(meters)
+        elif band is not None and inputs.temperature_c is not None:
+            t = inputs.temperature_c
+            heat = min(1.0, max(0.0, band.heating_c - t)) * spec.heating_capacity_w
+            cool = min(1.0, max(0.0, t - band.cooling_c)) * spec.cooling_capacity_w
+            hvac = (heat + cool) / ASSUMED_COP
+        else:
+            hvac = 0.0
+        lighting = spec.lighting_power_w * self.state.light_level_pct / 100
+        lux = inputs.illuminance_lux
+        artificial = self.policy.lighting.full_output_lux * self.state.light_level_pct / 100
+        daylight = lux is not None and lux - artificial >= self.policy.lighting.daylight_target_lux
+        return round(hvac, 1), round(lighting, 1), daylight
+
+    def _demand_response(self, env: Envelope) -> Envelope:
+        """Contract net, participant side: propose or refuse a cfp; apply an award; restore on
+        cancel. Replies are sent by the control loop."""
+        if env.performative is Performative.CFP:
+            DemandResponseCall.parse(env)
+            offers = zone_offers(self.flexibility())
+            if not offers:
+                why = "exempt by policy" if self.policy.negotiation.exempt else "nothing to shed"
+                reply = DemandResponseProposal(reason=why)
+                return reply.envelope(Performative.REFUSE, self.name, env.sender,
+                                      conversation_id=env.conversation_id,
+                                      in_reply_to=env.reply_with)  # fmt: skip
+            proposal = DemandResponseProposal(
+                offers=[
+                    OfferMsg(
+                        level=o.level,
+                        shift_k=o.shift_k,
+                        dim_pct=o.dim_pct,
+                        shed_w=round(o.shed_w, 1),
+                        comfort_cost=round(o.comfort_cost, 3),
+                    )
+                    for o in offers
+                ]  # fmt: skip
+            )
+            return proposal.envelope(Performative.PROPOSE, self.name, env.sender,
+                                     conversation_id=env.conversation_id,
+                                     in_reply_to=env.reply_with)  # fmt: skip
+        if env.performative is Performative.ACCEPT_PROPOSAL:
+            award = DemandResponseAward.parse(env)
+            limits = self.policy.negotiation
+            if (
+                limits.exempt
+                or award.shift_k > limits.max_shift_k
+                or award.dim_pct > limits.max_dim_pct
+            ):
+                done = env.reply(
+                    Performative.FAILURE, self.name, {"reason": "outside policy limits"}
+                )
+                return done
+            self.set_adjustments(
+                replace(self.state.adjustments, dr_shift_k=award.shift_k, dim_pct=award.dim_pct)
+            )
+            return env.reply(Performative.INFORM_DONE, self.name, {"level": award.level})
+        if env.performative is Performative.CANCEL:
+            self.set_adjustments(replace(self.state.adjustments, dr_shift_k=0.0, dim_pct=0.0))
+            return env.reply(Performative.INFORM_DONE, self.name, {"restored": True})
+        return env.reply(Performative.NOT_UNDERSTOOD, self.name, {"reason": "unexpected"})
 
     def set_adjustments(self, adjustments: Adjustments) -> None:
         self.state = replace(self.state, adjustments=adjustments)
@@ -310,6 +417,7 @@ class ZoneAgent(Agent):
         )
         if key == self._last_state_msg and now_s - self._last_state_s < STATE_HEARTBEAT_S:
             return
+        hvac_w, lighting_w, daylight = self._demand()
         self._last_state_msg = key
         self._last_state_s = now_s
         msg = ZoneStateMsg(
@@ -325,6 +433,9 @@ class ZoneAgent(Agent):
             dehumidifier_on=decision.state.dehumidifier_on,
             degraded=sorted(self.degraded),
             timestamp=self.ctx.clock.now(),
+            hvac_w=hvac_w,
+            lighting_w=lighting_w,
+            daylight_sufficient=daylight,
         )
         await self.ctx.send(msg.envelope(Performative.INFORM, self.name, ZONE_STATE_TOPIC))
 

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from buildingd.config.devices import DeviceFile, DeviceSpec
-from buildingd.config.policies import Policy, PolicyFile
-from buildingd.config.site import SiteFile, Zone
+from buildingd.config.policies import DemandResponse, Policy, PolicyFile
+from buildingd.config.site import SiteFile, SupplyAirReset, Zone
 from buildingd.config.yamlfile import ConfigFileError, LocatedDoc, load_yaml, validate
 from buildingd.errors import ConfigError, ConfigProblem
 
@@ -30,6 +30,8 @@ class Site:
     zone_policy: dict[str, str]  # zone id -> policy id
     air_handlers: dict[str, list[str]] = field(default_factory=dict)
     files: tuple[str, ...] = ()
+    supply_air_reset: dict[str, SupplyAirReset] = field(default_factory=dict)  # by air handler
+    demand_response: DemandResponse = field(default_factory=DemandResponse)
 
     def policy_for(self, zone_id: str) -> Policy:
         return self.policies[self.zone_policy[zone_id]]
@@ -100,6 +102,7 @@ def load_site(root: Path) -> Site:
             device_docs[device.id] = (doc, ("devices", i))
 
     policies: dict[str, Policy] = {}
+    demand_response: DemandResponse | None = None
     policy_docs: dict[str, tuple[LocatedDoc, tuple[Any, ...]]] = {}
     # A broken policy file would make every zone it covers look uncovered; only judge coverage
     # when all policy files are valid, so each mistake is reported once.
@@ -122,9 +125,16 @@ def load_site(root: Path) -> Site:
                 continue
             policies[policy.id] = policy
             policy_docs[policy.id] = (doc, ("policies", i))
+        if pfile.demand_response is not None:
+            if demand_response is not None:
+                problems.append(
+                    doc.problem(("demand_response",), "demand_response is set in two files")
+                )
+            demand_response = pfile.demand_response
 
     zones: dict[str, Zone] = {}
     air_handlers: dict[str, list[str]] = {}
+    supply_air_reset: dict[str, SupplyAirReset] = {}
     if site_file is not None and site_doc is not None:
         for i, zone in enumerate(site_file.zones):
             if zone.id in zones:
@@ -145,6 +155,7 @@ def load_site(root: Path) -> Site:
                         site_doc.problem(("air_handlers", i, "zones", j), f"unknown zone {zid!r}")
                     )
             air_handlers[ahu.id] = list(ahu.zones)
+            supply_air_reset[ahu.id] = ahu.supply_air_reset
 
     # Which policy governs each zone: an exact id beats a glob; two of the same rank conflict.
     zone_policy: dict[str, str] = {}
@@ -211,4 +222,6 @@ def load_site(root: Path) -> Site:
         zone_policy=zone_policy,
         air_handlers=air_handlers,
         files=tuple(docs),
+        supply_air_reset=supply_air_reset,
+        demand_response=demand_response or DemandResponse(),
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, time
+from datetime import date, datetime, time
 from enum import StrEnum
 from typing import Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -183,5 +183,24 @@ class Policy(Strict):
         return self
 
 
+class DemandResponseEvent(Strict):
+    """A scheduled event (a utility's day-ahead call): shed ``target_w`` for ``duration_s``."""
+
+    start: datetime  # naive: the site's timezone
+    duration_s: float = Field(gt=0, le=24 * 3600)
+    target_w: float = Field(gt=0)
+
+
+class DemandResponse(Strict):
+    """Site-wide: when zones are asked to shed load (one ``demand_response`` for the site)."""
+
+    power_cap_w: float | None = Field(default=None, gt=0)  # building power above this: shed
+    meter: str | None = None  # "device.point" of the building meter; default: any building power
+    window_s: float = Field(default=3600.0, gt=0)  # how long a cap-triggered event lasts
+    reply_s: float = Field(default=30.0, gt=0)  # zones answer a call for proposals within this
+    events: list[DemandResponseEvent] = Field(default_factory=list)
+
+
 class PolicyFile(Strict):
     policies: list[Policy] = Field(default_factory=list)
+    demand_response: DemandResponse | None = None

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from buildingd.config.common import Id, Strict
 
@@ -31,9 +31,30 @@ class Zone(Strict):
     lighting_power_w: float = Field(default=200.0, ge=0)
 
 
+class SupplyAirReset(Strict):
+    """G36 trim & respond of the supply-air temperature setpoint (section 5.16.2.2; SI)."""
+
+    sp0_c: float = 18.0
+    min_c: float = 12.0
+    max_c: float = 18.0
+    delay_s: float = Field(default=600.0, ge=0)  # Td
+    step_s: float = Field(default=120.0, gt=0)  # T
+    ignored_requests: int = Field(default=2, ge=0)  # I
+    trim_k: float = 0.1  # SPtrim
+    respond_k: float = -0.2  # SPres (per request above I)
+    respond_max_k: float = -0.6  # SPres_max
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if not self.min_c <= self.sp0_c <= self.max_c:
+            raise ValueError("need min_c <= sp0_c <= max_c")
+        return self
+
+
 class AirHandler(Strict):
     id: Id
     zones: list[Id] = Field(min_length=1)
+    supply_air_reset: SupplyAirReset = SupplyAirReset()
 
 
 class SiteFile(Strict):

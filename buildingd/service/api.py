@@ -6,10 +6,12 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
+from buildingd.agents.messages import DemandResponseCall
 from buildingd.agents.runtime import ChildState
 from buildingd.service.http import HttpError, HttpServer, Request, Response
 
 if TYPE_CHECKING:
+    from buildingd.coordinator.agent import CoordinatorAgent
     from buildingd.service.app import Daemon
 
 
@@ -190,6 +192,65 @@ def install_routes(server: HttpServer, daemon: Daemon) -> None:
         result = await daemon.reload()
         return Response.json(result, 200 if result["ok"] else HTTPStatus.UNPROCESSABLE_ENTITY)
 
+    def coordinator() -> CoordinatorAgent:
+        if daemon.coordinator is None:
+            raise HttpError(HTTPStatus.SERVICE_UNAVAILABLE, "the coordinator is not running")
+        return daemon.coordinator
+
+    def body_object(request: Request) -> dict[str, Any]:
+        body = request.json()
+        if not isinstance(body, dict):
+            raise HttpError(HTTPStatus.BAD_REQUEST, "body must be a JSON object")
+        return body
+
+    async def vote(request: Request) -> Response:
+        """An occupant's "too hot" / "too cold" vote: ``{"vote": "hot"}``."""
+        zone_id = request.params["zone"]
+        if zone_id not in daemon.site.zones:
+            raise HttpError(HTTPStatus.NOT_FOUND, f"no zone {zone_id!r}")
+        result = coordinator().vote(zone_id, str(body_object(request).get("vote")))
+        body = {"accepted": result.accepted, "reason": result.reason, "offset_k": result.offset_k}
+        return Response.json(body, 200 if result.accepted else HTTPStatus.UNPROCESSABLE_ENTITY)
+
+    async def acknowledge(request: Request) -> Response:
+        who = str(body_object(request).get("by", "technician"))[:100]
+        if not coordinator().acknowledge(request.params["alert"], who):
+            raise HttpError(HTTPStatus.NOT_FOUND, f"no open escalation {request.params['alert']!r}")
+        return Response.json({"acknowledged": request.params["alert"], "by": who})
+
+    async def demand_response(request: Request) -> Response:
+        """Open a demand-response event: ``{"target_w": 2000, "window_s": 3600}``."""
+        body = body_object(request)
+        try:
+            call = DemandResponseCall(
+                target_w=body.get("target_w"),
+                window_s=body.get("window_s", 3600),
+                reason=str(body.get("reason", "requested over HTTP"))[:200],
+            )
+        except ValueError as err:
+            raise HttpError(HTTPStatus.UNPROCESSABLE_ENTITY, str(err).splitlines()[0]) from err
+        conversation = coordinator().open_demand_response(call.target_w, call.window_s,
+                                                          call.reason)  # fmt: skip
+        await coordinator().flush()
+        return Response.json({"conversation_id": conversation}, HTTPStatus.ACCEPTED)
+
+    async def negotiations(_: Request) -> Response:
+        c = coordinator()
+        runs = [*c.finished, *c.negotiations.values()]
+        return Response.json([
+            {
+                "conversation_id": r.negotiation.conversation_id,
+                "state": r.negotiation.state.value,
+                "reason": r.negotiation.reason,
+                "target_w": r.target_w,
+                "committed_w": round(r.committed_w, 1),
+                "awarded": {z: o.level for z, o in r.awarded.items()},
+                "refused": r.refused,
+                "turns": r.negotiation.turns,
+            }
+            for r in runs
+        ])  # fmt: skip
+
     server.route("GET", "/healthz", healthz)
     server.route("GET", "/metrics", metrics)
     server.route("GET", "/api/zones", zones)
@@ -197,4 +258,8 @@ def install_routes(server: HttpServer, daemon: Daemon) -> None:
     server.route("GET", "/api/devices", devices)
     server.route("GET", "/api/alerts", alerts)
     server.route("GET", "/api/agents", agents)
+    server.route("GET", "/api/negotiations", negotiations)
     server.route("POST", "/api/reload", reload, write=True)
+    server.route("POST", "/api/zones/{zone}/vote", vote, write=True)
+    server.route("POST", "/api/alerts/{alert}/ack", acknowledge, write=True)
+    server.route("POST", "/api/demand-response", demand_response, write=True)

@@ -36,6 +36,7 @@ from buildingd.sim.building import Building
 from buildingd.telemetry.schema import daemon_line
 
 if TYPE_CHECKING:
+    from buildingd.coordinator.agent import CoordinatorAgent
     from buildingd.mqtt.connection import MqttConnection
 from buildingd.telemetry.sink import TelemetrySink
 
@@ -137,6 +138,7 @@ class Daemon:
         else:
             self.clock = clock or SystemClock()
         self.supervisor: Supervisor | None = None
+        self.coordinator: CoordinatorAgent | None = None
         self.mqtt: MqttConnection | None = None
         self.bus: InProcessBus = InProcessBus()
         if settings.mqtt.enabled:
@@ -164,6 +166,18 @@ class Daemon:
         self.ready = asyncio.Event()
         self.on_ready: list[Callable[[], None]] = []
         self._services: contextlib.AsyncExitStack | None = None
+
+    async def _start_coordinator(self, sup: Supervisor) -> None:
+        from buildingd.coordinator.agent import CoordinatorAgent
+
+        def make() -> CoordinatorAgent:
+            agent = CoordinatorAgent(self.ctx)
+            if self.coordinator is not None:  # a restarted coordinator keeps open escalations
+                agent.escalations = self.coordinator.escalations
+            self.coordinator = agent
+            return agent
+
+        await sup.start("coordinator", make)
 
     def _is_local_agent(self, name: str) -> bool:
         return self.supervisor is not None and name in self.supervisor.children
@@ -259,6 +273,8 @@ class Daemon:
                     # Zones first, so they hear the devices' first readings.
                     for zone_id in self.site.zones:
                         await self.start_zone(zone_id)
+                    if not self.baseline:
+                        await self._start_coordinator(sup)
                     for device_id in self.site.devices:
                         await self.start_device(device_id)
                     await self._start_http()
@@ -466,6 +482,10 @@ class Daemon:
             for child in self.supervisor.children.values():
                 if child.state is ChildState.FAILED:
                     out.append({"agent": child.name, "cause": child.last_error})
+        if self.coordinator is not None:
+            for esc in self.coordinator.open_escalations():
+                out.append({"id": esc.id, "escalation": esc.message, "contacts": esc.contacts,
+                            "acknowledge": f"POST /api/alerts/{esc.id}/ack"})  # fmt: skip
         return out
 
     async def _start_simulator_servers(self, services: contextlib.AsyncExitStack) -> None:

@@ -97,6 +97,7 @@ class InfluxSink:
         self._problem: str | None = None  # the current outage's reason, logged once
         self._drop_logged = False
         self._wake = asyncio.Event()
+        self._step_lock = asyncio.Lock()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._client: Any = None
@@ -175,6 +176,11 @@ class InfluxSink:
                 log.exception("telemetry: writer step failed; data stays queued")
 
     async def _step(self, replay: bool) -> None:
+        # One step at a time: a flush() racing the writer loop would reorder batches.
+        async with self._step_lock:
+            await self._step_locked(replay)
+
+    async def _step_locked(self, replay: bool) -> None:
         size = self.settings.batch_size
         while self.pending:
             batch = [self.pending.popleft() for _ in range(min(size, len(self.pending)))]
