@@ -59,8 +59,8 @@ class Running:
         except urllib.error.HTTPError as err:
             return err.code, json.loads(err.read() or b"null")
 
-    def post(self, path: str, token: str | None) -> tuple[int, Any]:
-        req = urllib.request.Request(self.base + path, method="POST", data=b"{}")
+    def post(self, path: str, token: str | None, body: bytes = b"{}") -> tuple[int, Any]:
+        req = urllib.request.Request(self.base + path, method="POST", data=body)
         if token is not None:
             req.add_header("Authorization", f"Bearer {token}")
         try:
@@ -141,6 +141,41 @@ def test_writes_need_the_token_and_bad_requests_get_4xx(daemon: Running) -> None
         status = int(reply.split(" ")[1])
         assert 400 <= status < 500, reply
         assert "Traceback" not in reply
+
+
+def test_votes_demand_response_and_acknowledgement_over_http(daemon: Running) -> None:
+    daemon.wait_for(lambda m: "READY=1" in m)
+    vote = b'{"vote": "cold"}'
+    assert daemon.post("/api/zones/f1-meeting/vote", None, vote)[0] == 401
+    code, body = daemon.post("/api/zones/f1-meeting/vote", daemon.token, vote)
+    assert code == 200 and body["accepted"] is True
+    code, body = daemon.post("/api/zones/f1-meeting/vote", daemon.token, b'{"vote": "sauna"}')
+    assert code == 422 and "unknown vote" in body["reason"]
+    assert daemon.post("/api/zones/nowhere/vote", daemon.token, vote)[0] == 404
+    assert daemon.post("/api/zones/f1-meeting/vote", daemon.token, b"[1]")[0] == 400
+    assert daemon.post("/api/demand-response", daemon.token, b'{"target_w": -5}')[0] == 422
+    # A target no building could meet: the negotiation runs and breaks glass.
+    code, body = daemon.post(
+        "/api/demand-response", daemon.token, b'{"target_w": 1000000, "window_s": 600}'
+    )
+    assert code == 202
+    conversation = body["conversation_id"]
+    deadline = time.monotonic() + 30
+    alerts: list[dict[str, Any]] = []
+    while time.monotonic() < deadline and not alerts:
+        alerts = [a for a in daemon.get("/api/alerts")[1] if "escalation" in a]
+        time.sleep(0.5)
+    assert alerts and conversation in alerts[0]["escalation"]
+    code, runs = daemon.get("/api/negotiations")
+    assert code == 200 and any(r["conversation_id"] == conversation for r in runs)
+    ack = f"/api/alerts/{alerts[0]['id']}/ack"
+    assert daemon.post(ack, daemon.token, b'{"by": "Jo"}') == (
+        200,
+        {"acknowledged": alerts[0]["id"], "by": "Jo"},
+    )
+    assert daemon.post(ack, daemon.token, b'{"by": "Jo"}')[0] == 404  # already acknowledged
+    code, metrics = daemon.get("/metrics")
+    assert "buildingd_escalations_total" in metrics
 
 
 def test_sighup_with_a_broken_policy_keeps_the_old_one(daemon: Running) -> None:

@@ -44,6 +44,15 @@ def full_lines() -> dict[str, str]:
             NOW,
         ),  # fmt: skip
         "event": schema.event_line("s", "alert", "warning", "zone[z]", "z", "text", NOW),
+        "negotiation": schema.negotiation_line(
+            "s",
+            "demand-response",
+            "executing",
+            "c1",
+            "why",
+            dict.fromkeys(schema.SCHEMA["negotiation"][1][2:], 1.0),
+            NOW,
+        ),  # fmt: skip
         "daemon": schema.daemon_line("s", health, NOW),
     }
 

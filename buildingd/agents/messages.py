@@ -133,6 +133,22 @@ class AdjustmentsMsg(Content):
     dim_pct: float | None = Field(default=None, ge=0, le=100)
 
 
+class NegotiationMsg(Content):
+    """A negotiation's state after each transition (telemetry, dashboards)."""
+
+    ontology: ClassVar[str] = "negotiation"
+    conversation_id: str
+    kind: str
+    state: str
+    reason: str = Field(max_length=500)
+    target_w: float
+    committed_w: float
+    zones_awarded: int
+    turns: int
+    messages: int
+    timestamp: datetime
+
+
 class EventMsg(Content):
     ontology: ClassVar[str] = "event"
     kind: str  # availability, alert, reload, negotiation, command-rejected, ...
@@ -158,5 +174,6 @@ def readings_topic(zone_id: str | None) -> str:
 COORDINATOR = "coordinator"
 DEMAND_RESPONSE_TOPIC = "demand-response"  # requests from outside (MQTT, HTTP) open an event
 ZONE_STATE_TOPIC = "zone-state"
+NEGOTIATIONS_TOPIC = "negotiations"
 EVENTS_TOPIC = "events"
 COMMANDS_TOPIC = "command-results"

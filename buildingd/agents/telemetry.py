@@ -11,9 +11,11 @@ from buildingd.agents.context import AgentContext
 from buildingd.agents.messages import (
     COMMANDS_TOPIC,
     EVENTS_TOPIC,
+    NEGOTIATIONS_TOPIC,
     ZONE_STATE_TOPIC,
     CommandResultMsg,
     EventMsg,
+    NegotiationMsg,
     ReadingMsg,
     ZoneStateMsg,
     readings_topic,
@@ -37,7 +39,14 @@ class TelemetryAgent(Agent):
 
     def topics(self) -> list[str]:
         zones = [readings_topic(z) for z in self.ctx.site.zones]
-        return [*zones, readings_topic(None), ZONE_STATE_TOPIC, EVENTS_TOPIC, COMMANDS_TOPIC]
+        return [
+            *zones,
+            readings_topic(None),
+            ZONE_STATE_TOPIC,
+            EVENTS_TOPIC,
+            COMMANDS_TOPIC,
+            NEGOTIATIONS_TOPIC,
+        ]
 
     async def run(self, started: Callable[[], None]) -> None:
         topics = self.topics()
@@ -105,6 +114,18 @@ class TelemetryAgent(Agent):
                     sim_zone.cooling_w if sim_zone is not None else None,
                     (zone.lighting_power_w * z.light_level_pct / 100) if zone is not None else None,
                     z.timestamp,
+                )
+            if env.ontology == NegotiationMsg.ontology:
+                n = NegotiationMsg.parse(env)
+                figures = {
+                    "target_w": n.target_w,
+                    "committed_w": n.committed_w,
+                    "zones_awarded": n.zones_awarded,
+                    "turns": n.turns,
+                    "messages": n.messages,
+                }
+                return schema.negotiation_line(
+                    site, n.kind, n.state, n.conversation_id, n.reason, figures, n.timestamp
                 )
             if env.ontology == EventMsg.ontology:
                 e = EventMsg.parse(env)

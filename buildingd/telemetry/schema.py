@@ -35,6 +35,10 @@ SCHEMA: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ),
     ),
     "event": (("site", "kind", "severity", "source", "zone"), ("level", "message")),
+    "negotiation": (
+        ("site", "kind", "state"),
+        ("conversation", "reason", "target_w", "committed_w", "zones_awarded", "turns", "messages"),
+    ),
     "daemon": (
         ("site",),
         (
@@ -182,6 +186,25 @@ def event_line(
         "message": message,
     }
     return line("event", tags, fields, ts)
+
+
+def negotiation_line(
+    site: str,
+    kind: str,
+    state: str,
+    conversation: str,
+    reason: str,
+    figures: dict[str, float],
+    ts: datetime,
+) -> str:
+    """One line per negotiation transition; ``figures``: target_w, committed_w, zones_awarded,
+    turns, messages. The conversation id is a field: it is unique per negotiation."""
+    fields: dict[str, float | bool | str | None] = {
+        "conversation": conversation,
+        "reason": reason,
+        **{k: figures.get(k) for k in SCHEMA["negotiation"][1][2:]},
+    }
+    return line("negotiation", {"site": site, "kind": kind, "state": state}, fields, ts)
 
 
 def daemon_line(site: str, health: dict[str, float | None], ts: datetime) -> str:
