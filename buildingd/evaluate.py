@@ -179,7 +179,11 @@ def run_once(
         update={"http": settings.http.model_copy(update={"enabled": False})}
     )
     settings = settings.model_copy(
-        update={"sim": settings.sim.model_copy(update={"seed": seed, "weather": weather})}
+        update={
+            "sim": settings.sim.model_copy(
+                update={"seed": seed, "weather": weather, "protocols": False}
+            )
+        }
     )
     loop = looptime.new_event_loop(start=0.0)
     label = "baseline" if baseline else "buildingd"

@@ -89,6 +89,10 @@ class SimSettings(Section):
     start: str | None = None  # ISO date-time the simulation starts at; default: now
     weather: Literal["heating", "cooling", "mild"] | None = None  # default: from the date
     modbus_port: int | None = None  # serve Modbus sim devices on 127.0.0.1:<port> (0: free)
+    # Serve ``simulated: true`` devices over their own protocols (MQTT, Modbus) so the real
+    # drivers talk to the simulator; off, they are read from the model directly (virtual time:
+    # ``buildingd evaluate`` and the simulated-time tests, where no network timer can run).
+    protocols: bool = True
 
 
 class Settings(BaseSettings):

@@ -48,7 +48,9 @@ def make_daemon(tmp_path: Path, start: datetime, seed: int = 7) -> tuple[Daemon,
     settings = Settings(state_dir=tmp_path / "state", site_dir=REPO)
     settings = settings.model_copy(
         update={
-            "sim": settings.sim.model_copy(update={"seed": seed, "start": start.isoformat()}),
+            "sim": settings.sim.model_copy(
+                update={"seed": seed, "start": start.isoformat(), "protocols": False}
+            ),
             "http": settings.http.model_copy(update={"enabled": False}),
         }
     )

@@ -29,6 +29,7 @@ def start_daemon(
     env = dict(
         os.environ,
         BUILDINGD_HTTP__PORT=str(port),
+        BUILDINGD_MQTT__PORT="0",  # the embedded broker on a free port
         BUILDINGD_STATE_DIR=str(state),
         BUILDINGD_SITE_DIR=str(site),
         BUILDINGD_SIM__START=start,

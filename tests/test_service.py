@@ -84,6 +84,7 @@ def daemon(site_copy: Path, tmp_path: Path) -> Iterator[Running]:
         NOTIFY_SOCKET=str(sock_path),
         WATCHDOG_USEC="2000000",
         BUILDINGD_HTTP__PORT=str(port),
+        BUILDINGD_MQTT__PORT="0",  # the embedded broker on a free port
         BUILDINGD_HTTP__TOKEN_FILE=str(token_file),
         BUILDINGD_STATE_DIR=str(state),
         BUILDINGD_SITE_DIR=str(site_copy),

@@ -97,6 +97,8 @@ class DriverContext:
     building: Building | None = None  # the simulated building, for ``driver: sim``
     mqtt: MqttConnection | None = None  # when ``[mqtt] enabled``
     metrics: Metrics | None = None  # drivers count bad input here
+    # False: ``simulated: true`` devices are read from the model, not over their protocol.
+    serve_protocols: bool = True
 
 
 DriverFactory = Callable[[DeviceSpec, DriverContext], Driver]
@@ -113,6 +115,9 @@ _REGISTRY: dict[str, str] = {
 
 
 def create_driver(device: DeviceSpec, ctx: DriverContext) -> Driver:
-    module_name, cls_name = _REGISTRY[device.driver].split(":")
+    driver = device.driver
+    if device.simulated and ctx.building is not None and not ctx.serve_protocols:
+        driver = "sim"
+    module_name, cls_name = _REGISTRY[driver].split(":")
     cls: type[Driver] = getattr(importlib.import_module(module_name), cls_name)
     return cls(device, ctx)

@@ -86,6 +86,15 @@ class RunSummary:
         return out
 
 
+def mqtt_needed(settings: Settings, site: Site) -> bool:
+    """MQTT runs when configured, or when the site has MQTT devices that need a broker (the
+    embedded one when no host is set)."""
+    if settings.mqtt.enabled:
+        return True
+    direct = not settings.sim.protocols
+    return any(d.driver == "mqtt" and not (d.simulated and direct) for d in site.devices.values())
+
+
 def uses_simulator(site: Site) -> bool:
     from buildingd.sim.servers import site_needs_simulator
 
@@ -141,7 +150,7 @@ class Daemon:
         self.coordinator: CoordinatorAgent | None = None
         self.mqtt: MqttConnection | None = None
         self.bus: InProcessBus = InProcessBus()
-        if settings.mqtt.enabled:
+        if mqtt_needed(settings, site):
             from buildingd.mqtt.connection import MqttConnection
 
             mqtt = settings.mqtt
@@ -156,7 +165,11 @@ class Daemon:
             clock=self.clock,
             site=site,
             drivers=DriverContext(
-                clock=self.clock, building=self.building, mqtt=self.mqtt, metrics=self.metrics
+                clock=self.clock,
+                building=self.building,
+                mqtt=self.mqtt,
+                metrics=self.metrics,
+                serve_protocols=settings.sim.protocols,
             ),
             metrics=self.metrics,
         )

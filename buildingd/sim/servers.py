@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from buildingd.config.loader import Site
+from buildingd.config.mqtt import MqttDevice
 
 if TYPE_CHECKING:
     from buildingd.service.app import Daemon
@@ -36,5 +37,16 @@ def resolve_start(start: str | None, timezone: str) -> datetime:
 
 
 async def start_simulator_servers(daemon: Daemon, services: contextlib.AsyncExitStack) -> None:
-    """Start the protocol servers of the simulated building (filled in per protocol)."""
-    return None
+    """Serve the simulated building's ``simulated: true`` devices over their own protocols."""
+    building = daemon.building
+    if building is None or not daemon.settings.sim.protocols:
+        return
+    mqtt_devices = [
+        d for d in daemon.site.devices.values() if d.simulated and isinstance(d, MqttDevice)
+    ]
+    if mqtt_devices and daemon.mqtt is not None:
+        from buildingd.sim.mqtt_devices import SimulatedMqttDevices
+
+        sim = SimulatedMqttDevices(building, daemon.clock, daemon.mqtt, mqtt_devices)
+        await sim.start()
+        services.push_async_callback(sim.stop)

@@ -1,0 +1,111 @@
+"""``driver: mqtt``: devices that publish their state on the broker (zigbee2mqtt, Tasmota, generic
+JSON) and take commands on a set topic.
+
+The driver subscribes to the device's state topics on the daemon's shared ``MqttConnection``;
+retained state counts at start-up. ``read`` returns the latest value of each point with the time
+it arrived, so a sensor that stops publishing goes stale in its device agent. A payload that
+cannot be used is logged (topic and reason) and counted, and the last good values stay. A write
+publishes the command and waits for the device to report the new state (the read-back); no
+confirmation within the device's timeout is an error, not a silent success.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+
+from buildingd.config.mqtt import MqttDevice, MqttPoint
+from buildingd.drivers.base import Driver, DriverContext
+from buildingd.drivers.mqtt_formats import CommandError, parse, state_topics
+from buildingd.drivers.mqtt_formats import command as command_for
+from buildingd.errors import DeviceError, DeviceRejectedError, DeviceUnavailableError
+from buildingd.mqtt.connection import MqttConnection
+from buildingd.points import Sample
+
+log = logging.getLogger(__name__)
+
+
+class MqttDriver(Driver):
+    def __init__(self, device: MqttDevice, ctx: DriverContext) -> None:
+        super().__init__(device, ctx)
+        self.spec = device
+        self.latest: dict[str, Sample] = {}
+        self.reported_available: bool | None = None
+        self.bad_payloads = 0
+        self._update = asyncio.Event()
+        self._changed: dict[str, asyncio.Event] = {}
+
+    def _conn(self) -> MqttConnection:
+        if self.ctx.mqtt is None:
+            raise DeviceError("MQTT is off: set [mqtt] enabled = true", device_id=self.device.id)
+        return self.ctx.mqtt
+
+    async def open(self) -> None:
+        conn = self._conn()
+        for topic in state_topics(self.spec):
+            conn.subscribe(topic, self._on_message)
+
+    async def close(self) -> None:
+        if self.ctx.mqtt is not None:
+            self.ctx.mqtt.unsubscribe(self._on_message)
+
+    def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
+        parsed = parse(self.spec, topic, payload)
+        for problem in parsed.problems:
+            self.bad_payloads += 1
+            if self.ctx.metrics is not None:
+                self.ctx.metrics.inc("buildingd_bad_payloads_total", device=self.device.id)
+            log.warning("device %s: %s: %s", self.device.id, topic, problem)
+        if parsed.available is not None:
+            if parsed.available != self.reported_available:
+                log.info("device %s reports %s", self.device.id,
+                         "online" if parsed.available else "offline")  # fmt: skip
+            self.reported_available = parsed.available
+        now = self.ctx.clock.monotonic()
+        for point_id, value in parsed.values.items():
+            self.latest[point_id] = Sample(value, now)
+            event = self._changed.get(point_id)
+            if event is not None:
+                event.set()
+        if parsed.values or parsed.available is not None:
+            self._update.set()
+
+    async def read(self) -> Mapping[str, Sample]:
+        conn = self._conn()
+        if not conn.connected.is_set():
+            raise DeviceUnavailableError("MQTT broker not connected", device_id=self.device.id)
+        if self.reported_available is False:
+            raise DeviceUnavailableError("device reports offline", device_id=self.device.id)
+        return dict(self.latest)
+
+    async def wait_update(self) -> None:
+        await self._update.wait()
+        self._update.clear()
+
+    async def write(self, point_id: str, value: float) -> float:
+        point = next(p for p in self.spec.points if p.id == point_id)
+        try:
+            topic, payload = command_for(self.spec, point, value)
+        except CommandError as err:
+            raise DeviceRejectedError(
+                str(err), device_id=self.device.id, point_id=point_id
+            ) from err
+        changed = self._changed.setdefault(point_id, asyncio.Event())
+        changed.clear()
+        qos = self._conn().settings.qos_commands
+        if not await self._conn().publish(topic, payload, qos=qos):
+            raise DeviceUnavailableError("MQTT broker not connected", device_id=self.device.id)
+        return await self._read_back(point, changed)
+
+    async def _read_back(self, point: MqttPoint, changed: asyncio.Event) -> float:
+        try:
+            async with asyncio.timeout(self.ctx.clock.to_loop_seconds(self.device.timeout_s)):
+                await changed.wait()
+        except TimeoutError:
+            raise DeviceUnavailableError(
+                f"no state report within {self.device.timeout_s:g} s of the command",
+                device_id=self.device.id,
+                point_id=point.id,
+            ) from None
+        return self.latest[point.id].value
