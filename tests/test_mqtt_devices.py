@@ -253,3 +253,134 @@ async def test_payloads_drive_a_zone_and_commands_reach_set_topics(
     assert lights.available
     bad = daemon.metrics.counters.get('buildingd_bad_payloads_total{device="motion"}', 0)
     assert bad == 1
+
+
+@pytest.mark.mosquitto
+async def test_home_assistant_discovery_votes_setpoints_and_demand_response(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    site = load_site(write_site(tmp_path / "site"))
+    settings = Settings.model_validate(
+        {
+            "state_dir": tmp_path / "state",
+            "site_dir": site.root,
+            "http": {"enabled": False},
+            "mqtt": {"enabled": True, "host": mosquitto.host, "port": mosquitto.port,
+                     "homeassistant_discovery": True},
+        }
+    )  # fmt: skip
+    daemon = Daemon(settings, site)
+    seen: dict[str, list[bytes]] = {}
+    async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier="ha") as ha:
+        await ha.publish("sensors/room", b'{"temp": 21.5, "heat": 21}', retain=True)
+        task = asyncio.create_task(daemon.run(60))
+        await asyncio.wait_for(daemon.ready.wait(), 20)
+        await ha.subscribe("homeassistant/#")
+        await ha.subscribe("buildingd/mq/#")
+
+        async def collect() -> None:
+            async for message in ha.messages:
+                seen.setdefault(message.topic.value, []).append(bytes(message.payload))  # type: ignore[arg-type]
+
+        collector = asyncio.create_task(collect())
+
+        async def wait_for(topic: str, count: int = 1) -> list[bytes]:
+            for _ in range(100):
+                if len(seen.get(topic, [])) >= count:
+                    break
+                await asyncio.sleep(0.1)
+            return seen.get(topic, [])
+
+        climate = "homeassistant/climate/buildingd_mq/room/config"
+        config = json.loads((await wait_for(climate))[0])  # retained: there on subscribe
+        assert config["current_temperature_topic"] == "buildingd/mq/zone/room/state"
+        assert config["availability_topic"] == "buildingd/mq/status"
+        state = json.loads((await wait_for("buildingd/mq/zone/room/state"))[-1])
+        assert state["temperature_c"] == 21.5
+        await ha.publish("homeassistant/status", b"online")  # Home Assistant restarted
+        assert len(await wait_for(climate, 2)) >= 2
+
+        await ha.publish("buildingd/mq/zone/room/vote", b"cold")
+        result = json.loads((await wait_for("buildingd/mq/zone/room/vote/result"))[0])
+        assert result["accepted"] is True
+        await ha.publish("buildingd/mq/zone/room/vote", b"lukewarm")
+        refused = json.loads((await wait_for("buildingd/mq/zone/room/vote/result", 2))[1])
+        assert refused["accepted"] is False and "unknown vote" in refused["reason"]
+
+        heating = state["heating_sp_c"]
+        await ha.publish("buildingd/mq/zone/room/set/heating_sp", str(heating + 1).encode())
+        ok = json.loads((await wait_for("buildingd/mq/zone/room/set/result"))[0])
+        assert ok["accepted"] is True
+        await ha.publish("buildingd/mq/zone/room/set/heating_sp", b"45")
+        no = json.loads((await wait_for("buildingd/mq/zone/room/set/result", 2))[1])
+        assert no["accepted"] is False and "safety band" in no["reason"]
+        for _ in range(50):
+            zone = daemon.zone_agents["room"]
+            if zone.decision is not None and zone.decision.band.heating_c == heating + 1:
+                break
+            await asyncio.sleep(0.1)
+        assert zone.decision is not None and zone.decision.band.heating_c == heating + 1
+
+        await ha.publish("buildingd/mq/demand-response/request", b'{"target_w": 50}')
+        await ha.publish("buildingd/mq/demand-response/request", b'{"target_w": "lots"}')
+        for _ in range(50):
+            if daemon.coordinator and (
+                daemon.coordinator.negotiations or daemon.coordinator.finished
+            ):
+                break
+            await asyncio.sleep(0.1)
+        assert daemon.coordinator is not None
+        assert daemon.coordinator.negotiations or daemon.coordinator.finished
+        assert daemon.metrics.counters['buildingd_mqtt_invalid_total{topic="request"}'] == 1
+        daemon.request_stop()
+        await task
+        collector.cancel()
+    assert seen["buildingd/mq/status"][-1] == b"offline"  # said goodbye on the way out
+
+
+@pytest.mark.mosquitto
+async def test_broker_killed_and_restarted_mid_run(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    site = load_site(write_site(tmp_path / "site"))
+    settings = Settings.model_validate(
+        {
+            "state_dir": tmp_path / "state",
+            "site_dir": site.root,
+            "http": {"enabled": False},
+            "mqtt": {"enabled": True, "host": mosquitto.host, "port": mosquitto.port,
+                     "reconnect_max_s": 0.5},
+        }
+    )  # fmt: skip
+    daemon = Daemon(settings, site)
+    task = asyncio.create_task(daemon.run(60))
+    await asyncio.wait_for(daemon.ready.wait(), 20)
+    assert daemon.mqtt is not None
+    mosquitto.stop()  # killed: no goodbye from the broker
+    for _ in range(50):
+        if not daemon.mqtt.connected.is_set():
+            break
+        await asyncio.sleep(0.1)
+    assert not daemon.mqtt.connected.is_set()
+    await asyncio.sleep(1.0)
+    mosquitto.start()
+    assert await daemon.mqtt.wait_connected(15)
+    dimmer: list[bytes] = []
+    async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier="devices") as devices:
+        await devices.subscribe("cmnd/room-dimmer/Dimmer")
+        # Control resumes: sensors published after the restart reach the zone (resubscribed),
+        # and its light command reaches the dimmer.
+        await devices.publish("sensors/room", b'{"temp": 21.0, "heat": 21}', retain=True)
+        await devices.publish("zigbee2mqtt/room-motion", b'{"occupancy":true,"illuminance":10}')
+
+        async def first_command() -> None:
+            async for message in devices.messages:
+                dimmer.append(bytes(message.payload))  # type: ignore[arg-type]
+                return
+
+        await asyncio.wait_for(first_command(), 30)
+    sup = daemon.supervisor
+    assert sup is not None
+    assert all(c.restarts == 0 for c in sup.children.values())  # no agent crashed
+    assert daemon.mqtt.counters.connects == 2
+    daemon.request_stop()
+    await task
+    assert int(dimmer[0]) > 0

@@ -192,6 +192,17 @@ class Daemon:
 
         await sup.start("coordinator", make)
 
+    async def _start_mqtt_bridge(self, sup: Supervisor, conn: MqttConnection) -> None:
+        from buildingd.coordinator.votes import VoteResult
+        from buildingd.mqtt.bridge import MqttBridgeAgent
+
+        def vote(zone_id: str, vote: str) -> VoteResult:
+            if self.coordinator is None:
+                return VoteResult(False, "the coordinator is not running", 0.0)
+            return self.coordinator.vote(zone_id, vote)
+
+        await sup.start("mqtt-bridge", lambda: MqttBridgeAgent(self.ctx, conn, vote))
+
     def _is_local_agent(self, name: str) -> bool:
         return self.supervisor is not None and name in self.supervisor.children
 
@@ -288,6 +299,8 @@ class Daemon:
                         await self.start_zone(zone_id)
                     if not self.baseline:
                         await self._start_coordinator(sup)
+                    if self.mqtt is not None:
+                        await self._start_mqtt_bridge(sup, self.mqtt)
                     for device_id in self.site.devices:
                         await self.start_device(device_id)
                     await self._start_http()
