@@ -96,16 +96,25 @@ class MqttDriver(Driver):
         qos = self._conn().settings.qos_commands
         if not await self._conn().publish(topic, payload, qos=qos):
             raise DeviceUnavailableError("MQTT broker not connected", device_id=self.device.id)
-        return await self._read_back(point, changed)
+        return await self._read_back(point, value, changed)
 
-    async def _read_back(self, point: MqttPoint, changed: asyncio.Event) -> float:
+    async def _read_back(self, point: MqttPoint, value: float, changed: asyncio.Event) -> float:
+        """Wait for the device to report ``value``; a report of something else (an older state
+        still in flight) is kept waiting on until the timeout, then returned as the read-back."""
+        reported: float | None = None
         try:
             async with asyncio.timeout(self.ctx.clock.to_loop_seconds(self.device.timeout_s)):
-                await changed.wait()
+                while True:
+                    await changed.wait()
+                    changed.clear()
+                    reported = self.latest[point.id].value
+                    if abs(reported - value) <= 1e-6 + 0.005 * abs(value):
+                        return reported
         except TimeoutError:
+            if reported is not None:
+                return reported  # the device agent reports the mismatch
             raise DeviceUnavailableError(
                 f"no state report within {self.device.timeout_s:g} s of the command",
                 device_id=self.device.id,
                 point_id=point.id,
             ) from None
-        return self.latest[point.id].value

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -152,6 +153,9 @@ class MqttConnection:
             will=aiomqtt.Will(self.status_topic, b"offline", qos=1, retain=True),
             max_queued_incoming_messages=10_000,
             timeout=10,
+            # Small packets go out at once: without this, Nagle's algorithm held a command
+            # behind an unacknowledged packet for the peer's 40 ms delayed ACK.
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         )
 
     async def _subscribe_now(self, client: aiomqtt.Client, pattern: str, qos: int) -> None:
