@@ -125,6 +125,12 @@ def test_bad_payloads_are_problems_not_exceptions(payload: bytes, problem: str) 
     assert all(problem in p for p in parsed.problems) and (bool(parsed.problems) == bool(problem))
 
 
+def test_pathological_json_is_a_problem_too() -> None:
+    for payload in (b"[" * 2000, b'{"battery":' + b"1" * 400 + b"}", b"[" + b"9" * 5000 + b"]"):
+        parsed = parse(MOTION, "zigbee2mqtt/t", payload)
+        assert parsed.values == {} and parsed.problems
+
+
 @given(st.binary(max_size=300), st.sampled_from(["zigbee2mqtt/t", "zigbee2mqtt/t/availability"]))
 def test_any_bytes_parse_without_raising(payload: bytes, topic: str) -> None:
     parsed = parse(MOTION, topic, payload)

@@ -71,7 +71,10 @@ def to_number(value: Any) -> float:
     if isinstance(value, bool):
         return 1.0 if value else 0.0
     if isinstance(value, int | float):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # a JSON integer beyond float range
+            raise ValueError("not finite: integer too large") from None
     elif isinstance(value, str):
         word = value.strip().lower()
         if word in TRUE_WORDS:
@@ -99,7 +102,7 @@ def parse(device: MqttDevice, topic: str, payload: bytes) -> Parsed:
     if topic.endswith(("/availability", "/LWT")):
         try:
             found = json.loads(text) if text.startswith("{") else text
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # JSONDecodeError, int digit limit, deep nesting
             found = text
         state = found.get("state", "") if isinstance(found, dict) else found
         out.available = str(state).lower() == "online"
@@ -111,6 +114,9 @@ def parse(device: MqttDevice, topic: str, payload: bytes) -> Parsed:
             data = json.loads(text)
         except json.JSONDecodeError as err:
             out.problems.append(f"not JSON: {err.msg} at {err.pos}")
+            return out
+        except (ValueError, RecursionError) as err:  # int over 4300 digits, nesting too deep
+            out.problems.append(f"not JSON: {type(err).__name__}")
             return out
         if not isinstance(data, dict | list):
             out.problems.append(f"JSON of the wrong shape: a {type(data).__name__}")

@@ -38,6 +38,7 @@ from buildingd.agents.messages import (
     zone_address,
 )
 from buildingd.agents.runtime import Agent
+from buildingd.control.zone import ZoneMode
 from buildingd.coordinator.votes import VoteResult
 from buildingd.mqtt.connection import MqttConnection
 
@@ -88,6 +89,8 @@ def discovery_configs(
         "temperature_high_command_topic": f"{base}/zone/{zone_id}/set/cooling_sp",
         "preset_mode_state_topic": state,
         "preset_mode_value_template": "{{ value_json.mode }}",
+        # Home Assistant rejects a preset state that is not listed: the G36 zone modes.
+        "preset_modes": [m.value for m in ZoneMode],
         "temperature_unit": "C",
         "precision": 0.1,
     }
