@@ -1,0 +1,245 @@
+"""``driver: modbus-tcp`` and ``modbus-rtu`` on pymodbus 3.x (async clients).
+
+* One ``ModbusLine`` per TCP endpoint or serial port, shared by every device on it (a
+  ``SharedResources`` entry): requests are serialised, RTU frames are separated by the 3.5
+  character silent interval the serial line protocol requires (Modbus over Serial Line v1.02,
+  section 2.5.1.1; 1.75 ms above 19,200 baud), a lost connection is re-opened with jittered
+  exponential backoff, and availability is logged once per change.
+* Reads follow the device's poll plan (``modbus_plan``); a block the device refuses with
+  exception 02 (illegal data address) is split and re-read, and the plan keeps the split.
+* Writes go only to writable points (limits were checked by the device agent), multi-register
+  values in one request (function 16), a bit inside a register by read-modify-write; then the
+  point is read back and returned, so the agent can compare.
+* Per-device timeout and retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Mapping
+from typing import Any
+
+from buildingd.config.modbus import (
+    DataType,
+    ModbusDeviceBase,
+    ModbusPoint,
+    ModbusRtuDevice,
+    ModbusTcpDevice,
+    RegisterTable,
+)
+from buildingd.drivers.base import Driver, DriverContext
+from buildingd.drivers.modbus_codec import BIT_TABLES, CodecError, decode, encode, encode_bit
+from buildingd.drivers.modbus_codec import register_count as width
+from buildingd.drivers.modbus_plan import Block, describe_plan, plan_reads, split_block
+from buildingd.errors import DeviceRejectedError, DeviceUnavailableError
+from buildingd.points import Sample
+
+log = logging.getLogger(__name__)
+
+ILLEGAL_DATA_ADDRESS = 2
+READ_FN = {
+    RegisterTable.COIL: "read_coils",
+    RegisterTable.DISCRETE_INPUT: "read_discrete_inputs",
+    RegisterTable.HOLDING_REGISTER: "read_holding_registers",
+    RegisterTable.INPUT_REGISTER: "read_input_registers",
+}
+BACKOFF_MIN_S, BACKOFF_MAX_S = 1.0, 60.0
+
+
+def inter_frame_s(baudrate: int) -> float:
+    """3.5 character times of 11 bits; fixed at 1.75 ms above 19,200 baud."""
+    return 0.00175 if baudrate > 19200 else 3.5 * 11 / baudrate
+
+
+class LineDown(Exception):
+    """The line is down (connection lost, timed out, or waiting out its backoff)."""
+
+
+class ModbusLine:
+    """One connection (TCP endpoint or serial line) and the lock that serialises it."""
+
+    def __init__(self, name: str, client: Any, gap_s: float) -> None:
+        self.name, self.client, self.gap_s = name, client, gap_s
+        self.lock = asyncio.Lock()
+        self.available: bool | None = None
+        self._backoff_s = BACKOFF_MIN_S
+        self._retry_at = 0.0
+
+    async def request(self, fn: str, timeout_s: float, *args: Any, **kw: Any) -> Any:
+        from pymodbus.exceptions import ModbusException
+
+        loop = asyncio.get_running_loop()
+        async with self.lock:
+            if not self.client.connected:
+                if loop.time() < self._retry_at:
+                    raise LineDown(f"{self.name} down; next attempt after backoff")
+                try:
+                    async with asyncio.timeout(timeout_s):
+                        ok = await self.client.connect()
+                except (TimeoutError, OSError):
+                    ok = False
+                if not ok:
+                    self._down(loop.time(), "cannot connect")
+                    raise LineDown(f"cannot connect to {self.name}")
+            try:
+                async with asyncio.timeout(timeout_s):
+                    response = await getattr(self.client, fn)(*args, **kw)
+            except (TimeoutError, OSError, ModbusException) as err:
+                self.client.close()
+                self._down(loop.time(), f"{type(err).__name__}: {err}")
+                raise LineDown(f"{self.name}: {type(err).__name__}: {err}") from err
+            finally:
+                if self.gap_s:
+                    await asyncio.sleep(self.gap_s)
+            self._up()
+            return response
+
+    def _down(self, now: float, why: str) -> None:
+        self._retry_at = now + self._backoff_s * random.uniform(0.5, 1.5)
+        self._backoff_s = min(self._backoff_s * 2, BACKOFF_MAX_S)
+        if self.available is not False:
+            log.warning("modbus: %s unavailable: %s", self.name, why)
+        self.available = False
+
+    def _up(self) -> None:
+        self._backoff_s = BACKOFF_MIN_S
+        if self.available is not True:
+            log.info("modbus: %s connected", self.name)
+        self.available = True
+
+    async def close(self) -> None:
+        self.client.close()
+
+
+def _make_line(device: ModbusDeviceBase) -> tuple[str, Any]:
+    """The shared-resource key and a factory for the device's line."""
+    if isinstance(device, ModbusTcpDevice):
+        conn = device.connection
+        key = f"modbus-tcp:{conn.host}:{conn.port}"
+
+        async def tcp() -> ModbusLine:
+            from pymodbus.client import AsyncModbusTcpClient
+
+            client = AsyncModbusTcpClient(conn.host, port=conn.port, timeout=10, retries=0,
+                                          reconnect_delay=0)  # fmt: skip
+            return ModbusLine(f"{conn.host}:{conn.port}", client, 0.0)
+
+        return key, tcp
+    assert isinstance(device, ModbusRtuDevice)
+    serial = device.connection
+    key = f"modbus-rtu:{serial.port}"
+
+    async def rtu() -> ModbusLine:
+        from pymodbus.client import AsyncModbusSerialClient
+
+        client = AsyncModbusSerialClient(
+            serial.port, baudrate=serial.baudrate, parity=serial.parity, stopbits=serial.stopbits,
+            bytesize=serial.bytesize, timeout=10, retries=0, reconnect_delay=0,
+        )  # fmt: skip
+        return ModbusLine(serial.port, client, inter_frame_s(serial.baudrate))
+
+    return key, rtu
+
+
+class ModbusDriver(Driver):
+    def __init__(self, device: ModbusTcpDevice | ModbusRtuDevice, ctx: DriverContext) -> None:
+        super().__init__(device, ctx)
+        self.spec = device
+        self.plan: list[Block] = plan_reads(device.points, device.planning)
+        self.line: ModbusLine | None = None
+        self.requests = 0
+
+    def describe(self) -> list[str]:
+        return describe_plan(self.plan)
+
+    async def open(self) -> None:
+        key, factory = _make_line(self.spec)
+        self.line = await self.ctx.resources.get(key, factory, lambda line: line.close())
+
+    async def close(self) -> None:
+        return None  # the line is shared; SharedResources closes it with the daemon
+
+    async def _call(self, fn: str, *args: Any, **kw: Any) -> Any:
+        assert self.line is not None
+        timeout = self.ctx.clock.to_loop_seconds(self.spec.timeout_s)
+        last: LineDown | None = None
+        for _ in range(self.spec.retries + 1):
+            try:
+                self.requests += 1
+                return await self.line.request(
+                    fn, timeout, *args, device_id=self.spec.unit_id, **kw
+                )
+            except LineDown as err:
+                last = err
+        raise DeviceUnavailableError(str(last), device_id=self.device.id)
+
+    async def read(self) -> Mapping[str, Sample]:
+        out: dict[str, Sample] = {}
+        plan: list[Block] = []
+        pending = list(self.plan)
+        while pending:
+            block = pending.pop(0)
+            response = await self._call(READ_FN[block.table], block.start, count=block.count)
+            if response.isError():
+                code = getattr(response, "exception_code", None)
+                if code == ILLEGAL_DATA_ADDRESS and len(block.points) > 1:
+                    log.info("device %s: %s refused; reading it in smaller pieces",
+                             self.device.id, block.describe())  # fmt: skip
+                    pending[:0] = split_block(block)
+                    continue
+                plan.append(block)  # one point the device refuses: keep trying, report it
+                log.warning("device %s: %s: exception %s", self.device.id, block.describe(), code)
+                continue
+            plan.append(block)
+            now = self.ctx.clock.monotonic()
+            data = response.bits if block.table in BIT_TABLES else response.registers
+            for point in block.points:
+                first = point.address - block.start
+                try:
+                    out[point.id] = Sample(decode(point, data[first : first + width(point)]), now)
+                except CodecError as err:
+                    log.warning("device %s: %s", self.device.id, err)
+        self.plan = plan
+        if not out and self.plan:
+            raise DeviceRejectedError("every read was refused", device_id=self.device.id)
+        return out
+
+    async def write(self, point_id: str, value: float) -> float:
+        point = next(p for p in self.spec.points if p.id == point_id)
+        try:
+            if point.table is RegisterTable.COIL:
+                response = await self._call(
+                    "write_coil", point.address, bool(encode(point, value)[0])
+                )
+            elif point.type is DataType.BIT:
+                current = await self._read_point_registers(point)
+                word = encode_bit(point, int(current[0]), value)
+                response = await self._call("write_register", point.address, word)
+            else:
+                words = encode(point, value)
+                if len(words) == 1:
+                    response = await self._call("write_register", point.address, words[0])
+                else:  # one request for the whole value: never half-written
+                    response = await self._call("write_registers", point.address, words)
+        except CodecError as err:
+            raise DeviceRejectedError(
+                str(err), device_id=self.device.id, point_id=point_id
+            ) from err
+        if response.isError():
+            raise DeviceRejectedError(
+                f"write refused: exception {getattr(response, 'exception_code', '?')}",
+                device_id=self.device.id, point_id=point_id,
+            )  # fmt: skip
+        return decode(point, await self._read_point_registers(point))
+
+    async def _read_point_registers(self, point: ModbusPoint) -> list[Any]:
+        response = await self._call(READ_FN[point.table], point.address, count=width(point))
+        if response.isError():
+            raise DeviceRejectedError(
+                f"read-back refused: exception {getattr(response, 'exception_code', '?')}",
+                device_id=self.device.id, point_id=point.id,
+            )  # fmt: skip
+        data = response.bits if point.table in BIT_TABLES else response.registers
+        return list(data[: width(point)])
