@@ -30,6 +30,7 @@ def start_daemon(
         os.environ,
         BUILDINGD_HTTP__PORT=str(port),
         BUILDINGD_MQTT__PORT="0",  # the embedded broker on a free port
+        BUILDINGD_SIM__MODBUS_PORT="0",  # the simulated Modbus gateway too
         BUILDINGD_STATE_DIR=str(state),
         BUILDINGD_SITE_DIR=str(site),
         BUILDINGD_SIM__START=start,

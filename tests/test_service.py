@@ -85,6 +85,7 @@ def daemon(site_copy: Path, tmp_path: Path) -> Iterator[Running]:
         WATCHDOG_USEC="2000000",
         BUILDINGD_HTTP__PORT=str(port),
         BUILDINGD_MQTT__PORT="0",  # the embedded broker on a free port
+        BUILDINGD_SIM__MODBUS_PORT="0",  # the simulated Modbus gateway too
         BUILDINGD_HTTP__TOKEN_FILE=str(token_file),
         BUILDINGD_STATE_DIR=str(state),
         BUILDINGD_SITE_DIR=str(site_copy),

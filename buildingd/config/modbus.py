@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from buildingd.config.base import DeviceBase, PointBase
-from buildingd.config.common import Strict
+from buildingd.config.common import Id, Strict
 
 
 class RegisterTable(StrEnum):
@@ -54,7 +54,24 @@ class Planning(Strict):
 class ModbusDeviceBase(DeviceBase):
     unit_id: int = Field(default=1, ge=0, le=247)
     planning: Planning = Planning()
+    # A named profile (``buildingd.config.profiles``) supplies the register map; ``zone`` binds
+    # its points. Points given as well are added to the profile's.
+    profile: str | None = None
+    zone: Id | None = None
     points: list[ModbusPoint] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_profile(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("profile") is not None:
+            from buildingd.config.profiles import profile_points
+
+            extra = data.get("points") or []
+            data = {
+                **data,
+                "points": profile_points(str(data["profile"]), data.get("zone")) + list(extra),
+            }
+        return data
 
 
 class TcpConnection(Strict):

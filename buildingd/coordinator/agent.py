@@ -37,6 +37,7 @@ from buildingd.agents.messages import (
     ZONE_STATE_TOPIC,
     AdjustmentsMsg,
     CommandMsg,
+    CommandResultMsg,
     DemandResponseAward,
     DemandResponseCall,
     DemandResponseProposal,
@@ -189,6 +190,13 @@ class CoordinatorAgent(Agent):
             self.zones[msg.zone_id] = msg
         elif env.ontology == ReadingMsg.ontology:
             self._building_reading(ReadingMsg.parse(env))
+        elif env.ontology == CommandResultMsg.ontology:
+            result = CommandResultMsg.parse(env)
+            if not result.ok:
+                self.supply_air_sp.clear()  # write again at the next step
+                why = result.error or result.reason
+                log.warning("coordinator: %s.%s refused %s: %s",
+                            result.device_id, result.point_id, result.value, why)  # fmt: skip
         elif env.ontology != DemandResponseCall.ontology:
             raise ValueError(f"unexpected ontology {env.ontology!r}")
         elif env.receiver == DEMAND_RESPONSE_TOPIC:
@@ -436,6 +444,8 @@ class CoordinatorAgent(Agent):
                 )
 
     def _trim_and_respond(self, now_s: float) -> None:
+        if self.ctx.ready_s is None:
+            return  # the air handlers' device agents may not be listening yet
         for ahu_id, reset in self.supply_air.items():
             requests = 0
             for zone_id in self.ctx.site.air_handlers.get(ahu_id, []):

@@ -148,6 +148,8 @@ class Daemon:
             self.clock = clock or SystemClock()
         self.supervisor: Supervisor | None = None
         self.coordinator: CoordinatorAgent | None = None
+        # Simulated Modbus gateways moved to another port ([sim] modbus_port): old -> new.
+        self.sim_gateways: dict[tuple[str, int], int] = {}
         self.mqtt: MqttConnection | None = None
         self.bus: InProcessBus = InProcessBus()
         if mqtt_needed(settings, site):
@@ -377,6 +379,10 @@ class Daemon:
             return await self._reload_failed([str(p) for p in err.problems])
         except (ValueError, OSError) as err:
             return await self._reload_failed([f"settings: {err}"])
+        if self.building is not None:
+            from buildingd.sim.servers import relocate_simulated
+
+            relocate_simulated(site, self.sim_gateways)
         plan = plan_reload(self.site, site)
         self.site = site
         self.ctx.site = site

@@ -4,15 +4,18 @@ servers (Modbus, MQTT) that serve its devices on 127.0.0.1 so drivers talk to it
 from __future__ import annotations
 
 import contextlib
+import socket
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from buildingd.config.loader import Site
+from buildingd.config.modbus import ModbusDeviceBase, ModbusTcpDevice
 from buildingd.config.mqtt import MqttDevice
 
 if TYPE_CHECKING:
     from buildingd.service.app import Daemon
+    from buildingd.sim.building import Building
 
 
 def site_needs_simulator(site: Site) -> bool:
@@ -44,9 +47,56 @@ async def start_simulator_servers(daemon: Daemon, services: contextlib.AsyncExit
     mqtt_devices = [
         d for d in daemon.site.devices.values() if d.simulated and isinstance(d, MqttDevice)
     ]
+    await _serve_modbus(daemon, building, services)
     if mqtt_devices and daemon.mqtt is not None:
         from buildingd.sim.mqtt_devices import SimulatedMqttDevices
 
         sim = SimulatedMqttDevices(building, daemon.clock, daemon.mqtt, mqtt_devices)
         await sim.start()
         services.push_async_callback(sim.stop)
+
+
+async def _serve_modbus(
+    daemon: Daemon, building: Building, services: contextlib.AsyncExitStack
+) -> None:
+    """One Modbus TCP server per simulated gateway address. With ``[sim] modbus_port`` set
+    (0: a free port) the gateways move there and the device specs follow."""
+    gateways: dict[tuple[str, int], list[ModbusTcpDevice]] = {}
+    for device in daemon.site.devices.values():
+        if device.simulated and isinstance(device, ModbusTcpDevice):
+            key = (device.connection.host, device.connection.port)
+            gateways.setdefault(key, []).append(device)
+    if not gateways:
+        return
+    from buildingd.sim.modbus_server import start_modbus_tcp
+
+    override = daemon.settings.sim.modbus_port
+    if override is not None:
+        daemon.sim_gateways = {key: override or _free_port() for key in gateways}
+        relocate_simulated(daemon.site, daemon.sim_gateways)
+    for (host, port), devices in gateways.items():
+        served: list[ModbusDeviceBase] = [
+            d
+            for d in (daemon.site.devices[x.id] for x in devices)
+            if isinstance(d, ModbusTcpDevice)
+        ]
+        port = daemon.sim_gateways.get((host, port), port)
+        server = await start_modbus_tcp(building, daemon.clock, served, host, port)
+        services.push_async_callback(server.shutdown)
+
+
+def relocate_simulated(site: Site, moves: dict[tuple[str, int], int]) -> None:
+    """Point simulated Modbus TCP devices at the ports their gateways were moved to (at start
+    and again after a reload re-read the device files)."""
+    for device in list(site.devices.values()):
+        if device.simulated and isinstance(device, ModbusTcpDevice):
+            new = moves.get((device.connection.host, device.connection.port))
+            if new is not None:
+                moved = device.connection.model_copy(update={"port": new})
+                site.devices[device.id] = device.model_copy(update={"connection": moved})
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
