@@ -136,3 +136,33 @@ def test_every_problem_is_reported_at_once(site_copy: Path) -> None:
     messages = [str(p) for p in err.value.problems]
     assert any("unknown timezone 'Mars/Olympus'" in m for m in messages)
     assert any("points[1].kind" in m and "demo-sim.yaml" in m for m in messages)
+
+
+def test_broken_modbus_register_maps_name_file_line_and_key(
+    site_copy: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    head = "devices:\n  - id: vav-7\n    driver: modbus-tcp\n    connection: {host: 192.0.2.7}\n"
+    where = "zone: f1-kitchen, table: holding_register"
+    overlapping = site_copy / "devices" / "bad-map.yaml"
+    overlapping.write_text(
+        head + "    points:\n"
+        f"      - {{id: t, kind: temperature, {where}, address: 0, type: float32}}\n"
+        f"      - {{id: rh, kind: humidity, {where}, address: 1}}\n"
+        f"      - {{id: x, kind: co2, {where}, address: 65535, type: uint32}}\n"
+    )
+    schema = site_copy / "devices" / "bad-schema.yaml"
+    schema.write_text(
+        head.replace("vav-7", "vav-8") + "    points:\n"
+        f"      - {{id: y, kind: co2, {where}, address: 9, type: int24}}\n"
+        f"      - {{id: sp, kind: heating_setpoint, {where}, address: 8, writable: true}}\n"
+    )
+    rc, _, err = check(site_copy, capsys)
+    assert rc == 1
+    line = _line_of(overlapping, "id: rh")
+    assert f"{overlapping}:{line}: devices[0].points[1].address: overlaps point 't'" in err
+    assert (
+        f"{overlapping}:{_line_of(overlapping, 'id: x')}: devices[0].points[2].address: runs" in err
+    )
+    assert f"{schema}:{_line_of(schema, 'id: y')}: devices[0].points[0].type:" in err
+    assert f"{schema}:{_line_of(schema, 'id: sp')}: devices[0].points[1]: " in err
+    assert "a writable point needs limits" in err

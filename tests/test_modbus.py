@@ -174,3 +174,74 @@ def test_check_verbose_prints_the_poll_plans(capsys: pytest.CaptureFixture[str])
     assert main(["check", "--verbose"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"f1-meeting-thermostat \(modbus-tcp\):\n  read discrete_input 0-0", out)
+
+
+TYPES = ["int16", "uint16", "int32", "uint32", "float32", "float64"]
+
+
+async def test_every_type_and_word_order_round_trips_over_the_wire(
+    building: Building, ctx: DriverContext
+) -> None:
+    port = free_port()
+    points, address = [], 0
+    for type_ in TYPES:
+        for order in ("big", "little"):
+            points.append({"id": f"{type_}_{order}", "kind": "heating_setpoint",
+                           "zone": "f1-meeting", "table": "holding_register", "address": address,
+                           "type": type_, "word_order": order, "scale": 0.01, "writable": True,
+                           "limits": {"min": 5, "max": 35}})  # fmt: skip
+            address += 4
+    device = ModbusTcpDevice.model_validate(
+        {"id": "all", "driver": "modbus-tcp", "unit_id": 9, "points": points,
+         "connection": {"host": "127.0.0.1", "port": port}}
+    )  # fmt: skip
+    server = await start_modbus_tcp(building, ctx.clock, [device], "127.0.0.1", port)
+    try:
+        driver = ModbusDriver(device, ctx)
+        await driver.open()
+        for i, point in enumerate(device.points):
+            value = 17.25 + i  # each write moves the simulated setpoint, read back through it
+            assert await driver.write(point.id, value) == pytest.approx(value, abs=1e-4)
+            assert building.zones["f1-meeting"].heating_sp_c == pytest.approx(value, abs=1e-4)
+        assert len(driver.plan) == 1  # 48 registers in one read
+    finally:
+        await server.shutdown()
+
+
+async def test_an_exception_answer_and_a_silent_device(
+    building: Building, ctx: DriverContext
+) -> None:
+    port = free_port()
+    served = thermostat(port)
+    server = await start_modbus_tcp(building, ctx.clock, [served], "127.0.0.1", port)
+    try:
+        driver = ModbusDriver(served, ctx)
+        await driver.open()
+        building.inject_fault("f1-meeting", PointKind.TEMPERATURE, "dead")
+        values = await driver.read()  # exception 04 for the input registers, the rest reads
+        assert "temperature" not in values and "heating_sp" in values
+        with pytest.raises(DeviceRejectedError, match="exception"):
+            odd = thermostat(port, unit_id=1, points=[
+                {"id": "ghost", "kind": "fan", "zone": "f1-meeting", "table": "holding_register",
+                 "address": 500, "writable": True, "limits": {"min": 0, "max": 1}}])  # fmt: skip
+            ghost = ModbusDriver(odd, ctx)
+            await ghost.open()
+            await ghost.write("ghost", 1.0)  # exception 02: no such register
+    finally:
+        await server.shutdown()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1024)  # takes the request, never answers
+        await asyncio.sleep(30)
+
+    mute = await asyncio.start_server(silent, "127.0.0.1", 0)
+    mute_port = mute.sockets[0].getsockname()[1]
+    try:
+        driver = ModbusDriver(thermostat(mute_port, timeout_s=0.3), ctx)
+        await driver.open()
+        t0 = time.monotonic()
+        with pytest.raises(DeviceUnavailableError, match="Timeout"):
+            await driver.read()
+        assert time.monotonic() - t0 < 5  # the device's own timeout, not pymodbus's default
+    finally:
+        mute.close()
