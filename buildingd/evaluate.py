@@ -15,7 +15,7 @@ import json
 import sys
 import tempfile
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo
 
 from buildingd.clock import ScaledClock
 from buildingd.config.loader import Site, load_site
+from buildingd.config.policies import DemandResponseEvent
 from buildingd.errors import ConfigError
 from buildingd.points import PointKind
 from buildingd.service.app import Daemon
@@ -43,7 +44,11 @@ SCENARIOS = {
     "cooling": (date(2026, 7, 13), "cooling", None),
     "mild": (date(2026, 4, 13), "mild", None),
     "sensor-failure": (date(2027, 1, 11), "heating", ("f1-meeting", PointKind.TEMPERATURE)),
+    "demand-response": (date(2027, 1, 11), "heating", None),
 }
+# Demand-response events of a scenario: (offset from the start, duration s, target W). The
+# utility calls for 1.5 kW less on Monday 16:00-17:00, the late-afternoon winter peak.
+DR_EVENTS = {"demand-response": [(timedelta(hours=16), 3600.0, 1500.0)]}
 
 
 class NullSink:
@@ -75,6 +80,7 @@ class Run:
     bus_messages: int
     zone_hours: float
     kpis: dict[str, Any] = field(default_factory=dict)
+    negotiations: dict[str, int] = field(default_factory=dict)  # outcome -> count
 
     @property
     def messages_per_zone_hour(self) -> float:
@@ -150,6 +156,7 @@ async def _simulate(
         trajectory=out,
         bus_messages=summary.bus_messages,
         zone_hours=len(site.zones) * days * 24,
+        negotiations=dict(daemon.coordinator.outcomes) if daemon.coordinator else {},
     )
 
 
@@ -212,6 +219,14 @@ def evaluate(
     first_day, weather, fault = SCENARIOS[scenario]
     tz = ZoneInfo(site.timezone)
     start = datetime.combine(first_day, datetime.min.time(), tz)
+    events = [
+        DemandResponseEvent(start=start + offset, duration_s=duration, target_w=target)
+        for offset, duration, target in DR_EVENTS.get(scenario, [])
+    ]
+    if events:
+        site = replace(
+            site, demand_response=site.demand_response.model_copy(update={"events": events})
+        )
     area = sum(z.area_m2 for z in site.zones.values())
     runs: dict[str, Run] = {}
     for baseline in (False, True):
@@ -223,7 +238,7 @@ def evaluate(
         run.kpis = json.loads(compute_kpis(read_trajectory_csv(run.trajectory), area).to_json())
         runs[name] = run
     ours, base = runs["buildingd"].kpis, runs["baseline"].kpis
-    return {
+    result: dict[str, Any] = {
         "scenario": scenario,
         "days": days,
         "seed": seed,
@@ -241,6 +256,24 @@ def evaluate(
         },
         "trajectories": {name: str(run.trajectory) for name, run in runs.items()},
     }
+    for event in events[:1]:  # mean building power while the event lasted
+        offset = (event.start - start).total_seconds()
+        result["negotiations"] = runs["buildingd"].negotiations
+        result["demand_response_window_kw"] = {
+            name: round(window_power_kw(run.trajectory, offset, event.duration_s), 3)
+            for name, run in runs.items()
+        }
+    return result
+
+
+def window_power_kw(trajectory: Path, start_s: float, duration_s: float) -> float:
+    """Mean building power (all power columns) over a window of the trajectory."""
+    with trajectory.open(newline="") as f:
+        rows = [
+            r for r in csv.DictReader(f) if start_s <= float(r["time_s"]) < start_s + duration_s
+        ]
+    totals = [sum(float(v) for k, v in r.items() if k.startswith("power_w:")) for r in rows]
+    return sum(totals) / len(totals) / 1000 if totals else 0.0
 
 
 def plot(result: dict[str, Any], folder: Path, zone_id: str, day: int = 1) -> list[Path]:

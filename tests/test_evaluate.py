@@ -39,3 +39,11 @@ def test_evaluate_command_prints_json(tmp_path: Path, capsys: pytest.CaptureFixt
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads(out.read_text())
     assert printed["days"] == 0.25 and printed["scenario"] == "heating"
+
+
+def test_a_demand_response_day_settles_and_sheds(tmp_path: Path) -> None:
+    site = load_site(REPO)
+    result = evaluate(site, days=1.0, seed=4, scenario="demand-response", workdir=tmp_path)
+    assert result["negotiations"] == {"settled": 1}
+    window = result["demand_response_window_kw"]
+    assert window["buildingd"] < window["baseline"]
