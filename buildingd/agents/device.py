@@ -167,8 +167,11 @@ class DeviceAgent(Agent):
         now = self.ctx.clock.monotonic()
         self.last_poll_s = now
         self._poll_started_s = now
+        started = asyncio.get_running_loop().time()
         try:
             samples = await self.driver.read()
+            elapsed = asyncio.get_running_loop().time() - started
+            self.ctx.metrics.set("buildingd_poll_seconds", round(elapsed, 6), device=self.device.id)
         except DeviceError as err:
             self.ctx.metrics.inc("buildingd_poll_errors_total", device=self.device.id)
             await self._set_available(False, str(err))

@@ -123,6 +123,12 @@ def metrics_text(daemon: Daemon) -> str:
             for k, v in sorted(sink_stats.items())
         ],
     )
+    add(
+        "buildingd_alerts_open",
+        "gauge",
+        "Open alerts: degraded zones, devices down, failed agents, unacknowledged escalations.",
+        [("buildingd_alerts_open", float(len(daemon.open_alerts())))],
+    )
     for key, count in sorted(daemon.metrics.counters.items()):
         name = key.split("{", 1)[0]
         lines.append(f"# TYPE {name} counter")
