@@ -329,15 +329,15 @@ async def test_home_assistant_discovery_votes_setpoints_and_demand_response(
 
         await ha.publish("buildingd/mq/demand-response/request", b'{"target_w": 50}')
         await ha.publish("buildingd/mq/demand-response/request", b'{"target_w": "lots"}')
+        invalid = 'buildingd_mqtt_invalid_total{topic="request"}'
         for _ in range(50):
-            if daemon.coordinator and (
-                daemon.coordinator.negotiations or daemon.coordinator.finished
-            ):
+            c = daemon.coordinator
+            if c and (c.negotiations or c.finished) and daemon.metrics.counters[invalid]:
                 break
             await asyncio.sleep(0.1)
         assert daemon.coordinator is not None
         assert daemon.coordinator.negotiations or daemon.coordinator.finished
-        assert daemon.metrics.counters['buildingd_mqtt_invalid_total{topic="request"}'] == 1
+        assert daemon.metrics.counters[invalid] == 1
         daemon.request_stop()
         await task
         collector.cancel()

@@ -178,6 +178,12 @@ def test_votes_demand_response_and_acknowledgement_over_http(daemon: Running) ->
     assert daemon.post(ack, daemon.token, b'{"by": "Jo"}')[0] == 404  # already acknowledged
     code, metrics = daemon.get("/metrics")
     assert "buildingd_escalations_total" in metrics
+    assert "buildingd_poll_seconds{" in metrics and "buildingd_alerts_open" in metrics
+    override = "/api/zones/f1-reception/override"
+    assert daemon.post(override, None, b'{"heating_sp_c": 21.5}')[0] == 401
+    code, body = daemon.post(override, daemon.token, b'{"heating_sp_c": 45}')
+    assert code == 422 and "safety band" in body["reason"]
+    assert daemon.post(override, daemon.token, b'{"setpoint": 21}')[0] == 400
 
 
 def test_sighup_with_a_broken_policy_keeps_the_old_one(daemon: Running) -> None:

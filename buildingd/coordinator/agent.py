@@ -431,6 +431,31 @@ class CoordinatorAgent(Agent):
         self.ctx.metrics.inc("buildingd_votes_total", accepted=str(result.accepted).lower())
         return result
 
+    def override(self, zone_id: str, what: str, wanted_c: float) -> dict[str, object]:
+        """A setpoint asked for by hand (HTTP override, Home Assistant): applied as a band offset
+        within the same limits as votes (``vote_max_offset_k``, the safety band) or refused."""
+        if zone_id not in self.ctx.site.zones:
+            return {"accepted": False, "reason": f"unknown zone {zone_id!r}"}
+        state = self.zones.get(zone_id)
+        if state is None:
+            return {"accepted": False, "reason": "zone state not known yet"}
+        if what not in ("heating_sp", "cooling_sp"):
+            return {"accepted": False, "reason": "only heating_sp and cooling_sp can be set"}
+        policy = self.ctx.site.policy_for(zone_id)
+        if not policy.safety.min_c <= wanted_c <= policy.safety.max_c:
+            return {"accepted": False, "reason": f"{wanted_c} °C is outside the safety band"}
+        current = state.heating_sp_c if what == "heating_sp" else state.cooling_sp_c
+        offset = round(self._vote_offsets.get(zone_id, 0.0) + wanted_c - current, 2)
+        limit = policy.negotiation.vote_max_offset_k
+        if abs(offset) > limit:
+            return {"accepted": False, "reason": f"more than {limit} K from the scheduled band"}
+        self.votes.override(zone_id, offset, self.ctx.clock.monotonic())
+        self._vote_offsets[zone_id] = offset
+        audit_decision("override", "offset", zone=zone_id, detail=f"{what}={wanted_c}")
+        self._send(AdjustmentsMsg(vote_offset_k=offset).envelope(
+            Performative.REQUEST, self.name, zone_address(zone_id)))  # fmt: skip
+        return {"accepted": True, "reason": f"band moved {offset:+.1f} K", "offset_k": offset}
+
     def _settle_votes(self, now_s: float) -> None:
         for zone_id in self.ctx.site.zones:
             offset = self.votes.settle(zone_id, now_s)

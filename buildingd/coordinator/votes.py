@@ -68,6 +68,13 @@ class VoteBox:
         zone.votes.append((now_s, "cold" if direction > 0 else "hot"))
         return VoteResult(True, "counted", zone.offset_k)
 
+    def override(self, zone_id: str, offset_k: float, now_s: float) -> None:
+        """A setpoint set by hand (HTTP, Home Assistant): it becomes the offset; votes cast
+        before it no longer count."""
+        zone = self._zones.setdefault(zone_id, _ZoneVotes())
+        zone.offset_k = offset_k
+        zone.last_move_s = now_s
+
     def settle(self, zone_id: str, now_s: float) -> float:
         """Apply the window's verdict; returns the zone's offset (K, + warmer)."""
         zone = self._zones.get(zone_id)

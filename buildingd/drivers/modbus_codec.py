@@ -3,7 +3,8 @@
 Registers are 16-bit words (Modbus Application Protocol Specification v1.1b3, section 4.2: big
 endian within a register). Values wider than one register span consecutive registers; devices
 disagree on the order of those words (``word_order``) and a few swap the bytes inside each word
-(``byte_order``). Engineering value = raw * scale + offset.
+(``byte_order``). Coils and discrete inputs are single bits. Engineering value = raw * scale +
+offset. Owns the conversion only: no I/O, no protocol library.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ STRUCT = {
 
 
 class CodecError(ValueError):
-    pass
+    """A value that cannot be represented in (or read from) a point's registers."""
 
 
 def register_count(point: ModbusPoint) -> int:
@@ -55,31 +56,47 @@ def decode(point: ModbusPoint, registers: Sequence[int | bool]) -> float:
         raise CodecError(
             f"{point.id}: need {register_count(point)} registers, got {len(registers)}"
         )
+    if any(not 0 <= int(r) <= 0xFFFF for r in registers):
+        raise CodecError(f"{point.id}: a register holds 0..65535, got {list(registers)}")
     if point.table in BIT_TABLES or point.type is DataType.BOOL:
         raw = 1.0 if registers[0] else 0.0
     elif point.type is DataType.BIT:
         raw = float((int(registers[0]) >> (point.bit or 0)) & 1)
     else:
-        raw = float(
-            struct.unpack(STRUCT[point.type], _words_to_bytes(point, [int(r) for r in registers]))[
-                0
-            ]
-        )
+        data = _words_to_bytes(point, [int(r) for r in registers])
+        raw = float(struct.unpack(STRUCT[point.type], data)[0])
     value = raw * point.scale + point.offset
     if not math.isfinite(value):
         raise CodecError(f"{point.id}: not a finite number ({raw})")
     return value
 
 
-def encode(point: ModbusPoint, value: float) -> list[int]:
-    """Registers (or one 0/1 bit) that represent ``value``; CodecError when it cannot fit."""
+def _raw(point: ModbusPoint, value: float) -> float:
+    """Engineering value back to the raw number: (value - offset) / scale, finite or CodecError."""
     if not math.isfinite(value):
         raise CodecError(f"{point.id}: cannot write {value}")
+    if point.scale == 0:
+        raise CodecError(f"{point.id}: scale 0 cannot be inverted")
     raw = (value - point.offset) / point.scale
-    if point.table in BIT_TABLES or point.type in (DataType.BOOL, DataType.BIT):
-        if point.type is DataType.BIT:
-            raise CodecError(f"{point.id}: a bit inside a register is written with encode_bit")
-        return [1 if raw >= 0.5 else 0]
+    if not math.isfinite(raw):
+        raise CodecError(f"{point.id}: {value} does not fit a {point.type.value}")
+    return raw
+
+
+def _bit(point: ModbusPoint, value: float) -> bool:
+    raw = _raw(point, value)
+    if not 0 <= raw <= 1:
+        raise CodecError(f"{point.id}: {value} does not fit a bit (raw {raw:g}, not 0..1)")
+    return raw >= 0.5
+
+
+def encode(point: ModbusPoint, value: float) -> list[int]:
+    """Registers (or one 0/1 bit) that represent ``value``; CodecError when it cannot fit."""
+    if point.type is DataType.BIT and point.table not in BIT_TABLES:
+        raise CodecError(f"{point.id}: a bit inside a register is written with encode_bit")
+    if point.table in BIT_TABLES or point.type is DataType.BOOL:
+        return [1 if _bit(point, value) else 0]
+    raw = _raw(point, value)
     fmt = STRUCT[point.type]
     if point.type not in (DataType.FLOAT32, DataType.FLOAT64):
         raw = round(raw)
@@ -97,6 +114,14 @@ def encode(point: ModbusPoint, value: float) -> list[int]:
 
 
 def encode_bit(point: ModbusPoint, current: int, value: float) -> int:
-    """The register with the point's bit set or cleared, the other bits kept."""
-    mask = 1 << (point.bit or 0)
-    return (current | mask) if value >= 0.5 else (current & ~mask & 0xFFFF)
+    """The register ``current`` with the point's bit set or cleared, the other bits kept.
+
+    A ``bit`` point shares its register with others, so writing it is read-modify-write: the
+    caller reads the register, and writes back what this returns.
+    """
+    if point.type is not DataType.BIT or point.bit is None:
+        raise CodecError(f"{point.id}: encode_bit is for type bit with bit: 0..15")
+    if not 0 <= current <= 0xFFFF:
+        raise CodecError(f"{point.id}: a register holds 0..65535, got {current}")
+    mask = 1 << point.bit
+    return (current | mask) if _bit(point, value) else (current & ~mask & 0xFFFF)

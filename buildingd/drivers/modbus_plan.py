@@ -23,6 +23,8 @@ READ_ONLY_TABLES = (RegisterTable.DISCRETE_INPUT, RegisterTable.INPUT_REGISTER)
 
 @dataclass(frozen=True)
 class Block:
+    """One read request: ``count`` registers (or bits) of ``table`` from ``start``."""
+
     table: RegisterTable
     start: int
     count: int
@@ -30,12 +32,16 @@ class Block:
 
     def describe(self) -> str:
         ids = ", ".join(p.id for p in self.points)
-        return (
-            f"{self.table.value} {self.start}-{self.start + self.count - 1} ({self.count}): {ids}"
-        )
+        last = self.start + self.count - 1
+        return f"{self.table.value} {self.start}-{last} ({self.count}): {ids}"
 
 
 def plan_reads(points: Iterable[ModbusPoint], planning: Planning) -> list[Block]:
+    """Read requests covering every point: per table by address, neighbours coalesced.
+
+    A point wider than the limit (a float64 with ``max_registers`` below 4) gets a block of its
+    own rather than being split.
+    """
     by_table: dict[RegisterTable, list[ModbusPoint]] = {}
     for point in points:
         by_table.setdefault(point.table, []).append(point)
@@ -78,46 +84,49 @@ def _span(table: RegisterTable, points: Sequence[ModbusPoint]) -> Block:
 
 
 def describe_plan(blocks: Sequence[Block]) -> list[str]:
+    """One line per request: table, address range, count and the point ids it serves."""
     return [f"read {b.describe()}" for b in blocks]
 
 
 def check_register_map(device: ModbusDeviceBase) -> list[Problem]:
+    """Register-map mistakes the schema cannot see alone, keyed ``("points", i, field)``."""
     problems: list[Problem] = []
-    used: dict[tuple[RegisterTable, int], tuple[int, ModbusPoint]] = {}
+    # Every point already seen at each (table, address): several ``bit`` points share a register.
+    used: dict[tuple[RegisterTable, int], list[ModbusPoint]] = {}
     for i, point in enumerate(device.points):
         where: tuple[str | int, ...] = ("points", i)
         if point.type is DataType.BIT and point.bit is None:
             problems.append(((*where, "bit"), "type bit needs bit: 0..15"))
         if point.bit is not None and point.type is not DataType.BIT:
             problems.append(((*where, "bit"), "bit is only for type: bit"))
-        if point.table in BIT_TABLES and WIDTH[point.type] > 1:
+        if point.table in BIT_TABLES and (WIDTH[point.type] > 1 or point.type is DataType.BIT):
             problems.append(
                 ((*where, "type"), f"a {point.table.value} holds one bit, not a {point.type.value}")
             )
         if point.writable and point.table in READ_ONLY_TABLES:
             problems.append(((*where, "writable"), f"a {point.table.value} cannot be written"))
+        if point.scale == 0:
+            problems.append(((*where, "scale"), "scale 0 makes every reading the offset"))
         if point.address + register_count(point) > 65536:
             problems.append(((*where, "address"), "runs past address 65535"))
+        clashes: list[tuple[int, ModbusPoint]] = []
         for address in range(point.address, point.address + register_count(point)):
-            other = used.get((point.table, address))
-            if other is not None and not (
-                point.type is DataType.BIT
-                and other[1].type is DataType.BIT
-                and point.bit != other[1].bit
-            ):
-                problems.append(
-                    (
-                        (*where, "address"),
-                        f"overlaps point {other[1].id!r} at {point.table.value} {address}",
-                    )
-                )
-                break
-            used[(point.table, address)] = (i, point)
+            others = used.setdefault((point.table, address), [])
+            clashes += [(address, o) for o in others if not _bits_apart(point, o)]
+            others.append(point)  # every address: a later point may overlap this one anywhere
+        if clashes:
+            address, clash = clashes[0]
+            message = f"overlaps point {clash.id!r} at {point.table.value} {address}"
+            problems.append(((*where, "address"), message))
     return problems
+
+
+def _bits_apart(a: ModbusPoint, b: ModbusPoint) -> bool:
+    """Two points may share a register only as different bits of it."""
+    return a.type is DataType.BIT and b.type is DataType.BIT and a.bit != b.bit
 
 
 @register_check("modbus-tcp")
 @register_check("modbus-rtu")
 def _check(device: DeviceSpec) -> list[Problem]:
-    assert isinstance(device, ModbusDeviceBase)
-    return check_register_map(device)
+    return check_register_map(device) if isinstance(device, ModbusDeviceBase) else []

@@ -22,7 +22,7 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from buildingd.agents.bus import Performative
@@ -31,11 +31,9 @@ from buildingd.agents.messages import (
     DEMAND_RESPONSE_TOPIC,
     EVENTS_TOPIC,
     ZONE_STATE_TOPIC,
-    AdjustmentsMsg,
     DemandResponseCall,
     EventMsg,
     ZoneStateMsg,
-    zone_address,
 )
 from buildingd.agents.runtime import Agent
 from buildingd.control.zone import ZoneMode
@@ -45,6 +43,7 @@ from buildingd.mqtt.connection import MqttConnection
 log = logging.getLogger(__name__)
 
 VoteFn = Callable[[str, str], VoteResult]
+OverrideFn = Callable[[str, str, float], dict[str, object]]
 OBJECT_ID = re.compile(r"[^a-zA-Z0-9_-]")
 
 
@@ -121,14 +120,21 @@ def discovery_configs(
 class MqttBridgeAgent(Agent):
     mailbox_size = 5000
 
-    def __init__(self, ctx: AgentContext, conn: MqttConnection, vote: VoteFn | None) -> None:
+    def __init__(
+        self,
+        ctx: AgentContext,
+        conn: MqttConnection,
+        vote: VoteFn | None,
+        override: OverrideFn | None = None,
+        flush: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         super().__init__("mqtt-bridge")
-        self.ctx, self.conn, self.vote_fn = ctx, conn, vote
+        self.ctx, self.conn, self.vote_fn, self.override_fn = ctx, conn, vote, override
+        self._flush = flush
         self.base = conn.base
         self.settings = conn.settings
         self.invalid = 0
         self.states: dict[str, ZoneStateMsg] = {}
-        self.offsets: dict[str, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
@@ -229,31 +235,17 @@ class MqttBridgeAgent(Agent):
             return self._bad(topic, f"not a number: {payload[:40]!r}")
         if zone_id is None or what not in ("heating_sp", "cooling_sp"):
             return self._bad(topic, "unknown zone or setpoint")
-        result = self.setpoint_request(zone_id, what, wanted)
+        if self.override_fn is None:
+            return self._bad(topic, "no coordinator to take setpoint requests")
+        result = self.override_fn(zone_id, what, wanted)
+        self._spawn(self._flush_coordinator())
         answer = f"{self.base}/zone/{zone_id}/set/result"
         self._spawn(self.conn.publish(answer, json.dumps(result), qos=1))
         return None
 
-    def setpoint_request(self, zone_id: str, what: str, wanted: float) -> dict[str, Any]:
-        """A requested setpoint as a band offset within the zone's policy limits."""
-        state = self.states.get(zone_id)
-        policy = self.ctx.site.policy_for(zone_id)
-        if state is None:
-            return {"accepted": False, "reason": "zone state not known yet"}
-        current = state.heating_sp_c if what == "heating_sp" else state.cooling_sp_c
-        # The request moves the whole band; it shares the occupant offset with votes.
-        offset = round(self.offsets.get(zone_id, 0.0) + wanted - current, 2)
-        limit = policy.negotiation.vote_max_offset_k
-        if not policy.safety.min_c <= wanted <= policy.safety.max_c:
-            return {"accepted": False, "reason": f"{wanted} °C is outside the safety band"}
-        if abs(offset) > limit:
-            return {"accepted": False, "reason": f"more than {limit} K from the scheduled band"}
-        env = AdjustmentsMsg(vote_offset_k=offset).envelope(
-            Performative.REQUEST, self.name, zone_address(zone_id)
-        )
-        self.offsets[zone_id] = offset
-        self._spawn(self.ctx.send(env))
-        return {"accepted": True, "reason": f"band moved {offset:+.1f} K", "offset_k": offset}
+    async def _flush_coordinator(self) -> None:
+        if self._flush is not None:
+            await self._flush()
 
     def _on_ha(self, topic: str, payload: bytes, retained: bool) -> None:
         if payload.strip().lower() == b"online":

@@ -218,6 +218,20 @@ def install_routes(server: HttpServer, daemon: Daemon) -> None:
         body = {"accepted": result.accepted, "reason": result.reason, "offset_k": result.offset_k}
         return Response.json(body, 200 if result.accepted else HTTPStatus.UNPROCESSABLE_ENTITY)
 
+    async def override(request: Request) -> Response:
+        """A setpoint set by hand: ``{"heating_sp_c": 22.0}`` or ``{"cooling_sp_c": 23.5}``."""
+        body = body_object(request)
+        keys = [k for k in ("heating_sp_c", "cooling_sp_c") if k in body]
+        if len(keys) != 1 or not isinstance(body[keys[0]], int | float):
+            raise HttpError(HTTPStatus.BAD_REQUEST, "give one of heating_sp_c or cooling_sp_c")
+        zone_id = request.params["zone"]
+        if zone_id not in daemon.site.zones:
+            raise HttpError(HTTPStatus.NOT_FOUND, f"no zone {zone_id!r}")
+        what = keys[0].removesuffix("_c")
+        result = coordinator().override(zone_id, what, float(body[keys[0]]))
+        await coordinator().flush()
+        return Response.json(result, 200 if result["accepted"] else HTTPStatus.UNPROCESSABLE_ENTITY)
+
     async def acknowledge(request: Request) -> Response:
         who = str(body_object(request).get("by", "technician"))[:100]
         if not coordinator().acknowledge(request.params["alert"], who):
@@ -268,4 +282,5 @@ def install_routes(server: HttpServer, daemon: Daemon) -> None:
     server.route("POST", "/api/reload", reload, write=True)
     server.route("POST", "/api/zones/{zone}/vote", vote, write=True)
     server.route("POST", "/api/alerts/{alert}/ack", acknowledge, write=True)
+    server.route("POST", "/api/zones/{zone}/override", override, write=True)
     server.route("POST", "/api/demand-response", demand_response, write=True)

@@ -203,7 +203,18 @@ class Daemon:
                 return VoteResult(False, "the coordinator is not running", 0.0)
             return self.coordinator.vote(zone_id, vote)
 
-        await sup.start("mqtt-bridge", lambda: MqttBridgeAgent(self.ctx, conn, vote))
+        def override(zone_id: str, what: str, wanted: float) -> dict[str, object]:
+            if self.coordinator is None:
+                return {"accepted": False, "reason": "the coordinator is not running"}
+            return self.coordinator.override(zone_id, what, wanted)
+
+        async def flush() -> None:
+            if self.coordinator is not None:
+                await self.coordinator.flush()
+
+        await sup.start(
+            "mqtt-bridge", lambda: MqttBridgeAgent(self.ctx, conn, vote, override, flush)
+        )
 
     def _is_local_agent(self, name: str) -> bool:
         return self.supervisor is not None and name in self.supervisor.children
