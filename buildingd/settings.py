@@ -82,6 +82,13 @@ class HttpSettings(Section):
     token_file: Path | None = None  # bearer token for write endpoints
 
 
+class BleSettings(Section):
+    """BLE adapters. ``auto``: passive scanning where BlueZ offers it (an advertisement monitor:
+    BlueZ >= 5.56 started with experimental features), active scanning otherwise."""
+
+    scanning: Literal["auto", "active", "passive"] = "auto"
+
+
 class SimSettings(Section):
     """The simulated building behind ``driver: sim`` devices."""
 
@@ -111,6 +118,7 @@ class Settings(BaseSettings):
     mqtt: MqttSettings = MqttSettings()
     influx: InfluxSettings = InfluxSettings()
     http: HttpSettings = HttpSettings()
+    ble: BleSettings = BleSettings()
     sim: SimSettings = SimSettings()
 
     @classmethod

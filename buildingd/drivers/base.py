@@ -8,7 +8,7 @@ import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from buildingd.clock import Clock
 from buildingd.config.devices import DeviceSpec
@@ -99,18 +99,20 @@ class DriverContext:
     metrics: Metrics | None = None  # drivers count bad input here
     # False: ``simulated: true`` devices are read from the model, not over their protocol.
     serve_protocols: bool = True
+    ble_scanning: Literal["auto", "active", "passive"] = "auto"
 
 
 DriverFactory = Callable[[DeviceSpec, DriverContext], Driver]
 
-# driver name -> "module:Class"; modules are imported only when a device uses them, so a site
+# driver name -> "module:factory" (a Driver class or a function choosing one); modules are
+# imported only when a device uses them, so a site
 # without BLE never imports bleak.
 _REGISTRY: dict[str, str] = {
     "sim": "buildingd.drivers.sim:SimDriver",
     "modbus-tcp": "buildingd.drivers.modbus:ModbusDriver",
     "modbus-rtu": "buildingd.drivers.modbus:ModbusDriver",
     "mqtt": "buildingd.drivers.mqtt:MqttDriver",
-    "ble": "buildingd.drivers.ble:BleDriver",
+    "ble": "buildingd.drivers.ble:ble_driver",
 }
 
 
@@ -118,6 +120,6 @@ def create_driver(device: DeviceSpec, ctx: DriverContext) -> Driver:
     driver = device.driver
     if device.simulated and ctx.building is not None and not ctx.serve_protocols:
         driver = "sim"
-    module_name, cls_name = _REGISTRY[driver].split(":")
-    cls: type[Driver] = getattr(importlib.import_module(module_name), cls_name)
-    return cls(device, ctx)
+    module_name, factory_name = _REGISTRY[driver].split(":")
+    factory: DriverFactory = getattr(importlib.import_module(module_name), factory_name)
+    return factory(device, ctx)

@@ -478,3 +478,60 @@ def decode(format_name: str, data: bytes) -> Decoded:
     if decoder is None:
         raise DecodeError(format_name, f"unknown format, expected one of {', '.join(FORMATS)}")
     return decoder(data)
+
+
+# ---------------------------------------------------------------------------------------------
+# GATT characteristic values: numbers little-endian, as the Bluetooth Core Specification sends
+# multi-octet values (Vol 3, Part G, 3.3.3.5 and the GATT Specification Supplement); float32 is
+# IEEE 754 binary32 (devices with the SIG's medfloat types are declared as integers + scale).
+# ---------------------------------------------------------------------------------------------
+
+_GATT_STRUCT: Final = MappingProxyType(
+    {
+        "bool": struct.Struct("<B"),
+        "int8": struct.Struct("<b"),
+        "uint8": struct.Struct("<B"),
+        "int16": struct.Struct("<h"),
+        "uint16": struct.Struct("<H"),
+        "int32": struct.Struct("<i"),
+        "uint32": struct.Struct("<I"),
+        "float32": struct.Struct("<f"),
+    }
+)
+
+
+def decode_gatt(data: bytes, type_name: str, scale: float = 1.0) -> float:
+    """A characteristic value in engineering units (raw × ``scale``); ``DecodeError`` otherwise."""
+    layout = _GATT_STRUCT[type_name]
+    if len(data) != layout.size:
+        raise DecodeError("gatt", f"{type_name} needs {layout.size} bytes, got {len(data)}")
+    (raw,) = layout.unpack(data)
+    if type_name == "bool":
+        if raw > 1:
+            raise DecodeError("gatt", f"bool must be 0 or 1, got {raw}")
+        return float(raw)
+    value = float(raw) * scale
+    if value != value or value in (float("inf"), float("-inf")):
+        raise DecodeError("gatt", f"{type_name} value is not a finite number")
+    return value
+
+
+def encode_gatt(value: float, type_name: str, scale: float = 1.0) -> bytes:
+    """The bytes that carry ``value`` (engineering units), or ``ValueError`` when the type cannot
+    hold it: refused rather than wrapped or clamped."""
+    layout = _GATT_STRUCT[type_name]
+    raw = value / scale
+    if type_name == "float32":
+        try:
+            return layout.pack(raw)
+        except OverflowError:
+            raise ValueError(f"{value} is outside the range of float32") from None
+    if type_name == "bool" and raw not in (0.0, 1.0):
+        raise ValueError(f"a bool takes 0 or 1, not {value}")
+    whole = round(raw)
+    if abs(whole - raw) > 1e-9 * max(1.0, abs(raw)):
+        raise ValueError(f"{value} is not a multiple of the scale {scale:g}")
+    try:
+        return layout.pack(whole)
+    except struct.error:
+        raise ValueError(f"{value} is outside the range of {type_name}") from None

@@ -33,7 +33,7 @@ def _load_protocol_checks() -> None:
     # Pure check modules register themselves on import; they import no protocol library.
     import importlib
 
-    for name in ("buildingd.drivers.modbus_plan",):
+    for name in ("buildingd.drivers.modbus_plan", "buildingd.drivers.ble_checks"):
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as err:

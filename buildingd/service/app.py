@@ -172,6 +172,7 @@ class Daemon:
                 mqtt=self.mqtt,
                 metrics=self.metrics,
                 serve_protocols=settings.sim.protocols,
+                ble_scanning=settings.ble.scanning,
             ),
             metrics=self.metrics,
         )
