@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 from buildingd.agents.bus import Envelope, Performative
 from buildingd.agents.context import AgentContext
@@ -37,6 +39,17 @@ from buildingd.service.journal import audit_command
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 300.0  # a reading is re-published at least this often even when unchanged
+
+
+@runtime_checkable
+class QuantisingDriver(Protocol):
+    """A driver that knows which values a point can hold (Modbus: an integer register holds a
+    multiple of its scale, a float32 the nearest binary32). Drivers need not import this: having
+    the method is enough."""
+
+    def representable(self, point_id: str, value: float) -> float:
+        """The value the point holds once ``value`` is written."""
+        ...
 
 
 @dataclass
@@ -320,16 +333,39 @@ class DeviceAgent(Agent):
         for _attempt in range(self.device.retries + 1):
             try:
                 read_back = await self.driver.write(point.id, value)
+                expected = self._expected_read_back(point, value)
             except DeviceError as err:
                 last = err
                 continue
-            if abs(read_back - value) <= max(1e-6, abs(value) * 1e-4):
+            if self._read_back_matches(expected, read_back):
                 self.ctx.metrics.inc("buildingd_commands_total", device=self.device.id)
                 return read_back
+            # The device holds something else than what was written (it clamped to a limit of
+            # its own, or something else wrote it): an error and a retry, never a success.
+            # Rounded for the message only: 21.4, not 21.400000000000002.
+            held = "" if expected == value else f" (held as {round(expected, 10)})"
             last = ReadBackMismatchError(
-                f"wrote {value}, read back {read_back}", device_id=self.device.id, point_id=point.id
+                f"wrote {value}{held}, read back {round(read_back, 10)}",
+                device_id=self.device.id,
+                point_id=point.id,
             )
             self.ctx.metrics.inc("buildingd_readback_mismatch_total", device=self.device.id)
             log.error("%s", last)
         assert last is not None
         raise last
+
+    def _expected_read_back(self, point: PointBase, value: float) -> float:
+        """What the device should hold after the write: the value as its encoding represents it
+        when the driver knows the encoding, else the value itself."""
+        if isinstance(self.driver, QuantisingDriver):
+            return self.driver.representable(point.id, value)
+        return value
+
+    def _read_back_matches(self, expected: float, read_back: float) -> bool:
+        if isinstance(self.driver, QuantisingDriver):
+            # Same encoding both ways: equal but for float arithmetic, so one step of the
+            # register (0.1 on a scale-0.1 int16) already counts as a mismatch.
+            return math.isclose(read_back, expected, rel_tol=1e-9, abs_tol=1e-9)
+        # Other drivers report what the device says (JSON numbers, GATT values): a small
+        # tolerance for their formatting.
+        return abs(read_back - expected) <= max(1e-6, abs(expected) * 1e-4)

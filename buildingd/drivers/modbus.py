@@ -10,7 +10,11 @@
 * Writes go only to writable points (limits were checked by the device agent), multi-register
   values in one request (function 16), a bit inside a register by read-modify-write; then the
   point is read back and returned, so the agent can compare.
-* Per-device timeout and retries.
+* Per-device timeout and retries. A unit that does not answer in time fails its own request
+  only: the line stays open for its neighbours (on an RS-485 bus or behind a TCP gateway, one
+  dead device must not take the others down), and the silent device is polled again only after
+  its own jittered backoff. The line is closed only when the connection itself is lost, or on
+  TCP when no unit at all has answered for a while (a socket that only looks connected).
 """
 
 from __future__ import annotations
@@ -39,13 +43,23 @@ from buildingd.points import Sample
 log = logging.getLogger(__name__)
 
 ILLEGAL_DATA_ADDRESS = 2
+FUNCTION_CODE = {
+    "read_coils": 1, "read_discrete_inputs": 2, "read_holding_registers": 3,
+    "read_input_registers": 4, "write_coil": 5, "write_register": 6, "write_registers": 16,
+}  # fmt: skip
 READ_FN = {
     RegisterTable.COIL: "read_coils",
     RegisterTable.DISCRETE_INPUT: "read_discrete_inputs",
     RegisterTable.HOLDING_REGISTER: "read_holding_registers",
     RegisterTable.INPUT_REGISTER: "read_input_registers",
 }
-BACKOFF_MIN_S, BACKOFF_MAX_S = 1.0, 60.0
+BACKOFF_MIN_S, BACKOFF_MAX_S = 1.0, 60.0  # for a line that is down, and for a silent device
+# On TCP, a connection on which no unit has answered for this long (and at least a few requests
+# in a row went unanswered) is re-opened: a firewall or NAT that dropped its state, or a gateway
+# that lost power, leaves a socket that looks connected but on which nothing will be answered.
+# A line where any unit still answers is never re-opened for another unit's silence.
+SILENT_LINE_RECONNECT_S = 30.0
+SILENT_LINE_MIN_REQUESTS = 3
 
 
 def inter_frame_s(baudrate: int) -> float:
@@ -54,21 +68,42 @@ def inter_frame_s(baudrate: int) -> float:
 
 
 class LineDown(Exception):
-    """The line is down (connection lost, timed out, or waiting out its backoff)."""
+    """The line is down (connection lost or refused, or waiting out its backoff)."""
+
+
+class NoAnswer(Exception):
+    """The addressed unit did not answer this request in time (or its answer was unusable); the
+    line itself is up, and the other units on it are not affected."""
+
+
+def _backoff(now: float, backoff_s: float) -> tuple[float, float]:
+    """(when to try again, the next backoff): jittered exponential, capped."""
+    return now + backoff_s * random.uniform(0.5, 1.5), min(backoff_s * 2, BACKOFF_MAX_S)
 
 
 class ModbusLine:
     """One connection (TCP endpoint or serial line) and the lock that serialises it."""
 
-    def __init__(self, name: str, client: Any, gap_s: float) -> None:
+    def __init__(
+        self, name: str, client: Any, gap_s: float, *, reconnect_when_silent: bool = False
+    ) -> None:
         self.name, self.client, self.gap_s = name, client, gap_s
+        self.reconnect_when_silent = reconnect_when_silent
         self.lock = asyncio.Lock()
         self.available: bool | None = None
         self._backoff_s = BACKOFF_MIN_S
         self._retry_at = 0.0
+        self._unanswered = 0  # requests in a row that no unit answered
+        self._answered_at = 0.0  # loop time of the last answer (or of connecting)
 
     async def request(self, fn: str, timeout_s: float, *args: Any, **kw: Any) -> Any:
-        from pymodbus.exceptions import ModbusException
+        """One request, serialised with the others on the line.
+
+        Raises ``LineDown`` when the connection is lost or cannot be opened (the line then backs
+        off), ``NoAnswer`` when the unit stays silent past ``timeout_s`` or answers with a frame
+        that is not the answer to this request (the line stays open).
+        """
+        from pymodbus.exceptions import ConnectionException, ModbusException
 
         loop = asyncio.get_running_loop()
         async with self.lock:
@@ -83,22 +118,55 @@ class ModbusLine:
                 if not ok:
                     self._down(loop.time(), "cannot connect")
                     raise LineDown(f"cannot connect to {self.name}")
+                self._answered_at, self._unanswered = loop.time(), 0
             try:
                 async with asyncio.timeout(timeout_s):
                     response = await getattr(self.client, fn)(*args, **kw)
-            except (TimeoutError, OSError, ModbusException) as err:
-                self.client.close()
-                self._down(loop.time(), f"{type(err).__name__}: {err}")
-                raise LineDown(f"{self.name}: {type(err).__name__}: {err}") from err
+            except ConnectionException as err:
+                raise self._lost(loop.time(), err) from err
+            except (TimeoutError, ModbusException) as err:
+                # Before OSError: TimeoutError is one. pymodbus raises ModbusIOException for its
+                # own timeout and for a garbled or stray frame: like our timeout, a failure of
+                # this request, unless the connection went away meanwhile.
+                if not self.client.connected:
+                    raise self._lost(loop.time(), err) from err
+                raise self._unanswered_request(loop.time(), timeout_s, err) from err
+            except OSError as err:
+                raise self._lost(loop.time(), err) from err
             finally:
                 if self.gap_s:
                     await asyncio.sleep(self.gap_s)
+            if response.function_code & 0x7F != FUNCTION_CODE[fn]:
+                # A late answer to an earlier request of the same unit (RTU has no transaction
+                # id to tell them apart): not this request's answer.
+                raise NoAnswer(f"{self.name}: answer of function {response.function_code}")
+            self._answered_at, self._unanswered = loop.time(), 0
             self._up()
             return response
 
+    def _lost(self, now: float, err: BaseException) -> LineDown:
+        self.client.close()
+        why = f"{type(err).__name__}: {err}"
+        self._down(now, why)
+        return LineDown(f"{self.name}: {why}")
+
+    def _unanswered_request(self, now: float, timeout_s: float, err: BaseException) -> NoAnswer:
+        self._unanswered += 1
+        silent_s = now - self._answered_at
+        if (
+            self.reconnect_when_silent
+            and self._unanswered >= SILENT_LINE_MIN_REQUESTS
+            and silent_s >= SILENT_LINE_RECONNECT_S
+        ):
+            log.info("modbus: %s: no unit answered for %.0f s (%d requests); reconnecting",
+                     self.name, silent_s, self._unanswered)  # fmt: skip
+            self.client.close()  # the next request connects again (and backs off if it cannot)
+        if isinstance(err, TimeoutError):
+            return NoAnswer(f"{self.name}: no answer within {timeout_s:g} s (timeout)")
+        return NoAnswer(f"{self.name}: {type(err).__name__}: {err}")
+
     def _down(self, now: float, why: str) -> None:
-        self._retry_at = now + self._backoff_s * random.uniform(0.5, 1.5)
-        self._backoff_s = min(self._backoff_s * 2, BACKOFF_MAX_S)
+        self._retry_at, self._backoff_s = _backoff(now, self._backoff_s)
         if self.available is not False:
             log.warning("modbus: %s unavailable: %s", self.name, why)
         self.available = False
@@ -124,7 +192,7 @@ def _make_line(device: ModbusDeviceBase) -> tuple[str, Any]:
 
             client = AsyncModbusTcpClient(conn.host, port=conn.port, timeout=10, retries=0,
                                           reconnect_delay=0)  # fmt: skip
-            return ModbusLine(f"{conn.host}:{conn.port}", client, 0.0)
+            return ModbusLine(f"{conn.host}:{conn.port}", client, 0.0, reconnect_when_silent=True)
 
         return key, tcp
     assert isinstance(device, ModbusRtuDevice)
@@ -150,6 +218,9 @@ class ModbusDriver(Driver):
         self.plan: list[Block] = plan_reads(device.points, device.planning)
         self.line: ModbusLine | None = None
         self.requests = 0
+        self._points = {p.id: p for p in device.points}
+        self._silent_backoff_s = BACKOFF_MIN_S
+        self._silent_until = 0.0  # loop time: a silent device is not polled before this
 
     def describe(self) -> list[str]:
         return describe_plan(self.plan)
@@ -162,20 +233,39 @@ class ModbusDriver(Driver):
         return None  # the line is shared; SharedResources closes it with the daemon
 
     async def _call(self, fn: str, *args: Any, **kw: Any) -> Any:
+        """One request with the device's timeout and retries; ``DeviceUnavailableError`` when the
+        line is down (no retry: it is backing off) or the unit does not answer any attempt."""
         assert self.line is not None
         timeout = self.ctx.clock.to_loop_seconds(self.spec.timeout_s)
-        last: LineDown | None = None
+        last: NoAnswer | None = None
         for _ in range(self.spec.retries + 1):
+            self.requests += 1
             try:
-                self.requests += 1
-                return await self.line.request(
+                response = await self.line.request(
                     fn, timeout, *args, device_id=self.spec.unit_id, **kw
                 )
             except LineDown as err:
+                raise DeviceUnavailableError(str(err), device_id=self.device.id) from err
+            except NoAnswer as err:
                 last = err
-        raise DeviceUnavailableError(str(last), device_id=self.device.id)
+                continue
+            self._silent_backoff_s, self._silent_until = BACKOFF_MIN_S, 0.0
+            return response
+        # Silent: skip this device's polls for a while, so its timeouts do not keep eating the
+        # line time its neighbours need (an RTU bus carries one request at a time).
+        now = asyncio.get_running_loop().time()
+        self._silent_until, self._silent_backoff_s = _backoff(now, self._silent_backoff_s)
+        raise DeviceUnavailableError(
+            f"unit {self.spec.unit_id} did not answer: {last}", device_id=self.device.id
+        ) from last
 
     async def read(self) -> Mapping[str, Sample]:
+        wait_s = self._silent_until - asyncio.get_running_loop().time()
+        if wait_s > 0:
+            raise DeviceUnavailableError(
+                f"unit {self.spec.unit_id} not answering; next attempt in {wait_s:.1f} s",
+                device_id=self.device.id,
+            )
         out: dict[str, Sample] = {}
         plan: list[Block] = []
         pending = list(self.plan)
@@ -206,8 +296,23 @@ class ModbusDriver(Driver):
             raise DeviceRejectedError("every read was refused", device_id=self.device.id)
         return out
 
+    def representable(self, point_id: str, value: float) -> float:
+        """The value the point holds once ``value`` is written: what its encoding can represent
+        (an int16 of scale 0.1 holds 16.4 for 16.37, a float32 the nearest binary32). The device
+        agent compares the read-back with this, so quantisation is not taken for a mismatch."""
+        point = self._points[point_id]
+        try:
+            if point.type is DataType.BIT and point.table not in BIT_TABLES:
+                return decode(point, [encode_bit(point, 0, value)])
+            return decode(point, encode(point, value))
+        except CodecError as err:
+            raise DeviceRejectedError(
+                str(err), device_id=self.device.id, point_id=point_id
+            ) from err
+
     async def write(self, point_id: str, value: float) -> float:
-        point = next(p for p in self.spec.points if p.id == point_id)
+        # Not held back by a silent device's poll backoff: a command is worth one more try.
+        point = self._points[point_id]
         try:
             if point.table is RegisterTable.COIL:
                 response = await self._call(
