@@ -117,7 +117,6 @@ def test_gatt_values_decode_little_endian(
     [
         (256.0, "uint8", 1.0, "outside the range"),
         (-1.0, "uint16", 1.0, "outside the range"),
-        (21.005, "int16", 0.01, "not a multiple"),
         (0.5, "bool", 1.0, "0 or 1"),
         (1e39, "float32", 1.0, "outside the range"),
     ],
@@ -127,6 +126,11 @@ def test_values_a_type_cannot_hold_are_refused(
 ) -> None:
     with pytest.raises(ValueError, match=why):
         encode_gatt(value, type_name, scale)
+
+
+def test_values_between_steps_are_quantised_to_the_scale() -> None:
+    assert encode_gatt(21.337, "int16", 0.01) == (2134).to_bytes(2, "little")
+    assert decode_gatt(encode_gatt(21.337, "int16", 0.01), "int16", 0.01) == pytest.approx(21.34)
 
 
 def test_wrong_lengths_and_nan_are_decode_errors() -> None:

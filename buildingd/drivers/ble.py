@@ -18,6 +18,7 @@ Bleak types stay in this module: the rest of buildingd sees ``Sample`` values an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import re
@@ -132,6 +133,10 @@ class AdvertisementScanner:
                     self.adapter,
                     now - self._heard_s,
                 )
+                if self.mode == "auto" and self._scanning_mode() == "passive":
+                    # A monitor that registers but forwards nothing (some BlueZ builds and
+                    # controllers): active scanning from now on.
+                    self._passive_failed = True
                 await self._stop()
             if self._scanner is not None:
                 return
@@ -388,6 +393,12 @@ class BleGattDriver(_BleBase):
 
     async def close(self) -> None:
         await super().close()
+        await self._release()
+
+    async def _release(self) -> None:
+        """Drop the client, closing its D-Bus connection: bleak 3.1 keeps a dropped client's
+        connection open and a reconnect on the same client would leak it (dbus-daemon allows
+        256 per user), so every connection gets a fresh client and the old one is closed."""
         client, self.client = self.client, None
         if client is not None:
             try:
@@ -396,15 +407,15 @@ class BleGattDriver(_BleBase):
                 log.debug("device %s: disconnect: %s", self.device.id, err)
 
     def _on_disconnect(self, client: BleakClient) -> None:
-        if client is self.client:
+        if client is self.client:  # the next poll reconnects
             log.info("device %s: connection lost", self.device.id)
-            self.client = None
 
     async def _connected(self) -> BleakClient:
         """The live connection, opened now if there is none (after the backoff)."""
-        if self.client is not None and self.client.is_connected:
-            return self.client
-        self.client = None
+        if self.client is not None:
+            if self.client.is_connected:
+                return self.client
+            await self._release()
         loop_now = asyncio.get_running_loop().time()
         if loop_now < self._retry_at:
             raise DeviceUnavailableError(
@@ -462,6 +473,10 @@ class BleGattDriver(_BleBase):
             self._chars[point.id] = char
             if point.notify:
                 await client.start_notify(char, self._notified(point))
+                if "read" in char.properties:  # notifications bring changes, not the state
+                    with contextlib.suppress(DeviceRejectedError):
+                        value = await self._read_char(client, point)
+                        self.latest[point.id] = Sample(value, self.ctx.clock.monotonic())
         return client
 
     def _notified(self, point: BlePoint) -> Callable[[Any, bytearray], None]:
@@ -489,7 +504,6 @@ class BleGattDriver(_BleBase):
                 data = bytes(await client.read_gatt_char(self._chars[point.id]))
         except (BleakError, TimeoutError, EOFError) as err:
             if not client.is_connected:
-                self.client = None
                 raise DeviceUnavailableError(
                     f"connection lost: {err}", device_id=self.device.id, point_id=point.id
                 ) from err
@@ -522,10 +536,25 @@ class BleGattDriver(_BleBase):
                 continue  # this point has no value this poll; the others still count
         return samples
 
+    def representable(self, point_id: str, value: float) -> float:
+        """The value the characteristic holds once ``value`` is written (quantised to the point's
+        scale), so the device agent compares the read-back with it exactly."""
+        point = self._point(point_id)
+        assert point.type is not None
+        try:
+            return decode_gatt(encode_gatt(value, point.type, point.scale), point.type, point.scale)
+        except (ValueError, DecodeError) as err:
+            raise DeviceRejectedError(
+                str(err), device_id=self.device.id, point_id=point_id
+            ) from err
+
+    def _point(self, point_id: str) -> BlePoint:
+        return next(p for p in self.spec.points if p.id == point_id)
+
     async def write(self, point_id: str, value: float) -> float:
         from bleak.exc import BleakError
 
-        point = next(p for p in self.spec.points if p.id == point_id)
+        point = self._point(point_id)
         assert point.type is not None
         try:
             data = encode_gatt(value, point.type, point.scale)
@@ -545,7 +574,6 @@ class BleGattDriver(_BleBase):
                 await client.write_gatt_char(self._chars[point_id], data, response=True)
         except (BleakError, TimeoutError, EOFError) as err:
             if not client.is_connected:
-                self.client = None
                 raise DeviceUnavailableError(
                     f"connection lost: {err}", device_id=self.device.id, point_id=point_id
                 ) from err

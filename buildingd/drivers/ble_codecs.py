@@ -517,8 +517,8 @@ def decode_gatt(data: bytes, type_name: str, scale: float = 1.0) -> float:
 
 
 def encode_gatt(value: float, type_name: str, scale: float = 1.0) -> bytes:
-    """The bytes that carry ``value`` (engineering units), or ``ValueError`` when the type cannot
-    hold it: refused rather than wrapped or clamped."""
+    """The bytes that carry ``value`` (engineering units, rounded to the nearest step of
+    ``scale``), or ``ValueError`` when the type cannot hold it: refused, not wrapped or clamped."""
     layout = _GATT_STRUCT[type_name]
     raw = value / scale
     if type_name == "float32":
@@ -528,9 +528,7 @@ def encode_gatt(value: float, type_name: str, scale: float = 1.0) -> bytes:
             raise ValueError(f"{value} is outside the range of float32") from None
     if type_name == "bool" and raw not in (0.0, 1.0):
         raise ValueError(f"a bool takes 0 or 1, not {value}")
-    whole = round(raw)
-    if abs(whole - raw) > 1e-9 * max(1.0, abs(raw)):
-        raise ValueError(f"{value} is not a multiple of the scale {scale:g}")
+    whole = round(raw)  # quantised to the scale, as the device holds it (see ``representable``)
     try:
         return layout.pack(whole)
     except struct.error:
