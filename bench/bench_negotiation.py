@@ -1,7 +1,7 @@
 """Contract-net round cost (JSON on stdout) at 10, 100 and 1,000 zones: the whole daemon on a
 generated site (virtual time), one demand-response event from cfp to every awarded zone
 confirming. Reported: wall-clock CPU time of the round, messages in the conversation per zone,
-and the award computation alone; beside the in-process bus's raw cost for the same number of
+the cfp rounds it took, and the award computation alone; beside the in-process bus's raw cost for the same number of
 messages, measured in the same run.
 """
 
@@ -23,7 +23,7 @@ from sitegen import generate
 
 from buildingd.clock import ScaledClock
 from buildingd.config.loader import load_site
-from buildingd.coordinator.contract_net import Offer, award
+from buildingd.coordinator.contract_net import Level, Offer, award
 from buildingd.coordinator.negotiation import NegotiationState
 from buildingd.evaluate import NullSink
 from buildingd.service.app import Daemon
@@ -58,17 +58,18 @@ async def one_round(site_dir: Path, state: Path) -> dict[str, float]:
         "messages": messages,
         "messages_per_zone": messages / len(site.zones),
         "zones_awarded": len(run.awarded),
+        "rounds": run.round,  # cfp rounds before the award (the policy allows up to 3)
         "state": state_reached,  # type: ignore[dict-item]
     }
 
 
 def award_cost(zones: int) -> float:
     offers = [
-        Offer(f"z{i}", f"shift-{k}", k, 0.0, 200.0 * k * (1 + i % 7), k * k * (1 + i % 3))
+        Offer(f"z{i}", Level(shift_k=k), 200.0 * k * (1 + i % 7), k * k * (1 + i % 3))
         for i in range(zones)
         for k in (0.5, 1.0, 2.0)
     ]
-    target = 0.3 * sum(o.shed_w for o in offers if o.shift_k == 2.0)
+    target = 0.3 * sum(o.shed_w for o in offers if o.level.shift_k == 2.0)
     t0 = time.perf_counter()
     award(offers, target)
     return time.perf_counter() - t0

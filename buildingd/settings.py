@@ -1,18 +1,25 @@
 """Daemon settings: a TOML file (default ``/etc/buildingd/buildingd.toml``) overridden by
-``BUILDINGD_*`` environment variables (nested with ``__``). Every field has a working default."""
+``BUILDINGD_*`` environment variables (nested with ``__``). Every field has a working default.
+Invalid settings raise ``ConfigError`` located like the site files: ``file:line: key: message``."""
 
 from __future__ import annotations
 
+import os
+import re
+import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from buildingd.errors import ConfigError, ConfigProblem
 
 DEFAULT_CONFIG = Path("/etc/buildingd/buildingd.toml")
 # The demo building shipped in the repository (site.yaml, devices/, policies/).
@@ -84,7 +91,7 @@ class HttpSettings(Section):
 
 class BleSettings(Section):
     """BLE adapters. ``auto``: passive scanning where BlueZ offers it (an advertisement monitor:
-    BlueZ >= 5.56 started with experimental features), active scanning otherwise."""
+    BlueZ >= 5.55 run with ``--experimental``, Linux >= 5.10), active scanning otherwise."""
 
     scanning: Literal["auto", "active", "passive"] = "auto"
 
@@ -139,13 +146,158 @@ _toml_path: Path | None = None
 
 
 def load_settings(config: Path | None = None, **overrides: object) -> Settings:
-    """Load settings from ``config`` (or the default path if it exists) plus the environment."""
+    """Load settings from ``config`` (or the default path if it exists) plus the environment.
+    Raises ``ConfigError`` naming the file and line (or the environment variable) of every
+    problem."""
     global _toml_path
     path = config if config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
-    if path is not None and not path.exists():
-        raise FileNotFoundError(f"settings file {path} does not exist")
+    if path is not None and not path.is_file():
+        what = "is not a file" if path.exists() else "does not exist"
+        raise ConfigError([ConfigProblem(str(path), None, "", f"settings file {what}")])
     _toml_path = path
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as err:
+        text = _read_text(path)
+        raise ConfigError(settings_problems(err, path, text, overrides)) from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError([toml_syntax_problem(str(path), err)]) from err
+    except OSError as err:
+        raise ConfigError([ConfigProblem(str(path), None, "", f"cannot read file: {err}")]) from err
     finally:
         _toml_path = None
+
+
+def _read_text(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+class SourcedProblem(ConfigProblem):
+    """A settings problem that comes from no file (an environment variable, a command-line
+    option): printed as ``source: key: message``, with no line to point at."""
+
+    __slots__ = ()
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.key}: {self.message}"
+
+
+def settings_problems(
+    err: ValidationError,
+    path: Path | None,
+    text: str | None,
+    overrides: Mapping[str, object] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> list[ConfigProblem]:
+    """Locate every error of ``err``: the environment variable that set the key when there is
+    one (it wins over the file), else the option given on the command line, else the file's
+    line of the key (or of its section)."""
+    env = {k.upper(): k for k in (os.environ if environ is None else environ)}
+    lines = toml_key_lines(text) if text is not None else {}
+    out: list[ConfigProblem] = []
+    for e in err.errors(include_url=False):
+        loc = tuple(str(part) for part in e["loc"])
+        key = ".".join(loc)
+        message = _message(e)
+        var = _env_var_for(loc, env)
+        if var is not None:
+            out.append(SourcedProblem(f"environment {var}", None, key, message))
+        elif overrides and loc and loc[0] in overrides:
+            out.append(SourcedProblem("command line", None, key, message))
+        elif path is not None:
+            out.append(ConfigProblem(str(path), _line_of(lines, loc), key, message))
+        else:
+            out.append(SourcedProblem("settings", None, key, message))
+    # Top to bottom within the file, as an editor shows them; the others after, in order.
+    return sorted(out, key=lambda p: (type(p) is SourcedProblem, p.line or 0))
+
+
+def _env_var_for(loc: tuple[str, ...], env: Mapping[str, str]) -> str | None:
+    """The ``BUILDINGD_*`` variable that set ``loc`` or one of its sections (as JSON)."""
+    for end in range(len(loc), 0, -1):
+        name = "BUILDINGD_" + "__".join(loc[:end]).upper()
+        if name in env:
+            return env[name]
+    return None
+
+
+def _line_of(lines: Mapping[tuple[str, ...], int], loc: tuple[str, ...]) -> int | None:
+    """Line of the deepest prefix of ``loc`` found in the file: the key itself, else its
+    ``[section]`` header (an unknown section, a key inside an inline table)."""
+    for end in range(len(loc), 0, -1):
+        line = lines.get(loc[:end])
+        if line is not None:
+            return line
+    return None
+
+
+def _message(e: Any) -> str:
+    kind = e["type"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    return str(e["msg"]).removeprefix("Value error, ")
+
+
+# tomllib reports no positions for the keys it parsed, so keys are found by scanning the text:
+# ``[section]`` headers and ``key = `` lines (bare, quoted or dotted keys), skipping multi-line
+# strings. Good enough for a settings file; an unusual layout only loses the line, not the key.
+_KEY_PART = r'(?:[A-Za-z0-9_-]+|"(?:[^"\\]|\\.)*"|\'[^\']*\')'
+_DOTTED = rf"{_KEY_PART}(?:\s*\.\s*{_KEY_PART})*"
+# ``[table]`` or ``[[array-of-tables]]``
+_HEADER_RE = re.compile(rf"^\s*\[\[?\s*({_DOTTED})\s*\]\]?\s*(?:#.*)?$")
+_KEY_RE = re.compile(rf"^\s*({_DOTTED})\s*=")
+_PART_RE = re.compile(_KEY_PART)
+
+
+def _key_parts(dotted: str) -> tuple[str, ...]:
+    parts = []
+    for raw in _PART_RE.findall(dotted):
+        if raw[:1] in ("'", '"'):
+            raw = raw[1:-1]
+        parts.append(raw)
+    return tuple(parts)
+
+
+def toml_key_lines(text: str) -> dict[tuple[str, ...], int]:
+    """The 1-based line of every table header and key in TOML ``text``, by key path."""
+    lines: dict[tuple[str, ...], int] = {}
+    table: tuple[str, ...] = ()
+    in_string: str | None = None  # the delimiter of the multi-line string being skipped
+    for number, line in enumerate(text.splitlines(), start=1):
+        if in_string is not None:
+            if line.count(in_string) % 2 == 1:
+                in_string = None
+            continue
+        if match := _HEADER_RE.match(line):
+            table = _key_parts(match.group(1))
+            lines.setdefault(table, number)
+        elif match := _KEY_RE.match(line):
+            lines.setdefault((*table, *_key_parts(match.group(1))), number)
+            value = line[match.end() :]
+            for delimiter in ('"""', "'''"):
+                if value.count(delimiter) % 2 == 1:
+                    in_string = delimiter
+                    break
+    return lines
+
+
+_TOML_POSITION_RE = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
+
+
+def toml_syntax_problem(file: str, err: tomllib.TOMLDecodeError) -> ConfigProblem:
+    """A TOML syntax error at the line tomllib names (its message ends "(at line L, column C)")."""
+    message = str(err)
+    match = _TOML_POSITION_RE.search(message)
+    if match is None:
+        return ConfigProblem(file, None, "", f"TOML syntax error: {message}")
+    text = message[: match.start()]
+    return ConfigProblem(
+        file, int(match.group(1)), "", f"TOML syntax error: {text} (column {match.group(2)})"
+    )

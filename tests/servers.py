@@ -4,11 +4,15 @@ API), mosquitto. A server that cannot start fails the test; it never skips."""
 from __future__ import annotations
 
 import base64
+import gzip
+import http.server
 import json
 import os
 import shutil
 import socket
 import subprocess
+import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -121,3 +125,103 @@ class Mosquitto:
             self.proc.kill()  # like a crash: clients see the connection drop
             self.proc.wait(timeout=10)
         self.proc = None
+
+
+# A client in its own process that publishes as fast as paho can (up to 100 QoS 1 messages in
+# flight), then waits until every message has left (QoS 0) or was acknowledged (QoS 1).
+# ``{i}`` in the payload template is the message's sequence number.
+FLOOD_SCRIPT = """
+import sys
+import paho.mqtt.client as mqtt
+host, port, topic, qos, count, template = sys.argv[1:7]
+client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="flood")
+client.max_inflight_messages_set(100)
+client.max_queued_messages_set(0)
+client.connect(host, int(port))
+client.loop_start()
+sent = [client.publish(topic, template.replace("{i}", str(i)), qos=int(qos))
+        for i in range(int(count))]
+for info in sent:
+    info.wait_for_publish(60)
+    assert info.is_published(), "not published"
+client.disconnect()
+client.loop_stop()
+"""
+
+
+def flood_command(
+    host: str, port: int, topic: str, count: int, template: str, qos: int = 1
+) -> list[str]:
+    """argv of a process that publishes ``count`` messages on ``topic`` and exits 0 when all
+    were sent (QoS 0) or acknowledged by the broker (QoS 1)."""
+    return [sys.executable, "-c", FLOOD_SCRIPT, host, str(port), topic, str(qos), str(count),
+            template]  # fmt: skip
+
+
+class WriteRecorder:
+    """An HTTP proxy in front of a write API (victoria-metrics) that records, in arrival order,
+    every line of line protocol the server accepted, so a test can tell exactly-once and order
+    apart from "arrived at some point". ``stop()`` closes the port (writers see connection
+    refused, as when the server is down) and ``start()`` opens the same port again. A request
+    the server does not answer gets 503."""
+
+    def __init__(self, target_url: str) -> None:
+        self.target_url = target_url
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.accepted: list[str] = []  # lines, in the order the server accepted them
+        self.requests = 0
+        self._lock = threading.Lock()
+        self._server: http.server.ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def lines(self) -> list[str]:
+        with self._lock:
+            return list(self.accepted)
+
+    def start(self) -> None:
+        recorder = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                headers = {k: v for k, v in self.headers.items() if k.lower() in FORWARDED}
+                request = urllib.request.Request(
+                    recorder.target_url + self.path, data=body, headers=headers, method="POST"
+                )
+                try:
+                    with urllib.request.urlopen(request, timeout=30) as response:
+                        status, answer = response.status, response.read()
+                except urllib.error.HTTPError as err:
+                    status, answer = err.code, err.read()
+                except OSError as err:  # the server is down
+                    status, answer = 503, str(err).encode()
+                if 200 <= status < 300:
+                    if self.headers.get("Content-Encoding") == "gzip":
+                        body = gzip.decompress(body)
+                    with recorder._lock:
+                        recorder.requests += 1
+                        recorder.accepted.extend(body.decode().splitlines())
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        http.server.ThreadingHTTPServer.allow_reuse_address = True
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._server = self._thread = None
+
+
+FORWARDED = {"content-type", "content-encoding", "authorization", "accept", "user-agent"}

@@ -1,5 +1,6 @@
 """The MQTT connection and the agent bus over a real broker (mosquitto, and the embedded amqtt):
-delivery, will and availability, reconnect, bad input counted and never raised, a flood."""
+delivery, will and availability, reconnect, bad input (NaN/Infinity tokens, 1 MB) counted and
+never raised, a flood of 10,000 envelopes accounted for to the last."""
 
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ import aiomqtt
 import pytest
 
 from buildingd.agents.bus import Envelope, Mailbox, Performative
+from buildingd.agents.messages import CommandMsg
 from buildingd.mqtt.broker import EmbeddedBroker
 from buildingd.mqtt.bus import MqttBus
 from buildingd.mqtt.connection import MqttConnection, topic_matches
 from buildingd.settings import MqttSettings
-from tests.servers import Mosquitto
+from tests.servers import Mosquitto, flood_command
 
 pytestmark = pytest.mark.mosquitto
 
@@ -58,12 +60,8 @@ async def connected(host: str, port: int, name: str) -> MqttConnection:
 
 
 def request_envelope(sender: str, receiver: str) -> Envelope:
-    return Envelope(
-        performative=Performative.REQUEST,
-        sender=sender,
-        receiver=receiver,
-        ontology="command",
-        content={"point_id": "level", "value": 50.0},
+    return CommandMsg(point_id="level", value=50.0, zone_id=None, reason="test").envelope(
+        Performative.REQUEST, sender, receiver
     )
 
 
@@ -106,34 +104,85 @@ async def test_envelopes_cross_processes_and_bad_ones_are_counted(
 
     topic = f"{conn_b.base}/bus/device[lights]"
     good = sent.model_dump(mode="json")
-    bad = [
-        b"not json at all",
-        b"[1, 2, 3]",  # JSON of the wrong shape
-        json.dumps({"origin": "x", "envelope": {**good, "performative": "shout"}}).encode(),
-        json.dumps({"origin": "x", "envelope": {**good, "content": "NaN", "ontology": 7}}).encode(),
-        # a remote message claiming to be one of gw-b's own agents
-        json.dumps({"origin": "x", "envelope": {**good, "sender": "device[lights]"}}).encode(),
-        # a command from something that is not a zone or the coordinator
-        json.dumps({"origin": "x", "envelope": {**good, "sender": "hacker"}}).encode(),
-        b"{" + b" " * (1024 * 1024) + b"}",  # 1 MB
-    ]
-    await raw_publish(host, port, topic, bad)
-    await until(lambda: bus_b.stats.invalid + conn_b.counters.oversized == len(bad))
-    assert conn_b.counters.oversized == 1
-    assert bus_b.invalid_by_reason == {
-        "not JSON": 1, "wrong shape": 1, "invalid envelope": 2, "forged sender": 2,
-    }  # fmt: skip
-    assert len(inbox) == 0  # none reached the agent
-    assert any("invalid message on" in r.message and topic in r.message for r in caplog.records)
+    content = good["content"]
 
-    # A flood: 10,000 messages from another client; the connection survives and keeps working.
-    flood = [
-        json.dumps({"origin": "x", "envelope": good | {"sender": "zone[f2]"}}).encode()
-    ] * 10_000
-    await raw_publish(host, port, topic, flood)
-    await until(lambda: bus_b.stats.by_kind["request/command"] >= 1000, timeout_s=30)
-    await bus_a.send(sent)
+    def wrapped(envelope: dict[str, object]) -> bytes:
+        return json.dumps({"origin": "x", "envelope": envelope}).encode()
+
+    bad = {
+        "not JSON": [
+            b"not json at all",
+            # Literal NaN / Infinity tokens: Python's json takes them, JSON does not.
+            wrapped({**good, "content": {**content, "value": 1.0}}).replace(b"1.0", b"NaN"),
+            wrapped({**good, "content": {**content, "value": 1.0}}).replace(b"1.0", b"-Infinity"),
+            wrapped({**good, "content": {**content, "value": 1.0}}).replace(b"1.0", b"1e999"),
+        ],
+        "wrong shape": [b"[1, 2, 3]"],
+        "invalid envelope": [
+            wrapped({**good, "performative": "shout"}),
+            wrapped({**good, "content": "NaN", "ontology": 7}),
+        ],
+        "forged sender": [
+            wrapped({**good, "sender": "device[lights]"}),  # one of gw-b's own agents
+            wrapped({**good, "sender": "hacker"}),  # commands come from zones or the coordinator
+        ],
+        # A well-formed envelope whose content is not a command: the agent would fail on it.
+        "invalid content": [wrapped({**good, "content": {"point_id": "level"}})],
+        "oversized": [b"{" + b" " * (1024 * 1024) + b"}"],  # 1 MB
+    }
+    await raw_publish(host, port, topic, [p for payloads in bad.values() for p in payloads])
+    total = sum(len(payloads) for payloads in bad.values())
+    await until(lambda: bus_b.stats.invalid == total)
+    assert bus_b.invalid_by_reason == {reason: len(p) for reason, p in bad.items()}
+    assert conn_b.counters.oversized == 1
+    assert conn_b.counters.by_reason == {"oversized": 1}
+    assert len(inbox) == 0  # none reached the agent
+    logged = [r.message for r in caplog.records]  # (gw-a, subscribed to the bus too, logs too)
+    for reason in set(bad) - {"oversized"}:
+        assert any(f"invalid message on {topic}: {reason}" in m for m in logged), reason
+    assert any(f"{topic}: payload of 1048578 bytes refused" in m for m in logged)
+
+    await bus_a.send(sent)  # and the bus goes on
+    assert await asyncio.wait_for(inbox.get(), 5) == sent
     assert conn_b.connected.is_set() and conn_b.counters.handler_errors == 0
+    await conn_a.stop()
+    await conn_b.stop()
+
+
+async def test_a_flood_of_envelopes_is_accounted_for_to_the_last(mosquitto: Mosquitto) -> None:
+    # 10,000 QoS 1 envelopes from another process: every one is received and validated, and
+    # the receiving mailbox (1,000, drop-oldest) counts what it had to drop. None is lost
+    # unaccounted, and the bus still carries a message after the flood.
+    conn_a = await connected(mosquitto.host, mosquitto.port, "gw-a")
+    conn_b = await connected(mosquitto.host, mosquitto.port, "gw-b")
+    bus_a = MqttBus(conn_a, lambda name: name == "zone[f1-office]")
+    bus_b = MqttBus(conn_b, lambda name: name == "device[lights]")
+    inbox = Mailbox("device[lights]", maxsize=1000, overflow="drop_oldest")
+    bus_b.subscribe("device[lights]", inbox)
+    await asyncio.sleep(0.3)
+    flood = request_envelope("zone[f2]", "device[lights]").model_dump(mode="json")
+    template = json.dumps({"origin": "x", "envelope": flood | {"conversation_id": "{i}"}})
+    topic = f"{conn_b.base}/bus/device[lights]"
+    count = 10_000
+    publisher = await asyncio.create_subprocess_exec(
+        *flood_command(mosquitto.host, mosquitto.port, topic, count, template, qos=1)
+    )
+    assert await asyncio.wait_for(publisher.wait(), 60) == 0  # all acknowledged by the broker
+    await until(lambda: bus_b.stats.by_kind["request/command"] >= count, timeout_s=30)
+    await asyncio.sleep(0.2)  # nothing more arrives
+    assert bus_b.stats.by_kind["request/command"] == count
+    assert conn_b.counters.received == count
+    assert bus_b.stats.invalid == 0 and conn_b.counters.handler_errors == 0
+    assert len(inbox) + inbox.dropped == count
+    assert len(inbox) == 1000
+    # The newest survived, in order: drop-oldest kept the last 1,000 envelopes.
+    kept = [int((await inbox.get()).conversation_id or "-1") for _ in range(1000)]
+    assert kept == list(range(count - 1000, count))
+
+    sent = request_envelope("zone[f1-office]", "device[lights]")
+    await bus_a.send(sent)
+    assert await asyncio.wait_for(inbox.get(), 5) == sent
+    assert conn_b.connected.is_set() and conn_b.counters.connects == 1
     await conn_a.stop()
     await conn_b.stop()
 

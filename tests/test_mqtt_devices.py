@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +16,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from buildingd.agents.bus import Mailbox, Performative
+from buildingd.agents.messages import ReadingMsg
 from buildingd.config.loader import load_site
 from buildingd.config.mqtt import MqttDevice
+from buildingd.drivers.mqtt import MqttDriver
 from buildingd.drivers.mqtt_formats import CommandError, command, parse, state_topics
+from buildingd.points import PointKind, Quality
 from buildingd.service.app import Daemon
 from buildingd.settings import Settings
-from tests.servers import Mosquitto
+from tests.servers import Mosquitto, flood_command
 
 
 def device(adapter: str, points: list[dict[str, Any]], **kw: Any) -> MqttDevice:
@@ -390,3 +396,274 @@ async def test_broker_killed_and_restarted_mid_run(mosquitto: Mosquitto, tmp_pat
     daemon.request_stop()
     await task
     assert int(dimmer[0]) > 0
+
+
+# -- faults at daemon level: floods, oversized and non-finite payloads, silent sensors ---------
+
+CLIMATE_DEVICES = """\
+devices:
+  - id: climate
+    driver: mqtt
+    adapter: zigbee2mqtt
+    topic: room-climate
+    poll_interval_s: 0.2
+    stale_after_s: {stale_after_s}
+    points:
+      - {{id: temperature, field: temperature, zone: room, kind: temperature}}
+      - {{id: humidity, field: humidity, zone: room, kind: humidity}}
+  - id: motion
+    driver: mqtt
+    adapter: zigbee2mqtt
+    topic: room-motion
+    points:
+      - {{id: occupancy, field: occupancy, zone: room, kind: occupancy}}
+"""
+DIMMER_DEVICE = """\
+  - id: dimmer
+    driver: mqtt
+    adapter: tasmota
+    topic: room-dimmer
+    timeout_s: 5
+    points:
+      - {id: level, field: Dimmer, zone: room, kind: light_level, unit: "%", writable: true,
+         limits: {min: 0, max: 100}}
+"""
+
+
+def climate_daemon(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    stale_after_s: float = 3600,
+    dimmer: bool = False,
+    **mqtt: Any,
+) -> Daemon:
+    root = write_site(tmp_path / "site")
+    devices = CLIMATE_DEVICES.format(stale_after_s=stale_after_s) + (DIMMER_DEVICE * dimmer)
+    (root / "devices" / "mqtt.yaml").write_text(devices)
+    site = load_site(root)
+    settings = Settings.model_validate(
+        {
+            "state_dir": tmp_path / "state",
+            "site_dir": site.root,
+            "http": {"enabled": True, "port": 0},
+            "mqtt": {"enabled": True, "host": mosquitto.host, "port": mosquitto.port, **mqtt},
+        }
+    )
+    return Daemon(settings, site)
+
+
+async def until(predicate: Callable[[], bool], timeout_s: float = 10.0, what: str = "") -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, f"not in time: {what}"
+        await asyncio.sleep(0.02)
+
+
+def zone_temperature(daemon: Daemon) -> float | None:
+    return daemon.zone_agents["room"].inputs().temperature_c
+
+
+def mqtt_driver(daemon: Daemon, device_id: str) -> MqttDriver:
+    driver = daemon.device_agents[device_id].driver
+    assert isinstance(driver, MqttDriver)
+    return driver
+
+
+async def metrics_page(daemon: Daemon) -> dict[str, float]:
+    """GET /metrics, as Prometheus would: sample name with labels -> value."""
+    assert daemon.http is not None
+    url = f"http://127.0.0.1:{daemon.http.port}/metrics"
+
+    def get() -> str:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return str(response.read().decode())
+
+    text = await asyncio.to_thread(get)  # the daemon answers on this loop
+    samples = (line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))
+    return {key: float(value) for key, value in samples}
+
+
+def no_agent_restarted(daemon: Daemon) -> bool:
+    assert daemon.supervisor is not None
+    return all(c.restarts == 0 for c in daemon.supervisor.children.values())
+
+
+@pytest.mark.mosquitto
+@pytest.mark.parametrize("qos", [1, 0])
+async def test_a_flood_of_sensor_messages_is_taken_in_to_the_last(
+    mosquitto: Mosquitto, tmp_path: Path, qos: int
+) -> None:
+    # 10,000 zigbee2mqtt reports from another process, as fast as paho sends them. The daemon
+    # keeps no queue of its own that could overflow, so every message reaches the driver:
+    # QoS 1 because the broker resends until acknowledged, QoS 0 because nothing in between
+    # drops (this broker queues up to 100,000 per client; a production mosquitto's
+    # max_queued_messages can drop QoS 0 before the daemon ever sees them).
+    daemon = climate_daemon(tmp_path, mosquitto, dimmer=True, qos_readings=qos)
+    task = asyncio.create_task(daemon.run(120))
+    await asyncio.wait_for(daemon.ready.wait(), 20)
+    climate = mqtt_driver(daemon, "climate")
+    count = 10_000
+    template = '{"temperature": 2{i}, "humidity": 40, "linkquality": 120}'
+    flood = flood_command(mosquitto.host, mosquitto.port, "zigbee2mqtt/room-climate", count,
+                          template.replace("2{i}", "21.{i}"), qos=qos)  # fmt: skip
+    publisher = await asyncio.create_subprocess_exec(*flood)
+    assert await asyncio.wait_for(publisher.wait(), 60) == 0
+    await until(lambda: climate.messages >= count, 60, "every flood message at the driver")
+    await asyncio.sleep(0.3)  # and no more than that
+    assert climate.messages == count
+    assert climate.bad_payloads == 0
+    key = 'buildingd_device_messages_total{device="climate"}'
+    assert daemon.metrics.counters[key] == count
+    # The zone holds the flood's last value, to within the reporting deadband (0.1 K).
+    last = 21.9999  # "21.{i}" for i = 9999
+    await until(lambda: abs((zone_temperature(daemon) or 0) - last) < 0.1, 10, "the last value")
+    assert climate.latest["temperature"].value == last
+
+    # The daemon still answers: a new reading is taken and a command goes out.
+    assert daemon.mqtt is not None
+    async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier="devices") as devices:
+        await devices.subscribe("cmnd/room-dimmer/Dimmer")
+        await devices.publish("zigbee2mqtt/room-climate", b'{"temperature": 23.0}', qos=1)
+        await devices.publish("zigbee2mqtt/room-motion", b'{"occupancy": true}', qos=1)
+
+        async def light_command() -> bytes:
+            async for message in devices.messages:
+                level = bytes(message.payload)  # type: ignore[arg-type]
+                state = json.dumps({"POWER": "ON", "Dimmer": int(level)})
+                await devices.publish(
+                    "stat/room-dimmer/RESULT", state
+                )  # confirmed, as Tasmota does
+                return level
+            raise AssertionError("no command")
+
+        assert int(await asyncio.wait_for(light_command(), 20)) > 0
+        dimmer = daemon.device_agents["dimmer"]
+        await until(lambda: dimmer.available is True, 10, "the dimmer confirmed")
+    await until(lambda: zone_temperature(daemon) == 23.0, 10, "a reading after the flood")
+    assert daemon.mqtt.connected.is_set() and daemon.mqtt.counters.connects == 1
+    assert daemon.mqtt.counters.handler_errors == 0
+    assert no_agent_restarted(daemon)
+    assert (await metrics_page(daemon))["buildingd_mqtt_received_total"] >= count + 2
+    daemon.request_stop()
+    await task
+
+
+def remote_reading(value: str) -> bytes:
+    """A reading from another gateway's agent, as it appears on the bus topic; ``value`` is
+    spliced in as JSON text, so it can be a token JSON does not allow."""
+    env = ReadingMsg(
+        device_id="remote-t", point_id="t", zone_id="room", kind=PointKind.TEMPERATURE,
+        unit="degC", value=-999.0, quality=Quality.GOOD, timestamp=datetime.now(UTC),
+    ).envelope(Performative.INFORM, "device[remote-t]", "readings/room")  # fmt: skip
+    body = json.dumps({"origin": "gw-2", "envelope": env.model_dump(mode="json")})
+    return body.replace("-999.0", value).encode()
+
+
+@pytest.mark.mosquitto
+async def test_oversized_and_non_finite_payloads_are_refused_counted_and_logged(
+    mosquitto: Mosquitto, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    daemon = climate_daemon(tmp_path, mosquitto, bus=True)
+    task = asyncio.create_task(daemon.run(120))
+    await asyncio.wait_for(daemon.ready.wait(), 20)
+    assert daemon.mqtt is not None
+    device_topic = "zigbee2mqtt/room-climate"
+    bus_topic = "buildingd/mq/bus/readings/room"
+    one_mb = b" " * (1024 * 1024)
+    async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier="devices") as devices:
+        # Good values first: the room's sensor and a sensor on another gateway, over the bus.
+        await devices.publish(device_topic, b'{"temperature": 21.5, "humidity": 40}', qos=1)
+        await devices.publish(bus_topic, remote_reading("22.5"), qos=1)
+        await until(lambda: zone_temperature(daemon) == 22.0, 10, "median of 21.5 and 22.5")
+
+        bad_device = [
+            b'{"temperature": NaN}',
+            b'{"temperature": Infinity}',
+            b'{"temperature": -Infinity}',
+            b'{"temperature": 1e999}',  # json reads it as infinity
+            b'{"temperature": 30, "pad": "' + one_mb + b'"}',
+        ]
+        padded = remote_reading("30.0").replace(b'"origin"', b'"pad": "' + one_mb + b'", "origin"')
+        bad_bus = [
+            remote_reading("NaN"),
+            remote_reading("Infinity"),
+            remote_reading("1e999"),
+            padded,
+        ]
+        for payload in bad_device:
+            await devices.publish(device_topic, payload, qos=1)
+        for payload in bad_bus:
+            await devices.publish(bus_topic, payload, qos=1)
+        climate = mqtt_driver(daemon, "climate")
+        await until(lambda: climate.bad_payloads == len(bad_device), 10, "device payloads refused")
+        await until(lambda: daemon.bus.stats.invalid == len(bad_bus), 10, "bus payloads refused")
+        # The last good values stand: nothing NaN or infinite reached the zone.
+        assert zone_temperature(daemon) == 22.0
+        assert daemon.zone_agents["room"].inputs().humidity_pct == 40.0
+
+        page = await metrics_page(daemon)  # what /metrics shows
+        assert page['buildingd_bad_payloads_total{device="climate"}'] == len(bad_device)
+        assert page["buildingd_bus_invalid_total"] == len(bad_bus)
+        assert page['buildingd_mqtt_refused_total{reason="oversized"}'] == 2
+        assert page["buildingd_mqtt_connected"] == 1.0
+
+        # The daemon goes on: a good value after all that is taken.
+        await devices.publish(device_topic, b'{"temperature": 23.5}', qos=1)
+        await until(lambda: zone_temperature(daemon) == 23.0, 10, "median of 23.5 and 22.5")
+
+    logged = [r.getMessage() for r in caplog.records]
+    for field in ("NaN", "Infinity", "-Infinity"):
+        assert any(device_topic in m and "not finite" in m for m in logged), field
+    assert any(f"{device_topic}: payload of {len(bad_device[-1])} bytes refused" in m
+               for m in logged)  # fmt: skip
+    assert any(f"device climate: {device_topic}: payload refused" in m for m in logged)
+    assert sum(f"invalid message on {bus_topic}: not JSON" in m for m in logged) == 3
+    assert any(f"{bus_topic}: payload of {len(bad_bus[-1])} bytes refused" in m for m in logged)
+    assert daemon.mqtt.connected.is_set() and daemon.mqtt.counters.connects == 1
+    assert no_agent_restarted(daemon)
+    daemon.request_stop()
+    await task
+
+
+@pytest.mark.mosquitto
+async def test_a_sensor_that_stops_publishing_goes_stale_and_comes_back(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    # Real time, kept short: stale after 1 s without a report, judged every 0.2 s.
+    daemon = climate_daemon(tmp_path, mosquitto, stale_after_s=1.0)
+    task = asyncio.create_task(daemon.run(120))
+    await asyncio.wait_for(daemon.ready.wait(), 20)
+    readings = Mailbox("test", maxsize=10_000)
+    daemon.bus.subscribe("readings/room", readings)
+    seen: list[tuple[float, str, float, Quality]] = []  # loop time, point, value, quality
+
+    async def watch() -> None:
+        while True:
+            r = ReadingMsg.parse(await readings.get())
+            if r.device_id == "climate":
+                seen.append((asyncio.get_running_loop().time(), r.point_id, r.value, r.quality))
+
+    watcher = asyncio.create_task(watch())
+
+    def last(point: str) -> Quality | None:
+        return next((q for _, p, _, q in reversed(seen) if p == point), None)
+
+    async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier="devices") as devices:
+        await devices.publish("zigbee2mqtt/room-climate", b'{"temperature": 21.5}', qos=1)
+        await until(lambda: last("temperature") is Quality.GOOD, 10, "a good reading")
+        silent_from = asyncio.get_running_loop().time()
+        assert zone_temperature(daemon) == 21.5
+        # The sensor falls silent.
+        await until(lambda: last("temperature") is Quality.STALE, 5, "stale after 1 s")
+        stale_at = next(t for t, p, _, q in seen if p == "temperature" and q is Quality.STALE)
+        assert 1.0 <= stale_at - silent_from <= 2.0
+        assert zone_temperature(daemon) is None  # the zone no longer trusts it
+        value = next(v for _, p, v, q in seen if p == "temperature" and q is Quality.STALE)
+        assert value == 21.5  # the stale reading carries the last value, flagged
+        # It speaks again: good again, and the zone uses it.
+        await devices.publish("zigbee2mqtt/room-climate", b'{"temperature": 21.8}', qos=1)
+        await until(lambda: last("temperature") is Quality.GOOD, 5, "good again")
+        await until(lambda: zone_temperature(daemon) == 21.8, 5, "the zone uses it again")
+    watcher.cancel()
+    daemon.request_stop()
+    await task

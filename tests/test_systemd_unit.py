@@ -164,7 +164,8 @@ def test_unit_ordering_and_serial_access() -> None:
     # Static user from sysusers, not DynamicUser, with the serial group.
     assert single("User") == single("Group") == "buildingd"
     assert values("DynamicUser") == []
-    assert single("SupplementaryGroups") == "dialout"
+    # Serial lines through dialout, BlueZ on the system bus through bluetooth.
+    assert single("SupplementaryGroups").split() == ["dialout", "bluetooth"]
     assert single("DevicePolicy") == "closed"
     allowed = values("DeviceAllow")
     assert "char-ttyUSB rw" in allowed
@@ -229,6 +230,8 @@ def test_sysusers_creates_the_service_user(tmp_path: Path) -> None:
     assert user[6].endswith("nologin")
     assert groups[single("Group")][2] == user[3]
     assert "buildingd" in groups["dialout"][3].split(",")
+    # Created where BlueZ did not, so the unit's SupplementaryGroups always resolves.
+    assert "buildingd" in groups["bluetooth"][3].split(",")
 
 
 def test_modules_load_file_registers_the_serial_majors() -> None:

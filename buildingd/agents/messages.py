@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from buildingd.agents.bus import Envelope, Performative
 from buildingd.points import PointKind, Quality
@@ -96,6 +96,8 @@ class DemandResponseCall(Content):
     target_w: float = Field(gt=0)
     window_s: float = Field(gt=0)
     reason: str = Field(max_length=200)
+    # 1 for the first cfp; a later round asks again because the offers fell short of the target.
+    round: int = Field(default=1, ge=1, le=20)
 
 
 class OfferMsg(BaseModel):
@@ -103,8 +105,8 @@ class OfferMsg(BaseModel):
     level: str = Field(max_length=50)
     shift_k: float = Field(ge=0, le=5)
     dim_pct: float = Field(ge=0, le=100)
-    shed_w: float = Field(ge=0)
-    comfort_cost: float = Field(ge=0)
+    shed_w: float = Field(ge=0, allow_inf_nan=False)
+    comfort_cost: float = Field(ge=0, allow_inf_nan=False)
 
 
 class DemandResponseProposal(Content):
@@ -116,12 +118,16 @@ class DemandResponseProposal(Content):
 
 
 class DemandResponseAward(Content):
-    """accept-proposal: apply this offer until ``cancel`` (the end of the window)."""
+    """accept-proposal: apply this offer until ``cancel`` or ``ends_at`` (the end of the window,
+    UTC), whichever comes first: a zone restores by itself at ``ends_at`` even when the
+    coordinator is gone. Sent again, with the same conversation, when a restarted coordinator
+    takes up its commitments; applying it twice is applying it once."""
 
     ontology: ClassVar[str] = "demand-response"
     level: str = Field(max_length=50)
     shift_k: float = Field(ge=0, le=5)
     dim_pct: float = Field(ge=0, le=100)
+    ends_at: AwareDatetime
 
 
 class AdjustmentsMsg(Content):

@@ -1,5 +1,8 @@
 """Telemetry agent: owns the telemetry sink; records readings, commands, zone states and events
-as line protocol. It never blocks the bus: the sink's ``submit`` is non-blocking and bounded."""
+as line protocol. It never blocks the bus: the sink's ``submit`` is non-blocking and bounded, and
+its own mailbox drops the oldest when full (counted in ``buildingd_telemetry_dropped_total``).
+On a graceful stop it hands what is still in its mailbox to the sink, which the daemon then
+flushes to disk or the server."""
 
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ class TelemetryAgent(Agent):
         super().__init__("telemetry")
         self.ctx = ctx
         self.sink = sink
+        self._dropped_counted = 0
 
     def topics(self) -> list[str]:
         zones = [readings_topic(z) for z in self.ctx.site.zones]
@@ -55,13 +59,26 @@ class TelemetryAgent(Agent):
         started()
         try:
             while True:
-                env = await self.inbox.get()
-                line = self.to_line(env)
-                if line is not None:
-                    self.sink.submit([line])
+                self._record(await self.inbox.get())
         finally:
             for topic in topics:
                 self.ctx.bus.unsubscribe(topic, self.inbox)
+
+    async def on_stop(self) -> None:
+        # Messages sent by agents stopped just before (their last readings, commands and
+        # events) may still wait here; get() returns at once while any is queued.
+        while len(self.inbox):
+            self._record(await self.inbox.get())
+
+    def _record(self, env: Envelope) -> None:
+        if self.inbox.dropped != self._dropped_counted:
+            self.ctx.metrics.inc(
+                "buildingd_telemetry_dropped_total", self.inbox.dropped - self._dropped_counted
+            )
+            self._dropped_counted = self.inbox.dropped
+        line = self.to_line(env)
+        if line is not None:
+            self.sink.submit([line])
 
     def to_line(self, env: Envelope) -> str | None:
         site = self.ctx.site.site_id

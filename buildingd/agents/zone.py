@@ -8,10 +8,12 @@ import logging
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import datetime
 
 from buildingd.agents.bus import Envelope, Performative, new_conversation_id
 from buildingd.agents.context import AgentContext
 from buildingd.agents.messages import (
+    COORDINATOR,
     EVENTS_TOPIC,
     ZONE_STATE_TOPIC,
     AdjustmentsMsg,
@@ -37,7 +39,7 @@ from buildingd.control.zone import (
     ZoneState,
     decide,
 )
-from buildingd.coordinator.contract_net import ZoneFlexibility, zone_offers
+from buildingd.coordinator.contract_net import Offer, zone_offers
 from buildingd.points import PointKind, Quality
 
 log = logging.getLogger(__name__)
@@ -79,6 +81,17 @@ class _Sensor:
     quality: Quality
 
 
+@dataclass(frozen=True)
+class Commitment:
+    """An accepted demand-response award: kept until ``cancel`` or ``ends_at`` (UTC)."""
+
+    conversation_id: str
+    level: str
+    shift_k: float
+    dim_pct: float
+    ends_at: datetime
+
+
 class ZoneAgent(Agent):
     mailbox_size = 500
     overflow = "drop_oldest"  # readings are superseded by newer ones
@@ -102,6 +115,9 @@ class ZoneAgent(Agent):
         self._last_state_s = -1e18
         self.degraded: set[str] = set()
         self._pending_replies: list[Envelope] = []
+        # Demand-response commitments by conversation. Two overlapping events do not add up:
+        # the zone applies the deepest of them (see ``_apply_commitments``).
+        self.commitments: dict[str, Commitment] = {}
         self._bind()
 
     def _bind(self) -> None:
@@ -189,29 +205,48 @@ class ZoneAgent(Agent):
             self.set_adjustments(replace(self.state.adjustments, **given))
             return True
         if env.ontology == DemandResponseCall.ontology:
-            try:
-                self._pending_replies.append(self._demand_response(env))
-            except ValueError as err:
-                self.ctx.metrics.inc("buildingd_messages_rejected_total", agent="zone")
-                log.warning("zone %s: malformed %s from %s: %s", self.zone_id, env.performative,
-                            env.sender, err)  # fmt: skip
+            if env.sender != COORDINATOR:
+                # Only the coordinator negotiates with zones: anyone else's cfp, award or cancel
+                # is forged (or misrouted) and must not move a setpoint.
+                self._reject_negotiation(env, "not_coordinator", "only the coordinator may")
                 return False
+            try:
+                reply = self._demand_response(env)
+            except ValueError as err:
+                self._reject_negotiation(env, "malformed", str(err).splitlines()[0])
+                return False
+            if reply is not None:
+                self._pending_replies.append(reply)
             return env.performative in (Performative.ACCEPT_PROPOSAL, Performative.CANCEL)
         self.ctx.metrics.inc("buildingd_messages_rejected_total", agent="zone")
         return False
 
-    def flexibility(self) -> ZoneFlexibility:
-        negotiation = self.policy.negotiation
+    def _reject_negotiation(self, env: Envelope, reason: str, detail: str) -> None:
+        self.ctx.metrics.inc("buildingd_negotiation_rejected_total", agent="zone", reason=reason)
+        log.warning("zone %s: rejected %s from %s in conversation %s (%s): %s", self.zone_id,
+                    env.performative, env.sender, env.conversation_id, reason, detail)  # fmt: skip
+
+    def offers(self) -> list[Offer]:
+        """What this zone can offer a demand-response cfp now: its flexibility within its
+        policy's limits. A shift never takes a setpoint out of the safety band."""
+        limits = self.policy.negotiation
+        safety = self.policy.safety
         hvac_w, lighting_w, daylight = self._demand()
-        return ZoneFlexibility(
-            zone_id=self.zone_id,
+        max_shift_k = limits.max_shift_k
+        if self.decision is not None:
+            # Room left below heating and above cooling, before any shift already applied.
+            band, shift = self.decision.band, self.state.adjustments.dr_shift_k
+            room = min(band.heating_c + shift - safety.min_c, safety.max_c - band.cooling_c - shift)
+            max_shift_k = min(max_shift_k, max(0.0, room))
+        return zone_offers(
+            self.zone_id,
             hvac_w=hvac_w,
-            lighting_w=lighting_w,
             occupied=bool(self.inputs().occupied),
+            light_w=lighting_w,
             daylight_sufficient=daylight,
-            max_shift_k=negotiation.max_shift_k,
-            max_dim_pct=negotiation.max_dim_pct,
-            exempt=negotiation.exempt,
+            max_shift_k=max_shift_k,
+            max_dim_pct=limits.max_dim_pct,
+            exempt=limits.exempt,
         )
 
     def _demand(self) -> tuple[float, float, bool]:
@@ -239,12 +274,12 @@ class ZoneAgent(Agent):
         daylight = lux is not None and lux - artificial >= self.policy.lighting.daylight_target_lux
         return round(hvac, 1), round(lighting, 1), daylight
 
-    def _demand_response(self, env: Envelope) -> Envelope:
-        """Contract net, participant side: propose or refuse a cfp; apply an award; restore on
-        cancel. Replies are sent by the control loop."""
+    def _demand_response(self, env: Envelope) -> Envelope | None:
+        """Contract net, participant side: propose or refuse a cfp; apply an award (until its
+        ``ends_at``); restore on cancel. The reply, if any, is sent by the control loop."""
         if env.performative is Performative.CFP:
             DemandResponseCall.parse(env)
-            offers = zone_offers(self.flexibility())
+            offers = self.offers()
             if not offers:
                 why = "exempt by policy" if self.policy.negotiation.exempt else "nothing to shed"
                 reply = DemandResponseProposal(reason=why)
@@ -254,9 +289,9 @@ class ZoneAgent(Agent):
             proposal = DemandResponseProposal(
                 offers=[
                     OfferMsg(
-                        level=o.level,
-                        shift_k=o.shift_k,
-                        dim_pct=o.dim_pct,
+                        level=str(o.level),
+                        shift_k=o.level.shift_k,
+                        dim_pct=o.level.dim_pct,
                         shed_w=round(o.shed_w, 1),
                         comfort_cost=round(o.comfort_cost, 3),
                     )
@@ -268,24 +303,67 @@ class ZoneAgent(Agent):
                                      in_reply_to=env.reply_with)  # fmt: skip
         if env.performative is Performative.ACCEPT_PROPOSAL:
             award = DemandResponseAward.parse(env)
-            limits = self.policy.negotiation
-            if (
-                limits.exempt
-                or award.shift_k > limits.max_shift_k
-                or award.dim_pct > limits.max_dim_pct
-            ):
-                done = env.reply(
-                    Performative.FAILURE, self.name, {"reason": "outside policy limits"}
-                )
-                return done
-            self.set_adjustments(
-                replace(self.state.adjustments, dr_shift_k=award.shift_k, dim_pct=award.dim_pct)
+            refusal = self._refuse_award(award)
+            if refusal is not None:
+                return env.reply(Performative.FAILURE, self.name, {"reason": refusal})
+            conversation = env.conversation_id or ""
+            self.commitments[conversation] = Commitment(
+                conversation, award.level, award.shift_k, award.dim_pct, award.ends_at
             )
+            self._apply_commitments()
             return env.reply(Performative.INFORM_DONE, self.name, {"level": award.level})
+        if env.performative is Performative.REJECT_PROPOSAL:
+            return None  # not needed this time: nothing to do, nothing to answer
         if env.performative is Performative.CANCEL:
-            self.set_adjustments(replace(self.state.adjustments, dr_shift_k=0.0, dim_pct=0.0))
+            self.commitments.pop(env.conversation_id or "", None)
+            # Restored from what is still committed: a cancel of one event keeps another, and a
+            # zone agent restarted mid-event (adjustments kept, commitments not) restores too.
+            self._apply_commitments()
             return env.reply(Performative.INFORM_DONE, self.name, {"restored": True})
         return env.reply(Performative.NOT_UNDERSTOOD, self.name, {"reason": "unexpected"})
+
+    def _refuse_award(self, award: DemandResponseAward) -> str | None:
+        """Why this zone cannot apply ``award``, or None. The coordinator checks the same
+        limits; this is the zone's own line of defence against a wrong or forged award."""
+        limits, safety = self.policy.negotiation, self.policy.safety
+        if limits.exempt:
+            return "exempt by policy"
+        if award.shift_k > limits.max_shift_k or award.dim_pct > limits.max_dim_pct:
+            return "outside policy limits"
+        if award.ends_at <= self.ctx.clock.now():
+            return "the window is already over"
+        if self.decision is not None:
+            band, shift = self.decision.band, self.state.adjustments.dr_shift_k
+            if (
+                band.heating_c + shift - award.shift_k < safety.min_c
+                or band.cooling_c - shift + award.shift_k > safety.max_c
+            ):
+                return "the shift would leave the safety band"
+        return None
+
+    def _apply_commitments(self) -> None:
+        """Adjustments from the commitments in force: the deepest shift and dimming of them."""
+        active = self.commitments.values()
+        self.set_adjustments(
+            replace(
+                self.state.adjustments,
+                dr_shift_k=max((c.shift_k for c in active), default=0.0),
+                dim_pct=max((c.dim_pct for c in active), default=0.0),
+            )
+        )
+
+    def expire_commitments(self) -> bool:
+        """Restore, by itself, every commitment whose window has ended: the coordinator may be
+        gone. True when something was restored."""
+        now = self.ctx.clock.now()
+        ended = [c for c in self.commitments.values() if c.ends_at <= now]
+        for c in ended:
+            del self.commitments[c.conversation_id]
+            log.info("zone %s: demand-response %s (%s) ended at %s: restored", self.zone_id,
+                     c.conversation_id, c.level, c.ends_at.isoformat())  # fmt: skip
+        if ended:
+            self._apply_commitments()
+        return bool(ended)
 
     def set_adjustments(self, adjustments: Adjustments) -> None:
         self.state = replace(self.state, adjustments=adjustments)
@@ -306,6 +384,7 @@ class ZoneAgent(Agent):
 
     async def control(self, now_s: float) -> None:
         self.last_control_s = now_s
+        self.expire_commitments()
         inputs = self.inputs()
         ready_s = self.ctx.ready_s
         if (
@@ -329,7 +408,9 @@ class ZoneAgent(Agent):
                 )
         if decision.state.mode is not ZoneMode.HOLD:
             await self._recovered("temperature")
-        for kind, target in decision.targets.items():
+        # Until every agent has started, a device agent may not be listening yet: a command
+        # sent then would be lost and only re-sent after RETRY_AFTER_S. The next tick sends it.
+        for kind, target in decision.targets.items() if ready_s is not None else ():
             for act in self.actuators.get(kind, []):
                 await self._drive(act, target, now_s, f"{decision.state.mode} mode")
         await self._publish_state(inputs, decision, now_s)

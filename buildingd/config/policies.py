@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import date, datetime, time
 from enum import StrEnum
 from typing import Literal, Self
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator, model_validator
@@ -137,8 +138,18 @@ class Contact(Strict):
 class Escalation(Strict):
     contacts: list[Contact] = Field(default_factory=list)
     reminder_interval_s: float = Field(default=3600.0, gt=0)
+    # Each alert (raised, reminder, acknowledged, cleared) is POSTed here as JSON.
     webhook_url: str | None = None
     device_unavailable_s: float = Field(default=900.0, gt=0)
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("webhook_url must be an http:// or https:// URL with a host")
+        return value
 
 
 class Shutdown(Strict):

@@ -1,10 +1,11 @@
 """``driver: ble`` on bleak (BlueZ over D-Bus): advertisement sensors and GATT devices.
 
 * One ``AdvertisementScanner`` per adapter (a ``SharedResources`` entry) feeds every BLE device
-  on it. Passive scanning where BlueZ offers it (an advertisement monitor, BlueZ >= 5.56 with
-  experimental features), active otherwise; ``[ble] scanning`` chooses. A scanner that hears
-  nothing for longer than its devices' stale timeout is restarted (BlueZ does not resume a
-  discovery after the adapter was powered off and on), with jittered backoff while it fails.
+  on it. Passive scanning where BlueZ offers it (an advertisement monitor: BlueZ >= 5.55 run with
+  ``--experimental``, kernel >= 5.10), active otherwise or when a passive scan hears nothing;
+  ``[ble] scanning`` chooses. A scanner that hears nothing for longer than its devices' stale
+  timeout is restarted (BlueZ does not resume a discovery after the adapter was powered off
+  and on), with jittered backoff while it fails.
 * Advertisement devices decode their payload with ``ble_codecs``; a packet id seen twice is
   one measurement. ``read`` returns the latest values with when they arrived, and reports the
   device unavailable when it has not been heard within its stale timeout.
@@ -192,7 +193,7 @@ class AdvertisementScanner:
                 self._passive_failed = True
                 log.info(
                     "ble %s: passive scanning unavailable (%s); scanning actively. Passive "
-                    "scanning needs BlueZ >= 5.56 with experimental features (bluetoothd -E)",
+                    "scanning needs BlueZ >= 5.55 run with --experimental and Linux >= 5.10",
                     self.adapter,
                     err,
                 )

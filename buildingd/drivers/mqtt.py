@@ -3,8 +3,12 @@ JSON) and take commands on a set topic.
 
 The driver subscribes to the device's state topics on the daemon's shared ``MqttConnection``;
 retained state counts at start-up. ``read`` returns the latest value of each point with the time
-it arrived, so a sensor that stops publishing goes stale in its device agent. A payload that
-cannot be used is logged (topic and reason) and counted, and the last good values stay. A write
+it arrived, so a sensor that stops publishing goes stale in its device agent (``stale_after_s``).
+State topics are subscribed with ``[mqtt] qos_readings``. A payload that cannot be used (not
+JSON, a string or NaN/Infinity where a number belongs, too large for the connection) is logged
+with topic and reason and counted in ``buildingd_bad_payloads_total{device}``, and the last good
+values stay. Every message on the device's topics is counted (``messages``,
+``buildingd_device_messages_total``), so a flood can be accounted for. A write
 publishes the command and waits for the device to report the new state (the read-back); no
 confirmation within the device's timeout is an error, not a silent success.
 """
@@ -33,6 +37,7 @@ class MqttDriver(Driver):
         self.latest: dict[str, Sample] = {}
         self.reported_available: bool | None = None
         self.bad_payloads = 0
+        self.messages = 0  # messages received on the device's state topics
         self._update = asyncio.Event()
         self._changed: dict[str, asyncio.Event] = {}
 
@@ -43,20 +48,36 @@ class MqttDriver(Driver):
 
     async def open(self) -> None:
         conn = self._conn()
+        if self.ctx.metrics is not None:
+            conn.use_metrics(self.ctx.metrics)
+        qos = conn.settings.qos_readings
         for topic in state_topics(self.spec):
-            conn.subscribe(topic, self._on_message)
+            conn.subscribe(topic, self._on_message, qos, self._on_refused)
 
     async def close(self) -> None:
         if self.ctx.mqtt is not None:
             self.ctx.mqtt.unsubscribe(self._on_message)
 
+    def _bad(self, topic: str, problem: str) -> None:
+        self.bad_payloads += 1
+        if self.ctx.metrics is not None:
+            self.ctx.metrics.inc("buildingd_bad_payloads_total", device=self.device.id)
+        log.warning("device %s: %s: %s", self.device.id, topic, problem)
+
+    def _received(self) -> None:
+        self.messages += 1
+        if self.ctx.metrics is not None:
+            self.ctx.metrics.inc("buildingd_device_messages_total", device=self.device.id)
+
+    def _on_refused(self, topic: str, reason: str) -> None:
+        self._received()
+        self._bad(topic, f"payload refused by the connection ({reason})")
+
     def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
+        self._received()
         parsed = parse(self.spec, topic, payload)
         for problem in parsed.problems:
-            self.bad_payloads += 1
-            if self.ctx.metrics is not None:
-                self.ctx.metrics.inc("buildingd_bad_payloads_total", device=self.device.id)
-            log.warning("device %s: %s: %s", self.device.id, topic, problem)
+            self._bad(topic, problem)
         if parsed.available is not None:
             if parsed.available != self.reported_available:
                 log.info("device %s reports %s", self.device.id,

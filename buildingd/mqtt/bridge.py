@@ -2,14 +2,22 @@
 
 Out (under ``<prefix>/<site>/``): ``zone/<zone>/state`` (retained JSON: mode, temperature_c,
 humidity_pct, occupied, illuminance_lux, heating_sp_c, cooling_sp_c, light_level_pct),
-``events`` and ``alerts`` (severity error), and ``status`` (online/offline, retained, the will).
+``events``, ``alerts/<subject>`` (retained JSON: the open break-glass alerts of one zone, device,
+agent or ``building``, each with its ``ack_topic``; an empty retained payload removes the topic
+when the last one clears), and ``status`` (online/offline, retained, the will).
 
 In: ``zone/<zone>/vote`` (``hot`` / ``cold``, answered on ``zone/<zone>/vote/result``),
-``demand-response/request`` (``{"target_w": ..., "window_s": ...}``), and, with Home Assistant
-discovery on, ``zone/<zone>/set/heating_sp`` and ``.../cooling_sp`` from the climate entity. A
-setpoint request becomes a band offset that passes the same policy limits as a vote (at most
-``vote_max_offset_k`` from the scheduled band, inside the safety band) or is refused with a
-reason on ``zone/<zone>/set/result``. Invalid payloads are counted and logged, never raised.
+``demand-response/request`` (``{"target_w": ..., "window_s": ...}``), ``alerts/<id>/ack`` and
+``alerts/<id>/clear`` (payload: who, as text or ``{"by": ...}``; retained ones are ignored, so an
+acknowledgement left on the broker never acts again), and, with Home Assistant discovery on,
+``zone/<zone>/set/heating_sp`` and ``.../cooling_sp`` from the climate entity. A setpoint request
+becomes a band offset that passes the same policy limits as a vote (at most ``vote_max_offset_k``
+from the scheduled band, inside the safety band) or is refused with a reason on
+``zone/<zone>/set/result``. Invalid payloads (not strict JSON, NaN or infinite numbers,
+too large) are counted in ``buildingd_mqtt_invalid_total`` and logged, never raised.
+
+The bridge also hands the daemon's ``Metrics`` to the connection (``use_metrics``), so its
+``buildingd_mqtt_*`` counters reach ``/metrics``.
 
 Home Assistant MQTT discovery (https://www.home-assistant.io/integrations/mqtt/#mqtt-discovery):
 per zone a ``climate`` entity and ``sensor``/``binary_sensor`` entities, published retained on
@@ -21,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -28,6 +37,7 @@ from typing import Any
 from buildingd.agents.bus import Performative
 from buildingd.agents.context import AgentContext
 from buildingd.agents.messages import (
+    COORDINATOR,
     DEMAND_RESPONSE_TOPIC,
     EVENTS_TOPIC,
     ZONE_STATE_TOPIC,
@@ -37,7 +47,9 @@ from buildingd.agents.messages import (
 )
 from buildingd.agents.runtime import Agent
 from buildingd.control.zone import ZoneMode
+from buildingd.coordinator.escalation import ALERTS_TOPIC, AlertActionMsg, AlertMsg
 from buildingd.coordinator.votes import VoteResult
+from buildingd.mqtt import payload as strict_json
 from buildingd.mqtt.connection import MqttConnection
 
 log = logging.getLogger(__name__)
@@ -45,6 +57,7 @@ log = logging.getLogger(__name__)
 VoteFn = Callable[[str, str], VoteResult]
 OverrideFn = Callable[[str, str, float], dict[str, object]]
 OBJECT_ID = re.compile(r"[^a-zA-Z0-9_-]")
+BUS_TOPICS = (ZONE_STATE_TOPIC, EVENTS_TOPIC, ALERTS_TOPIC)
 
 
 def object_id(text: str) -> str:
@@ -135,6 +148,9 @@ class MqttBridgeAgent(Agent):
         self.settings = conn.settings
         self.invalid = 0
         self.states: dict[str, ZoneStateMsg] = {}
+        # Retained alerts payload by subject, re-published on every connect (b"" until the
+        # removal of a cleared subject's topic reached the broker).
+        self.alerts: dict[str, bytes] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
@@ -144,13 +160,21 @@ class MqttBridgeAgent(Agent):
         task.add_done_callback(self._tasks.discard)
 
     async def run(self, started: Callable[[], None]) -> None:
-        for topic in (ZONE_STATE_TOPIC, EVENTS_TOPIC):
+        self.conn.use_metrics(self.ctx.metrics)
+        for topic in BUS_TOPICS:
             self.ctx.bus.subscribe(topic, self.inbox)
-        self.conn.subscribe(f"{self.base}/zone/+/vote", self._on_vote, qos=1)
-        self.conn.subscribe(f"{self.base}/demand-response/request", self._on_dr, qos=1)
+        refused = self._on_refused
+        self.conn.subscribe(f"{self.base}/zone/+/vote", self._on_vote, 1, refused)
+        self.conn.subscribe(f"{self.base}/demand-response/request", self._on_dr, 1, refused)
+        for verb in ("ack", "clear"):
+            self.conn.subscribe(f"{self.base}/alerts/+/{verb}", self._on_alert_action, 1, refused)
+        self.conn.on_connect(self._republish_alerts)
+        # The open alerts, from the coordinator's book (a restarted bridge has lost them).
+        await self.ctx.send(AlertActionMsg(action="snapshot").envelope(
+            Performative.REQUEST, self.name, COORDINATOR))  # fmt: skip
         if self.settings.homeassistant_discovery:
-            self.conn.subscribe(f"{self.base}/zone/+/set/+", self._on_setpoint, qos=1)
-            self.conn.subscribe(f"{self.settings.homeassistant_prefix}/status", self._on_ha, qos=1)
+            self.conn.subscribe(f"{self.base}/zone/+/set/+", self._on_setpoint, 1, refused)
+            self.conn.subscribe(f"{self.settings.homeassistant_prefix}/status", self._on_ha, 1)
             self.conn.on_connect(self.announce)
             if self.conn.connected.is_set():
                 await self.announce()
@@ -164,12 +188,65 @@ class MqttBridgeAgent(Agent):
                     event = EventMsg.parse(env)
                     body = event.model_dump_json().encode()
                     await self.conn.publish(f"{self.base}/events", body, self.settings.qos_events)
-                    if event.severity == "error":
-                        await self.conn.publish(f"{self.base}/alerts", body,
-                                                self.settings.qos_events)  # fmt: skip
+                elif env.ontology == AlertMsg.ontology:
+                    await self._alerts(AlertMsg.parse(env))
         finally:
-            for topic in (ZONE_STATE_TOPIC, EVENTS_TOPIC):
+            for topic in BUS_TOPICS:
                 self.ctx.bus.unsubscribe(topic, self.inbox)
+            # A restarted bridge subscribes afresh; this one's handlers must not linger.
+            for handler in (self._on_vote, self._on_dr, self._on_setpoint, self._on_ha,
+                            self._on_alert_action):  # fmt: skip
+                self.conn.unsubscribe(handler)
+            self.conn.remove_on_connect(self.announce)
+            self.conn.remove_on_connect(self._republish_alerts)
+
+    async def _alerts(self, msg: AlertMsg) -> None:
+        """Retained per subject: a technician's client sees the open alerts on connect."""
+        subjects: dict[str, dict[str, Any] | None] = dict(msg.subjects)
+        if msg.action == "snapshot":  # what the coordinator no longer has is gone
+            subjects.update({s: None for s in self.alerts if s not in subjects})
+        for subject, payload in subjects.items():
+            body = b""
+            if payload is not None:
+                alerts = [
+                    {**a, "ack_topic": f"{self.base}/alerts/{a['id']}/ack",
+                     "clear_topic": f"{self.base}/alerts/{a['id']}/clear"}
+                    for a in payload.get("alerts", [])
+                ]  # fmt: skip
+                body = json.dumps({**payload, "alerts": alerts}).encode()
+            self.alerts[subject] = body
+            await self._publish_alert(subject, body)
+
+    async def _publish_alert(self, subject: str, body: bytes) -> None:
+        topic = f"{self.base}/alerts/{subject}"
+        if await self.conn.publish(topic, body, qos=1, retain=True) and not body:
+            self.alerts.pop(subject, None)
+
+    async def _republish_alerts(self) -> None:
+        for subject, body in list(self.alerts.items()):
+            await self._publish_alert(subject, body)
+
+    def _on_alert_action(self, topic: str, payload: bytes, retained: bool) -> None:
+        if retained:
+            return None  # left on the broker: acting on it at every connect would be wrong
+        alert_id, _, verb = topic.removeprefix(f"{self.base}/alerts/").partition("/")
+        text = payload.decode(errors="replace").strip()
+        by = text
+        if text.startswith("{"):
+            try:
+                data = strict_json.loads(payload)
+            except ValueError as err:
+                return self._bad(topic, f"invalid acknowledgement: {err}")
+            by = str(data.get("by", "")) if isinstance(data, dict) else ""
+        if not alert_id or len(alert_id) > 64:
+            return self._bad(topic, "no alert id")
+        action = AlertActionMsg(
+            action="acknowledge" if verb == "ack" else "clear",
+            alert_id=alert_id,
+            by=(by.strip().strip('"') or "technician")[:80] + " (MQTT)",
+        )
+        self._spawn(self.ctx.send(action.envelope(Performative.REQUEST, self.name, COORDINATOR)))
+        return None
 
     async def _zone_state(self, msg: ZoneStateMsg) -> None:
         self.states[msg.zone_id] = msg
@@ -198,6 +275,10 @@ class MqttBridgeAgent(Agent):
         self.ctx.metrics.inc("buildingd_mqtt_invalid_total", topic=topic.rsplit("/", 1)[-1])
         log.warning("mqtt: %s: %s", topic, why)
 
+    def _on_refused(self, topic: str, reason: str) -> None:
+        self.invalid += 1
+        self.ctx.metrics.inc("buildingd_mqtt_invalid_total", topic=topic.rsplit("/", 1)[-1])
+
     def _zone_of(self, topic: str) -> str | None:
         rest = topic.removeprefix(f"{self.base}/zone/")
         zone_id = rest.split("/", 1)[0]
@@ -215,7 +296,7 @@ class MqttBridgeAgent(Agent):
 
     def _on_dr(self, topic: str, payload: bytes, retained: bool) -> None:
         try:
-            data = json.loads(payload)
+            data = strict_json.loads(payload)
             call = DemandResponseCall(
                 target_w=data["target_w"], window_s=data.get("window_s", 3600),
                 reason=str(data.get("reason", "requested over MQTT"))[:200],
@@ -233,6 +314,8 @@ class MqttBridgeAgent(Agent):
             wanted = float(payload)
         except ValueError:
             return self._bad(topic, f"not a number: {payload[:40]!r}")
+        if not math.isfinite(wanted):  # float() takes "nan" and "inf"
+            return self._bad(topic, f"not a finite number: {payload[:40]!r}")
         if zone_id is None or what not in ("heating_sp", "cooling_sp"):
             return self._bad(topic, "unknown zone or setpoint")
         if self.override_fn is None:

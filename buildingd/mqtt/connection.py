@@ -5,10 +5,18 @@
 * Last will and an availability topic ``<prefix>/<site>/status``: ``online`` retained on connect,
   ``offline`` retained by the will (and on a clean stop).
 * Availability is logged once per change, not per attempt.
-* Incoming messages go to the handlers whose filter matches; a handler that raises is logged and
-  counted, the connection goes on. Payloads above ``MAX_PAYLOAD`` are dropped and counted.
+* Incoming messages go to the handlers whose filter matches as soon as paho has read them: the
+  connection keeps no queue of its own (aiomqtt's bounded queue discards past its size and only
+  logs), so under a flood the backlog waits in the socket and at the broker, and QoS 1 messages
+  are acknowledged only once handled. Handlers are synchronous, cheap and keep bounded state (a
+  driver keeps the latest value per point; bus mailboxes have their overflow rule). A handler that
+  raises is logged and counted, the connection goes on.
+* Payloads above ``MAX_PAYLOAD`` are refused: logged with the topic, counted, and reported to the
+  subscribers of that topic (``on_refused``), so the device or bus it was meant for counts it too.
 * ``publish`` while disconnected returns False (counted): the caller decides what to resend;
   retained state (availability, zone state, discovery) is re-published by its owners on connect.
+* Counters reach the daemon's ``Metrics`` (``buildingd_mqtt_*``) once it is given, at construction
+  or with ``use_metrics``; counts from before are carried over.
 """
 
 from __future__ import annotations
@@ -21,10 +29,14 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import aiomqtt
 
 from buildingd.settings import MqttSettings
+
+if TYPE_CHECKING:
+    from buildingd.agents.context import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +44,7 @@ MAX_PAYLOAD = 256 * 1024  # no sensor or envelope needs more; a 1 MB payload is 
 RECONNECT_MIN_S = 0.5
 
 Handler = Callable[[str, bytes, bool], None]  # topic, payload, retained
+Refused = Callable[[str, str], None]  # topic, reason: a message for this subscriber was refused
 OnConnect = Callable[[], Awaitable[None]]
 
 
@@ -54,11 +67,37 @@ class MqttCounters:
     oversized: int = 0
     handler_errors: int = 0
     connects: int = 0
-    by_reason: dict[str, int] = field(default_factory=dict)
+    by_reason: dict[str, int] = field(default_factory=dict)  # refused messages, by reason
+
+
+# MqttCounters field -> Prometheus counter (refusals are ``buildingd_mqtt_refused_total{reason}``).
+METRIC_NAMES = {
+    "received": "buildingd_mqtt_received_total",
+    "published": "buildingd_mqtt_published_total",
+    "publish_failed": "buildingd_mqtt_publish_failed_total",
+    "handler_errors": "buildingd_mqtt_handler_errors_total",
+    "connects": "buildingd_mqtt_connects_total",
+}
+REFUSED_METRIC = "buildingd_mqtt_refused_total"
+
+
+@dataclass(frozen=True)
+class _Subscription:
+    pattern: str
+    qos: int
+    handler: Handler
+    on_refused: Refused | None
 
 
 class MqttConnection:
-    def __init__(self, settings: MqttSettings, site_id: str, host: str, port: int) -> None:
+    def __init__(
+        self,
+        settings: MqttSettings,
+        site_id: str,
+        host: str,
+        port: int,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.settings = settings
         self.site_id = site_id
         self.host, self.port = host, port
@@ -66,29 +105,57 @@ class MqttConnection:
         self.status_topic = f"{self.base}/status"
         self.client_id = settings.client_id or f"buildingd-{site_id}"
         self.counters = MqttCounters()
+        self.metrics: Metrics | None = None
         self.connected = asyncio.Event()
-        self._handlers: list[tuple[str, int, Handler]] = []
+        self._subs: list[_Subscription] = []
         self._on_connect: list[OnConnect] = []
         self._client: aiomqtt.Client | None = None
         self._task: asyncio.Task[None] | None = None
         self._available: bool | None = None
+        if metrics is not None:
+            self.use_metrics(metrics)
+
+    def use_metrics(self, metrics: Metrics) -> None:
+        """Count into the daemon's metrics from now on, carrying over what was counted before."""
+        if metrics is self.metrics:
+            return
+        self.metrics = metrics
+        for attr, name in METRIC_NAMES.items():
+            if count := getattr(self.counters, attr):
+                metrics.inc(name, count)
+        for reason, count in self.counters.by_reason.items():
+            metrics.inc(REFUSED_METRIC, count, reason=reason)
+        metrics.set("buildingd_mqtt_connected", 1.0 if self.connected.is_set() else 0.0)
+
+    def _count(self, attr: str) -> None:
+        setattr(self.counters, attr, getattr(self.counters, attr) + 1)
+        if self.metrics is not None:
+            self.metrics.inc(METRIC_NAMES[attr])
 
     # -- registration --------------------------------------------------------------------------
 
-    def subscribe(self, pattern: str, handler: Handler, qos: int = 0) -> None:
-        """Register a handler; subscribed now if connected, and again on every reconnect."""
-        self._handlers.append((pattern, qos, handler))
+    def subscribe(
+        self, pattern: str, handler: Handler, qos: int = 0, on_refused: Refused | None = None
+    ) -> None:
+        """Register a handler; subscribed now if connected, and again on every reconnect.
+        ``on_refused`` hears of messages on a matching topic that were refused before any
+        handler saw them (too large), so their owner can count them as its own bad input."""
+        self._subs.append(_Subscription(pattern, qos, handler, on_refused))
         client = self._client
         if client is not None and self.connected.is_set():
             task = asyncio.get_running_loop().create_task(self._subscribe_now(client, pattern, qos))
             task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
 
     def unsubscribe(self, handler: Handler) -> None:
-        self._handlers = [h for h in self._handlers if h[2] is not handler]
+        # ``==``, not ``is``: each ``obj.method`` access makes a new bound-method object.
+        self._subs = [s for s in self._subs if s.handler != handler]
 
     def on_connect(self, callback: OnConnect) -> None:
         """Called after every (re)connect and resubscribe: re-publish retained state here."""
         self._on_connect.append(callback)
+
+    def remove_on_connect(self, callback: OnConnect) -> None:
+        self._on_connect = [c for c in self._on_connect if c != callback]
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -117,20 +184,30 @@ class MqttConnection:
     ) -> bool:
         client = self._client
         if client is None or not self.connected.is_set():
-            self.counters.publish_failed += 1
+            self._count("publish_failed")
             return False
         try:
             await client.publish(topic, payload, qos=qos, retain=retain)
         except aiomqtt.MqttError as err:
-            self.counters.publish_failed += 1
+            self._count("publish_failed")
             log.debug("mqtt: publish to %s failed: %s", topic, err)
             return False
-        self.counters.published += 1
+        self._count("published")
         return True
 
     # -- internals -----------------------------------------------------------------------------
 
     def _make_client(self) -> aiomqtt.Client:
+        conn = self
+
+        class HandOver(asyncio.Queue[aiomqtt.Message]):
+            """aiomqtt's incoming queue (its documented ``queue_type``), replaced by a hand-over:
+            paho's read callback gives each message straight to the handlers, so nothing is
+            discarded in the daemon and paho acknowledges a QoS 1 message only after that."""
+
+            def put_nowait(self, item: aiomqtt.Message) -> None:
+                conn._dispatch(item)
+
         s = self.settings
         password = None
         if s.password_file is not None:
@@ -151,7 +228,7 @@ class MqttConnection:
             keepalive=s.keepalive_s,
             tls_context=tls,
             will=aiomqtt.Will(self.status_topic, b"offline", qos=1, retain=True),
-            max_queued_incoming_messages=10_000,
+            queue_type=HandOver,
             timeout=10,
             # Small packets go out at once: without this, Nagle's algorithm held a command
             # behind an unacknowledged packet for the peer's 40 ms delayed ACK.
@@ -169,12 +246,12 @@ class MqttConnection:
             try:
                 async with client:
                     self._client = client
-                    for pattern in dict.fromkeys(p for p, _, _ in self._handlers):
-                        qos = max(q for p, q, _ in self._handlers if p == pattern)
+                    for pattern in dict.fromkeys(sub.pattern for sub in self._subs):
+                        qos = max(sub.qos for sub in self._subs if sub.pattern == pattern)
                         await client.subscribe(pattern, qos=qos)
                     await client.publish(self.status_topic, b"online", qos=1, retain=True)
                     self.connected.set()
-                    self.counters.connects += 1
+                    self._count("connects")
                     self._set_available(True, "")
                     backoff = RECONNECT_MIN_S
                     for callback in self._on_connect:
@@ -182,6 +259,8 @@ class MqttConnection:
                             await callback()
                         except Exception:
                             log.exception("mqtt: on-connect callback failed")
+                    # Messages are handed over as paho reads them (``HandOver``): this loop only
+                    # waits for the connection to end, which aiomqtt raises as MqttError.
                     async for message in client.messages:
                         self._dispatch(message)
             except aiomqtt.MqttError as err:
@@ -193,7 +272,8 @@ class MqttConnection:
             backoff = min(backoff * 2, self.settings.reconnect_max_s)
 
     def _dispatch(self, message: aiomqtt.Message) -> None:
-        self.counters.received += 1
+        """Runs inside paho's read callback: must never raise (aiomqtt would disconnect)."""
+        self._count("received")
         topic = message.topic.value
         payload = message.payload
         if isinstance(payload, str):
@@ -202,18 +282,34 @@ class MqttConnection:
             payload = b"" if payload is None else str(payload).encode()
         if len(payload) > MAX_PAYLOAD:
             self.counters.oversized += 1
-            log.warning("mqtt: %s: payload of %d bytes dropped (limit %d)", topic, len(payload),
-                        MAX_PAYLOAD)  # fmt: skip
+            self._refuse(topic, "oversized", f"payload of {len(payload)} bytes refused "
+                         f"(limit {MAX_PAYLOAD})")  # fmt: skip
             return
-        for pattern, _, handler in tuple(self._handlers):
-            if topic_matches(pattern, topic):
+        body = bytes(payload)
+        for sub in tuple(self._subs):
+            if topic_matches(sub.pattern, topic):
                 try:
-                    handler(topic, bytes(payload), bool(message.retain))
+                    sub.handler(topic, body, bool(message.retain))
                 except Exception:
-                    self.counters.handler_errors += 1
-                    log.exception("mqtt: handler for %s failed on %s", pattern, topic)
+                    self._count("handler_errors")
+                    log.exception("mqtt: handler for %s failed on %s", sub.pattern, topic)
+
+    def _refuse(self, topic: str, reason: str, detail: str) -> None:
+        self.counters.by_reason[reason] = self.counters.by_reason.get(reason, 0) + 1
+        if self.metrics is not None:
+            self.metrics.inc(REFUSED_METRIC, reason=reason)
+        log.warning("mqtt: %s: %s", topic, detail)
+        for sub in tuple(self._subs):
+            if sub.on_refused is not None and topic_matches(sub.pattern, topic):
+                try:
+                    sub.on_refused(topic, reason)
+                except Exception:
+                    self._count("handler_errors")
+                    log.exception("mqtt: refusal handler for %s failed on %s", sub.pattern, topic)
 
     def _set_available(self, up: bool, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.set("buildingd_mqtt_connected", 1.0 if up else 0.0)
         if self._available == up:
             return
         self._available = up

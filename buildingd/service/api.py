@@ -233,10 +233,21 @@ def install_routes(server: HttpServer, daemon: Daemon) -> None:
         return Response.json(result, 200 if result["accepted"] else HTTPStatus.UNPROCESSABLE_ENTITY)
 
     async def acknowledge(request: Request) -> Response:
+        """Stops an alert's reminders; it stays open until its cause goes away or is cleared."""
         who = str(body_object(request).get("by", "technician"))[:100]
         if not coordinator().acknowledge(request.params["alert"], who):
             raise HttpError(HTTPStatus.NOT_FOUND, f"no open escalation {request.params['alert']!r}")
+        await coordinator().flush()  # the retained alert and the webhooks say who, now
         return Response.json({"acknowledged": request.params["alert"], "by": who})
+
+    async def clear(request: Request) -> Response:
+        """Closes an alert by hand (a failed agent after a repair, a negotiation that fell
+        short); a condition that persists raises a new one after its threshold."""
+        who = str(body_object(request).get("by", "technician"))[:100]
+        if not coordinator().clear_alert(request.params["alert"], who):
+            raise HttpError(HTTPStatus.NOT_FOUND, f"no open escalation {request.params['alert']!r}")
+        await coordinator().flush()
+        return Response.json({"cleared": request.params["alert"], "by": who})
 
     async def demand_response(request: Request) -> Response:
         """Open a demand-response event: ``{"target_w": 2000, "window_s": 3600}``."""
@@ -282,5 +293,6 @@ def install_routes(server: HttpServer, daemon: Daemon) -> None:
     server.route("POST", "/api/reload", reload, write=True)
     server.route("POST", "/api/zones/{zone}/vote", vote, write=True)
     server.route("POST", "/api/alerts/{alert}/ack", acknowledge, write=True)
+    server.route("POST", "/api/alerts/{alert}/clear", clear, write=True)
     server.route("POST", "/api/zones/{zone}/override", override, write=True)
     server.route("POST", "/api/demand-response", demand_response, write=True)

@@ -29,9 +29,9 @@ from buildingd.config.loader import Site, load_site
 from buildingd.drivers.base import DriverContext
 from buildingd.errors import ConfigError
 from buildingd.service.http import HttpServer
-from buildingd.service.reload import plan_reload
+from buildingd.service.reload import diff_settings, plan_reload
 from buildingd.service.sdnotify import Notifier, WatchdogGuard
-from buildingd.settings import REPO_SITE, Settings, load_settings
+from buildingd.settings import Settings
 from buildingd.sim.building import Building
 from buildingd.telemetry.schema import daemon_line
 
@@ -108,7 +108,16 @@ def sim_start(settings: Settings, site: Site) -> datetime:
 
 
 class Daemon:
-    """The running daemon. ``run`` returns a summary when stopped."""
+    """The running daemon. ``run`` returns a summary when stopped.
+
+    ``settings_loader`` re-reads the settings on reload exactly as they were read at start (the
+    same file, environment and command-line options); without one, a reload re-reads only the
+    site's device and policy files."""
+
+    # Real (event-loop) seconds a zone or a poller may lag behind its own interval before the
+    # watchdog counts it as stuck: room for driver timeouts, retries and backoff.
+    zone_slack_s = 60.0
+    poll_slack_s = 120.0
 
     def __init__(
         self,
@@ -117,11 +126,14 @@ class Daemon:
         clock: Clock | None = None,
         sink_factory: Callable[[], TelemetrySink] | None = None,
         baseline: bool = False,
-        config_path: Path | None = None,
+        settings_loader: Callable[[], Settings] | None = None,
     ) -> None:
         self.settings = settings
         self.baseline = baseline
-        self.config_path = config_path
+        self.settings_loader = settings_loader
+        # Changed settings that only a restart applies (shown in STATUS= until then).
+        self.restart_needed: list[str] = []
+        self._stuck_reported: set[str] = set()
         self.sink: TelemetrySink | None = None
         self._loop_started = 0.0
         self.notifier = Notifier()
@@ -261,11 +273,15 @@ class Daemon:
     async def start_device(self, device_id: str) -> None:
         assert self.supervisor is not None
         device = self.ctx.site.devices[device_id]
-        agent = await self.supervisor.start(
-            f"device[{device_id}]", lambda: DeviceAgent(device, self.ctx)
-        )
-        assert isinstance(agent, DeviceAgent)
-        self.device_agents[device_id] = agent
+
+        def make() -> DeviceAgent:
+            # A restart after a crash makes a new agent: the API, STATUS= and the watchdog
+            # must look at that one, not at the one that crashed.
+            agent = DeviceAgent(device, self.ctx)
+            self.device_agents[device_id] = agent
+            return agent
+
+        await self.supervisor.start(f"device[{device_id}]", make)
 
     async def start_zone(self, zone_id: str) -> None:
         assert self.supervisor is not None
@@ -380,17 +396,30 @@ class Daemon:
             await self.reload()
 
     async def reload(self) -> dict[str, object]:
-        """Re-read settings and site; apply only what changed, or keep everything as it was."""
+        """Re-read settings and site; apply only what changed, or keep everything as it was.
+
+        Everything is validated before anything is applied. Settings that can change live
+        (``reload.LIVE_SETTINGS``: the log level, the HTTP token) are applied; other changed
+        settings are reported as needing a restart and keep their running values, the site
+        directory included (the site is re-read from the running one)."""
         self.notifier.reloading()
         try:
-            settings = load_settings(self.config_path)
-            if self.settings.site_dir != settings.site_dir and settings.site_dir == REPO_SITE:
-                settings = settings.model_copy(update={"site_dir": self.settings.site_dir})
-            site = load_site(settings.site_dir)
+            settings = self.settings if self.settings_loader is None else self.settings_loader()
+            token = self._read_token(settings) if self.http is not None else None
+            site = load_site(self.settings.site_dir)
         except ConfigError as err:
             return await self._reload_failed([str(p) for p in err.problems])
         except (ValueError, OSError) as err:
             return await self._reload_failed([f"settings: {err}"])
+        change = diff_settings(self.settings, settings)
+        applied = self._apply_live_settings(change.merged(self.settings, settings), token)
+        self.restart_needed = change.restart
+        if change.restart:
+            log.warning(
+                "settings changed that need a restart to take effect (running with the "
+                "previous values): %s",
+                ", ".join(change.restart),
+            )
         if self.building is not None:
             from buildingd.sim.servers import relocate_simulated
 
@@ -414,10 +443,42 @@ class Daemon:
             await self.start_device(device_id)
         self.reloads["ok"] += 1
         self.metrics.inc("buildingd_reloads_total", result="ok")
-        log.info("reloaded: %s", plan.describe())
-        await self._event("reload", "info", f"reloaded: {plan.describe()}")
+        described = plan.describe()
+        if applied:
+            described += f"; settings applied: {', '.join(applied)}"
+        if change.restart:
+            described += f"; restart needed for: {', '.join(change.restart)}"
+        log.info("reloaded: %s", described)
+        await self._event(
+            "reload", "warning" if change.restart else "info", f"reloaded: {described}"
+        )
         self.notifier.ready(self.status_summary())
-        return {"ok": True, "changes": plan.describe()}
+        return {
+            "ok": True,
+            "changes": plan.describe(),
+            "settings_applied": applied,
+            "restart_needed": change.restart,
+        }
+
+    def _apply_live_settings(self, settings: Settings, token: str | None) -> list[str]:
+        """Switch to ``settings`` (only live keys differ from the running ones); returns what
+        changed, for the journal."""
+        applied = []
+        if settings.log_level != self.settings.log_level:
+            set_log_level(settings.log_level)
+            applied.append(f"log_level={settings.log_level}")
+        if self.http is not None and token != self.http.token:
+            self.http.token = token  # a rotated token file takes effect at once
+            applied.append("http token" if token is not None else "http token (writes off)")
+        self.settings = settings
+        return applied
+
+    @staticmethod
+    def _read_token(settings: Settings) -> str | None:
+        path = settings.http.token_file
+        if path is None:
+            return None
+        return path.read_text(encoding="utf-8").strip() or None
 
     async def _reload_failed(self, problems: list[str]) -> dict[str, object]:
         self.reloads["failed"] += 1
@@ -444,10 +505,7 @@ class Daemon:
             return
         from buildingd.service.api import install_routes
 
-        token = None
-        if http.token_file is not None:
-            token = http.token_file.read_text(encoding="utf-8").strip() or None
-        self.http = HttpServer(http.bind, http.port, token)
+        self.http = HttpServer(http.bind, http.port, self._read_token(self.settings))
         install_routes(self.http, self)
         await self.http.start()
 
@@ -490,17 +548,59 @@ class Daemon:
             "rss_mb": resident_mb(),
         }
 
-    def _control_alive(self) -> bool:
-        """True when every zone agent has decided recently and no device poll is stuck."""
+    def stuck_agents(self) -> dict[str, str]:
+        """Running agents that stopped making progress, by name, with why: a zone that has not
+        decided for three control intervals plus ``zone_slack_s``, a device agent that has
+        not started a poll for three poll intervals plus ``poll_slack_s`` (a read or a write
+        that never returns, or a wedged agent loop). Intervals are in the daemon's clock
+        (simulated under ``--speed``), slacks in real seconds (driver timeouts are real).
+
+        Only agents the supervisor has running count: one restarting after a crash is not
+        stuck, and one it gave up on is already an open alert (``open_alerts``); restarting
+        the whole daemon over it would stop every other zone too. Agents that have not
+        decided or polled yet count as alive: both do so as soon as they are started."""
+        sup = self.supervisor
+        if sup is None:
+            return {}
+
+        def running(name: str) -> bool:
+            child = sup.children.get(name)
+            return child is not None and child.state is ChildState.RUNNING
+
         now = self.clock.monotonic()
-        for agent in self.zone_agents.values():
-            last = agent.last_control_s
-            if last is not None and now - last > 3 * CONTROL_INTERVAL_S + 60:
-                return False
-        for dev in self.device_agents.values():
-            if dev.poll_stuck_since(now) > 3 * dev.device.poll_interval_s + 120:
-                return False
-        return True
+        loop_s = self.clock.to_loop_seconds
+        out: dict[str, str] = {}
+        for zone_id, zone in self.zone_agents.items():
+            name = f"zone[{zone_id}]"
+            if zone.last_control_s is None or not running(name):
+                continue
+            age_s = loop_s(now - zone.last_control_s)
+            allowed_s = loop_s(3 * CONTROL_INTERVAL_S) + self.zone_slack_s
+            if age_s > allowed_s:
+                out[name] = f"no decision for {age_s:.1f} s (allowed {allowed_s:.1f} s)"
+        for device_id, dev in self.device_agents.items():
+            name = f"device[{device_id}]"
+            if dev.last_poll_s is None or not running(name):
+                continue
+            age_s = loop_s(now - dev.last_poll_s)
+            allowed_s = loop_s(3 * dev.device.poll_interval_s) + self.poll_slack_s
+            if age_s > allowed_s:
+                what = "a read in flight" if dev.poll_stuck_since(now) > 0 else "no poll started"
+                out[name] = f"{what} for {age_s:.1f} s (allowed {allowed_s:.1f} s)"
+        return out
+
+    def _control_alive(self) -> bool:
+        """True when no zone or poller is stuck (see ``stuck_agents``). Logs each stuck agent
+        once when first seen and once when it makes progress again, so the journal says what
+        the watchdog restart was about."""
+        stuck = self.stuck_agents()
+        for name, why in stuck.items():
+            if name not in self._stuck_reported:
+                log.error("watchdog: %s stuck: %s; withholding WATCHDOG=1", name, why)
+        for name in sorted(self._stuck_reported - stuck.keys()):
+            log.info("watchdog: %s is making progress again", name)
+        self._stuck_reported = set(stuck)
+        return not stuck
 
     def status_summary(self) -> str:
         zones = len(self.site.zones)
@@ -508,10 +608,13 @@ class Daemon:
         up = sum(1 for a in self.device_agents.values() if a.available)
         down = sum(1 for a in self.device_agents.values() if a.available is False)
         alerts = len(self.open_alerts())
-        return (
+        line = (
             f"{zones} zones ({degraded} degraded), devices {up} up/{down} down, "
             f"{alerts} alerts open"
         )
+        if self.restart_needed:
+            line += f"; restart needed for {', '.join(self.restart_needed)}"
+        return line
 
     def open_alerts(self) -> list[dict[str, object]]:
         """Current problems: degraded zones, unavailable devices, agents given up on."""
@@ -565,6 +668,20 @@ class Daemon:
                 )
             )
         return out
+
+
+def set_log_level(level: str) -> None:
+    """Change the log level of a running daemon, as ``journal.setup_logging`` sets it at start
+    (chatty libraries stay at warnings above debug; audit lines pass whatever the level)."""
+    from buildingd.service.journal import LEVELS, QUIET_LOGGERS, audit_log
+
+    levelno = LEVELS[level]
+    logging.getLogger().setLevel(levelno)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(
+            logging.NOTSET if levelno <= logging.DEBUG else logging.WARNING
+        )
+    audit_log.setLevel(logging.INFO)
 
 
 def resident_mb() -> float | None:

@@ -1,4 +1,4 @@
-"""The ``buildingd`` command line: run, check, status, sim, kpi, evaluate."""
+"""The ``buildingd`` command line: run, check, status, kpi, evaluate."""
 
 from __future__ import annotations
 
@@ -8,8 +8,12 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from buildingd.errors import ConfigError
+
+if TYPE_CHECKING:
+    from buildingd.settings import Settings
 
 log = logging.getLogger("buildingd")
 
@@ -50,30 +54,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _settings(args: argparse.Namespace, **overrides: object):  # type: ignore[no-untyped-def]
+def _settings(args: argparse.Namespace, **overrides: object) -> Settings:
+    """Settings from ``--config`` (or the default file), the environment and the options in
+    ``args``; raises ``ConfigError`` with located problems. The daemon calls it again on
+    reload, so a reload reads exactly what the start read."""
     from buildingd.settings import load_settings
 
     if getattr(args, "site", None) is not None:
         overrides["site_dir"] = args.site
-    return load_settings(args.config, **overrides)
+    settings = load_settings(args.config, **overrides)
+    start = getattr(args, "start", None)
+    if start is not None:
+        settings = settings.model_copy(
+            update={"sim": settings.sim.model_copy(update={"start": start})}
+        )
+    return settings
+
+
+def _print_problems(err: ConfigError) -> None:
+    for problem in err.problems:
+        print(problem, file=sys.stderr)
+    print(f"{len(err.problems)} problem(s) found", file=sys.stderr)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
     from buildingd.config.loader import load_site
 
     try:
         settings = _settings(args)
-    except (ValidationError, FileNotFoundError, ValueError) as err:
-        print(f"{args.config or 'settings'}:1: {err}", file=sys.stderr)
-        return 1
-    try:
         site = load_site(settings.site_dir)
     except ConfigError as err:
-        for problem in err.problems:
-            print(problem, file=sys.stderr)
-        print(f"{len(err.problems)} problem(s) found", file=sys.stderr)
+        _print_problems(err)
         return 1
     if args.verbose:
         from buildingd.clock import SystemClock
@@ -91,8 +102,6 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
     from buildingd.config.loader import load_site
     from buildingd.service.app import Daemon, state_dir_usable
     from buildingd.service.console import show
@@ -104,17 +113,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides["state_dir"] = args.state_dir
     try:
         settings = _settings(args, **overrides)
-        if args.start is not None:
-            settings = settings.model_copy(
-                update={"sim": settings.sim.model_copy(update={"start": args.start})}
-            )
         site = load_site(settings.site_dir)
     except ConfigError as err:
-        for problem in err.problems:
-            print(problem, file=sys.stderr)
-        return 1
-    except (ValidationError, FileNotFoundError, ValueError) as err:
-        print(f"settings: {err}", file=sys.stderr)
+        _print_problems(err)
         return 1
     _setup_logging(settings.log_level)
     if not state_dir_usable(settings.state_dir):
@@ -128,7 +129,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     console = sys.stdout.isatty() and not args.no_console
 
     async def main() -> None:
-        daemon = Daemon(settings, site)
+        daemon = Daemon(settings, site, settings_loader=lambda: _settings(args, **overrides))
         async with asyncio.TaskGroup() as tg:
             view = tg.create_task(
                 show(daemon, sys.stdout if console else _NullTTY()), name="console"

@@ -1,10 +1,20 @@
-"""What a reload changes: the difference between the running site and the new one (pure)."""
+"""What a reload changes: the difference between the running site and settings and the new
+ones (pure: no I/O, nothing applied here)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
 
 from buildingd.config.loader import Site
+from buildingd.settings import Settings
+
+# Settings a running daemon applies on reload. Everything else (site_dir, state_dir, speed,
+# the MQTT, InfluxDB, HTTP bind, BLE and simulator sections) is wired into connections, files
+# and clocks at start: a change is reported as needing a restart and the old value stays.
+LIVE_SETTINGS = frozenset({"log_level", "http.token_file"})
 
 
 @dataclass(frozen=True)
@@ -55,3 +65,52 @@ def plan_reload(old: Site, new: Site) -> ReloadPlan:
         zones_start=[z for z in new.zones if z not in old.zones],
         policies_changed=policies + [f"zone {z}" for z in zones_changed],
     )
+
+
+@dataclass(frozen=True)
+class SettingsChange:
+    live: list[str] = field(default_factory=list)  # applied by the reload
+    restart: list[str] = field(default_factory=list)  # changed, but only a restart applies them
+
+    def merged(self, running: Settings, new: Settings) -> Settings:
+        """The settings the daemon runs with after the reload: ``running`` with the live keys
+        taken from ``new``."""
+        out: BaseModel = running
+        for key in self.live:
+            out = _replace(out, key.split("."), _get(new, key.split(".")))
+        assert isinstance(out, Settings)
+        return out
+
+
+def diff_settings(running: Settings, new: Settings) -> SettingsChange:
+    """Dotted keys whose values differ, split into live ones and ones needing a restart."""
+    changed = _changed_keys(running, new, ())
+    return SettingsChange(
+        live=[k for k in changed if k in LIVE_SETTINGS],
+        restart=[k for k in changed if k not in LIVE_SETTINGS],
+    )
+
+
+def _changed_keys(old: BaseModel, new: BaseModel, prefix: tuple[str, ...]) -> list[str]:
+    out = []
+    for name in type(old).model_fields:
+        a, b = getattr(old, name), getattr(new, name)
+        if isinstance(a, BaseModel) and isinstance(b, BaseModel):
+            out.extend(_changed_keys(a, b, (*prefix, name)))
+        elif a != b:  # SecretStr compares its secret, so a changed password is seen
+            out.append(".".join((*prefix, name)))
+    return out
+
+
+def _get(model: BaseModel, path: list[str]) -> Any:
+    value: Any = model
+    for name in path:
+        value = getattr(value, name)
+    return value
+
+
+def _replace(model: BaseModel, path: list[str], value: Any) -> BaseModel:
+    head, *rest = path
+    if rest:
+        value = _replace(getattr(model, head), rest, value)
+    return model.model_copy(update={head: value})

@@ -4,6 +4,10 @@ Each zone is one node: ``C dT/dt = UA_ext (T_out - T) + sum UA_nb (T_nb - T) + Q
 Q_sun``. Terminal units behave like room thermostats: proportional heating below the heating
 setpoint and cooling above the cooling setpoint, up to the zone's capacity. Pure computation on
 simulated time: ``advance_to`` is the only way time passes.
+
+Devices read the building dozens of times per simulated second, so what depends only on the
+zone (conductances, capacities) is computed once and what depends only on the moment (local
+time, outdoor conditions) once per moment; neither changes a result.
 """
 
 from __future__ import annotations
@@ -48,6 +52,39 @@ def humidity_ratio(t_c: float, rh_pct: float, p_pa: float = 101_325.0) -> float:
 def relative_humidity(t_c: float, w: float, p_pa: float = 101_325.0) -> float:
     pw = w * p_pa / (0.622 + w)
     return min(100.0, max(0.0, 100.0 * pw / saturation_pressure_pa(t_c)))
+
+
+@dataclass(frozen=True, slots=True)
+class _ZoneConstants:
+    """What ``_step`` needs of a zone that never changes, computed with the very same
+    expressions ``ZoneSim``'s properties use (bit-for-bit the same floats)."""
+
+    capacitance_j_k: float
+    ua_external_w_k: float
+    air_mass_kg: float
+    vent_occupied_kg_s: float  # 1.5 air changes per hour
+    vent_empty_kg_s: float  # 0.5 air changes per hour
+    neighbours: tuple[str, ...]  # those that are zones of this building
+    solar_aperture_m2: float  # window area x 0.4 (shading and transmittance)
+    base_plug_w: float
+    kitchen: bool
+    meeting: bool
+
+    @classmethod
+    def of(cls, zone: ZoneSim, zone_ids: set[str]) -> _ZoneConstants:
+        spec = zone.spec
+        return cls(
+            capacitance_j_k=zone.capacitance_j_k,
+            ua_external_w_k=zone.ua_external_w_k,
+            air_mass_kg=zone.air_mass_kg,
+            vent_occupied_kg_s=1.5 * spec.area_m2 * spec.height_m * AIR_DENSITY / 3600,
+            vent_empty_kg_s=0.5 * spec.area_m2 * spec.height_m * AIR_DENSITY / 3600,
+            neighbours=tuple(n for n in spec.neighbours if n in zone_ids),
+            solar_aperture_m2=spec.windows.area_m2 * 0.4,
+            base_plug_w=spec.area_m2 * 2.0,
+            kitchen="kitchen" in spec.id,
+            meeting="meeting" in spec.id,
+        )
 
 
 @dataclass
@@ -110,6 +147,14 @@ class Building:
         self.occupancy = OccupancyModel(seed)
         self.noise = random.Random(f"noise:{seed}")
         self.zones = {z.id: ZoneSim(z) for z in zones}
+        self._constants = {
+            zid: _ZoneConstants.of(zone, set(self.zones)) for zid, zone in self.zones.items()
+        }
+        # The moment ``self.now`` was last looked at: its local time and outdoor conditions.
+        self._moment: datetime | None = None
+        self._local = start
+        self._outdoor: Outdoor | None = None
+        self._w_out = 0.0
         outdoor = self.weather.at(start.astimezone(self.tz))
         for zone in self.zones.values():
             # Start near a plausible indoor state for the season.
@@ -210,15 +255,21 @@ class Building:
 
     # --- physics -------------------------------------------------------------------------
     def local_now(self) -> datetime:
-        return self.now.astimezone(self.tz)
+        if self._moment != self.now:
+            self._moment, self._local, self._outdoor = self.now, self.now.astimezone(self.tz), None
+        return self._local
 
     def outdoor(self) -> Outdoor:
-        return self.weather.at(self.local_now())
+        local = self.local_now()
+        if self._outdoor is None:
+            out = self._outdoor = self.weather.at(local)
+            self._w_out = humidity_ratio(out.temperature_c, out.humidity_pct)
+        return self._outdoor
 
     def _daylight_lux(self, zone: ZoneSim) -> float:
         if zone.spec.windows.area_m2 <= 0:
             return 0.0
-        out = self.weather.at(self.local_now())
+        out = self.outdoor()
         # Daylight factor ~ 0.2 * glazing-to-floor ratio (rule of thumb for side-lit rooms).
         return out.horizontal_lux * 0.2 * zone.spec.windows.area_m2 / zone.spec.area_m2
 
@@ -237,29 +288,32 @@ class Building:
 
     def _update_occupancy(self) -> None:
         local = self.local_now()
-        for zone in self.zones.values():
-            meeting = "meeting" in zone.spec.id
+        for zid, zone in self.zones.items():
             zone.occupants = self.occupancy.occupants(
-                zone.spec.id, zone.spec.design_occupants, meeting, local
+                zid, zone.spec.design_occupants, self._constants[zid].meeting, local
             )
 
     def advance_to(self, moment: datetime) -> None:
         """Integrate up to ``moment`` in steps of at most a minute (explicit Euler is stable
         here: the smallest zone time constant is hours); less than ``MIN_STEP_S`` is left for
         the next call."""
-        while (moment - self.now).total_seconds() >= MIN_STEP_S:
-            dt = min(MAX_STEP_S, (moment - self.now).total_seconds())
+        remaining = (moment - self.now).total_seconds()
+        while remaining >= MIN_STEP_S:
+            dt = min(MAX_STEP_S, remaining)
             self._step(dt)
             self.now += timedelta(seconds=dt)
+            remaining = (moment - self.now).total_seconds()
 
     def _step(self, dt: float) -> None:
         self._update_occupancy()
-        out = self.weather.at(self.local_now())
-        w_out = humidity_ratio(out.temperature_c, out.humidity_pct)
+        out = self.outdoor()
+        w_out = self._w_out
         temps = {zid: z.temperature_c for zid, z in self.zones.items()}
-        for zone in self.zones.values():
+        neighbour_ua = self.NEIGHBOUR_UA_W_K
+        for zid, zone in self.zones.items():
             t = zone.temperature_c
             spec = zone.spec
+            k = self._constants[zid]
             # Terminal unit: proportional band of 1 K, like a room thermostat.
             zone.heating_w = min(
                 spec.heating_capacity_w, max(0.0, (zone.heating_sp_c - t)) * spec.heating_capacity_w
@@ -270,24 +324,23 @@ class Building:
             if zone.heating_sp_c >= zone.cooling_sp_c:  # never fight: heating wins
                 zone.cooling_w = 0.0
             q = (
-                zone.ua_external_w_k * (out.temperature_c - t)
-                + sum(self.NEIGHBOUR_UA_W_K * (temps[n] - t) for n in spec.neighbours if n in temps)
+                k.ua_external_w_k * (out.temperature_c - t)
+                + sum(neighbour_ua * (temps[n] - t) for n in k.neighbours)
                 + zone.heating_w
                 - zone.cooling_w
                 + zone.occupants * (SENSIBLE_PER_PERSON_W + PLUG_PER_PERSON_W)
                 + spec.lighting_power_w * zone.light_level_pct / 100
-                + spec.windows.area_m2 * 0.4 * out.irradiance_w_m2[spec.windows.orientation]
-                + spec.area_m2 * 2.0  # base plug load
+                + k.solar_aperture_m2 * out.irradiance_w_m2[spec.windows.orientation]
+                + k.base_plug_w
             )
-            zone.temperature_c = t + q * dt / zone.capacitance_j_k
+            zone.temperature_c = t + q * dt / k.capacitance_j_k
             # Moisture: ventilation (0.5 ach unoccupied, 1.5 ach occupied), people, dehumidifier.
-            ach = 1.5 if zone.occupants else 0.5
-            vent_kg_s = ach * spec.area_m2 * spec.height_m * AIR_DENSITY / 3600
+            vent_kg_s = k.vent_occupied_kg_s if zone.occupants else k.vent_empty_kg_s
             source = zone.occupants * MOISTURE_PER_PERSON_KG_S
-            if "kitchen" in spec.id and zone.occupants:
+            if k.kitchen and zone.occupants:
                 source += 0.3 / 3600  # cooking and dishwashing
             sink = zone.dehumidifier * DEHUMIDIFIER_KG_S
-            dw = (vent_kg_s * (w_out - zone.humidity_ratio) + source - sink) / zone.air_mass_kg
+            dw = (vent_kg_s * (w_out - zone.humidity_ratio) + source - sink) / k.air_mass_kg
             zone.humidity_ratio = max(1e-4, zone.humidity_ratio + dw * dt)
             zone.heating_j += zone.heating_w * dt
             zone.cooling_j += zone.cooling_w * dt

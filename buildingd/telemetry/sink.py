@@ -4,6 +4,7 @@ state directory a user can import later) and, when configured, the InfluxDB writ
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
@@ -32,27 +33,46 @@ class TelemetrySink(Protocol):
 
 class LocalFileSink:
     """Line protocol appended to ``<state>/telemetry/telemetry-NNNNNN.lp`` in batches (no fsync
-    per point, so an SD card lives), rotated at ``max_bytes / 10``; the oldest file is deleted
-    past ``max_bytes`` in all, and the drop is counted and logged."""
+    per point, so an SD card lives): written when ``BATCH_LINES`` lines wait or the oldest has
+    waited ``WRITE_AFTER_S`` (checked on each submit), and on stop.
+
+    Bounded: a file is closed before it would pass ``max_bytes / FILES``, and past ``max_bytes``
+    in all the oldest files are deleted, so the folder never holds more than ``max_bytes``. Every
+    deletion is logged and its points counted (``dropped_points``, ``files_deleted``); lines the
+    disk refused pile up in memory to ``MAX_PENDING``, past which the oldest are dropped and
+    counted (``dropped_memory``)."""
 
     FILES = 10
     BATCH_LINES = 500
+    WRITE_AFTER_S = 10.0
+    MAX_PENDING = 100_000
 
     def __init__(self, folder: Path, max_bytes: int) -> None:
         self.folder = folder
         self.max_bytes = max_bytes
-        # Bounded: if the disk refuses writes, the oldest lines go first.
-        self.pending: deque[str] = deque(maxlen=100_000)
+        self.file_bytes = max(1, max_bytes // self.FILES)
+        self.pending: deque[str] = deque()
         self.written = 0
-        self.dropped_files = 0
-        self._current: Path | None = None
+        self.files_deleted = 0
+        self.dropped_points = 0
+        self.dropped_memory = 0
+        self._oldest_pending_s: float | None = None
 
     async def start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
 
     def submit(self, lines: Iterable[str]) -> None:
         self.pending.extend(lines)
-        if len(self.pending) >= self.BATCH_LINES:
+        overflow = len(self.pending) - self.MAX_PENDING
+        if overflow > 0:
+            for _ in range(overflow):
+                self.pending.popleft()
+            self.dropped_memory += overflow
+        now = time.monotonic()
+        if self._oldest_pending_s is None and self.pending:
+            self._oldest_pending_s = now
+        waited = now - self._oldest_pending_s if self._oldest_pending_s is not None else 0.0
+        if len(self.pending) >= self.BATCH_LINES or waited >= self.WRITE_AFTER_S:
             self._write()
 
     async def flush(self) -> None:
@@ -65,38 +85,82 @@ class LocalFileSink:
         return {
             "pending": float(len(self.pending)),
             "written": float(self.written),
-            "dropped_files": float(self.dropped_files),
+            "files_deleted": float(self.files_deleted),
+            "dropped_points": float(self.dropped_points),
+            "dropped_memory": float(self.dropped_memory),
+            "local_bytes": float(sum(size for _, size in self._sizes())),
         }
 
-    def _files(self) -> list[Path]:
-        return sorted(self.folder.glob("telemetry-*.lp"))
+    def files(self) -> list[Path]:
+        """The line-protocol files, oldest first (by number, not by name)."""
+        found = []
+        for path in self.folder.glob("telemetry-*.lp"):
+            number = path.stem.removeprefix("telemetry-")
+            if number.isdigit():
+                found.append((int(number), path))
+        return [path for _, path in sorted(found)]
+
+    def _sizes(self) -> list[tuple[Path, int]]:
+        out = []
+        for path in self.files():
+            try:
+                out.append((path, path.stat().st_size))
+            except OSError:
+                continue
+        return out
 
     def _write(self) -> None:
         if not self.pending:
             return
         try:
-            files = self._files()
+            files = self.files()
             current = files[-1] if files else self.folder / "telemetry-000001.lp"
-            if current.exists() and current.stat().st_size > self.max_bytes // self.FILES:
-                number = int(current.stem.split("-")[1]) + 1
-                current = self.folder / f"telemetry-{number:06d}.lp"
-            text = "\n".join(self.pending) + "\n"
-            with current.open("a", encoding="utf-8") as f:
-                f.write(text)
+            size = current.stat().st_size if current.exists() else 0
+            chunk: list[str] = []
+            chunk_bytes = 0
+            for text in (line + "\n" for line in self.pending):
+                length = len(text.encode())
+                if size + chunk_bytes + length > self.file_bytes and (size or chunk):
+                    self._append(current, chunk)
+                    current = self._next(current)
+                    size, chunk, chunk_bytes = 0, [], 0
+                chunk.append(text)
+                chunk_bytes += length
+            self._append(current, chunk)
             self.written += len(self.pending)
             self.pending.clear()
-            files = self._files()
-            while sum(p.stat().st_size for p in files) > self.max_bytes and len(files) > 1:
-                files[0].unlink()
-                self.dropped_files += 1
-                log.warning(
-                    "telemetry: local files over %d bytes, dropped %s",
-                    self.max_bytes,
-                    files[0].name,
-                )
-                files = files[1:]
+            self._oldest_pending_s = None
+            self._enforce_bound()
         except OSError as err:
             log.error("telemetry: cannot write %s: %s", self.folder, err)  # noqa: TRY400
+
+    @staticmethod
+    def _append(path: Path, chunk: list[str]) -> None:
+        if chunk:
+            with path.open("a", encoding="utf-8") as f:
+                f.write("".join(chunk))
+
+    def _next(self, current: Path) -> Path:
+        number = int(current.stem.removeprefix("telemetry-")) + 1
+        return self.folder / f"telemetry-{number:06d}.lp"
+
+    def _enforce_bound(self) -> None:
+        sizes = self._sizes()
+        total = sum(size for _, size in sizes)
+        while total > self.max_bytes and len(sizes) > 1:
+            oldest, size = sizes.pop(0)
+            with oldest.open("rb") as f:
+                points = sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(65536), b""))
+            oldest.unlink()
+            total -= size
+            self.files_deleted += 1
+            self.dropped_points += points
+            log.warning(
+                "telemetry: local files over %d bytes: deleted the oldest, %s (%d points)",
+                self.max_bytes,
+                oldest.name,
+                points,
+            )
 
 
 def create_sink(settings: InfluxSettings, state_dir: Path) -> TelemetrySink:

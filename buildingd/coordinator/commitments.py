@@ -1,0 +1,109 @@
+"""Active demand-response commitments, kept in ``<state_dir>/commitments.json`` so that a daemon
+restart during an event neither forgets them (zones shed again until the window ends, then
+restore) nor doubles them (no second award on top, no scheduled event opened twice). Owns the
+file's format and its atomic write; what is committed is the coordinator's decision.
+
+The file is small (one entry per running event) and written only when it changes: written to a
+temporary file, fsynced and renamed over the old one, so a power cut leaves the old or the new
+version, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+from buildingd.errors import BuildingdError
+
+FILE_NAME = "commitments.json"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CommittedOffer(_Frozen):
+    """What one zone was awarded."""
+
+    shift_k: float = Field(ge=0, le=5)
+    dim_pct: float = Field(ge=0, le=100)
+    shed_w: float = Field(ge=0)
+    comfort_cost: float = Field(ge=0)
+
+
+class Commitment(_Frozen):
+    """One demand-response event past its award: who sheds what until when."""
+
+    conversation_id: str = Field(min_length=1, max_length=100)
+    reason: str = Field(max_length=200)
+    target_w: float = Field(gt=0)
+    window_s: float = Field(gt=0)
+    ends_at: AwareDatetime  # UTC wall clock: the zones restore by themselves then
+    committed_w: float = Field(ge=0)
+    awarded: dict[str, CommittedOffer]
+
+
+class CommitmentsFile(_Frozen):
+    version: Literal[1] = 1
+    commitments: list[Commitment] = Field(default_factory=list)
+    # Keys of scheduled events already opened, kept until the event's end, so a restart inside
+    # an event's window does not open it again.
+    scheduled_started: list[str] = Field(default_factory=list)
+
+
+class CommitmentsFileError(BuildingdError):
+    """The file exists but cannot be read or is not a commitments file."""
+
+    def __init__(self, path: Path, why: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: {why}")
+
+
+def load(path: Path) -> CommitmentsFile:
+    """The commitments in ``path``; empty when there is no file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return CommitmentsFile()
+    except OSError as err:
+        raise CommitmentsFileError(path, str(err)) from err
+    try:
+        return CommitmentsFile.model_validate_json(text)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(file)"
+        raise CommitmentsFileError(path, f"{where}: {first['msg']}") from err
+
+
+def save(path: Path, data: CommitmentsFile) -> None:
+    """Replace ``path`` with ``data`` atomically (temporary file, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    body = json.dumps(data.model_dump(mode="json"), indent=1, sort_keys=True) + "\n"
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(body)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    # The rename itself reaches the disk only when the directory is synced.
+    with contextlib.suppress(OSError):
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def set_aside(path: Path) -> Path | None:
+    """Move an unreadable file out of the way (kept for a human to look at); its new path."""
+    aside = path.with_name(f"{path.name}.invalid")
+    try:
+        path.replace(aside)
+    except OSError:
+        return None
+    return aside
