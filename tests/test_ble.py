@@ -5,11 +5,12 @@ notify and reconnect; and a zone driven by a BLE sensor and a BLE dimmer in the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import struct
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -63,8 +64,24 @@ def device(format_name: str, points: list[dict[str, Any]], **kw: Any) -> BleDevi
     return BleDevice.model_validate(spec | kw)
 
 
-def context() -> DriverContext:
-    return DriverContext(clock=SystemClock(), metrics=Metrics(), ble_scanning="active")
+def context(scanning: Literal["auto", "active", "passive"] = "active") -> DriverContext:
+    return DriverContext(clock=SystemClock(), metrics=Metrics(), ble_scanning=scanning)
+
+
+def thermometer(**kw: Any) -> BleDevice:
+    return device("bthome", [{"id": "t", "kind": "temperature"}], id="th", address=SENSOR, **kw)
+
+
+@contextlib.asynccontextmanager
+async def opened(spec: BleDevice, ctx: DriverContext) -> AsyncIterator[Any]:
+    """The device's driver, opened; closed with the shared scanner afterwards."""
+    driver = create_driver(spec, ctx)
+    try:
+        await driver.open()
+        yield driver
+    finally:
+        await driver.close()
+        await ctx.resources.close_all()
 
 
 def bad_payloads(ctx: DriverContext, device_id: str) -> float:
@@ -140,13 +157,8 @@ async def test_each_advertisement_format_becomes_readings(bluez: FakeBlueZ) -> N
 
 async def test_a_packet_id_seen_again_is_the_same_measurement(bluez: FakeBlueZ) -> None:
     bluez.add_adapter("hci0")
-    ctx = context()
-    th = create_driver(
-        device("bthome", [{"id": "t", "kind": "temperature"}], id="th", address=SENSOR), ctx
-    )
-    assert isinstance(th, BleAdvertisementDriver)
-    try:
-        await th.open()
+    async with opened(thermometer(), context()) as th:
+        assert isinstance(th, BleAdvertisementDriver)
         bluez.add_device("hci0", SENSOR, "th", service_data={BTHOME: bthome(9, 20.0)})
         await read_when(th, {"t": 20.0})
         # Same packet id, other bytes: a resend, not a new measurement (and not a jump to 30).
@@ -155,9 +167,6 @@ async def test_a_packet_id_seen_again_is_the_same_measurement(bluez: FakeBlueZ) 
         assert await values(th) == {"t": 20.0}
         bluez.advertise("hci0", SENSOR, service_data={BTHOME: bthome(10, 20.5)})
         await read_when(th, {"t": 20.5})
-    finally:
-        await th.close()
-        await ctx.resources.close_all()
 
 
 @pytest.mark.parametrize(
@@ -238,11 +247,7 @@ async def test_encrypted_bthome_and_unknown_addresses(
 
 async def test_a_device_that_goes_away_and_comes_back(bluez: FakeBlueZ) -> None:
     bluez.add_adapter("hci0")
-    ctx = context()
-    spec = device("bthome", [{"id": "t", "kind": "temperature"}], id="th", address=SENSOR)
-    th = create_driver(spec.model_copy(update={"stale_after_s": 1.0}), ctx)
-    try:
-        await th.open()
+    async with opened(thermometer(stale_after_s=1.0), context()) as th:
         bluez.add_device("hci0", SENSOR, "th", service_data={BTHOME: bthome(1, 21.0)})
         await read_when(th, {"t": 21.0})
         bluez.remove_device("hci0", SENSOR)
@@ -251,18 +256,11 @@ async def test_a_device_that_goes_away_and_comes_back(bluez: FakeBlueZ) -> None:
             await th.read()
         bluez.add_device("hci0", SENSOR, "th", service_data={BTHOME: bthome(2, 21.5)})
         await read_when(th, {"t": 21.5})
-    finally:
-        await th.close()
-        await ctx.resources.close_all()
 
 
 async def test_adapter_powered_off_and_on(bluez: FakeBlueZ) -> None:
     bluez.add_adapter("hci0")
-    ctx = context()
-    spec = device("bthome", [{"id": "t", "kind": "temperature"}], id="th", address=SENSOR)
-    th = create_driver(spec.model_copy(update={"stale_after_s": 1.0}), ctx)
-    try:
-        await th.open()
+    async with opened(thermometer(stale_after_s=1.0), context()) as th:
         bluez.add_device("hci0", SENSOR, "th", service_data={BTHOME: bthome(1, 21.0)})
         await read_when(th, {"t": 21.0})
         bluez.set_powered("hci0", False)
@@ -274,9 +272,6 @@ async def test_adapter_powered_off_and_on(bluez: FakeBlueZ) -> None:
         bluez.set_powered("hci0", True)
         bluez.advertise("hci0", SENSOR, service_data={BTHOME: bthome(2, 22.0)})
         await read_when(th, {"t": 22.0}, timeout_s=15)  # after the scanner's backoff
-    finally:
-        await th.close()
-        await ctx.resources.close_all()
 
 
 async def test_auto_scanning_falls_back_to_active_when_passive_hears_nothing(
@@ -285,16 +280,9 @@ async def test_auto_scanning_falls_back_to_active_when_passive_hears_nothing(
     # The stand-in registers advertisement monitors but never feeds them (as a BlueZ whose
     # controller cannot filter): a silent passive scan must give way to an active one.
     bluez.add_adapter("hci0")
-    ctx = DriverContext(clock=SystemClock(), metrics=Metrics(), ble_scanning="auto")
-    spec = device("bthome", [{"id": "t", "kind": "temperature"}], id="th", address=SENSOR)
-    th = create_driver(spec.model_copy(update={"stale_after_s": 1.0}), ctx)
-    try:
-        await th.open()
+    async with opened(thermometer(stale_after_s=1.0), context("auto")) as th:
         bluez.add_device("hci0", SENSOR, "th", service_data={BTHOME: bthome(1, 21.0)})
         await read_when(th, {"t": 21.0}, timeout_s=15)
-    finally:
-        await th.close()
-        await ctx.resources.close_all()
 
 
 def gatt_dimmer(bluez: FakeBlueZ) -> BleDevice:
