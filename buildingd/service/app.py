@@ -164,16 +164,17 @@ class Daemon:
         self.sim_gateways: dict[tuple[str, int], int] = {}
         self.mqtt: MqttConnection | None = None
         self.bus: InProcessBus = InProcessBus()
+        self.metrics = Metrics()
         if mqtt_needed(settings, site):
             from buildingd.mqtt.connection import MqttConnection
 
             mqtt = settings.mqtt
-            self.mqtt = MqttConnection(mqtt, site.site_id, mqtt.host or "127.0.0.1", mqtt.port)
+            host = mqtt.host or "127.0.0.1"
+            self.mqtt = MqttConnection(mqtt, site.site_id, host, mqtt.port, metrics=self.metrics)
             if mqtt.bus:
                 from buildingd.mqtt.bus import MqttBus
 
                 self.bus = MqttBus(self.mqtt, self._is_local_agent)
-        self.metrics = Metrics()
         self.ctx = AgentContext(
             bus=self.bus,
             clock=self.clock,
@@ -199,7 +200,8 @@ class Daemon:
         from buildingd.coordinator.agent import CoordinatorAgent
 
         def make() -> CoordinatorAgent:
-            agent = CoordinatorAgent(self.ctx)
+            # Commitments in force are kept in the state directory across restarts.
+            agent = CoordinatorAgent(self.ctx, state_dir=self.settings.state_dir)
             if self.coordinator is not None:  # a restarted coordinator keeps open escalations
                 agent.escalations = self.coordinator.escalations
             self.coordinator = agent
