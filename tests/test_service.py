@@ -658,3 +658,34 @@ def test_stuck_agents_counts_running_agents_past_their_allowance(site_copy: Path
         sup.children[f"device[{device.id}]"].state = state
         assert daemon.stuck_agents() == {}
         assert daemon._control_alive()
+
+
+def test_an_agent_past_its_restart_limit_leaves_its_device_down_and_its_zone_degraded(
+    in_process: Callable[..., InProcess], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    device_id, zone_id = "f1-reception-presence", "f1-kitchen"
+    poll, control = DeviceAgent.poll, ZoneAgent.control
+
+    async def buggy_poll(self: DeviceAgent) -> None:
+        if self.device.id == device_id:
+            raise RuntimeError("a driver bug")
+        await poll(self)
+
+    async def buggy_control(self: ZoneAgent, now_s: float) -> None:
+        if self.zone_id == zone_id:
+            raise RuntimeError("a control bug")
+        await control(self, now_s)
+
+    monkeypatch.setattr(DeviceAgent, "poll", buggy_poll)
+    monkeypatch.setattr(ZoneAgent, "control", buggy_control)
+    d = in_process(speed=60)  # restart backoffs are simulated seconds: 1 + 2 + ... + 16
+    deadline = time.monotonic() + 30
+    while d.call(lambda: d.daemon.metrics.counters["buildingd_agents_failed_total"]) < 2:
+        assert time.monotonic() < deadline, "the supervisor did not give up"
+        time.sleep(0.1)
+    assert d.call(lambda: d.daemon.device_agents[device_id].available) is False
+    gauge = f'buildingd_device_up{{device="{device_id}"}}'
+    assert d.call(lambda: d.daemon.metrics.gauges[gauge]) == 0.0
+    assert "agent" in d.call(lambda: d.daemon.zone_agents[zone_id].degraded)
+    summary = d.call(d.daemon.status_summary)
+    assert "(1 degraded)" in summary and "1 down" in summary, summary

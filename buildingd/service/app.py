@@ -262,6 +262,13 @@ class Daemon:
 
     async def _give_up(self, name: str, err: BaseException) -> None:
         self.metrics.inc("buildingd_agents_failed_total")
+        # What the agent owned is degraded for STATUS=, /metrics and the API until a reload.
+        inner = name[name.find("[") + 1 : -1]
+        if name.startswith("zone[") and inner in self.zone_agents:
+            self.zone_agents[inner].degraded.add("agent")
+        elif name.startswith("device[") and inner in self.device_agents:
+            self.device_agents[inner].available = False
+            self.metrics.set("buildingd_device_up", 0.0, device=inner)
         env = EventMsg(
             kind="agent-failed",
             source="supervisor",
