@@ -377,7 +377,8 @@ def test_greedy_award_for_many_zones_keeps_the_rules(
 
 # --- trim & respond ----------------------------------------------------------------------------
 
-# G36 SAT defaults: 18 degC in 12..18, Td 600 s, T 120 s, I 2, SPtrim/SPres/SPres_max +0.1/-0.2/-0.6.
+# G36 SAT defaults: 18 degC in 12..18, Td 600 s, T 120 s, I 2, SPtrim/SPres/SPres_max
+# +0.1/-0.2/-0.6 K.
 # Worked by hand from Buildings.Controls.OBC.ASHRAE.G36.Generic.TrimAndRespond: the output holds
 # SP0 until its timer passes delTim + samplePeriod (600 + 120 = 720 s); at each sample after that
 # the change is SPtrim, plus, when R > I, the response SPres * (R - I) limited to SPres_max in
@@ -936,7 +937,9 @@ def test_an_offer_outside_the_policy_is_never_awarded() -> None:
     cheap = {"f1-reception": (1.0, 0.0, 5000.0, 0.0), "f1-kitchen": (3.0, 0.0, 5000.0, 0.0),
              SERVER: (1.0, 0.0, 5000.0, 0.0), "f2-office-a": (1.0, 0.0, 400.0, 5.0)}  # fmt: skip
     for zone_id, cfp in cfps.items():
-        c.agent.take(answer(cfp, Performative.PROPOSE, proposal(cheap.get(zone_id, (0.5, 0, 1, 9)))))
+        c.agent.take(
+            answer(cfp, Performative.PROPOSE, proposal(cheap.get(zone_id, (0.5, 0, 1, 9))))
+        )
     c.tick()
     awarded = {e.receiver[5:-1] for e in of(c.sent(), Performative.ACCEPT_PROPOSAL)}
     assert awarded == {"f2-office-a"}
@@ -1186,7 +1189,9 @@ def test_an_ended_or_unreadable_commitment_is_not_taken_up(
 def test_a_scheduled_event_is_opened_once_even_across_a_restart(tmp_path: Path) -> None:
     site = demo_site()
     event = DemandResponseEvent(start=datetime(2026, 1, 12, 9, 0), duration_s=3600, target_w=500)
-    site = replace(site, demand_response=site.demand_response.model_copy(update={"events": [event]}))
+    site = replace(
+        site, demand_response=site.demand_response.model_copy(update={"events": [event]})
+    )
     first = Coordinator(state_dir=tmp_path, site=site)
     first.tick()
     assert len(of(first.sent(), Performative.CFP)) == 8

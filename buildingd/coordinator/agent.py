@@ -122,7 +122,6 @@ class DemandResponseRun:
     ends_s: float  # monotonic: the window ends (fixed when the event opens)
     ends_at: datetime  # the same instant on the wall clock (UTC), for the zones and the file
     max_rounds: int = 1
-    source: str = ""  # the scheduled event's key, if it came from the policy's schedule
     round: int = 0  # cfp rounds sent so far
     round_id: str = ""  # reply_with of this round's cfps: an answer must carry it
     reply_by_s: float = 0.0
@@ -317,7 +316,7 @@ class CoordinatorAgent(Agent):
             return
         n.count_message()
         if performative is Performative.PROPOSE:
-            if offers and zone_id is not None:
+            if offers:
                 run.offers[zone_id] = offers
             else:
                 run.refused[zone_id] = "proposed nothing"
@@ -383,9 +382,7 @@ class CoordinatorAgent(Agent):
             if key not in self._scheduled_started and start <= wall < end:
                 self._scheduled_started.add(key)
                 left = (end - wall).total_seconds()
-                self.open_demand_response(
-                    event.target_w, left, f"scheduled event {i + 1}", source=key
-                )
+                self.open_demand_response(event.target_w, left, f"scheduled event {i + 1}")
         if self._scheduled_started - live:
             self._scheduled_started &= live  # ended events need no memory
             self._save_commitments()
@@ -400,9 +397,7 @@ class CoordinatorAgent(Agent):
         why = f"building power {power:.0f} W above the cap {dr.power_cap_w:.0f} W"
         self.open_demand_response(power - dr.power_cap_w, dr.window_s, why)
 
-    def open_demand_response(
-        self, target_w: float, window_s: float, reason: str, source: str = ""
-    ) -> str:
+    def open_demand_response(self, target_w: float, window_s: float, reason: str) -> str:
         """Open a demand-response event: shed ``target_w`` for ``window_s`` from now. Returns
         the conversation id."""
         now = self.ctx.clock.monotonic()
@@ -428,7 +423,7 @@ class CoordinatorAgent(Agent):
         )
         ends_at = self.ctx.clock.now().astimezone(UTC) + timedelta(seconds=window_s)
         run = DemandResponseRun(
-            negotiation, target_w, window_s, reason, ends_s, ends_at, max_rounds, source
+            negotiation, target_w, window_s, reason, ends_s, ends_at, max_rounds=max_rounds
         )
         self.negotiations[conversation] = run
         self._cfp(run, now, sorted(self.ctx.site.zones))
@@ -607,7 +602,10 @@ class CoordinatorAgent(Agent):
             else:
                 self._send_award(run, zone_id, chosen)
         run.confirm_by_s = now_s + CONFIRM_S
-        levels = ", ".join(f"{z}:{o.level}" for z, o in sorted(run.awarded.items())) or "none"
+        awarded = sorted(run.awarded.items())
+        levels = ", ".join(f"{z}:{o.level}" for z, o in awarded[:10]) or "none"
+        if len(awarded) > 10:  # a reason is for a human to read, and events are bounded
+            levels += f" and {len(awarded) - 10} more"
         self._transition(
             run,
             S.AWARDING,
@@ -709,7 +707,7 @@ class CoordinatorAgent(Agent):
         self._event(
             "negotiation",
             "warning" if state in (S.FAILED, S.ESCALATED) else "info",
-            f"demand response {n.conversation_id}: {state} ({n.reason})",
+            f"demand response {n.conversation_id}: {state} ({n.reason})"[:2000],
         )
         self._save_commitments()
 

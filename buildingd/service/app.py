@@ -298,8 +298,9 @@ class Daemon:
         def make() -> ZoneAgent:
             agent = ZoneAgent(zone_id, self.ctx, baseline=self.baseline)
             old = self.zone_agents.get(zone_id)
-            if old is not None:  # a restarted zone keeps its coordinator adjustments
+            if old is not None:  # a restarted zone keeps its adjustments and commitments
                 agent.set_adjustments(old.state.adjustments)
+                agent.commitments = old.commitments  # so it still restores at their window end
                 agent.stats = old.stats
             self.zone_agents[zone_id] = agent
             return agent
