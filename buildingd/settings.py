@@ -103,6 +103,11 @@ class SimSettings(Section):
     start: str | None = None  # ISO date-time the simulation starts at; default: now
     weather: Literal["heating", "cooling", "mild"] | None = None  # default: from the date
     modbus_port: int | None = None  # serve Modbus sim devices on 127.0.0.1:<port> (0: free)
+    # Serve ``simulated: true`` RTU devices over a real serial line: the daemon's end (the
+    # devices' ``connection.port``) -> the simulator's end, e.g. the two ptys of
+    # ``socat pty,raw,echo=0,link=/tmp/ttyA pty,raw,echo=0,link=/tmp/ttyB`` or a looped pair
+    # of RS-485 adapters. Lines not listed are not simulated.
+    modbus_rtu_ports: dict[str, str] = Field(default_factory=dict)
     # Serve ``simulated: true`` devices over their own protocols (MQTT, Modbus) so the real
     # drivers talk to the simulator; off, they are read from the model directly (virtual time:
     # ``buildingd evaluate`` and the simulated-time tests, where no network timer can run).

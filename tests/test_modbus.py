@@ -587,3 +587,53 @@ async def test_a_tcp_line_on_which_no_unit_answers_is_reopened(
             await asyncio.sleep(0.1)
     finally:
         mute.close()
+
+
+@pytest.mark.serial
+async def test_the_daemon_serves_simulated_rtu_devices_on_a_serial_line(
+    site_copy: Path, tmp_path: Path, pty_pair: tuple[str, str]
+) -> None:
+    from buildingd.service.app import Daemon
+    from buildingd.settings import Settings
+
+    daemon_end, simulator_end = pty_pair
+    (site_copy / "devices" / "rtu.yaml").write_text(
+        "devices:\n"
+        "  - id: kitchen-rtu-thermostat\n"
+        "    driver: modbus-rtu\n"
+        "    simulated: true\n"
+        "    profile: room-thermostat\n"
+        "    zone: f1-kitchen\n"
+        "    unit_id: 4\n"
+        "    poll_interval_s: 2\n"
+        f"    connection: {{port: {daemon_end}, baudrate: 19200, parity: N}}\n"
+    )
+    settings = Settings.model_validate(
+        {
+            "site_dir": site_copy,
+            "state_dir": tmp_path / "state",
+            "http": {"enabled": False},
+            "mqtt": {"port": 0},
+            "sim": {
+                "modbus_port": 0,
+                "start": "2027-01-11T09:00:00",
+                "modbus_rtu_ports": {daemon_end: simulator_end},
+            },
+        }
+    )
+    daemon = Daemon(settings, load_site(site_copy))
+    task = asyncio.create_task(daemon.run(120))
+    try:
+        await asyncio.wait_for(daemon.ready.wait(), 60)
+        agent = daemon.device_agents["kitchen-rtu-thermostat"]
+        async with asyncio.timeout(30):
+            while not agent.available:  # noqa: ASYNC110 - set by the agent's first good poll
+                await asyncio.sleep(0.1)
+        # The real RTU client reads the simulated thermostat over the serial line.
+        assert agent.driver is not None and daemon.building is not None
+        samples = await agent.driver.read()
+        room = daemon.building.zones["f1-kitchen"].temperature_c
+        assert samples["temperature"].value == pytest.approx(room, abs=0.2)  # tenths, noise
+    finally:
+        daemon.request_stop()
+        await task

@@ -4,14 +4,17 @@ servers (Modbus, MQTT) that serve its devices on 127.0.0.1 so drivers talk to it
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from buildingd.config.loader import Site
-from buildingd.config.modbus import ModbusDeviceBase, ModbusTcpDevice
+from buildingd.config.modbus import ModbusDeviceBase, ModbusRtuDevice, ModbusTcpDevice
 from buildingd.config.mqtt import MqttDevice
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from buildingd.service.app import Daemon
@@ -48,6 +51,7 @@ async def start_simulator_servers(daemon: Daemon, services: contextlib.AsyncExit
         d for d in daemon.site.devices.values() if d.simulated and isinstance(d, MqttDevice)
     ]
     await _serve_modbus(daemon, building, services)
+    await _serve_modbus_rtu(daemon, building, services)
     if mqtt_devices and daemon.mqtt is not None:
         from buildingd.sim.mqtt_devices import SimulatedMqttDevices
 
@@ -82,6 +86,33 @@ async def _serve_modbus(
         ]
         port = daemon.sim_gateways.get((host, port), port)
         server = await start_modbus_tcp(building, daemon.clock, served, host, port)
+        services.push_async_callback(server.shutdown)
+
+
+async def _serve_modbus_rtu(
+    daemon: Daemon, building: Building, services: contextlib.AsyncExitStack
+) -> None:
+    """One Modbus RTU server per simulated serial line listed in ``[sim] modbus_rtu_ports``,
+    on the other end of the line, with the line's settings."""
+    lines: dict[str, list[ModbusRtuDevice]] = {}
+    for device in daemon.site.devices.values():
+        if device.simulated and isinstance(device, ModbusRtuDevice):
+            lines.setdefault(device.connection.port, []).append(device)
+    ends = daemon.settings.sim.modbus_rtu_ports
+    if not lines:
+        return
+    from buildingd.sim.modbus_server import start_modbus_rtu
+
+    for port, devices in lines.items():
+        serving = ends.get(port)
+        if serving is None:
+            log.warning("sim: RTU line %s is not in [sim] modbus_rtu_ports: not simulated", port)
+            continue
+        moved = [
+            d.model_copy(update={"connection": d.connection.model_copy(update={"port": serving})})
+            for d in devices
+        ]
+        server = await start_modbus_rtu(building, daemon.clock, moved)
         services.push_async_callback(server.shutdown)
 
 
