@@ -21,6 +21,10 @@ class PointKind(StrEnum):
     SUPPLY_AIR_TEMPERATURE = "supply_air_temperature"  # degC, at an air handler
     DUCT_STATIC_PRESSURE = "duct_static_pressure"  # Pa
     OUTDOOR_TEMPERATURE = "outdoor_temperature"  # degC
+    # A VAV terminal unit's damper and airflow, for G36 duct static pressure reset requests.
+    DAMPER_POSITION = "damper_position"  # % open
+    AIRFLOW = "airflow"  # m3/h, measured by the terminal unit
+    AIRFLOW_SETPOINT = "airflow_setpoint"  # m3/h, the terminal unit's current setpoint (read)
     HEATING_SETPOINT = "heating_setpoint"  # degC, writable on a thermostat or VAV
     COOLING_SETPOINT = "cooling_setpoint"  # degC
     LIGHT_LEVEL = "light_level"  # % of full output, dimmer
@@ -65,6 +69,9 @@ PLAUSIBLE_RANGE: dict[PointKind, tuple[float, float]] = {
     PointKind.SUPPLY_AIR_TEMPERATURE: (-20.0, 70.0),
     PointKind.DUCT_STATIC_PRESSURE: (-100.0, 3000.0),
     PointKind.OUTDOOR_TEMPERATURE: (-60.0, 60.0),
+    PointKind.DAMPER_POSITION: (0.0, 100.0),
+    PointKind.AIRFLOW: (0.0, 1e6),
+    PointKind.AIRFLOW_SETPOINT: (0.0, 1e6),
     PointKind.HEATING_SETPOINT: (0.0, 40.0),
     PointKind.COOLING_SETPOINT: (0.0, 40.0),
     PointKind.LIGHT_LEVEL: (0.0, 100.0),
@@ -88,6 +95,9 @@ DEFAULT_UNIT: dict[PointKind, str] = {
     PointKind.SUPPLY_AIR_TEMPERATURE: "degC",
     PointKind.DUCT_STATIC_PRESSURE: "Pa",
     PointKind.OUTDOOR_TEMPERATURE: "degC",
+    PointKind.DAMPER_POSITION: "%",
+    PointKind.AIRFLOW: "m3/h",
+    PointKind.AIRFLOW_SETPOINT: "m3/h",
     PointKind.HEATING_SETPOINT: "degC",
     PointKind.COOLING_SETPOINT: "degC",
     PointKind.LIGHT_LEVEL: "%",

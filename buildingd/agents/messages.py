@@ -87,6 +87,14 @@ class ZoneStateMsg(Content):
     hvac_w: float | None = None
     lighting_w: float | None = None
     daylight_sufficient: bool = False
+    # What the zone could shed now and at what comfort cost: its offer at the 1 K demand-limit
+    # shift (or, short of that, its largest offer below it), as it would propose to a cfp; 0 W
+    # when it has nothing to shed or is exempt. ``shed_level`` names the offer ("shift-1K").
+    shed_w: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    shed_cost: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    shed_level: str = Field(default="none", max_length=50)
+    # G36 duct static pressure reset requests of the zone's terminal units (sum over them).
+    pressure_requests: int = Field(default=0, ge=0, le=100)
 
 
 class DemandResponseCall(Content):

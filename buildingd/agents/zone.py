@@ -40,6 +40,7 @@ from buildingd.control.zone import (
     decide,
 )
 from buildingd.coordinator.contract_net import Offer, zone_offers
+from buildingd.coordinator.trim_respond import PressureRequestTimer, update_pressure_requests
 from buildingd.points import PointKind, Quality
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ RETRY_AFTER_S = 60.0  # an unconfirmed command is re-sent after this long
 # may still be connecting): no decision, hence no command, is made on no information.
 STARTUP_GRACE_S = 60.0
 ASSUMED_COP = 3.0  # heat pump / chiller, to estimate electrical power without a zone meter
+SUMMARY_SHIFT_K = 1.0  # the demand-limit level whose offer the summary carries
+SHED_CHANGE_W = 50.0  # the summary is re-sent when the offer moves into another band this wide
 
 
 @dataclass
@@ -118,6 +121,8 @@ class ZoneAgent(Agent):
         # Demand-response commitments by conversation. Two overlapping events do not add up:
         # the zone applies the deepest of them (see ``_apply_commitments``).
         self.commitments: dict[str, Commitment] = {}
+        # G36 static pressure reset request state per terminal unit (device id).
+        self._pressure: dict[str, PressureRequestTimer] = {}
         self._bind()
 
     def _bind(self) -> None:
@@ -248,6 +253,48 @@ class ZoneAgent(Agent):
             max_dim_pct=limits.max_dim_pct,
             exempt=limits.exempt,
         )
+
+    def flexibility(self) -> tuple[float, float, str]:
+        """What the summary says the zone could shed: (W, comfort cost, level) of the offer it
+        would propose at the 1 K shift, or short of that its largest offer below it; (0, 0,
+        "none") with nothing to offer. Rounded as in a proposal, so the numbers agree."""
+        offers = [o for o in self.offers() if o.level.shift_k <= SUMMARY_SHIFT_K]
+        exact = [o for o in offers if o.level.shift_k == SUMMARY_SHIFT_K and not o.level.dim_pct]
+        if exact:
+            best = exact[0]
+        elif offers:
+            best = max(offers, key=lambda o: (o.shed_w, -o.comfort_cost))
+        else:
+            return 0.0, 0.0, "none"
+        return round(best.shed_w, 1), round(best.comfort_cost, 3), str(best.level)
+
+    def pressure_requests(self, now_s: float) -> int:
+        """G36 duct static pressure reset requests of the zone's VAV terminal units (section
+        5.6.8.2), summed. A terminal unit is one device with a ``damper_position`` point, and
+        optionally ``airflow`` and ``airflow_setpoint``: without them only the damper rule
+        applies. Unusable readings count as missing; a unit without a usable damper reading
+        sends nothing."""
+        by_device: dict[str, dict[PointKind, float]] = {}
+        terminals: set[str] = set()
+        for (device_id, _), (kind, sensor) in self.sensors.items():
+            if kind is PointKind.DAMPER_POSITION:
+                terminals.add(device_id)
+            if sensor.quality.usable and kind in (
+                PointKind.DAMPER_POSITION, PointKind.AIRFLOW, PointKind.AIRFLOW_SETPOINT
+            ):  # fmt: skip
+                by_device.setdefault(device_id, {})[kind] = sensor.value
+        timers: dict[str, PressureRequestTimer] = {}
+        for device_id in sorted(terminals):
+            got = by_device.get(device_id, {})
+            timers[device_id] = update_pressure_requests(
+                self._pressure.get(device_id, PressureRequestTimer()),
+                now_s,
+                got.get(PointKind.DAMPER_POSITION),
+                got.get(PointKind.AIRFLOW),
+                got.get(PointKind.AIRFLOW_SETPOINT),
+            )
+        self._pressure = timers
+        return sum(t.requests for t in timers.values())
 
     def _demand(self) -> tuple[float, float, bool]:
         """Current HVAC electrical power (a zone power meter if there is one, otherwise estimated
@@ -488,6 +535,9 @@ class ZoneAgent(Agent):
     async def _publish_state(
         self, inputs: ZoneInputs, decision: ZoneDecision, now_s: float
     ) -> None:
+        # Timers run at every decision, whether or not a summary goes out.
+        pressure_requests = self.pressure_requests(now_s)
+        shed_w, shed_cost, shed_level = self.flexibility()
         key = (
             decision.state.mode,
             decision.band,
@@ -495,6 +545,9 @@ class ZoneAgent(Agent):
             inputs.occupied,
             None if inputs.temperature_c is None else round(inputs.temperature_c, 1),
             decision.state.dehumidifier_on,
+            pressure_requests,
+            shed_level,
+            round(shed_w / SHED_CHANGE_W),
         )
         if key == self._last_state_msg and now_s - self._last_state_s < STATE_HEARTBEAT_S:
             return
@@ -517,6 +570,10 @@ class ZoneAgent(Agent):
             hvac_w=hvac_w,
             lighting_w=lighting_w,
             daylight_sufficient=daylight,
+            shed_w=shed_w,
+            shed_cost=shed_cost,
+            shed_level=shed_level,
+            pressure_requests=pressure_requests,
         )
         await self.ctx.send(msg.envelope(Performative.INFORM, self.name, ZONE_STATE_TOPIC))
 

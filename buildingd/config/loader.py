@@ -12,7 +12,7 @@ from typing import Any
 
 from buildingd.config.devices import DeviceFile, DeviceSpec
 from buildingd.config.policies import DemandResponse, Policy, PolicyFile
-from buildingd.config.site import SiteFile, SupplyAirReset, Zone
+from buildingd.config.site import SiteFile, StaticPressureReset, SupplyAirReset, Zone
 from buildingd.config.yamlfile import ConfigFileError, LocatedDoc, load_yaml, validate
 from buildingd.errors import ConfigError, ConfigProblem
 
@@ -31,6 +31,7 @@ class Site:
     air_handlers: dict[str, list[str]] = field(default_factory=dict)
     files: tuple[str, ...] = ()
     supply_air_reset: dict[str, SupplyAirReset] = field(default_factory=dict)  # by air handler
+    static_pressure_reset: dict[str, StaticPressureReset] = field(default_factory=dict)
     demand_response: DemandResponse = field(default_factory=DemandResponse)
 
     def policy_for(self, zone_id: str) -> Policy:
@@ -135,6 +136,7 @@ def load_site(root: Path) -> Site:
     zones: dict[str, Zone] = {}
     air_handlers: dict[str, list[str]] = {}
     supply_air_reset: dict[str, SupplyAirReset] = {}
+    static_pressure_reset: dict[str, StaticPressureReset] = {}
     if site_file is not None and site_doc is not None:
         for i, zone in enumerate(site_file.zones):
             if zone.id in zones:
@@ -156,6 +158,7 @@ def load_site(root: Path) -> Site:
                     )
             air_handlers[ahu.id] = list(ahu.zones)
             supply_air_reset[ahu.id] = ahu.supply_air_reset
+            static_pressure_reset[ahu.id] = ahu.static_pressure_reset
 
     # Which policy governs each zone: an exact id beats a glob; two of the same rank conflict.
     zone_policy: dict[str, str] = {}
@@ -223,5 +226,6 @@ def load_site(root: Path) -> Site:
         air_handlers=air_handlers,
         files=tuple(docs),
         supply_air_reset=supply_air_reset,
+        static_pressure_reset=static_pressure_reset,
         demand_response=demand_response or DemandResponse(),
     )

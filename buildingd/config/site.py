@@ -51,10 +51,33 @@ class SupplyAirReset(Strict):
         return self
 
 
+class StaticPressureReset(Strict):
+    """G36 trim & respond of the duct static pressure setpoint (section 5.16.1.2; Pa). Used
+    only when the air handler's device file has a ``duct_static_pressure_setpoint`` point; the
+    range is narrowed to that point's write limits."""
+
+    sp0_pa: float = 120.0
+    min_pa: float = 25.0
+    max_pa: float = 400.0  # G36 leaves SPmax to the project: the design duct pressure
+    delay_s: float = Field(default=600.0, ge=0)  # Td
+    step_s: float = Field(default=120.0, gt=0)  # T
+    ignored_requests: int = Field(default=2, ge=0)  # I
+    trim_pa: float = Field(default=-12.0, le=0)  # SPtrim: lowers the pressure ...
+    respond_pa: float = Field(default=15.0, ge=0)  # SPres (per request above I): ... raises it
+    respond_max_pa: float = Field(default=32.0, ge=0)  # SPres_max
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if not self.min_pa <= self.sp0_pa <= self.max_pa:
+            raise ValueError("need min_pa <= sp0_pa <= max_pa")
+        return self
+
+
 class AirHandler(Strict):
     id: Id
     zones: list[Id] = Field(min_length=1)
     supply_air_reset: SupplyAirReset = SupplyAirReset()
+    static_pressure_reset: StaticPressureReset = StaticPressureReset()
 
 
 class SiteFile(Strict):

@@ -17,7 +17,10 @@ when it cannot.
   (``buildingd_negotiation_rejected_total{reason}``). Awards in force are persisted in
   ``<state_dir>/commitments.json`` and taken up again after a restart, never awarded twice.
 * G36 trim & respond of each air handler's supply-air temperature setpoint from the zones'
-  cooling requests, written to the air handler's setpoint point when the site has one.
+  cooling requests, written to the air handler's setpoint point when the site has one; and of
+  its duct static pressure setpoint from the static pressure requests the zones count in their
+  summaries (their terminal units' dampers and airflow), where the device file has a
+  ``duct_static_pressure_setpoint`` point.
 * Occupant votes nudge a zone's band (``VoteBox``), sent to the zone as an adjustment.
 * Break-glass (``escalation.IncidentBook``): one alert per incident, keyed by subject and cause,
   for a negotiation that cannot meet its target in its limits, a zone outside its safety band for
@@ -63,6 +66,7 @@ from buildingd.agents.messages import (
     zone_address,
 )
 from buildingd.agents.runtime import Agent, RestartPolicy
+from buildingd.config.base import PointBase
 from buildingd.config.policies import Band, Policy
 from buildingd.coordinator import commitments
 from buildingd.coordinator.contract_net import Award, Level, Offer, award
@@ -168,6 +172,8 @@ class CoordinatorAgent(Agent):
         )
         self.supply_air: dict[str, TrimRespond] = {}
         self.supply_air_sp: dict[str, float] = {}
+        self.static_pressure: dict[str, TrimRespond] = {}
+        self.static_pressure_sp: dict[str, float] = {}
         self._requests: dict[str, int] = {}
         self._hot_since: dict[str, tuple[float | None, float | None]] = {}
         self._scheduled_started: set[str] = set()  # keys of scheduled events opened
@@ -185,19 +191,7 @@ class CoordinatorAgent(Agent):
             self.ctx.bus.subscribe(topic, self.inbox)
         started()
         now = self.ctx.clock.monotonic()
-        for ahu_id, reset in self.ctx.site.supply_air_reset.items():
-            params = TrimRespondParams(
-                sp0=reset.sp0_c,
-                sp_min=reset.min_c,
-                sp_max=reset.max_c,
-                delay_s=reset.delay_s,
-                step_s=reset.step_s,
-                ignored=reset.ignored_requests,
-                trim=reset.trim_k,
-                respond=reset.respond_k,
-                respond_max=reset.respond_max_k,
-            )
-            self.supply_air[ahu_id] = TrimRespond(params, now)
+        self.start_resets(now)
         self.resume_commitments(now)
         try:
             self.webhooks.start()  # owned: stopped in the finally below
@@ -250,7 +244,11 @@ class CoordinatorAgent(Agent):
         elif env.ontology == CommandResultMsg.ontology:
             result = CommandResultMsg.parse(env)
             if not result.ok:
-                self.supply_air_sp.clear()  # write again at the next step
+                # Write again at the next step.
+                if result.kind is PointKind.DUCT_STATIC_PRESSURE_SETPOINT:
+                    self.static_pressure_sp.clear()
+                else:
+                    self.supply_air_sp.clear()
                 why = result.error or result.reason
                 log.warning("coordinator: %s.%s refused %s: %s",
                             result.device_id, result.point_id, result.value, why)  # fmt: skip
@@ -902,7 +900,73 @@ class CoordinatorAgent(Agent):
             setpoint = reset.step(now_s, requests)
             if self.supply_air_sp.get(ahu_id) != setpoint:
                 self.supply_air_sp[ahu_id] = setpoint
-                self._write_air_handler(ahu_id, setpoint, requests)
+                reason = f"G36 trim & respond: {requests} cooling requests"
+                audit_decision("trim-respond", "setpoint", detail=reason, air_handler=ahu_id,
+                               setpoint_c=setpoint)  # fmt: skip
+                self._write_air_handler(
+                    ahu_id, PointKind.SUPPLY_AIR_TEMPERATURE_SETPOINT, setpoint, reason
+                )
+        for ahu_id, reset in self.static_pressure.items():
+            # The zones count their terminal units' requests (G36 5.6.8.2) in their summaries.
+            requests = sum(
+                state.pressure_requests
+                for zone_id in self.ctx.site.air_handlers.get(ahu_id, [])
+                if (state := self.zones.get(zone_id)) is not None
+            )
+            setpoint = reset.step(now_s, requests)
+            if self.static_pressure_sp.get(ahu_id) != setpoint:
+                self.static_pressure_sp[ahu_id] = setpoint
+                reason = f"G36 trim & respond: {requests} static pressure requests"
+                audit_decision("trim-respond", "setpoint", detail=reason, air_handler=ahu_id,
+                               setpoint_pa=setpoint)  # fmt: skip
+                self._write_air_handler(
+                    ahu_id, PointKind.DUCT_STATIC_PRESSURE_SETPOINT, setpoint, reason
+                )
+
+    def start_resets(self, now_s: float) -> None:
+        """The air handlers' G36 resets start (held at SP0 through the delay): supply-air
+        temperature for each air handler; duct static pressure (section 5.16.1.2) for each
+        whose device file has a ``duct_static_pressure_setpoint`` point, its range the site
+        file's narrowed to every such point's write limits, so no step is ever refused as out
+        of range (the command path still checks each write)."""
+        for ahu_id, sat in self.ctx.site.supply_air_reset.items():
+            params = TrimRespondParams(
+                sp0=sat.sp0_c,
+                sp_min=sat.min_c,
+                sp_max=sat.max_c,
+                delay_s=sat.delay_s,
+                step_s=sat.step_s,
+                ignored=sat.ignored_requests,
+                trim=sat.trim_k,
+                respond=sat.respond_k,
+                respond_max=sat.respond_max_k,
+            )
+            self.supply_air[ahu_id] = TrimRespond(params, now_s)
+        for ahu_id, reset in self.ctx.site.static_pressure_reset.items():
+            points = self._air_handler_points(ahu_id, PointKind.DUCT_STATIC_PRESSURE_SETPOINT)
+            if not points:
+                continue
+            low, high = reset.min_pa, reset.max_pa
+            for _, point in points:
+                if point.limits is not None:
+                    low, high = max(low, point.limits.min), min(high, point.limits.max)
+            if low > high:
+                log.error("coordinator: no duct static pressure reset for %s: its range "
+                          "%g..%g Pa misses the setpoint points' limits", ahu_id,
+                          reset.min_pa, reset.max_pa)  # fmt: skip
+                continue
+            params = TrimRespondParams(
+                sp0=min(high, max(low, reset.sp0_pa)),
+                sp_min=low,
+                sp_max=high,
+                delay_s=reset.delay_s,
+                step_s=reset.step_s,
+                ignored=reset.ignored_requests,
+                trim=reset.trim_pa,
+                respond=reset.respond_pa,
+                respond_max=reset.respond_max_pa,
+            )
+            self.static_pressure[ahu_id] = TrimRespond(params, now_s)
 
     def _zone_requests(self, zone_id: str, now_s: float) -> int:
         state = self.zones.get(zone_id)
@@ -929,20 +993,25 @@ class CoordinatorAgent(Agent):
         self._requests[zone_id] = count
         return count
 
-    def _write_air_handler(self, ahu_id: str, setpoint: float, requests: int) -> None:
-        reason = f"G36 trim & respond: {requests} cooling requests"
-        audit_decision(
-            "trim-respond", "setpoint", detail=reason, air_handler=ahu_id, setpoint_c=setpoint
-        )
-        for device in self.ctx.site.devices.values():
-            for point in device.points_list():
-                if point.kind is PointKind.SUPPLY_AIR_TEMPERATURE_SETPOINT and (
-                    device.id == ahu_id or device.id.startswith(f"{ahu_id}-")
-                ):
-                    cmd = CommandMsg(point_id=point.id, value=setpoint, zone_id=None, reason=reason)
-                    self._send(
-                        cmd.envelope(Performative.REQUEST, self.name, device_address(device.id))
-                    )
+    def _air_handler_points(self, ahu_id: str, kind: PointKind) -> list[tuple[str, PointBase]]:
+        """(device id, point) of each ``kind`` point of the air handler's devices (the device
+        named like it, or ``<ahu>-...``)."""
+        return [
+            (device.id, point)
+            for device in self.ctx.site.devices.values()
+            if device.id == ahu_id or device.id.startswith(f"{ahu_id}-")
+            for point in device.points_list()
+            if point.kind is kind
+        ]
+
+    def _write_air_handler(
+        self, ahu_id: str, kind: PointKind, setpoint: float, reason: str
+    ) -> None:
+        """The reset's new setpoint, through the device agents' command path (limits, write,
+        read-back); a refusal comes back as a failed command result."""
+        for device_id, point in self._air_handler_points(ahu_id, kind):
+            cmd = CommandMsg(point_id=point.id, value=setpoint, zone_id=None, reason=reason)
+            self._send(cmd.envelope(Performative.REQUEST, self.name, device_address(device_id)))
 
     # -- break-glass escalation ----------------------------------------------------------------
 
