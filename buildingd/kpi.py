@@ -19,6 +19,10 @@ In the same style, buildingd adds:
 Input is a CSV with a ``time_s`` column, per zone ``temperature_c:<zone>``, ``lower_c:<zone>``,
 ``upper_c:<zone>`` (optionally ``humidity_pct:``, ``hum_lower_pct:``, ``hum_upper_pct:``) and any
 number of ``power_w:<name>`` columns.
+
+A missing sample (an empty cell or ``nan``) is missing, never zero: the intervals on either side
+of it are left out of that signal's integral (a gap counts neither as comfort nor as discomfort,
+neither as energy nor as none), and a sum of signals is missing where any of them is.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -82,7 +87,7 @@ def read_trajectory_csv(path: Path) -> Trajectory:
             raise TrajectoryError(f"{path}:{line_no}: {len(row)} values for {len(header)} columns")
         for name, text in zip(header, row, strict=True):
             try:
-                values[name].append(float(text))
+                values[name].append(float(text) if text.strip() else math.nan)
             except ValueError:
                 raise TrajectoryError(f"{path}:{line_no}: {name}: not a number: {text!r}") from None
     time_s = values.pop("time_s")
@@ -92,48 +97,51 @@ def read_trajectory_csv(path: Path) -> Trajectory:
 
 
 def integrate(time_s: Sequence[float], values: Sequence[float]) -> float:
-    """Trapezoidal time integral (value·s)."""
+    """Trapezoidal time integral (value·s); intervals with a missing (NaN) end are left out."""
     return sum(
         (t1 - t0) * (v0 + v1) / 2
         for t0, t1, v0, v1 in zip(time_s, time_s[1:], values, values[1:], strict=False)
+        if v0 == v0 and v1 == v1  # NaN is the one value unequal to itself
     )
 
 
 def band_deviation(
     values: Sequence[float], lower: Sequence[float], upper: Sequence[float]
 ) -> list[float]:
+    """Distance outside [lower, upper]; missing (NaN) where the value or a bound is."""
     return [
-        max(lo - v, 0.0) + max(v - hi, 0.0) for v, lo, hi in zip(values, lower, upper, strict=True)
+        max(lo - v, 0.0) + max(v - hi, 0.0) if v == v and lo == lo and hi == hi else math.nan
+        for v, lo, hi in zip(values, lower, upper, strict=True)
     ]
 
 
 def peak_window_mean(time_s: Sequence[float], power: Sequence[float]) -> float:
-    """Largest mean of a piecewise-linear signal over consecutive 15-minute windows."""
+    """Largest mean of a piecewise-linear signal over consecutive 15-minute windows (a window's
+    mean is taken over the part of it where the signal is known)."""
     if len(time_s) < 2:
-        return power[0] if power else 0.0
+        return power[0] if power and power[0] == power[0] else 0.0
     start, end = time_s[0], time_s[-1]
     if end - start <= PEAK_WINDOW_S:
-        return integrate(time_s, power) / (end - start)
+        return _window_mean(time_s, power, start, end)
     peak = 0.0
     edge = start
     while edge + PEAK_WINDOW_S <= end + 1e-9:
-        peak = max(
-            peak, _window_integral(time_s, power, edge, edge + PEAK_WINDOW_S) / PEAK_WINDOW_S
-        )
+        peak = max(peak, _window_mean(time_s, power, edge, edge + PEAK_WINDOW_S))
         edge += PEAK_WINDOW_S
     return peak
 
 
-def _window_integral(time_s: Sequence[float], values: Sequence[float], a: float, b: float) -> float:
-    """Integral over [a, b] of the linear interpolation of the samples."""
-    total = 0.0
+def _window_mean(time_s: Sequence[float], values: Sequence[float], a: float, b: float) -> float:
+    """Mean over [a, b] of the linear interpolation of the samples, where they are known."""
+    total = covered = 0.0
     for t0, t1, v0, v1 in zip(time_s, time_s[1:], values, values[1:], strict=False):
         lo, hi = max(t0, a), min(t1, b)
-        if hi <= lo:
+        if hi <= lo or v0 != v0 or v1 != v1:  # outside the window, or a missing end
             continue
         slope = (v1 - v0) / (t1 - t0)
         total += (hi - lo) * (v0 + slope * ((lo + hi) / 2 - t0))
-    return total
+        covered += hi - lo
+    return total / covered if covered else 0.0
 
 
 def compute_kpis(trajectory: Trajectory, area_m2: float) -> Kpis:

@@ -125,3 +125,34 @@ def test_cli_prints_json_and_rejects_bad_files(
     missing = write_csv(tmp_path / "m.csv", ["time_s", "temperature_c:a"], [[0.0, 1.0]])
     with pytest.raises(TrajectoryError, match="missing column lower_c:a"):
         compute_kpis(read_trajectory_csv(missing), 1.0)
+
+
+def test_a_missing_sample_is_left_out_not_counted_as_zero(tmp_path: Path) -> None:
+    # Hourly samples, 70 %RH against an upper bound of 60; the humidity and the meter are
+    # missing at 2 h (an empty cell and a nan). Only the intervals with both ends known count:
+    # 0-1 h and 3-4 h, 10 %RH·h each. Read as 0 %RH, the gap would add 2 h of false "too dry"
+    # discomfort (30 %RH below the lower bound of 30) and make the energy smaller.
+    header = ["time_s", "temperature_c:a", "lower_c:a", "upper_c:a", "humidity_pct:a",
+              "hum_lower_pct:a", "hum_upper_pct:a", "power_w:heating"]  # fmt: skip
+    lines = [",".join(header)]
+    for hour in range(5):
+        rh = "" if hour == 2 else "70"
+        power = "nan" if hour == 2 else "1000"
+        lines.append(f"{3600 * hour},22,21,24,{rh},30,60,{power}")
+    path = tmp_path / "gap.csv"
+    path.write_text("\n".join(lines) + "\n")
+    trajectory = read_trajectory_csv(path)
+    assert math.isnan(trajectory.columns["humidity_pct:a"][2])
+    kpis = compute_kpis(trajectory, area_m2=1.0)
+    assert kpis.hdis_tot == pytest.approx(20.0)
+    assert kpis.tdis_tot == 0.0
+    assert kpis.ener_tot == pytest.approx(2.0)  # 1 kW over the 2 known hours
+    assert kpis.ppeak_tot == pytest.approx(1.0)  # the mean where known, not diluted by the gap
+    assert kpis.hours == pytest.approx(4.0)
+
+
+def test_peak_over_a_window_with_a_gap_is_the_mean_of_what_is_known() -> None:
+    t = [0.0, 300.0, 600.0, 900.0]
+    assert peak_window_mean(t, [2000.0, 2000.0, math.nan, 2000.0]) == pytest.approx(2000.0)
+    assert peak_window_mean([0.0], [math.nan]) == 0.0
+    assert integrate(t, [math.nan] * 4) == 0.0

@@ -649,14 +649,15 @@ async def test_a_sensor_that_stops_publishing_goes_stale_and_comes_back(
         return next((q for _, p, _, q in reversed(seen) if p == point), None)
 
     async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier="devices") as devices:
+        # Staleness counts from when the daemon received the report, which is after this.
+        silent_from = asyncio.get_running_loop().time()
         await devices.publish("zigbee2mqtt/room-climate", b'{"temperature": 21.5}', qos=1)
         await until(lambda: last("temperature") is Quality.GOOD, 10, "a good reading")
-        silent_from = asyncio.get_running_loop().time()
         assert zone_temperature(daemon) == 21.5
         # The sensor falls silent.
         await until(lambda: last("temperature") is Quality.STALE, 5, "stale after 1 s")
         stale_at = next(t for t, p, _, q in seen if p == "temperature" and q is Quality.STALE)
-        assert 1.0 <= stale_at - silent_from <= 2.0
+        assert 1.0 <= stale_at - silent_from <= 3.0  # judged every 0.2 s; slack for load
         assert zone_temperature(daemon) is None  # the zone no longer trusts it
         value = next(v for _, p, v, q in seen if p == "temperature" and q is Quality.STALE)
         assert value == 21.5  # the stale reading carries the last value, flagged
