@@ -2,26 +2,28 @@
 over a real mosquitto on 127.0.0.1 (started here, on a free port): the whole daemon on a
 generated site, one demand-response event from the cfp to every awarded zone confirming.
 
-Both transports run the same way, in real time (the clock at speed 1, so zone control goes on
-at its live rate during the round). Devices poll hourly (``POLL_S``): the start-up takes longer
-over MQTT, and with polls every minute one transport's round met the second poll wave (about
-3,000 bus messages a second over MQTT at 1,000 zones) and the other's did not.
-
 - in-process: one daemon, its coordinator and zones on the ``InProcessBus``;
 - mqtt: the bus carried over MQTT (``MqttBus`` on an ``MqttConnection``, ``[mqtt] bus = true``),
   split as two gateways would be: a daemon with the zones and devices but no coordinator, and a
   coordinator on its own connection, so every negotiation message crosses the broker (in one
   process, like ``tests/test_mqtt_bus.py``: both sides share one event loop and one CPU).
 
-The coordinator decides at its ticks (every 10 simulated seconds); here it is ticked as soon as
-the last answer, and then the last confirmation, is in, so the round's time is the messages and
-the work, not up to two ticks of waiting. Reported per transport: the round's wall time, with
-when its steps were done (``phases_s``: cfps sent, answers in, awards sent, confirmed), the
-process's CPU time in it, the messages of the conversation (counted by kind on the coordinator's
-bus; over MQTT also on the zones' bus, any difference as ``lost``) and per zone, the cfp rounds,
-the bus traffic just before the round; per size, the award computation alone and the ratio
-mqtt / in-process of the round's wall time; beside them the raw cost of the same number of
-messages on each transport, measured in the same run.
+Both run the same way, in real time (the clock at speed 1). Before the round each zone has sent
+its first commands and had them confirmed and the bus is quiet (over MQTT the broker and the
+sockets still carry the start-up's messages after the zones are done); devices poll hourly
+(``POLL_S``), so no poll wave falls into one transport's round and not the other's. The
+coordinator decides at its ticks (every 10 simulated seconds); here it is ticked as soon as the
+last answer, then the last confirmation, is in: the round's time is the messages and the work,
+not up to two ticks of waiting.
+
+Reported per transport: the round's wall time, when its steps were done (``phases_s``: cfps
+sent, answers in, awards sent, confirmed), the process's CPU time in it, the conversation's
+messages (counted by kind on the coordinator's bus; over MQTT also on the zones' bus, any
+difference as ``lost``) and per zone, the cfp rounds, the bus's traffic before the round, and
+every bus message from the cfp until the bus is quiet again (the awards set off commands to the
+devices); per size, the award computation alone and the ratio mqtt / in-process of the round's
+wall time; beside them the raw cost of the same number of messages on each transport, measured
+in the same run. ``python bench/bench_negotiation.py 10 100`` runs only those sizes.
 
 Over MQTT the package's bus refuses the zones' confirmations (``confirmation_refused``); while it
 does, the bench registers a content model for them and says so in the output.
@@ -77,6 +79,7 @@ SIZES = (10, 100, 1000)
 START = datetime(2027, 1, 11, 9, 0, tzinfo=UTC)  # a Monday, occupied
 POLL_S = 3600.0  # device poll interval: one poll at start, none in the round
 CHECK_S = 0.0002  # how often the bench looks whether the answers are in
+QUIET_MESSAGES = 2  # in half a second: the bus is quiet before the round
 RAW_MQTT_MESSAGES = 2000
 S = NegotiationState
 Figures = dict[str, Any]
@@ -90,7 +93,8 @@ def confirmation_refused() -> str | None:
     done = Envelope(performative=Performative.INFORM_DONE, sender=zone_address("z0000"),
                     receiver=COORDINATOR, ontology=DemandResponseCall.ontology,
                     content={"level": "shift 1K"})  # fmt: skip
-    return content_problem(done)
+    problem = content_problem(done)
+    return None if problem is None else f"invalid content ({done.ontology}: {problem})"
 
 
 STAND_INS: list[type[Content]] = []
@@ -164,6 +168,18 @@ async def until(done: Callable[[], bool], timeout_s: float, what: str) -> None:
         if time.perf_counter() > deadline:
             raise TimeoutError(f"{what}: not within {timeout_s:.0f} s")
         await asyncio.sleep(CHECK_S)
+
+
+async def quiet(count: Callable[[], int], timeout_s: float = 60.0) -> None:
+    """Until ``count`` (messages) stands still for half a second, before the round and after it:
+    over MQTT the broker and the sockets still carry messages after the agents are done."""
+    deadline = time.perf_counter() + timeout_s
+    while time.perf_counter() < deadline:
+        before = count()
+        await asyncio.sleep(0.5)
+        if count() - before <= QUIET_MESSAGES:
+            return
+    raise TimeoutError(f"the bus did not quieten within {timeout_s:.0f} s")
 
 
 async def per_second(count: Callable[[], int], seconds: float = 1.0) -> float:
@@ -240,13 +256,16 @@ async def in_process(site: Site, site_dir: Path, state: Path) -> Figures:
         coordinator = daemon.coordinator
         assert coordinator is not None
         await settle(daemon, coordinator)
+        await quiet(lambda: daemon.bus.stats.total)
         background = await per_second(lambda: daemon.bus.stats.total)
         before, total = dr_kinds(daemon.bus.stats.by_kind), daemon.bus.stats.total
         figures = await one_round(coordinator, len(site.zones))
-        figures["background_bus_messages_per_s"] = background
-        # All kinds: what the awards set off (commands to the devices, their results, states).
-        figures["bus_messages_all_kinds"] = daemon.bus.stats.total - total
         counted(figures, before, dr_kinds(daemon.bus.stats.by_kind), len(site.zones))
+        figures["background_bus_messages_per_s"] = background
+        # All kinds, until the bus is quiet again: with what the awards set off (the zones
+        # confirm first, then command their devices, which answer; the zones' new states).
+        await quiet(lambda: daemon.bus.stats.total)
+        figures["bus_messages_all_kinds"] = daemon.bus.stats.total - total
     finally:
         daemon.request_stop()
         await task
@@ -289,19 +308,21 @@ async def over_mqtt(site: Site, site_dir: Path, state: Path, broker: Mosquitto) 
         def received_now() -> int:
             return conn.counters.received + zones_conn.counters.received
 
+        await quiet(received_now)
         background = await per_second(received_now)
         before_c = dr_kinds(bus.stats.by_kind)
         before_z = dr_kinds(daemon.bus.stats.by_kind)
         total, received = daemon.bus.stats.total, received_now()
         dropped0 = coordinator.inbox.dropped
         figures = await one_round(coordinator, len(site.zones))
-        figures["bus_messages_all_kinds"] = daemon.bus.stats.total - total  # on the zones' bus
-        figures["mqtt_received_in_round"] = received_now() - received
         # Both connections receive every bus message (each bus subscribes to all of them),
         # the zones' their own publishes back too: what the one process handles meanwhile.
-        figures["background_mqtt_received_per_s"] = background
+        figures["mqtt_received_in_round"] = received_now() - received
         at_coordinator = counted(figures, before_c, dr_kinds(bus.stats.by_kind), len(site.zones))
-        await asyncio.sleep(0.5)  # the last rejections reach the zones
+        figures["background_mqtt_received_per_s"] = background
+        await quiet(received_now)  # the last rejections reach the zones
+        figures["bus_messages_all_kinds"] = daemon.bus.stats.total - total  # on the zones' bus
+        figures["mqtt_received_all_kinds"] = received_now() - received
         at_zones = dr_kinds(daemon.bus.stats.by_kind) - before_z
         # Each message is counted once on each side (sent on one, delivered on the other).
         kinds = set(at_coordinator) | set(at_zones)

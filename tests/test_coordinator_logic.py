@@ -1248,3 +1248,21 @@ def test_a_zone_restores_by_itself_at_the_end_of_the_window() -> None:
     zone._handle(award_env(START + timedelta(seconds=300)))  # a window already over
     assert zone.state.adjustments.dr_shift_k == 0.0
     assert zone._pending_replies[-1].content["reason"] == "the window is already over"
+
+
+def test_a_zones_confirmations_pass_the_mqtt_bus_content_check() -> None:
+    # Over MQTT every envelope's content is checked against its ontology's models before an
+    # agent sees it: a confirmation no model accepts would be dropped and no award confirmed.
+    from buildingd.mqtt.bus import content_problem
+
+    zone, _ = zone_agent()
+    award = award_env(START + timedelta(hours=1))
+    zone._handle(award)
+    applied = zone._pending_replies[-1]
+    assert applied.performative is Performative.INFORM_DONE
+    assert content_problem(applied) is None and applied.content["level"] == "shift-1K"
+    cancel = award.model_copy(update={"performative": Performative.CANCEL, "content": {}})
+    zone._handle(cancel)
+    restored = zone._pending_replies[-1]
+    assert restored.performative is Performative.INFORM_DONE
+    assert content_problem(restored) is None and restored.content["restored"] is True

@@ -138,6 +138,14 @@ class DemandResponseAward(Content):
     ends_at: AwareDatetime
 
 
+class DemandResponseDone(Content):
+    """inform-done from a zone: it applied its award (``level``) or restored (``restored``)."""
+
+    ontology: ClassVar[str] = "demand-response"
+    level: str | None = Field(default=None, max_length=50)
+    restored: bool = False
+
+
 class AdjustmentsMsg(Content):
     """Coordinator to zone: set some of the zone's temporary offsets (others are kept)."""
 

@@ -21,6 +21,7 @@ from buildingd.agents.messages import (
     CommandResultMsg,
     DemandResponseAward,
     DemandResponseCall,
+    DemandResponseDone,
     DemandResponseProposal,
     EventMsg,
     OfferMsg,
@@ -358,7 +359,11 @@ class ZoneAgent(Agent):
                 conversation, award.level, award.shift_k, award.dim_pct, award.ends_at
             )
             self._apply_commitments()
-            return env.reply(Performative.INFORM_DONE, self.name, {"level": award.level})
+            return env.reply(
+                Performative.INFORM_DONE,
+                self.name,
+                DemandResponseDone(level=award.level).model_dump(mode="json"),
+            )
         if env.performative is Performative.REJECT_PROPOSAL:
             return None  # not needed this time: nothing to do, nothing to answer
         if env.performative is Performative.CANCEL:
@@ -366,7 +371,11 @@ class ZoneAgent(Agent):
             # Restored from what is still committed: a cancel of one event keeps another, and a
             # zone agent restarted mid-event (adjustments kept, commitments not) restores too.
             self._apply_commitments()
-            return env.reply(Performative.INFORM_DONE, self.name, {"restored": True})
+            return env.reply(
+                Performative.INFORM_DONE,
+                self.name,
+                DemandResponseDone(restored=True).model_dump(mode="json"),
+            )
         return env.reply(Performative.NOT_UNDERSTOOD, self.name, {"reason": "unexpected"})
 
     def _refuse_award(self, award: DemandResponseAward) -> str | None:
