@@ -1266,3 +1266,35 @@ def test_a_zones_confirmations_pass_the_mqtt_bus_content_check() -> None:
     restored = zone._pending_replies[-1]
     assert restored.performative is Performative.INFORM_DONE
     assert content_problem(restored) is None and restored.content["restored"] is True
+
+
+def test_the_building_meter_over_its_cap_opens_one_event_for_the_excess() -> None:
+    from buildingd.agents.messages import ReadingMsg, readings_topic
+    from buildingd.points import PointKind, Quality
+
+    site = demo_site()
+    dr = site.demand_response.model_copy(update={"power_cap_w": 5000.0, "meter": "main.power"})
+    c = Coordinator(site=replace(site, demand_response=dr))
+
+    def meter(watts: float, device: str = "main", quality: Quality = Quality.GOOD) -> None:
+        c.agent.take(
+            ReadingMsg(
+                device_id=device, point_id="power", zone_id=None, kind=PointKind.POWER,
+                unit="W", value=watts, quality=quality, timestamp=c.clock.now(),
+            ).envelope(Performative.INFORM, f"device[{device}]", readings_topic(None))
+        )  # fmt: skip
+
+    meter(4800.0)
+    c.tick()
+    assert not of(c.sent(), Performative.CFP)  # under the cap
+    meter(9000.0, device="sub-meter")  # not the building meter the policy names
+    meter(7000.0, quality=Quality.STALE)  # not usable
+    c.tick()
+    assert not of(c.sent(), Performative.CFP)
+    meter(6200.0)
+    c.tick()
+    cfps = of(c.sent(), Performative.CFP)
+    assert len(cfps) == 8  # every zone asked
+    assert DemandResponseCall.parse(cfps[0]).target_w == pytest.approx(1200.0)  # the excess
+    c.tick()
+    assert not of(c.sent(), Performative.CFP)  # one event at a time, not one per tick
