@@ -29,8 +29,12 @@ from buildingd.settings import REPO_SITE, Settings
 
 
 def settings_for(site_dir: Path, state: Path) -> Settings:
-    s = Settings(site_dir=site_dir, state_dir=state)
-    return s.model_copy(update={"http": s.http.model_copy(update={"enabled": False})})
+    # In-process: simulated devices read from the model, not served over Modbus/MQTT (network
+    # timers cannot run on virtual time, and the figure is the control loop's, not a broker's).
+    return Settings.model_validate(
+        {"site_dir": site_dir, "state_dir": state, "http": {"enabled": False},
+         "sim": {"protocols": False}}
+    )  # fmt: skip
 
 
 async def raw_bus_rate(n: int = 200_000) -> float:
