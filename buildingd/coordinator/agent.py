@@ -43,6 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from buildingd.agents.bus import Envelope, Performative, new_conversation_id
@@ -55,6 +56,7 @@ from buildingd.agents.messages import (
     AdjustmentsMsg,
     CommandMsg,
     CommandResultMsg,
+    Content,
     DemandResponseAward,
     DemandResponseCall,
     DemandResponseProposal,
@@ -107,6 +109,7 @@ from buildingd.points import PointKind
 from buildingd.service.journal import audit_decision
 
 log = logging.getLogger(__name__)
+CONTRACT_NET = "fipa-contract-net"  # the FIPA protocol name every negotiation message carries
 
 TICK_S = 10.0  # simulated seconds between coordinator decisions
 CONFIRM_S = 60.0  # awarded zones must confirm an award, and a restore, within this
@@ -447,14 +450,8 @@ class CoordinatorAgent(Agent):
         reply_by = self.ctx.clock.now() + timedelta(seconds=dr.reply_s)
         for zone_id in zones:
             self._send(
-                call.envelope(
-                    Performative.CFP,
-                    self.name,
-                    zone_address(zone_id),
-                    conversation_id=conversation,
-                    reply_with=run.round_id,
-                    reply_by=reply_by,
-                    protocol="fipa-contract-net",
+                self._to_zone(
+                    run, zone_id, Performative.CFP, call, reply_with=run.round_id, reply_by=reply_by
                 )
             )
         why = (
@@ -627,25 +624,28 @@ class CoordinatorAgent(Agent):
             dim_pct=offer.level.dim_pct,
             ends_at=run.ends_at,
         )
-        self._send(
-            accept.envelope(
-                Performative.ACCEPT_PROPOSAL,
-                self.name,
-                zone_address(zone_id),
-                conversation_id=run.negotiation.conversation_id,
-                protocol="fipa-contract-net",
-            )
-        )
+        self._send(self._to_zone(run, zone_id, Performative.ACCEPT_PROPOSAL, accept))
 
     def _reject_proposal(self, run: DemandResponseRun, zone_id: str) -> None:
-        self._send(
-            DemandResponseProposal(reason="not needed").envelope(
-                Performative.REJECT_PROPOSAL,
-                self.name,
-                zone_address(zone_id),
-                conversation_id=run.negotiation.conversation_id,
-                protocol="fipa-contract-net",
-            )
+        reject = DemandResponseProposal(reason="not needed")
+        self._send(self._to_zone(run, zone_id, Performative.REJECT_PROPOSAL, reject))
+
+    def _to_zone(
+        self,
+        run: DemandResponseRun,
+        zone_id: str,
+        performative: Performative,
+        content: Content | None = None,
+        **kw: Any,
+    ) -> Envelope:
+        """A contract-net message to one zone in ``run``'s conversation."""
+        kw |= {"conversation_id": run.negotiation.conversation_id, "protocol": CONTRACT_NET}
+        receiver = zone_address(zone_id)
+        if content is not None:
+            return content.envelope(performative, self.name, receiver, **kw)
+        ontology = DemandResponseCall.ontology  # a cancel carries no content
+        return Envelope(
+            performative=performative, sender=self.name, receiver=receiver, ontology=ontology, **kw
         )
 
     def _confirmed(self, run: DemandResponseRun, now_s: float) -> None:
@@ -674,14 +674,7 @@ class CoordinatorAgent(Agent):
             )
 
     def _cancel(self, run: DemandResponseRun, zone_id: str) -> Envelope:
-        return Envelope(
-            performative=Performative.CANCEL,
-            sender=self.name,
-            receiver=zone_address(zone_id),
-            ontology=DemandResponseCall.ontology,
-            conversation_id=run.negotiation.conversation_id,
-            protocol="fipa-contract-net",
-        )
+        return self._to_zone(run, zone_id, Performative.CANCEL)
 
     def _cancel_all(self, run: DemandResponseRun) -> None:
         for zone_id in run.awarded:
