@@ -1,14 +1,18 @@
-"""Shared test fixtures: the demo site, editable site copies, free ports, virtual-time loops."""
+"""Shared test fixtures: the demo site, editable site copies, one-room sites, free ports, a
+mosquitto broker, virtual-time loops."""
 
 from __future__ import annotations
 
 import shutil
 import socket
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.servers import Mosquitto
 
 REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -59,3 +63,39 @@ def virtual() -> Callable[[Coroutine[Any, Any, T]], T]:
 
 
 Factory = Callable[..., Awaitable[Any]]
+
+
+# A policy under which the room is always in occupied hours, for daemon tests on real time.
+ALWAYS_OCCUPIED = """\
+policies:
+  - id: always
+    zones: ["*"]
+    schedule:
+      occupied_hours:
+        - {days: [mon, tue, wed, thu, fri, sat, sun], start: "00:00", end: "23:59"}
+    lighting: {vacancy_timeout_s: 600, daylight_target_lux: 500, full_output_lux: 500}
+"""
+
+
+def one_room_site(root: Path, site_id: str, devices: str, policy: str = ALWAYS_OCCUPIED) -> Path:
+    """A site ``site_id`` of one 20 m² zone ``room`` under ``root``, with ``devices`` (a device
+    file) and ``policy`` (a policy file)."""
+    (root / "devices").mkdir(parents=True)
+    (root / "policies").mkdir()
+    (root / "site.yaml").write_text(
+        f"site: {site_id}\ntimezone: UTC\nzones:\n  - {{id: room, area_m2: 20}}\n"
+    )
+    (root / "devices" / "devices.yaml").write_text(devices)
+    (root / "policies" / "p.yaml").write_text(policy)
+    return root
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A mosquitto broker on 127.0.0.1 and a free port (fails, never skips, if it cannot run)."""
+    from tests.servers import Mosquitto  # tests.servers imports this module
+
+    broker = Mosquitto(tmp_path / "mosquitto")
+    broker.start()
+    yield broker
+    broker.stop()

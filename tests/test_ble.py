@@ -25,6 +25,7 @@ from buildingd.points import Sample
 from buildingd.service.app import Daemon
 from buildingd.settings import Settings
 from tests.bluez import FakeBlueZ, bluez_fixture  # noqa: F401  (the fixture is named bluez)
+from tests.conftest import one_room_site
 
 pytestmark = pytest.mark.ble
 
@@ -379,12 +380,6 @@ async def test_a_gatt_device_out_of_range_is_unavailable_not_a_crash(bluez: Fake
         await ctx.resources.close_all()
 
 
-SITE = """\
-site: ble
-timezone: UTC
-zones:
-  - {id: room, area_m2: 20}
-"""
 DEVICES = f"""\
 devices:
   - id: room-sensor
@@ -405,26 +400,12 @@ devices:
       - {{id: level, zone: room, kind: light_level, characteristic: "{LEVEL_CHAR}", type: uint8,
          notify: true, writable: true, limits: {{min: 0, max: 100}}}}
 """
-POLICY = """\
-policies:
-  - id: always
-    zones: ["*"]
-    schedule:
-      occupied_hours:
-        - {days: [mon, tue, wed, thu, fri, sat, sun], start: "00:00", end: "23:59"}
-    lighting: {vacancy_timeout_s: 600, daylight_target_lux: 500, full_output_lux: 500}
-"""
 
 
 async def test_a_ble_sensor_and_dimmer_drive_a_zone_in_the_daemon(
     bluez: FakeBlueZ, tmp_path: Path
 ) -> None:
-    root = tmp_path / "site"
-    (root / "devices").mkdir(parents=True)
-    (root / "policies").mkdir()
-    (root / "site.yaml").write_text(SITE)
-    (root / "devices" / "ble.yaml").write_text(DEVICES)
-    (root / "policies" / "p.yaml").write_text(POLICY)
+    root = one_room_site(tmp_path / "site", "ble", DEVICES)
     site = load_site(root)
     settings = Settings.model_validate(
         {

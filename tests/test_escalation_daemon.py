@@ -14,7 +14,7 @@ import json
 import logging
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,7 @@ from buildingd.drivers.base import DriverContext
 from buildingd.points import PointKind
 from buildingd.service.app import Daemon
 from buildingd.settings import Settings
-from tests.conftest import REPO, run_virtual
+from tests.conftest import REPO, one_room_site, run_virtual
 from tests.servers import Mosquitto
 from tests.test_daemon_sim import make_daemon, run_for
 
@@ -462,12 +462,6 @@ def test_daemon_cold_zone_and_dead_sensor_each_alert_once(tmp_path: Path) -> Non
 
 # -- MQTT: retained per subject, acknowledged and cleared by message, webhook ---------------------
 
-SITE = """\
-site: esc
-timezone: UTC
-zones:
-  - {id: room, area_m2: 20}
-"""
 DEVICES = """\
 devices:
   - id: thermo
@@ -487,14 +481,6 @@ policies:
       contacts:
         - {{name: Night shift, phone: "+49 30 555"}}
 """
-
-
-@pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
-    broker = Mosquitto(tmp_path / "mosquitto")
-    broker.start()
-    yield broker
-    broker.stop()
 
 
 async def until(predicate: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
@@ -530,13 +516,8 @@ async def retained(host: str, port: int, pattern: str) -> dict[str, bytes]:
 async def test_alerts_are_retained_per_subject_acked_and_cleared_over_mqtt(
     mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
-    root = tmp_path / "site"
-    (root / "devices").mkdir(parents=True)
-    (root / "policies").mkdir()
-    (root / "site.yaml").write_text(SITE)
-    (root / "devices" / "mqtt.yaml").write_text(DEVICES)
     with WebhookReceiver() as hook:
-        (root / "policies" / "p.yaml").write_text(POLICY.format(url=hook.url))
+        root = one_room_site(tmp_path / "site", "esc", DEVICES, POLICY.format(url=hook.url))
         site = load_site(root)
         settings = Settings.model_validate(
             {

@@ -8,7 +8,7 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,14 +24,6 @@ from buildingd.settings import MqttSettings
 from tests.servers import Mosquitto, flood_command
 
 pytestmark = pytest.mark.mosquitto
-
-
-@pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
-    broker = Mosquitto(tmp_path / "mosquitto")
-    broker.start()
-    yield broker
-    broker.stop()
 
 
 @pytest.fixture(params=["mosquitto", "amqtt"])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from buildingd.drivers.mqtt_formats import CommandError, command, parse, state_t
 from buildingd.points import PointKind, Quality
 from buildingd.service.app import Daemon
 from buildingd.settings import Settings
+from tests.conftest import one_room_site
 from tests.servers import Mosquitto, flood_command
 
 
@@ -146,12 +147,6 @@ def test_any_bytes_parse_without_raising(payload: bytes, topic: str) -> None:
 # -- the daemon on a real broker -----------------------------------------------------------
 
 
-SITE = """\
-site: mq
-timezone: UTC
-zones:
-  - {id: room, area_m2: 20}
-"""
 DEVICES = """\
 devices:
   - id: motion
@@ -180,32 +175,10 @@ devices:
       - {id: level, field: Dimmer, zone: room, kind: light_level, unit: "%", writable: true,
          limits: {min: 0, max: 100}}
 """
-POLICY = """\
-policies:
-  - id: always
-    zones: ["*"]
-    schedule:
-      occupied_hours:
-        - {days: [mon, tue, wed, thu, fri, sat, sun], start: "00:00", end: "23:59"}
-    lighting: {vacancy_timeout_s: 600, daylight_target_lux: 500, full_output_lux: 500}
-"""
-
-
-@pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
-    broker = Mosquitto(tmp_path / "mosquitto")
-    broker.start()
-    yield broker
-    broker.stop()
 
 
 def write_site(root: Path) -> Path:
-    (root / "devices").mkdir(parents=True)
-    (root / "policies").mkdir()
-    (root / "site.yaml").write_text(SITE)
-    (root / "devices" / "mqtt.yaml").write_text(DEVICES)
-    (root / "policies" / "p.yaml").write_text(POLICY)
-    return root
+    return one_room_site(root, "mq", DEVICES)
 
 
 @pytest.mark.mosquitto
@@ -438,9 +411,8 @@ def climate_daemon(
     dimmer: bool = False,
     **mqtt: Any,
 ) -> Daemon:
-    root = write_site(tmp_path / "site")
     devices = CLIMATE_DEVICES.format(stale_after_s=stale_after_s) + (DIMMER_DEVICE * dimmer)
-    (root / "devices" / "mqtt.yaml").write_text(devices)
+    root = one_room_site(tmp_path / "site", "mq", devices)
     site = load_site(root)
     settings = Settings.model_validate(
         {
