@@ -216,12 +216,12 @@ class Daemon:
         def vote(zone_id: str, vote: str) -> VoteResult:
             if self.coordinator is None:
                 return VoteResult(False, "the coordinator is not running", 0.0)
-            return self.coordinator.vote(zone_id, vote)
+            return self.coordinator.vote(zone_id, vote, "mqtt")
 
         def override(zone_id: str, what: str, wanted: float) -> dict[str, object]:
             if self.coordinator is None:
                 return {"accepted": False, "reason": "the coordinator is not running"}
-            return self.coordinator.override(zone_id, what, wanted)
+            return self.coordinator.override(zone_id, what, wanted, "mqtt")
 
         async def flush() -> None:
             if self.coordinator is not None:
