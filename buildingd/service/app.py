@@ -31,7 +31,7 @@ from buildingd.errors import ConfigError
 from buildingd.service.http import HttpServer
 from buildingd.service.reload import diff_settings, plan_reload
 from buildingd.service.sdnotify import Notifier, WatchdogGuard
-from buildingd.settings import Settings
+from buildingd.settings import Settings, bus_key_path
 from buildingd.sim.building import Building
 from buildingd.telemetry.schema import daemon_line
 
@@ -172,9 +172,16 @@ class Daemon:
             host = mqtt.host or "127.0.0.1"
             self.mqtt = MqttConnection(mqtt, site.site_id, host, mqtt.port, metrics=self.metrics)
             if mqtt.bus:
+                from buildingd.agents.hearing import hearing_problem
                 from buildingd.mqtt.bus import MqttBus
+                from buildingd.mqtt.bus_auth import load_or_create_key
 
-                self.bus = MqttBus(self.mqtt, self._is_local_agent)
+                self.bus = MqttBus(
+                    self.mqtt,
+                    self._is_local_agent,
+                    load_or_create_key(bus_key_path(settings)),
+                    lambda env: hearing_problem(env, self.ctx.site),
+                )
         self.ctx = AgentContext(
             bus=self.bus,
             clock=self.clock,

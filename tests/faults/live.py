@@ -35,15 +35,15 @@ class LiveDaemon:
     def start(self) -> None:
         token = self.state.parent / f"{self.state.name}-token"
         token.write_text(TOKEN)
-        env = dict(
-            os.environ,
-            BUILDINGD_HTTP__PORT=str(self.port),
-            BUILDINGD_HTTP__TOKEN_FILE=str(token),
-            BUILDINGD_STATE_DIR=str(self.state),
-            BUILDINGD_SITE_DIR=str(self.site),
-            BUILDINGD_SIM__MODBUS_PORT="0",
+        env = {
+            **os.environ,
+            "BUILDINGD_HTTP__PORT": str(self.port),
+            "BUILDINGD_HTTP__TOKEN_FILE": str(token),
+            "BUILDINGD_STATE_DIR": str(self.state),
+            "BUILDINGD_SITE_DIR": str(self.site),
+            "BUILDINGD_SIM__MODBUS_PORT": "0",
             **self.extra,
-        )
+        }
         env.pop("NOTIFY_SOCKET", None)
         self.lines = []
         self.proc = subprocess.Popen(
