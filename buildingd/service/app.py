@@ -248,7 +248,13 @@ class Daemon:
         if self.settings.mqtt.host is None:
             from buildingd.mqtt.broker import EmbeddedBroker
 
-            broker = EmbeddedBroker(self.settings.mqtt.port)
+            mqtt = self.settings.mqtt
+            broker = EmbeddedBroker(
+                mqtt.port,
+                mqtt.broker_password_file,
+                mqtt.broker_max_payload_bytes,
+                mqtt.broker_max_retained_bytes,
+            )
             await broker.start()
             services.push_async_callback(broker.stop)
             self.mqtt.host, self.mqtt.port = broker.host, broker.port
