@@ -200,13 +200,13 @@ class DemandResponseEvent(Strict):
 
     start: datetime  # naive: the site's timezone
     duration_s: float = Field(gt=0, le=24 * 3600)
-    target_w: float = Field(gt=0)
+    target_w: float = Field(gt=0, le=10_000_000, allow_inf_nan=False)
 
 
 class DemandResponse(Strict):
     """Site-wide: when zones are asked to shed load (one ``demand_response`` for the site)."""
 
-    power_cap_w: float | None = Field(default=None, gt=0)  # building power above this: shed
+    power_cap_w: float | None = Field(default=None, gt=0, allow_inf_nan=False)  # above: shed
     meter: str | None = None  # "device.point" of the building meter; default: any building power
     window_s: float = Field(default=3600.0, gt=0)  # how long a cap-triggered event lasts
     reply_s: float = Field(default=30.0, gt=0)  # zones answer a call for proposals within this

@@ -400,7 +400,8 @@ class CoordinatorAgent(Agent):
         if any(not r.negotiation.over for r in self.negotiations.values()):
             return
         why = f"building power {power:.0f} W above the cap {dr.power_cap_w:.0f} W"
-        self.open_demand_response(power - dr.power_cap_w, dr.window_s, why)
+        # A meter gone mad (1e12 W) asks for no more than the building can shed.
+        self.open_demand_response(min(power - dr.power_cap_w, dr.max_target_w), dr.window_s, why)
 
     def request_demand_response(self, call: DemandResponseCall, source: str) -> str:
         """A demand-response request from outside (MQTT, HTTP): opened (its conversation id)
