@@ -101,8 +101,10 @@ class DemandResponseCall(Content):
     """cfp of a demand-response negotiation: shed ``target_w`` (building total) for a window."""
 
     ontology: ClassVar[str] = "demand-response"
-    target_w: float = Field(gt=0)
-    window_s: float = Field(gt=0)
+    # Finite and bounded whatever the policy says (a week, 10 MW): a window of 1e308 s would
+    # overflow the clock arithmetic. The policy's tighter limits are checked by the coordinator.
+    target_w: float = Field(gt=0, le=10_000_000, allow_inf_nan=False)
+    window_s: float = Field(gt=0, le=7 * 86400, allow_inf_nan=False)
     reason: str = Field(max_length=200)
     # 1 for the first cfp; a later round asks again because the offers fell short of the target.
     round: int = Field(default=1, ge=1, le=20)

@@ -37,6 +37,7 @@ Every decision is logged as an audit line and published as an event.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import Counter
 from collections.abc import Callable
@@ -96,6 +97,7 @@ from buildingd.coordinator.negotiation import (
     Negotiation,
     NegotiationState,
 )
+from buildingd.coordinator.requests import record_refusal
 from buildingd.coordinator.trim_respond import (
     REQUEST_2_ABOVE_K,
     REQUEST_3_ABOVE_K,
@@ -105,6 +107,7 @@ from buildingd.coordinator.trim_respond import (
 )
 from buildingd.coordinator.votes import VoteBox, VoteResult
 from buildingd.coordinator.webhook import WebhookSender
+from buildingd.errors import RequestRefusedError
 from buildingd.points import PointKind
 from buildingd.service.journal import audit_decision
 
@@ -231,10 +234,11 @@ class CoordinatorAgent(Agent):
     # -- input ---------------------------------------------------------------------------------
 
     def take(self, env: Envelope) -> None:
-        """Take in one message; a malformed or unexpected one is counted and logged."""
+        """Take in one message; a malformed or unexpected one is counted and logged. No content
+        may crash the coordinator (an overflow included): it would stop every building job."""
         try:
             self._take(env)
-        except ValueError as err:
+        except (ValueError, ArithmeticError) as err:
             self.ctx.metrics.inc("buildingd_messages_rejected_total", agent="coordinator")
             log.warning("coordinator: rejected %s from %s: %s", env.performative, env.sender, err)
 
@@ -262,8 +266,8 @@ class CoordinatorAgent(Agent):
         elif env.ontology != DemandResponseCall.ontology:
             raise ValueError(f"unexpected ontology {env.ontology!r}")
         elif env.receiver == DEMAND_RESPONSE_TOPIC:
-            call = DemandResponseCall.parse(env)
-            self.open_demand_response(call.target_w, call.window_s, call.reason)
+            with contextlib.suppress(RequestRefusedError):  # audited, counted and logged
+                self.request_demand_response(DemandResponseCall.parse(env), source=env.sender)
         else:
             self._participant_reply(env)
 
@@ -396,7 +400,19 @@ class CoordinatorAgent(Agent):
         if any(not r.negotiation.over for r in self.negotiations.values()):
             return
         why = f"building power {power:.0f} W above the cap {dr.power_cap_w:.0f} W"
-        self.open_demand_response(power - dr.power_cap_w, dr.window_s, why)
+        # A meter gone mad (1e12 W) asks for no more than the building can shed.
+        self.open_demand_response(min(power - dr.power_cap_w, dr.max_target_w), dr.window_s, why)
+
+    def request_demand_response(self, call: DemandResponseCall, source: str) -> str:
+        """A demand-response request from outside (MQTT, HTTP): opened (its conversation id)
+        when it is within the site's ``max_target_w`` and ``max_window_s``, else refused:
+        audited, counted, and ``RequestRefusedError`` raised with the reason."""
+        problem = self.ctx.site.demand_response.request_problem(call.target_w, call.window_s)
+        if problem is not None:
+            record_refusal(self.ctx.metrics, "demand-response", problem, source=source)
+            log.warning("coordinator: demand-response request from %s refused: %s", source, problem)
+            raise RequestRefusedError("demand-response", problem)
+        return self.open_demand_response(call.target_w, call.window_s, call.reason)
 
     def open_demand_response(self, target_w: float, window_s: float, reason: str) -> str:
         """Open a demand-response event: shed ``target_w`` for ``window_s`` from now. Returns
@@ -810,9 +826,16 @@ class CoordinatorAgent(Agent):
 
     # -- votes, air handlers, escalation --------------------------------------------------------
 
-    def vote(self, zone_id: str, vote: str) -> VoteResult:
+    def vote(self, zone_id: str, vote: str, source: str = "api") -> VoteResult:
         """An occupant's vote (HTTP or MQTT); refused with a reason when it cannot count: not
-        hot or cold, or the zone already as far that way as its policy allows."""
+        hot or cold, or the zone already as far that way as its policy allows (audited)."""
+        result = self._vote(zone_id, vote)
+        if not result.accepted:
+            record_refusal(self.ctx.metrics, "vote", result.reason, source=source,
+                           zone=zone_id if zone_id in self.ctx.site.zones else None)  # fmt: skip
+        return result
+
+    def _vote(self, zone_id: str, vote: str) -> VoteResult:
         if zone_id not in self.ctx.site.zones:
             return VoteResult(False, f"unknown zone {zone_id!r}", 0.0)
         low, high, setpoint = self._vote_band(zone_id)
@@ -844,19 +867,30 @@ class CoordinatorAgent(Agent):
         high = max(low, policy.safety.max_c - (base.cooling_c - base.heating_c))
         return low, high, min(high, max(low, base.heating_c))
 
-    def override(self, zone_id: str, what: str, wanted_c: float) -> dict[str, object]:
+    def override(
+        self, zone_id: str, what: str, wanted_c: float, source: str = "api"
+    ) -> dict[str, object]:
         """A setpoint asked for by hand (HTTP override, Home Assistant): applied as a band offset
-        within the same limits as votes (``vote_max_offset_k``, the safety band) or refused."""
+        within the same limits as votes (``vote_max_offset_k``, the safety band) or refused
+        (audited with its reason)."""
+        result = self._override(zone_id, what, wanted_c)
+        if not result["accepted"]:
+            zone = zone_id if zone_id in self.ctx.site.zones else None
+            record_refusal(self.ctx.metrics, "override", f"{what}={wanted_c:g}: {result['reason']}",
+                           source=source, zone=zone)  # fmt: skip
+        return result
+
+    def _override(self, zone_id: str, what: str, wanted_c: float) -> dict[str, object]:
         if zone_id not in self.ctx.site.zones:
             return {"accepted": False, "reason": f"unknown zone {zone_id!r}"}
-        state = self.zones.get(zone_id)
-        if state is None:
-            return {"accepted": False, "reason": "zone state not known yet"}
         if what not in ("heating_sp", "cooling_sp"):
             return {"accepted": False, "reason": "only heating_sp and cooling_sp can be set"}
         policy = self.ctx.site.policy_for(zone_id)
         if not policy.safety.min_c <= wanted_c <= policy.safety.max_c:
             return {"accepted": False, "reason": f"{wanted_c} °C is outside the safety band"}
+        state = self.zones.get(zone_id)
+        if state is None:
+            return {"accepted": False, "reason": "zone state not known yet"}
         current = state.heating_sp_c if what == "heating_sp" else state.cooling_sp_c
         offset = round(self.votes.offset(zone_id) + wanted_c - current, 2)
         limit = policy.negotiation.vote_max_offset_k

@@ -48,6 +48,7 @@ from buildingd.agents.messages import (
 from buildingd.agents.runtime import Agent
 from buildingd.control.zone import ZoneMode
 from buildingd.coordinator.escalation import ALERTS_TOPIC, AlertActionMsg, AlertMsg
+from buildingd.coordinator.requests import RETAINED_METRIC, record_refusal, request_error
 from buildingd.coordinator.votes import VoteResult
 from buildingd.mqtt import payload as strict_json
 from buildingd.mqtt.connection import MqttConnection
@@ -58,6 +59,25 @@ VoteFn = Callable[[str, str], VoteResult]
 OverrideFn = Callable[[str, str, float], dict[str, object]]
 OBJECT_ID = re.compile(r"[^a-zA-Z0-9_-]")
 BUS_TOPICS = (ZONE_STATE_TOPIC, EVENTS_TOPIC, ALERTS_TOPIC)
+RETAINED_LOGGED = 1000  # topics whose ignored retained request was logged (then only counted)
+
+
+def demand_response_request(payload: bytes) -> DemandResponseCall:
+    """``{"target_w": ..., "window_s": ..., "reason": ...}`` (strict JSON) as a call."""
+    data = strict_json.loads(payload)
+    if not isinstance(data, dict):
+        raise TypeError("expected a JSON object")
+    return DemandResponseCall(
+        target_w=data["target_w"], window_s=data.get("window_s", 3600),
+        reason=str(data.get("reason", "requested over MQTT"))[:200],
+    )  # fmt: skip
+
+
+def finite_number(payload: bytes) -> float:
+    value = float(payload)
+    if not math.isfinite(value):  # float() takes "nan" and "inf"
+        raise ValueError(f"not a finite number: {payload[:40]!r}")
+    return value
 
 
 def object_id(text: str) -> str:
@@ -152,6 +172,7 @@ class MqttBridgeAgent(Agent):
         # removal of a cleared subject's topic reached the broker).
         self.alerts: dict[str, bytes] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._retained_seen: set[str] = set()  # request topics whose retained message was logged
 
     def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
         """Run async work asked for by a (synchronous) MQTT callback."""
@@ -227,8 +248,8 @@ class MqttBridgeAgent(Agent):
             await self._publish_alert(subject, body)
 
     def _on_alert_action(self, topic: str, payload: bytes, retained: bool) -> None:
-        if retained:
-            return None  # left on the broker: acting on it at every connect would be wrong
+        if retained:  # left on the broker: acting on it at every connect would be wrong
+            return self._retained(topic, "alert-" + topic.rsplit("/", 1)[-1])
         alert_id, _, verb = topic.removeprefix(f"{self.base}/alerts/").partition("/")
         text = payload.decode(errors="replace").strip()
         by = text
@@ -284,7 +305,18 @@ class MqttBridgeAgent(Agent):
         zone_id = rest.split("/", 1)[0]
         return zone_id if zone_id in self.ctx.site.zones else None
 
+    def _retained(self, topic: str, kind: str) -> None:
+        """A request left retained on the broker: delivered again at every (re)connect and
+        restart, so it never acts; counted, and logged once per topic."""
+        self.ctx.metrics.inc(RETAINED_METRIC, kind=kind)
+        if topic not in self._retained_seen and len(self._retained_seen) < RETAINED_LOGGED:
+            self._retained_seen.add(topic)
+            log.warning("mqtt: retained %s request on %s ignored: requests act once; publish "
+                        "it without retain, and clear the retained one", kind, topic)  # fmt: skip
+
     def _on_vote(self, topic: str, payload: bytes, retained: bool) -> None:
+        if retained:
+            return self._retained(topic, "vote")
         zone_id = self._zone_of(topic)
         text = payload.decode(errors="replace").strip().strip('"').lower()
         if zone_id is None or self.vote_fn is None:
@@ -295,14 +327,14 @@ class MqttBridgeAgent(Agent):
         return None
 
     def _on_dr(self, topic: str, payload: bytes, retained: bool) -> None:
+        if retained:
+            return self._retained(topic, "demand-response")
         try:
-            data = strict_json.loads(payload)
-            call = DemandResponseCall(
-                target_w=data["target_w"], window_s=data.get("window_s", 3600),
-                reason=str(data.get("reason", "requested over MQTT"))[:200],
-            )  # fmt: skip
+            call = demand_response_request(payload)
         except (ValueError, TypeError, KeyError) as err:
-            return self._bad(topic, f"invalid demand-response request: {err}")
+            why = request_error(err)
+            record_refusal(self.ctx.metrics, "demand-response", why, source="mqtt")
+            return self._bad(topic, f"invalid demand-response request: {why}")
         self._spawn(self.ctx.send(call.envelope(Performative.REQUEST, self.name,
                                                 DEMAND_RESPONSE_TOPIC)))  # fmt: skip
         return None
@@ -310,14 +342,18 @@ class MqttBridgeAgent(Agent):
     def _on_setpoint(self, topic: str, payload: bytes, retained: bool) -> None:
         zone_id = self._zone_of(topic)
         what = topic.rsplit("/", 1)[-1]
-        try:
-            wanted = float(payload)
-        except ValueError:
-            return self._bad(topic, f"not a number: {payload[:40]!r}")
-        if not math.isfinite(wanted):  # float() takes "nan" and "inf"
-            return self._bad(topic, f"not a finite number: {payload[:40]!r}")
+        if what == "result":
+            return None  # our own answer, on the same topic filter
+        if retained:
+            return self._retained(topic, "override")
         if zone_id is None or what not in ("heating_sp", "cooling_sp"):
             return self._bad(topic, "unknown zone or setpoint")
+        try:
+            wanted = finite_number(payload)
+        except ValueError as err:
+            why = f"{what}: {err}"
+            record_refusal(self.ctx.metrics, "override", why, source="mqtt", zone=zone_id)
+            return self._bad(topic, why)
         if self.override_fn is None:
             return self._bad(topic, "no coordinator to take setpoint requests")
         result = self.override_fn(zone_id, what, wanted)

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from buildingd.agents.messages import DemandResponseCall
 from buildingd.agents.runtime import ChildState
+from buildingd.coordinator.requests import record_refusal, request_error
+from buildingd.errors import RequestRefusedError
 from buildingd.service.http import HttpError, HttpServer, Request, Response
 
 if TYPE_CHECKING:
@@ -214,7 +216,7 @@ def install_routes(server: HttpServer, daemon: Daemon) -> None:
         zone_id = request.params["zone"]
         if zone_id not in daemon.site.zones:
             raise HttpError(HTTPStatus.NOT_FOUND, f"no zone {zone_id!r}")
-        result = coordinator().vote(zone_id, str(body_object(request).get("vote")))
+        result = coordinator().vote(zone_id, str(body_object(request).get("vote")), "http")
         body = {"accepted": result.accepted, "reason": result.reason, "offset_k": result.offset_k}
         return Response.json(body, 200 if result.accepted else HTTPStatus.UNPROCESSABLE_ENTITY)
 
@@ -228,7 +230,7 @@ def install_routes(server: HttpServer, daemon: Daemon) -> None:
         if zone_id not in daemon.site.zones:
             raise HttpError(HTTPStatus.NOT_FOUND, f"no zone {zone_id!r}")
         what = keys[0].removesuffix("_c")
-        result = coordinator().override(zone_id, what, float(body[keys[0]]))
+        result = coordinator().override(zone_id, what, float(body[keys[0]]), "http")
         await coordinator().flush()
         return Response.json(result, 200 if result["accepted"] else HTTPStatus.UNPROCESSABLE_ENTITY)
 
@@ -259,9 +261,13 @@ def install_routes(server: HttpServer, daemon: Daemon) -> None:
                 reason=str(body.get("reason", "requested over HTTP"))[:200],
             )
         except ValueError as err:
-            raise HttpError(HTTPStatus.UNPROCESSABLE_ENTITY, str(err).splitlines()[0]) from err
-        conversation = coordinator().open_demand_response(call.target_w, call.window_s,
-                                                          call.reason)  # fmt: skip
+            why = request_error(err)
+            record_refusal(daemon.metrics, "demand-response", why, source="http")
+            raise HttpError(HTTPStatus.UNPROCESSABLE_ENTITY, why) from err
+        try:
+            conversation = coordinator().request_demand_response(call, source="http")
+        except RequestRefusedError as err:
+            raise HttpError(HTTPStatus.UNPROCESSABLE_ENTITY, err.reason) from err
         await coordinator().flush()
         return Response.json({"conversation_id": conversation}, HTTPStatus.ACCEPTED)
 

@@ -31,7 +31,7 @@ from buildingd.errors import ConfigError
 from buildingd.service.http import HttpServer
 from buildingd.service.reload import diff_settings, plan_reload
 from buildingd.service.sdnotify import Notifier, WatchdogGuard
-from buildingd.settings import Settings
+from buildingd.settings import Settings, bus_key_path
 from buildingd.sim.building import Building
 from buildingd.telemetry.schema import daemon_line
 
@@ -172,9 +172,16 @@ class Daemon:
             host = mqtt.host or "127.0.0.1"
             self.mqtt = MqttConnection(mqtt, site.site_id, host, mqtt.port, metrics=self.metrics)
             if mqtt.bus:
+                from buildingd.agents.hearing import hearing_problem
                 from buildingd.mqtt.bus import MqttBus
+                from buildingd.mqtt.bus_auth import load_or_create_key
 
-                self.bus = MqttBus(self.mqtt, self._is_local_agent)
+                self.bus = MqttBus(
+                    self.mqtt,
+                    self._is_local_agent,
+                    load_or_create_key(bus_key_path(settings)),
+                    lambda env: hearing_problem(env, self.ctx.site),
+                )
         self.ctx = AgentContext(
             bus=self.bus,
             clock=self.clock,
@@ -216,12 +223,12 @@ class Daemon:
         def vote(zone_id: str, vote: str) -> VoteResult:
             if self.coordinator is None:
                 return VoteResult(False, "the coordinator is not running", 0.0)
-            return self.coordinator.vote(zone_id, vote)
+            return self.coordinator.vote(zone_id, vote, "mqtt")
 
         def override(zone_id: str, what: str, wanted: float) -> dict[str, object]:
             if self.coordinator is None:
                 return {"accepted": False, "reason": "the coordinator is not running"}
-            return self.coordinator.override(zone_id, what, wanted)
+            return self.coordinator.override(zone_id, what, wanted, "mqtt")
 
         async def flush() -> None:
             if self.coordinator is not None:
@@ -241,7 +248,13 @@ class Daemon:
         if self.settings.mqtt.host is None:
             from buildingd.mqtt.broker import EmbeddedBroker
 
-            broker = EmbeddedBroker(self.settings.mqtt.port)
+            mqtt = self.settings.mqtt
+            broker = EmbeddedBroker(
+                mqtt.port,
+                mqtt.broker_password_file,
+                mqtt.broker_max_payload_bytes,
+                mqtt.broker_max_retained_bytes,
+            )
             await broker.start()
             services.push_async_callback(broker.stop)
             self.mqtt.host, self.mqtt.port = broker.host, broker.port
