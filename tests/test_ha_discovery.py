@@ -17,8 +17,13 @@ from buildingd.config.loader import load_site
 from buildingd.config.policies import Band, Policy
 from buildingd.control.zone import Adjustments, ZoneInputs, ZoneMode, ZoneState, decide
 from buildingd.coordinator import overrides
-from buildingd.mqtt.bridge import hvac_action, light_request, zone_state_body
-from buildingd.mqtt.ha_discovery import discovery_configs
+from buildingd.mqtt.ha_discovery import (
+    discovery_configs,
+    hvac_action,
+    light_request,
+    zone_state_body,
+)
+from buildingd.points import PointKind
 from tests.conftest import REPO, one_room_site
 
 HA_PYTHON = REPO / ".venv-ha" / "bin" / "python"
@@ -119,6 +124,12 @@ def test_band_requests_are_checked_against_the_policy() -> None:
     assert "safety band" in (overrides.check_band(9.0, 24.0, base, policy) or "")
     assert overrides.check_mode("unoccupied") is None
     assert "cannot be set by hand" in (overrides.check_mode("hold") or "")
+    dimmer = {PointKind.LIGHT_LEVEL}
+    assert overrides.check_light(40, dimmer) is None
+    assert "vacancy" in (overrides.check_light(40, dimmer, vacant=True) or "")
+    assert overrides.check_light(0, dimmer, vacant=True) is None  # off is always fine
+    assert "0 or 100" in (overrides.check_light(40, {PointKind.LIGHT_SWITCH}) or "")
+    assert "no lighting" in (overrides.check_light(40, set()) or "")
 
 
 def test_zone_overrides_mode_band_and_light_with_vacancy_timeout() -> None:

@@ -919,7 +919,12 @@ class CoordinatorAgent(Agent):
         if isinstance(checked, dict):
             return checked
         kinds = {p.kind for p in self._zone_points(zone_id)}
-        refused = overrides.check_light(level_pct, kinds)
+        policy, state = checked
+        # Lights off and nobody there: past the vacancy timeout (or daylight is enough, which
+        # reads the same here); a level set now would be dropped at once, so it is refused.
+        vacant = state.occupied is False and state.light_level_pct == 0
+        vacant = vacant and not policy.lighting.on_through_schedule
+        refused = overrides.check_light(level_pct, kinds, vacant=vacant)
         if refused:
             return {"accepted": False, "reason": refused}
         level = round(level_pct)

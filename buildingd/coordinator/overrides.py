@@ -35,11 +35,15 @@ def check_mode(mode: str) -> str | None:
     return None
 
 
-def check_light(level_pct: float, kinds: set[PointKind]) -> str | None:
+def check_light(level_pct: float, kinds: set[PointKind], *, vacant: bool = False) -> str | None:
+    """A level the zone's lights can take; none but off for a ``vacant`` zone (the vacancy
+    timeout stays in force: a level set by hand lasts only while people are there)."""
     if not kinds & {PointKind.LIGHT_LEVEL, PointKind.LIGHT_SWITCH}:
         return "the zone has no lighting"
     if not 0 <= level_pct <= 100:
         return f"light level {level_pct:g} % is outside 0..100 %"
     if PointKind.LIGHT_LEVEL not in kinds and level_pct not in (0, 100):
         return "the zone's lights are switched, not dimmed: 0 or 100 %"
+    if vacant and level_pct > 0:
+        return "nobody in the zone: its lights stay off (vacancy timeout)"
     return None

@@ -1,27 +1,35 @@
 """The MQTT bridge agent: what the building shows and accepts on the broker.
 
 Out (under ``<prefix>/<site>/``): ``zone/<zone>/state`` (retained JSON: mode, temperature_c,
-humidity_pct, occupied, illuminance_lux, heating_sp_c, cooling_sp_c, light_level_pct),
-``events``, ``alerts/<subject>`` (retained JSON: the open break-glass alerts of one zone, device,
-agent or ``building``, each with its ``ack_topic``; an empty retained payload removes the topic
-when the last one clears), and ``status`` (online/offline, retained, the will).
+humidity_pct, occupied, illuminance_lux, heating_sp_c, cooling_sp_c, light_level_pct,
+hvac_action; rounded to each value's precision), ``events``, ``alerts/<subject>`` (retained JSON:
+the open break-glass alerts of one zone, device, agent or ``building``, each with its
+``ack_topic``; an empty retained payload removes the topic when the last one clears), and
+``status`` (online/offline, retained, the will).
 
 In: ``zone/<zone>/vote`` (``hot`` / ``cold``, answered on ``zone/<zone>/vote/result``),
 ``demand-response/request`` (``{"target_w": ..., "window_s": ...}``), ``alerts/<id>/ack`` and
 ``alerts/<id>/clear`` (payload: who, as text or ``{"by": ...}``; retained ones are ignored, so an
-acknowledgement left on the broker never acts again), and, with Home Assistant discovery on,
-``zone/<zone>/set/heating_sp`` and ``.../cooling_sp`` from the climate entity. A setpoint request
-becomes a band offset that passes the same policy limits as a vote (at most ``vote_max_offset_k``
-from the scheduled band, inside the safety band) or is refused with a reason on
-``zone/<zone>/set/result``. Invalid payloads (not strict JSON, NaN or infinite numbers,
-too large) are counted in ``buildingd_mqtt_invalid_total`` and logged, never raised.
+acknowledgement left on the broker never acts again). Invalid payloads (not strict JSON, NaN or
+infinite numbers, too large) are counted in ``buildingd_mqtt_invalid_total`` and logged, never
+raised.
+
+With Home Assistant discovery on (https://www.home-assistant.io/integrations/mqtt/#mqtt-discovery;
+the payloads in ``ha_discovery``): per zone and device the entities its points allow, published
+retained on connect, whenever Home Assistant announces ``homeassistant/status`` ``online`` and
+after a reload; a config of ours on the broker that the site no longer has is cleared. Requests
+on ``zone/<zone>/set/<what>`` go through the coordinator's override path (policy limits, audit):
+``heating_sp`` and ``cooling_sp`` (Home Assistant sends a range as two messages: settled for
+``RANGE_SETTLE_S`` into one band request), ``mode`` (a preset; it times out back to the
+schedule) and ``light`` (JSON light schema; the vacancy timeout ends it). Each is answered on
+``zone/<zone>/set/result`` (ignored when read back) and, retained, on
+``zone/<zone>/request/last``, which Home Assistant shows as the zone's "Last request" sensor.
+Retained requests are ignored. Also published: ``zone/<zone>/light`` (JSON light state),
+``device/<device>/state`` (power and energy readings) and ``problem/<subject>`` (ON/OFF: open
+break-glass alerts of a zone or device).
 
 The bridge also hands the daemon's ``Metrics`` to the connection (``use_metrics``), so its
 ``buildingd_mqtt_*`` counters reach ``/metrics``.
-
-Home Assistant MQTT discovery (https://www.home-assistant.io/integrations/mqtt/#mqtt-discovery):
-per zone a ``climate`` entity and ``sensor``/``binary_sensor`` entities, published retained on
-connect and again whenever Home Assistant announces ``homeassistant/status`` ``online``.
 """
 
 from __future__ import annotations
@@ -51,7 +59,14 @@ from buildingd.coordinator.escalation import ALERTS_TOPIC, AlertActionMsg, Alert
 from buildingd.coordinator.votes import VoteResult
 from buildingd.mqtt import payload as strict_json
 from buildingd.mqtt.connection import MqttConnection
-from buildingd.mqtt.ha_discovery import Topics, discovery_configs, object_id, rounded
+from buildingd.mqtt.ha_discovery import (
+    Topics,
+    discovery_configs,
+    light_request,
+    object_id,
+    rounded,
+    zone_state_body,
+)
 from buildingd.points import PointKind
 
 log = logging.getLogger(__name__)
@@ -72,35 +87,6 @@ class Overrides(Protocol):
     def override_mode(self, zone_id: str, mode: str) -> dict[str, object]: ...
 
     def override_light(self, zone_id: str, level_pct: float) -> dict[str, object]: ...
-
-
-def hvac_action(msg: ZoneStateMsg) -> str:
-    """Home Assistant's hvac_action from the terminal unit's state: heating below the heating
-    setpoint and cooling above the cooling setpoint while it draws power, idle otherwise."""
-    t = msg.temperature_c
-    if t is None or not msg.hvac_w:
-        return "idle"
-    if t < msg.heating_sp_c:
-        return "heating"
-    if t > msg.cooling_sp_c:
-        return "cooling"
-    return "idle"
-
-
-def zone_state_body(msg: ZoneStateMsg) -> dict[str, Any]:
-    """The retained zone state, rounded to the precision each value has."""
-    return {
-        "mode": msg.mode,
-        "temperature_c": rounded(msg.temperature_c, "temperature_c"),
-        "humidity_pct": rounded(msg.humidity_pct, "humidity_pct"),
-        "occupied": msg.occupied,
-        "illuminance_lux": rounded(msg.illuminance_lux, "illuminance_lux"),
-        "heating_sp_c": rounded(msg.heating_sp_c, "setpoint_c"),
-        "cooling_sp_c": rounded(msg.cooling_sp_c, "setpoint_c"),
-        "light_level_pct": rounded(msg.light_level_pct, "light_level_pct"),
-        "hvac_action": hvac_action(msg),
-        "timestamp": msg.timestamp.isoformat(),
-    }
 
 
 class MqttBridgeAgent(Agent):
@@ -429,20 +415,3 @@ class MqttBridgeAgent(Agent):
         if payload.strip().lower() == b"online":
             log.info("mqtt: Home Assistant is online: re-announcing zones")
             self._spawn(self.announce())
-
-
-def light_request(payload: bytes, state: ZoneStateMsg | None) -> float:
-    """The level (%) a JSON-schema light command asks for: ``{"state": "ON"|"OFF",
-    "brightness": 0..100}``; ON without brightness keeps the current level (full when off)."""
-    data = strict_json.loads(payload)
-    if not isinstance(data, dict) or data.get("state") not in ("ON", "OFF"):
-        raise ValueError('expected {"state": "ON" or "OFF", ...}')
-    if data["state"] == "OFF":
-        return 0.0
-    brightness = data.get("brightness")
-    if brightness is None:
-        current = state.light_level_pct if state is not None else 0.0
-        return current if current > 0 else 100.0
-    if isinstance(brightness, bool) or not isinstance(brightness, int | float):
-        raise ValueError("brightness must be a number")  # noqa: TRY004 (bad input, one type)
-    return float(brightness)

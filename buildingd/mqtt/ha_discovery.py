@@ -1,4 +1,5 @@
-"""Home Assistant MQTT discovery payloads (pure): what each zone and device is announced as.
+"""Home Assistant MQTT discovery payloads (pure): what each zone and device is announced as, and
+the payloads those entities read (zone state, rounded) and send (light commands).
 
 Built from the validated site only; the bridge publishes them retained and clears the ones it no
 longer announces. Schemas: homeassistant.components.mqtt.<platform> (checked by the tests against
@@ -12,7 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from buildingd import __version__
+from buildingd.agents.messages import ZoneStateMsg
 from buildingd.config.loader import Site
+from buildingd.mqtt import payload as strict_json
 from buildingd.points import PointKind
 
 OBJECT_ID = re.compile(r"[^a-zA-Z0-9_-]")
@@ -251,3 +254,49 @@ def rounded(value: float | None, field: str) -> float | int | None:
         return None
     digits = DECIMALS[field]
     return round(value, digits) if digits else round(value)
+
+
+def hvac_action(msg: ZoneStateMsg) -> str:
+    """Home Assistant's hvac_action from the terminal unit's state: heating below the heating
+    setpoint and cooling above the cooling setpoint while it draws power, idle otherwise."""
+    t = msg.temperature_c
+    if t is None or not msg.hvac_w:
+        return "idle"
+    if t < msg.heating_sp_c:
+        return "heating"
+    if t > msg.cooling_sp_c:
+        return "cooling"
+    return "idle"
+
+
+def zone_state_body(msg: ZoneStateMsg) -> dict[str, Any]:
+    """The retained zone state, rounded to the precision each value has."""
+    return {
+        "mode": msg.mode,
+        "temperature_c": rounded(msg.temperature_c, "temperature_c"),
+        "humidity_pct": rounded(msg.humidity_pct, "humidity_pct"),
+        "occupied": msg.occupied,
+        "illuminance_lux": rounded(msg.illuminance_lux, "illuminance_lux"),
+        "heating_sp_c": rounded(msg.heating_sp_c, "setpoint_c"),
+        "cooling_sp_c": rounded(msg.cooling_sp_c, "setpoint_c"),
+        "light_level_pct": rounded(msg.light_level_pct, "light_level_pct"),
+        "hvac_action": hvac_action(msg),
+        "timestamp": msg.timestamp.isoformat(),
+    }
+
+
+def light_request(payload: bytes, state: ZoneStateMsg | None) -> float:
+    """The level (%) a JSON-schema light command asks for: ``{"state": "ON"|"OFF",
+    "brightness": 0..100}``; ON without brightness keeps the current level (full when off)."""
+    data = strict_json.loads(payload)
+    if not isinstance(data, dict) or data.get("state") not in ("ON", "OFF"):
+        raise ValueError('expected {"state": "ON" or "OFF", ...}')
+    if data["state"] == "OFF":
+        return 0.0
+    brightness = data.get("brightness")
+    if brightness is None:
+        current = state.light_level_pct if state is not None else 0.0
+        return current if current > 0 else 100.0
+    if isinstance(brightness, bool) or not isinstance(brightness, int | float):
+        raise ValueError("brightness must be a number")  # noqa: TRY004 (bad input, one type)
+    return float(brightness)
