@@ -16,7 +16,7 @@ import pytest
 from buildingd.config.loader import load_site
 from buildingd.service.app import Daemon
 from buildingd.settings import Settings
-from tests.conftest import one_room_site
+from tests.conftest import ALWAYS_OCCUPIED, one_room_site
 from tests.servers import Mosquitto
 
 DEVICES = """\
@@ -35,6 +35,8 @@ devices:
          limits: {min: 15, max: 35}}
 """
 BASE = "buildingd/hab"
+# Always in occupied hours; a zone mode set by hand lasts 2 s.
+POLICY = ALWAYS_OCCUPIED + "    negotiation: {mode_override_s: 2}\n"
 
 
 async def until(predicate: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
@@ -48,9 +50,9 @@ async def until(predicate: Callable[[], bool], what: str, timeout_s: float = 30.
 
 @pytest.mark.mosquitto
 async def test_requests_answers_alerts_and_ghost_configs(
-    mosquitto: Mosquitto, tmp_path: Path
+    mosquitto: Mosquitto, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    site = load_site(one_room_site(tmp_path / "site", "hab", DEVICES))
+    site = load_site(one_room_site(tmp_path / "site", "hab", DEVICES, POLICY))
     settings = Settings.model_validate(
         {
             "state_dir": tmp_path / "state",
@@ -99,14 +101,21 @@ async def test_requests_answers_alerts_and_ghost_configs(
             await until(lambda: zone.decision is not None and
                         (zone.decision.band.heating_c, zone.decision.band.cooling_c)
                         == (21.5, 23.5), "the band applied")  # fmt: skip
+            await until(lambda: f"{BASE}/zone/room/request/last" in seen, "the last request")
             last = json.loads(seen[f"{BASE}/zone/room/request/last"][-1])
             assert last["summary"].startswith("accepted: cooling_sp=23.5, heating_sp=21.5")
 
+            # A zone mode from Home Assistant: audited, and back to the schedule by itself.
+            await ha.publish(f"{BASE}/zone/room/set/mode", b"unoccupied")
+            await until(lambda: zone.state.mode.value == "unoccupied", "the mode set by hand")
+            assert any("kind=override outcome=mode" in r.getMessage() for r in caplog.records)
+            await until(lambda: zone.state.mode.value == "occupied", "back to the schedule")
+
             await ha.publish(f"{BASE}/zone/room/set/light", b'{"state": "DIM"}')
             await ha.publish(f"{BASE}/zone/room/set/mode", b"hold")
-            await until(lambda: len(seen[result]) == 2, "the refused mode")
-            assert "cannot be set by hand" in json.loads(seen[result][1])["reason"]
-            assert len(seen[result]) == 2  # one answer per request, the range's included
+            await until(lambda: len(seen[result]) == 3, "the refused mode")
+            assert "cannot be set by hand" in json.loads(seen[result][2])["reason"]
+            assert len(seen[result]) == 3  # one answer per request, the range's included
             counters = daemon.metrics.counters
             assert counters.get('buildingd_mqtt_invalid_total{topic="light"}') == 1
             assert 'buildingd_mqtt_invalid_total{topic="result"}' not in counters
