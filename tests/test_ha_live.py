@@ -188,7 +188,9 @@ def test_every_zone_usable_from_home_assistant(stack: tuple[Buildingd, HomeAssis
         assert re.fullmatch(r"\d+(\.\d)?", temperature["state"]), temperature  # no float noise
         assert temperature["attributes"]["state_class"] == "measurement"
         assert by_name(states, "binary_sensor")[f"{name} Open alert"]["state"] == "off"
-    assert sensors["main-meter Power power"]["attributes"]["device_class"] == "power"
+    assert sensors["main-meter Power"]["attributes"]["device_class"] == "power"
+    ha.wait_for("the main meter's power in W", lambda s: re.fullmatch(
+        r"\d+", by_name(s, "sensor")["main-meter Power"]["state"]) is not None)  # fmt: skip
 
     # -- a zone mode from Home Assistant: through the override path, onto the thermostat ------
     policy = site.policy_for(MEETING)

@@ -24,9 +24,9 @@ on ``zone/<zone>/set/<what>`` go through the coordinator's override path (policy
 schedule) and ``light`` (JSON light schema; the vacancy timeout ends it). Each is answered on
 ``zone/<zone>/set/result`` (ignored when read back) and, retained, on
 ``zone/<zone>/request/last``, which Home Assistant shows as the zone's "Last request" sensor.
-Retained requests are ignored. Also published: ``zone/<zone>/light`` (JSON light state),
-``device/<device>/state`` (power and energy readings) and ``problem/<subject>`` (ON/OFF: open
-break-glass alerts of a zone or device).
+Retained requests are ignored. Also published, retained: ``zone/<zone>/light`` (JSON light
+state), ``device/<device>/<point>`` (power and energy readings) and ``problem/<subject>``
+(ON/OFF: open break-glass alerts of a zone or device).
 
 The bridge also hands the daemon's ``Metrics`` to the connection (``use_metrics``), so its
 ``buildingd_mqtt_*`` counters reach ``/metrics``.
@@ -112,7 +112,7 @@ class MqttBridgeAgent(Agent):
         # not among them (a zone or device removed while we were away or by a reload) is cleared.
         self.configs: dict[str, dict[str, Any]] = {}
         self.problems: set[str] = set()  # zones and devices with open break-glass alerts
-        self.meter_values: dict[str, dict[str, float | int | None]] = {}
+        self.meter_values: dict[tuple[str, str], float | int | None] = {}  # (device, point)
         self.base = conn.base
         self.settings = conn.settings
         self.invalid = 0
@@ -261,12 +261,14 @@ class MqttBridgeAgent(Agent):
         if msg.kind not in (PointKind.POWER, PointKind.ENERGY) or not msg.quality.usable:
             return
         field = "power_w" if msg.kind is PointKind.POWER else "energy_kwh"
-        values = self.meter_values.setdefault(msg.device_id, {})
-        value = rounded(msg.value, field)
-        if values.get(msg.point_id) == value:
+        key, value = (msg.device_id, msg.point_id), rounded(msg.value, field)
+        if self.meter_values.get(key) == value:
             return  # nothing new for Home Assistant
-        values[msg.point_id] = value
-        await self.conn.publish(self.topics.device_state(msg.device_id), json.dumps(values),
+        self.meter_values[key] = value
+        await self._publish_meter(key)
+
+    async def _publish_meter(self, key: tuple[str, str]) -> None:
+        await self.conn.publish(self.topics.point_state(*key), json.dumps(self.meter_values[key]),
                                 self.settings.qos_readings, retain=True)  # fmt: skip
 
     def _discovery(self) -> dict[str, dict[str, Any]]:
@@ -295,9 +297,8 @@ class MqttBridgeAgent(Agent):
             await self._publish_problem(subject)
         for msg in list(self.states.values()):
             await self._zone_state(msg)
-        for device_id, values in list(self.meter_values.items()):
-            await self.conn.publish(self.topics.device_state(device_id), json.dumps(values),
-                                    self.settings.qos_readings, retain=True)  # fmt: skip
+        for key in list(self.meter_values):
+            await self._publish_meter(key)
 
     def _bad(self, topic: str, why: str) -> None:
         self.invalid += 1

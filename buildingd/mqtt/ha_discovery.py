@@ -29,6 +29,14 @@ DECIMALS = {"temperature_c": 1, "humidity_pct": 1, "illuminance_lux": 0, "power_
             "energy_kwh": 3, "light_level_pct": 0, "setpoint_c": 2}  # fmt: skip
 
 
+# Meter points as sensors: label, device_class, state_class, decimals. Energy counters are
+# total_increasing, so Home Assistant's Energy dashboard takes them.
+METERS = {
+    PointKind.POWER: ("Power", "power", "measurement", DECIMALS["power_w"]),
+    PointKind.ENERGY: ("Energy", "energy", "total_increasing", DECIMALS["energy_kwh"]),
+}
+
+
 def object_id(text: str) -> str:
     return OBJECT_ID.sub("_", text)
 
@@ -51,8 +59,8 @@ class Topics:
     def last_request(self, zone_id: str) -> str:
         return f"{self.base}/zone/{zone_id}/request/last"
 
-    def device_state(self, device_id: str) -> str:
-        return f"{self.base}/device/{device_id}/state"
+    def point_state(self, device_id: str, point_id: str) -> str:
+        return f"{self.base}/device/{device_id}/{point_id}"
 
     def problem(self, subject: str) -> str:
         return f"{self.base}/problem/{subject}"
@@ -103,31 +111,30 @@ def discovery_configs(
         if configuration_url:
             dev["configuration_url"] = f"{configuration_url}/api/devices"
         common = _availability(base) | {"device": dev}
-        state = Topics(base).device_state(device_id)
         for point in device.points_list():
+            if point.kind not in METERS:
+                continue
+            label, device_class, state_class, digits = METERS[point.kind]
             pid = object_id(point.id)
-            if point.kind is PointKind.POWER:
-                configs[f"{prefix}/sensor/{node}/{did}_{pid}/config"] = {
-                    **common, "name": f"Power {point.id}", "unique_id": f"{node}_{did}_{pid}",
-                    "device_class": "power", "state_class": "measurement",
-                    "unit_of_measurement": "W", "state_topic": state,
-                    "value_template": f"{{{{ value_json['{point.id}'] }}}}",
-                    "suggested_display_precision": 0,
-                }  # fmt: skip
-            elif point.kind is PointKind.ENERGY:
-                configs[f"{prefix}/sensor/{node}/{did}_{pid}/config"] = {
-                    **common, "name": f"Energy {point.id}", "unique_id": f"{node}_{did}_{pid}",
-                    "device_class": "energy", "state_class": "total_increasing",
-                    "unit_of_measurement": "kWh", "state_topic": state,
-                    "value_template": f"{{{{ value_json['{point.id}'] }}}}",
-                    "suggested_display_precision": 3,
-                }  # fmt: skip
+            configs[f"{prefix}/sensor/{node}/{did}_{pid}/config"] = {
+                **common, "name": _meter_name(label, point.id),
+                "unique_id": f"{node}_{did}_{pid}", "device_class": device_class,
+                "state_class": state_class,
+                "state_topic": Topics(base).point_state(device_id, point.id),
+                "unit_of_measurement": point.effective_unit,  # as the readings come (W, kWh)
+                "suggested_display_precision": digits,
+            }  # fmt: skip
         configs[f"{prefix}/binary_sensor/{node}/{did}_problem/config"] = {
             **common, "name": "Open alert", "unique_id": f"{node}_{did}_problem",
             "device_class": "problem", "entity_category": "diagnostic",
             "state_topic": Topics(base).problem(device_id),
         }  # fmt: skip
     return configs
+
+
+def _meter_name(label: str, point_id: str) -> str:
+    """ "Power" for a point called power, "Power hvac" for one called hvac."""
+    return label if point_id == label.lower() else f"{label} {point_id}"
 
 
 def _availability(base: str) -> dict[str, Any]:
