@@ -35,6 +35,15 @@ class HomeAssistant:
     def log(self) -> Path:
         return self.folder / "home-assistant.log"
 
+    def _keep_log(self) -> None:
+        """Keep the last run's log before the next start (Home Assistant would rotate it
+        away)."""
+        if self.log.exists():
+            runs = self.folder / "previous-runs.log"
+            with runs.open("a") as out:
+                out.write(self.log.read_text(errors="replace"))
+            self.log.unlink()
+
     def _write_config(self) -> None:
         if (self.folder / "configuration.yaml").exists():
             return
@@ -63,6 +72,7 @@ class HomeAssistant:
         if not HASS.exists():
             raise RuntimeError("no Home Assistant venv: run `make install-ha` (make test does)")
         self._write_config()
+        self._keep_log()
         self.proc = subprocess.Popen(
             [str(HASS), "-c", str(self.folder), "--skip-pip"],
             stdout=subprocess.DEVNULL,
@@ -90,7 +100,9 @@ class HomeAssistant:
         self.proc = None
 
     def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
+        """Every run's log, oldest first."""
+        runs = [self.folder / "previous-runs.log", self.log]
+        return "".join(p.read_text(errors="replace") for p in runs if p.exists())
 
     def states(self) -> dict[str, dict[str, Any]]:
         """Home Assistant's state machine: entity id -> state dict (state, attributes)."""
