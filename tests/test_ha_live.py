@@ -109,10 +109,12 @@ class Buildingd:
 
 def site_for_test(site: Path) -> None:
     """The demo site, with the office lights kept on through scheduled hours, so a light level
-    set from Home Assistant holds whether or not the simulated people are in the room."""
+    set from Home Assistant holds whether or not the simulated people are in the room, and no
+    power cap, so no demand-response event moves the setpoints the test reads back."""
     path = site / "policies" / "office.yaml"
     data = yaml.safe_load(path.read_text())
     data["policies"][0]["lighting"]["on_through_schedule"] = True
+    data["demand_response"]["power_cap_w"] = None
     path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
