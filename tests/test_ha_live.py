@@ -253,11 +253,17 @@ def test_every_zone_usable_from_home_assistant(stack: tuple[Buildingd, HomeAssis
     ha.wait_for("every zone back after the restart", all_there, timeout_s=120)
 
     # -- a zone removed by a reload disappears from Home Assistant ----------------------------
+    def server_room(states: dict[str, dict[str, Any]]) -> list[str]:
+        friendly = [s["attributes"].get("friendly_name", "") for s in states.values()]
+        return [n for n in friendly if n.startswith(("Server room", "f2-server"))]
+
+    assert len(server_room(ha.states())) >= 5
     _remove_zone(daemon.site, "f2-server")
     assert daemon.proc is not None
     daemon.proc.send_signal(signal.SIGHUP)
     ha.wait_for("the removed zone gone", lambda s: "Server room" not in by_name(s, "climate")
                 and all_there_but(s, names, "Server room"))  # fmt: skip
+    assert server_room(ha.states()) == []  # its sensors and its devices' alert sensors too
 
     # -- buildingd stops (SIGTERM), comes back, is killed (SIGKILL): unavailable each time ----
     domains = ("climate", "light", "sensor", "binary_sensor")
