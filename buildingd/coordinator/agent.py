@@ -915,7 +915,7 @@ class CoordinatorAgent(Agent):
     def override_light(self, zone_id: str, level_pct: float) -> dict[str, object]:
         """A light level asked for by hand: kept while people are there, ended by the vacancy
         timeout like any lighting."""
-        checked = self._override_target(zone_id)
+        checked = self._override_target(zone_id, in_hold=True)  # lights work in a safe hold
         if isinstance(checked, dict):
             return checked
         kinds = {p.kind for p in self._zone_points(zone_id)}
@@ -934,13 +934,17 @@ class CoordinatorAgent(Agent):
         return {"accepted": True, "light_level_pct": level,
                 "reason": f"lights {level} % until the vacancy timeout"}  # fmt: skip
 
-    def _override_target(self, zone_id: str) -> tuple[Policy, ZoneStateMsg] | dict[str, object]:
+    def _override_target(
+        self, zone_id: str, in_hold: bool = False
+    ) -> tuple[Policy, ZoneStateMsg] | dict[str, object]:
+        """The zone's policy and state, or the refusal (unknown zone, no state yet, a safe hold
+        unless ``in_hold``)."""
         if zone_id not in self.ctx.site.zones:
             return {"accepted": False, "reason": f"unknown zone {zone_id!r}"}
         state = self.zones.get(zone_id)
         if state is None:
             return {"accepted": False, "reason": "zone state not known yet"}
-        if state.mode == "hold":
+        if state.mode == "hold" and not in_hold:
             return {"accepted": False, "reason": "safe hold (no usable temperature sensor)"}
         return self.ctx.site.policy_for(zone_id), state
 

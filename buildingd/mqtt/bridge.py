@@ -75,6 +75,7 @@ VoteFn = Callable[[str, str], VoteResult]
 BUS_TOPICS = (ZONE_STATE_TOPIC, EVENTS_TOPIC, ALERTS_TOPIC)
 RANGE_SETTLE_S = 0.3  # Home Assistant sends a range's low and high as two messages, at once
 MAX_ANSWER_CHARS = 240  # a Home Assistant sensor state holds 255
+NO_COORDINATOR = "the coordinator is not running here"
 
 
 class Overrides(Protocol):
@@ -350,7 +351,9 @@ class MqttBridgeAgent(Agent):
             return self._bad(topic, "unknown zone")
         overrides = self.overrides() if self.overrides is not None else None
         if overrides is None:
-            return self._bad(topic, "no coordinator to take requests")
+            refused: dict[str, object] = {"accepted": False, "reason": NO_COORDINATOR}
+            self._spawn(self._answer(zone_id, what[:20], refused))
+            return None
         if what in ("heating_sp", "cooling_sp"):
             try:
                 wanted = float(payload)
@@ -385,10 +388,13 @@ class MqttBridgeAgent(Agent):
         pending = self._pending.pop(zone_id, {})
         overrides = self.overrides() if self.overrides is not None else None
         state = self.states.get(zone_id)
-        if overrides is None or not pending:
+        if not pending:
             return
-        if state is None:
-            result: dict[str, object] = {"accepted": False, "reason": "zone state not known yet"}
+        result: dict[str, object]
+        if overrides is None:
+            result = {"accepted": False, "reason": NO_COORDINATOR}
+        elif state is None:
+            result = {"accepted": False, "reason": "zone state not known yet"}
         else:
             heating = pending.get("heating_sp", state.heating_sp_c)
             cooling = pending.get("cooling_sp", state.cooling_sp_c)
