@@ -114,6 +114,7 @@ class MqttBridgeAgent(Agent):
         self.configs: dict[str, dict[str, Any]] = {}
         self.problems: set[str] = set()  # zones and devices with open break-glass alerts
         self.meter_values: dict[tuple[str, str], float | int | None] = {}  # (device, point)
+        self._meter_subs: list[str] = []  # bus topics subscribed for meter readings
         self.base = conn.base
         self.settings = conn.settings
         self.invalid = 0
@@ -149,8 +150,7 @@ class MqttBridgeAgent(Agent):
             self.conn.subscribe(f"{self.base}/zone/+/set/+", self._on_setpoint, 1, refused)
             self.conn.subscribe(f"{prefix}/status", self._on_ha, 1)
             self.conn.subscribe(f"{prefix}/+/{node}/+/config", self._on_config, 1)
-            for topic in self._meter_topics():
-                self.ctx.bus.subscribe(topic, self.inbox)
+            self._subscribe_meters()
             self.conn.on_connect(self.announce)
             if self.conn.connected.is_set():
                 await self.announce()
@@ -171,7 +171,7 @@ class MqttBridgeAgent(Agent):
                 elif env.ontology == AlertMsg.ontology:
                     await self._alerts(AlertMsg.parse(env))
         finally:
-            for topic in (*BUS_TOPICS, *self._meter_topics()):
+            for topic in (*BUS_TOPICS, *self._meter_subs):
                 self.ctx.bus.unsubscribe(topic, self.inbox)
             # A restarted bridge subscribes afresh; this one's handlers must not linger.
             for handler in (self._on_vote, self._on_dr, self._on_setpoint, self._on_ha,
@@ -250,13 +250,16 @@ class MqttBridgeAgent(Agent):
             await self.conn.publish(self.topics.light_state(msg.zone_id), json.dumps(light),
                                     self.settings.qos_readings, retain=True)  # fmt: skip
 
-    def _meter_topics(self) -> list[str]:
-        """Bus topics carrying the readings of power and energy points (for their sensors)."""
-        if not self.settings.homeassistant_discovery:
-            return []
+    def _subscribe_meters(self) -> None:
+        """The bus topics carrying the readings of power and energy points (for their
+        sensors), as the site has them now."""
         zones = {p.zone for d in self.ctx.site.devices.values() for p in d.points_list()
                  if p.kind in (PointKind.POWER, PointKind.ENERGY)}  # fmt: skip
-        return sorted(readings_topic(z) for z in zones)
+        for topic in self._meter_subs:
+            self.ctx.bus.unsubscribe(topic, self.inbox)
+        self._meter_subs = sorted(readings_topic(z) for z in zones)
+        for topic in self._meter_subs:
+            self.ctx.bus.subscribe(topic, self.inbox)
 
     async def _meter_reading(self, msg: ReadingMsg) -> None:
         if msg.kind not in (PointKind.POWER, PointKind.ENERGY) or not msg.quality.usable:
@@ -279,6 +282,7 @@ class MqttBridgeAgent(Agent):
     async def _reannounce(self) -> None:
         """After a reload: configs of removed zones and devices cleared, the rest announced."""
         old, self.configs = self.configs, self._discovery()
+        self._subscribe_meters()
         for topic in old.keys() - self.configs.keys():
             await self.conn.publish(topic, b"", qos=1, retain=True)
         await self.announce()
