@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Literal, Self
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -155,6 +155,11 @@ class AdjustmentsMsg(Content):
     dr_shift_k: float | None = Field(default=None, ge=0, le=5)
     vote_offset_k: float | None = Field(default=None, ge=-5, le=5)
     dim_pct: float | None = Field(default=None, ge=0, le=100)
+    # Set by hand (HTTP, Home Assistant) through the coordinator's override path:
+    cooling_extra_k: float | None = Field(default=None, ge=-10, le=10)  # band narrowed/widened
+    mode_override: Literal["", "occupied", "standby", "unoccupied"] | None = None  # "": schedule
+    mode_until: datetime | None = None  # UTC; the zone returns to its schedule then by itself
+    light_override_pct: float | None = Field(default=None, ge=-1, le=100)  # -1: none
 
 
 class NegotiationMsg(Content):

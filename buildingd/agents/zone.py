@@ -421,6 +421,15 @@ class ZoneAgent(Agent):
             self._apply_commitments()
         return bool(ended)
 
+    def expire_mode_override(self) -> None:
+        """A zone mode set by hand ends by itself (the coordinator may be gone): back to the
+        schedule at ``mode_until``."""
+        adj = self.state.adjustments
+        if adj.mode_override and (adj.mode_until is None or adj.mode_until <= self.ctx.clock.now()):
+            log.info("zone %s: %s set by hand has timed out: back to the schedule", self.zone_id,
+                     adj.mode_override)  # fmt: skip
+            self.set_adjustments(replace(adj, mode_override="", mode_until=None))
+
     def set_adjustments(self, adjustments: Adjustments) -> None:
         self.state = replace(self.state, adjustments=adjustments)
 
@@ -441,6 +450,7 @@ class ZoneAgent(Agent):
     async def control(self, now_s: float) -> None:
         self.last_control_s = now_s
         self.expire_commitments()
+        self.expire_mode_override()
         inputs = self.inputs()
         ready_s = self.ctx.ready_s
         if (

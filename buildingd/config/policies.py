@@ -128,6 +128,7 @@ class Negotiation(Strict):
     vote_window_s: float = Field(default=900.0, gt=0)
     vote_step_k: float = Field(default=0.5, gt=0, le=2)
     vote_max_offset_k: float = Field(default=1.5, ge=0, le=5)
+    mode_override_s: float = Field(default=7200.0, gt=0)  # a zone mode set by hand lasts this long
 
 
 class Contact(Strict):

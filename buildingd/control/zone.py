@@ -39,6 +39,13 @@ class Adjustments:
     dr_shift_k: float = 0.0  # widens the band: heating down, cooling up
     vote_offset_k: float = 0.0  # moves the whole band: + warmer
     dim_pct: float = 0.0  # lights dimmed by this many percentage points
+    # Overrides by hand (coordinator-checked): the cooling setpoint's extra offset over
+    # ``vote_offset_k`` (a range request narrows or widens the band), a mode until ``mode_until``
+    # (UTC, the zone agent clears it then), a light level kept while people are there.
+    cooling_extra_k: float = 0.0
+    mode_override: str = ""
+    mode_until: datetime | None = None
+    light_override_pct: float = -1.0  # < 0: none; cleared by the vacancy timeout
 
 
 @dataclass(frozen=True)
@@ -99,11 +106,28 @@ def effective_band(base: Band, adj: Adjustments, policy: Policy) -> Band:
     """Apply coordinator offsets, never leaving the safety band (offsets are bounded upstream;
     this is the last line of defence and is reported by the caller's limit check)."""
     heating = base.heating_c + adj.vote_offset_k - adj.dr_shift_k
-    cooling = base.cooling_c + adj.vote_offset_k + adj.dr_shift_k
+    cooling = base.cooling_c + adj.vote_offset_k + adj.cooling_extra_k + adj.dr_shift_k
     safety = policy.safety
     heating = max(safety.min_c, min(heating, safety.max_c - 0.5))
     cooling = min(safety.max_c, max(cooling, heating + 0.5))
     return Band(heating_c=round(heating, 2), cooling_c=round(cooling, 2))
+
+
+def people_present(
+    state: ZoneState, inputs: ZoneInputs, policy: Policy, scheduled: bool, now_s: float
+) -> bool:
+    """Lights may be on: occupied now or within the vacancy timeout (scheduled hours when the
+    sensor is unknown or the policy lights the whole schedule)."""
+    lighting = policy.lighting
+    if inputs.occupied is None:
+        present = scheduled  # sensor unknown: light the scheduled hours (fail-safe)
+    else:
+        recent = (
+            state.last_occupied_s is not None
+            and now_s - state.last_occupied_s < lighting.vacancy_timeout_s
+        )
+        present = bool(inputs.occupied) or recent
+    return present or (lighting.on_through_schedule and scheduled)
 
 
 def light_level(
@@ -116,18 +140,10 @@ def light_level(
     """Target light level (%): off after the vacancy timeout, else just enough for the
     daylight target (closed loop on measured illuminance)."""
     lighting = policy.lighting
-    if inputs.occupied is None:
-        present = scheduled  # sensor unknown: light the scheduled hours (fail-safe)
-    else:
-        recent = (
-            state.last_occupied_s is not None
-            and now_s - state.last_occupied_s < lighting.vacancy_timeout_s
-        )
-        present = bool(inputs.occupied) or recent
-    if lighting.on_through_schedule and scheduled:
-        present = True
-    if not present:
+    if not people_present(state, inputs, policy, scheduled, now_s):
         return 0.0
+    if state.adjustments.light_override_pct >= 0:  # set by hand, kept while people are there
+        return float(state.adjustments.light_override_pct)
     current = state.light_level_pct
     if inputs.illuminance_lux is None:
         level = 100.0
@@ -155,9 +171,16 @@ def decide(
     last_occupied = now_s if inputs.occupied else state.last_occupied_s
     scheduled = scheduled_occupied(policy.schedule, local_now)
     mode = decide_mode(policy, inputs, local_now, now_s, last_occupied)
+    override = state.adjustments.mode_override
+    if override and mode is not ZoneMode.HOLD:  # no sensor: the safe hold wins over a person
+        mode = ZoneMode(override)
     adjustments = state.adjustments if mode is not ZoneMode.HOLD else Adjustments()
     band = effective_band(band_for(mode, policy, scheduled), adjustments, policy)
     state = replace(state, mode=mode, last_occupied_s=last_occupied)
+    if state.adjustments.light_override_pct >= 0 and not people_present(
+        state, inputs, policy, scheduled, now_s
+    ):  # the vacancy timeout ends a light override
+        state = replace(state, adjustments=replace(state.adjustments, light_override_pct=-1.0))
     level = light_level(state, inputs, policy, scheduled, now_s)
 
     hum = policy.humidity

@@ -71,7 +71,7 @@ from buildingd.agents.messages import (
 from buildingd.agents.runtime import Agent, RestartPolicy
 from buildingd.config.base import PointBase
 from buildingd.config.policies import Band, Policy
-from buildingd.coordinator import commitments
+from buildingd.coordinator import commitments, overrides
 from buildingd.coordinator.contract_net import Award, Level, Offer, award
 from buildingd.coordinator.escalation import (
     ALERTS_TOPIC,
@@ -901,6 +901,97 @@ class CoordinatorAgent(Agent):
         self._send(AdjustmentsMsg(vote_offset_k=offset).envelope(
             Performative.REQUEST, self.name, zone_address(zone_id)))  # fmt: skip
         return {"accepted": True, "reason": f"band moved {offset:+.1f} K", "offset_k": offset}
+
+    def override_band(self, zone_id: str, heating_c: float, cooling_c: float) -> dict[str, object]:
+        """Both setpoints asked for together (Home Assistant's range control): one request,
+        checked against the policy (each end within ``vote_max_offset_k`` of the scheduled band,
+        inside the safety band, at least 0.5 K apart), applied once, answered with the band."""
+        checked = self._override_target(zone_id)
+        if isinstance(checked, dict):
+            return checked
+        policy, state = checked
+        heating, cooling = round(heating_c, 1), round(cooling_c, 1)
+        base = self._scheduled_band(policy, state.mode)
+        refused = overrides.check_band(heating, cooling, base, policy)
+        if refused:
+            return {"accepted": False, "reason": refused}
+        vote_k = round(heating - base.heating_c, 2)
+        extra_k = round(cooling - base.cooling_c - vote_k, 2)
+        self.votes.override(zone_id, vote_k, self.ctx.clock.monotonic())
+        detail = f"heating_sp={heating} cooling_sp={cooling}"
+        audit_decision("override", "band", zone=zone_id, detail=detail)
+        self._send(AdjustmentsMsg(vote_offset_k=vote_k, cooling_extra_k=extra_k).envelope(
+            Performative.REQUEST, self.name, zone_address(zone_id)))  # fmt: skip
+        return {"accepted": True, "reason": f"band set to {heating:g}..{cooling:g} °C",
+                "heating_sp_c": heating, "cooling_sp_c": cooling}  # fmt: skip
+
+    def override_mode(self, zone_id: str, mode: str) -> dict[str, object]:
+        """A zone mode asked for by hand: occupied, standby or unoccupied for the policy's
+        ``mode_override_s`` (then the zone returns to its schedule by itself); "schedule" ends
+        it now."""
+        checked = self._override_target(zone_id)
+        if isinstance(checked, dict):
+            return checked
+        policy, _ = checked
+        refused = overrides.check_mode(mode)
+        if refused:
+            return {"accepted": False, "reason": refused}
+        wanted = "" if mode == "schedule" else mode
+        until = self.ctx.clock.now() + timedelta(seconds=policy.negotiation.mode_override_s)
+        audit_decision("override", "mode", zone=zone_id, detail=mode)
+        self._send(AdjustmentsMsg(mode_override=wanted, mode_until=until).envelope(
+            Performative.REQUEST, self.name, zone_address(zone_id)))  # fmt: skip
+        if not wanted:
+            return {"accepted": True, "reason": "back to the schedule"}
+        return {"accepted": True, "mode": mode, "until": until.isoformat(),
+                "reason": f"{mode} until {until.isoformat(timespec='minutes')}"}  # fmt: skip
+
+    def override_light(self, zone_id: str, level_pct: float) -> dict[str, object]:
+        """A light level asked for by hand: kept while people are there, ended by the vacancy
+        timeout like any lighting."""
+        checked = self._override_target(zone_id, in_hold=True)  # lights work in a safe hold
+        if isinstance(checked, dict):
+            return checked
+        kinds = {p.kind for p in self._zone_points(zone_id)}
+        policy, state = checked
+        # Lights off and nobody there: past the vacancy timeout (or daylight is enough, which
+        # reads the same here); a level set now would be dropped at once, so it is refused.
+        vacant = state.occupied is False and state.light_level_pct == 0
+        vacant = vacant and not policy.lighting.on_through_schedule
+        refused = overrides.check_light(level_pct, kinds, vacant=vacant)
+        if refused:
+            return {"accepted": False, "reason": refused}
+        level = round(level_pct)
+        audit_decision("override", "light", zone=zone_id, detail=f"{level}%")
+        self._send(AdjustmentsMsg(light_override_pct=level).envelope(
+            Performative.REQUEST, self.name, zone_address(zone_id)))  # fmt: skip
+        return {"accepted": True, "light_level_pct": level,
+                "reason": f"lights {level} % until the vacancy timeout"}  # fmt: skip
+
+    def _override_target(
+        self, zone_id: str, in_hold: bool = False
+    ) -> tuple[Policy, ZoneStateMsg] | dict[str, object]:
+        """The zone's policy and state, or the refusal (unknown zone, no state yet, a safe hold
+        unless ``in_hold``)."""
+        if zone_id not in self.ctx.site.zones:
+            return {"accepted": False, "reason": f"unknown zone {zone_id!r}"}
+        state = self.zones.get(zone_id)
+        if state is None:
+            return {"accepted": False, "reason": "zone state not known yet"}
+        if state.mode == "hold" and not in_hold:
+            return {"accepted": False, "reason": "safe hold (no usable temperature sensor)"}
+        return self.ctx.site.policy_for(zone_id), state
+
+    def _zone_points(self, zone_id: str) -> list[PointBase]:
+        return [p for d in self.ctx.site.devices.values() if d.enabled
+                for p in d.points_list() if p.zone == zone_id]  # fmt: skip
+
+    @staticmethod
+    def _scheduled_band(policy: Policy, mode: str) -> Band:
+        comfort = policy.comfort
+        return {"standby": comfort.standby, "unoccupied": comfort.unoccupied}.get(
+            mode, comfort.occupied
+        )
 
     def _settle_votes(self, now_s: float) -> None:
         for zone_id in self.votes.zones():

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -225,17 +226,16 @@ class Daemon:
                 return VoteResult(False, "the coordinator is not running", 0.0)
             return self.coordinator.vote(zone_id, vote, "mqtt")
 
-        def override(zone_id: str, what: str, wanted: float) -> dict[str, object]:
-            if self.coordinator is None:
-                return {"accepted": False, "reason": "the coordinator is not running"}
-            return self.coordinator.override(zone_id, what, wanted, "mqtt")
-
         async def flush() -> None:
             if self.coordinator is not None:
                 await self.coordinator.flush()
 
+        http = self.settings.http
+        host = socket.gethostname() if http.bind in ("0.0.0.0", "::") else http.bind
+        url = f"http://{host}:{http.port}" if http.enabled else None
         await sup.start(
-            "mqtt-bridge", lambda: MqttBridgeAgent(self.ctx, conn, vote, override, flush)
+            "mqtt-bridge",
+            lambda: MqttBridgeAgent(self.ctx, conn, vote, lambda: self.coordinator, flush, url),
         )
 
     def _is_local_agent(self, name: str) -> bool:
