@@ -9,7 +9,9 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
+from pathlib import Path
 
+from buildingd.agents import learning_file
 from buildingd.agents.bus import Envelope, Performative, new_conversation_id
 from buildingd.agents.context import AgentContext
 from buildingd.agents.messages import (
@@ -40,6 +42,7 @@ from buildingd.control.zone import (
     ZoneState,
     decide,
 )
+from buildingd.control.zone_learning import ZoneLearning, ZoneOutlook, observe, outlook
 from buildingd.coordinator.contract_net import Offer, zone_offers
 from buildingd.coordinator.trim_respond import PressureRequestTimer, update_pressure_requests
 from buildingd.points import PointKind, Quality
@@ -55,6 +58,7 @@ STARTUP_GRACE_S = 60.0
 ASSUMED_COP = 3.0  # heat pump / chiller, to estimate electrical power without a zone meter
 SUMMARY_SHIFT_K = 1.0  # the demand-limit level whose offer the summary carries
 SHED_CHANGE_W = 50.0  # the summary is re-sent when the offer moves into another band this wide
+LEARNING_SAVE_S = 3600.0  # learned state is written this often (and at stop)
 
 
 @dataclass
@@ -100,13 +104,25 @@ class ZoneAgent(Agent):
     mailbox_size = 500
     overflow = "drop_oldest"  # readings are superseded by newer ones
 
-    def __init__(self, zone_id: str, ctx: AgentContext, baseline: bool = False) -> None:
+    def __init__(
+        self,
+        zone_id: str,
+        ctx: AgentContext,
+        baseline: bool = False,
+        state_dir: Path | None = None,
+    ) -> None:
         super().__init__(zone_address(zone_id))
         self.zone_id = zone_id
         # Baseline (common practice, for ``buildingd evaluate``): no occupancy sensing and no
         # daylight: the zone follows the schedule and lights stay on through scheduled hours.
         self.baseline = baseline
         self.ctx = ctx
+        # Learned response and occupancy (optimal start, pre-conditioning); kept in
+        # ``state_dir`` when there is one. The baseline learns nothing.
+        self.state_dir = state_dir
+        self.learning = ZoneLearning()
+        self.outlook: ZoneOutlook | None = None
+        self._learning_saved_s: float | None = None
         self.state = ZoneState()
         self.decision: ZoneDecision | None = None
         self.sensors: dict[tuple[str, str], tuple[PointKind, _Sensor]] = {}
@@ -143,6 +159,23 @@ class ZoneAgent(Agent):
         """Re-read which actuators serve the zone (after a reload)."""
         self._bind()
 
+    def save_learning(self) -> None:
+        """Write the learned state (atomically); a failure is logged, never fatal."""
+        if self.state_dir is None or self.baseline:
+            return
+        try:
+            learning_file.save(self.state_dir, self.zone_id, self.learning)
+        except OSError as err:
+            self.ctx.metrics.inc("buildingd_state_write_errors_total", file="learning")
+            log.warning("zone %s: learned state not saved: %s", self.zone_id, err)
+
+    def reset_learning(self) -> None:
+        """Forget what the zone learned (after a refurbishment, a change of use)."""
+        self.learning = ZoneLearning()
+        self.outlook = None
+        self.save_learning()
+        log.info("zone %s: learned state reset", self.zone_id)
+
     def pending_commands(self) -> int:
         return sum(1 for acts in self.actuators.values() for a in acts if a.pending is not None)
 
@@ -168,6 +201,8 @@ class ZoneAgent(Agent):
 
     async def run(self, started: Callable[[], None]) -> None:
         topic = readings_topic(self.zone_id)
+        if self.state_dir is not None and not self.baseline:
+            self.learning = learning_file.load(self.state_dir, self.zone_id)
         self.ctx.bus.subscribe(self.name, self.inbox)
         self.ctx.bus.subscribe(topic, self.inbox)
         started()
@@ -191,6 +226,7 @@ class ZoneAgent(Agent):
         finally:
             self.ctx.bus.unsubscribe(topic, self.inbox)
             self.ctx.bus.unsubscribe(self.name, self.inbox)
+            self.save_learning()
 
     def _handle(self, env: Envelope) -> bool:
         """Take in one message; True when it should trigger a decision right away."""
@@ -452,9 +488,21 @@ class ZoneAgent(Agent):
         policy = self.policy
         local = self.ctx.clock.now().astimezone(_tz(policy.timezone or self.ctx.site.timezone))
         previous_mode = self.state.mode
-        decision = decide(self.state, inputs, policy, local, now_s)
+        if not self.baseline and inputs.temperature_c is not None:
+            self.outlook = outlook(self.learning, local, inputs.temperature_c, policy)
+        decision = decide(self.state, inputs, policy, local, now_s, self.outlook)
         self.state = decision.state
         self.decision = decision
+        if not self.baseline:
+            self.learning = observe(
+                self.learning, now_s, local, inputs.temperature_c, inputs.occupied,
+                decision.band, policy,
+            )  # fmt: skip
+            if self._learning_saved_s is None:
+                self._learning_saved_s = now_s
+            elif now_s - self._learning_saved_s >= LEARNING_SAVE_S:
+                self.save_learning()
+                self._learning_saved_s = now_s
         self._account(inputs, decision, now_s)
         if decision.state.mode is not previous_mode:
             log.info("zone %s: %s -> %s", self.zone_id, previous_mode, decision.state.mode)
