@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -175,3 +176,55 @@ def test_zones_learn_within_a_week_and_arrive_on_time_after(demo_site: Path) -> 
         p90 = second_week[int(0.9 * (len(second_week) - 1))]
         assert p90 <= 15, (zone, minutes)
         assert second_week[-1] <= 30, (zone, minutes)
+
+
+@pytest.mark.slow
+def test_daemon_learns_keeps_reports_and_resets_per_zone(tmp_path: Path) -> None:
+    """The real daemon (agents, bus, simulated drivers) on virtual time, from no learned state:
+    one winter morning's warm-up teaches every office zone its heating rate and judges its
+    start; the state is on disk, in telemetry and in the API; a restart starts from it; a
+    reset forgets it."""
+    from buildingd.service.api import zones_json
+    from tests.conftest import run_virtual
+    from tests.test_daemon_sim import make_daemon, run_for
+
+    monday_4am = datetime(2027, 1, 11, 4, 0, tzinfo=TZ)
+    daemon, sink = make_daemon(tmp_path, monday_4am)
+
+    api: dict[str, dict[str, Any]] = {}
+
+    async def morning() -> None:
+        await (await run_for(daemon, 5 * 3600))
+        api.update((z["id"], z) for z in zones_json(daemon))
+
+    run_virtual(morning())
+    state = tmp_path / "state"
+    offices = [z for z in daemon.site.zones if daemon.site.policy_for(z).schedule.occupied_hours]
+    for zone_id in offices:
+        learned = learning_file.load(state, zone_id)
+        assert learned.response.model(Regime.HEATING).samples >= 2, zone_id
+        assert len(learned.start_errors_s) == 1, zone_id
+    assert (
+        not (state / "learning" / "f2-server.json").exists()
+        or not learning_file.load(state, "f2-server").start_errors_s
+    )  # the server room has no occupied hours: no mornings
+    lines = [line for line in sink.lines if line.startswith("zone_learning,")]
+    judged = {line.split("zone=")[1].split(" ")[0] for line in lines if "start_error_s=" in line}
+    assert judged == set(offices)
+    assert api["f1-open-office"]["learned"]["samples"]["heating"] >= 2
+    assert len(api["f1-open-office"]["learned"]["start_errors_min"]) == 1
+
+    again, _ = make_daemon(tmp_path, monday_4am + timedelta(hours=5))
+
+    async def restart() -> None:
+        task = await run_for(again, 600)
+        agent = again.zone_agents["f1-open-office"]
+        assert agent.learning.response == learning_file.load(state, "f1-open-office").response
+        agent.reset_learning()
+        assert agent.learning == ZoneLearning()
+        await task
+
+    run_virtual(restart())
+    reset = learning_file.load(state, "f1-open-office")
+    assert reset.start_errors_s == ()  # saved at stop: ten minutes taught no morning
+    assert learning_file.load(state, "f1-meeting").start_errors_s != ()

@@ -17,6 +17,7 @@ from buildingd.agents.context import AgentContext
 from buildingd.agents.messages import (
     COORDINATOR,
     EVENTS_TOPIC,
+    ZONE_LEARNING_TOPIC,
     ZONE_STATE_TOPIC,
     AdjustmentsMsg,
     CommandMsg,
@@ -28,12 +29,14 @@ from buildingd.agents.messages import (
     EventMsg,
     OfferMsg,
     ReadingMsg,
+    ZoneLearningMsg,
     ZoneStateMsg,
     device_address,
     readings_topic,
     zone_address,
 )
 from buildingd.agents.runtime import Agent
+from buildingd.control.thermal_response import Regime
 from buildingd.control.zone import (
     Adjustments,
     ZoneDecision,
@@ -43,6 +46,7 @@ from buildingd.control.zone import (
     decide,
 )
 from buildingd.control.zone_learning import ZoneLearning, ZoneOutlook, observe, outlook
+from buildingd.control.zone_learning import summary as learning_summary
 from buildingd.coordinator.contract_net import Offer, zone_offers
 from buildingd.coordinator.trim_respond import PressureRequestTimer, update_pressure_requests
 from buildingd.points import PointKind, Quality
@@ -159,6 +163,44 @@ class ZoneAgent(Agent):
         """Re-read which actuators serve the zone (after a reload)."""
         self._bind()
 
+    async def _learn(
+        self, now_s: float, local: datetime, inputs: ZoneInputs, decision: ZoneDecision
+    ) -> None:
+        mornings = len(self.learning.start_errors_s)
+        self.learning = observe(
+            self.learning, now_s, local, inputs.temperature_c, inputs.occupied, decision.band,
+            self.policy,
+        )  # fmt: skip
+        judged = len(self.learning.start_errors_s) != mornings
+        if self._learning_saved_s is None:
+            self._learning_saved_s = now_s
+        elif judged or now_s - self._learning_saved_s >= LEARNING_SAVE_S:
+            self.save_learning()
+            self._learning_saved_s = now_s
+            await self._publish_learning(local, judged)
+
+    async def _publish_learning(self, local: datetime, judged: bool) -> None:
+        models = self.learning.response.models
+        look = self.outlook
+        arrival = look.arrival.arrival if look is not None else None
+
+        def rate(regime: Regime) -> float | None:
+            model = models.get(regime)
+            return model.gain_k_per_h if model is not None and model.learned else None
+
+        msg = ZoneLearningMsg(
+            zone_id=self.zone_id,
+            heating_k_per_h=rate(Regime.HEATING),
+            cooling_k_per_h=rate(Regime.COOLING),
+            drift_k_per_h=rate(Regime.FREE),
+            warmup_lead_s=look.occupied_lead_s if look is not None else None,
+            start_bias_s=self.learning.start_bias_s,
+            start_error_s=self.learning.start_errors_s[-1] if judged else None,
+            arrival_in_s=(arrival - local).total_seconds() if arrival is not None else None,
+            timestamp=self.ctx.clock.now(),
+        )
+        await self.ctx.send(msg.envelope(Performative.INFORM, self.name, ZONE_LEARNING_TOPIC))
+
     def save_learning(self) -> None:
         """Write the learned state (atomically); a failure is logged, never fatal."""
         if self.state_dir is None or self.baseline:
@@ -168,6 +210,13 @@ class ZoneAgent(Agent):
         except OSError as err:
             self.ctx.metrics.inc("buildingd_state_write_errors_total", file="learning")
             log.warning("zone %s: learned state not saved: %s", self.zone_id, err)
+
+    def learning_summary(self) -> dict[str, object] | None:
+        if self.baseline:
+            return None
+        policy = self.policy
+        local = self.ctx.clock.now().astimezone(_tz(policy.timezone or self.ctx.site.timezone))
+        return learning_summary(self.learning, self.outlook, local, policy)
 
     def reset_learning(self) -> None:
         """Forget what the zone learned (after a refurbishment, a change of use)."""
@@ -494,15 +543,7 @@ class ZoneAgent(Agent):
         self.state = decision.state
         self.decision = decision
         if not self.baseline:
-            self.learning = observe(
-                self.learning, now_s, local, inputs.temperature_c, inputs.occupied,
-                decision.band, policy,
-            )  # fmt: skip
-            if self._learning_saved_s is None:
-                self._learning_saved_s = now_s
-            elif now_s - self._learning_saved_s >= LEARNING_SAVE_S:
-                self.save_learning()
-                self._learning_saved_s = now_s
+            await self._learn(now_s, local, inputs, decision)
         self._account(inputs, decision, now_s)
         if decision.state.mode is not previous_mode:
             log.info("zone %s: %s -> %s", self.zone_id, previous_mode, decision.state.mode)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 from buildingd.config.policies import Band, Policy
 from buildingd.control.occupancy_forecast import (
@@ -284,3 +284,32 @@ def outlook(
         ),
         coast_s=coast_s(learning.response, temperature_c, band.heating_c, band.cooling_c, None),
     )
+
+
+def summary(
+    learning: ZoneLearning, look: ZoneOutlook | None, local: datetime, policy: Policy
+) -> dict[str, object]:
+    """What the zone has learned and expects, for people (API, ``buildingd status``): rates
+    per regime (None until learned), the start correction, recent start errors, the next
+    optimal start and the expected arrival."""
+    rates: dict[str, float | None] = {}
+    for regime in Regime:
+        model = learning.response.model(regime)
+        rates[f"{regime}_k_per_h"] = round(model.gain_k_per_h, 2) if model.learned else None
+    next_start = None
+    start = next_occupied_start(policy.schedule, local, 86400 * 7)
+    if start is not None and look is not None:
+        next_start = (start - timedelta(seconds=look.occupied_lead_s)).isoformat()
+    arrival = look.arrival if look is not None else None
+    return {
+        **rates,
+        "samples": {str(r): m.samples for r, m in learning.response.models.items()},
+        "start_bias_min": round(learning.start_bias_s / 60, 1),
+        "start_errors_min": [round(e / 60, 1) for e in learning.start_errors_s[-10:]],
+        "warmup_lead_min": None if look is None else round(look.occupied_lead_s / 60, 1),
+        "next_optimal_start": next_start,
+        "expected_arrival": (
+            arrival.arrival.isoformat() if arrival is not None and arrival.arrival else None
+        ),
+        "arrival_confident": arrival.confident if arrival is not None else False,
+    }
