@@ -101,7 +101,9 @@ def test_start_error_corrects_the_next_start(policy) -> None:  # type: ignore[no
         learning = observe(learning, (t - MONDAY).total_seconds(), t, temp, False, band, policy)
         t += timedelta(minutes=1)
     assert learning.response.model(Regime.HEATING).gain_k_per_h == pytest.approx(1.5, rel=0.02)
-    (error_s,) = learning.start_errors_s
+    (judged,) = learning.starts
+    error_s = judged.error_s
+    assert judged.day == MONDAY.date()
     assert error_s == pytest.approx(3600, rel=0.03)
     assert learning.start_bias_s == pytest.approx(BIAS_WEIGHT * error_s)
     # Tuesday from 18 degC: 3 K at 1.5 K/h, plus the correction.
@@ -160,9 +162,9 @@ def closed_loop(demo_site: Path, days: int, step_s: float = 120.0) -> dict[str, 
             building.write_point(z, PointKind.HEATING_SETPOINT, d.band.heating_c)
             building.write_point(z, PointKind.COOLING_SETPOINT, d.band.cooling_c)
             learning[z] = observe(learning[z], step * step_s, local, temp, occupied, d.band, policy)
-            new = learning[z].start_errors_s[errors_seen[z] :]
-            errors[z].extend(e / 60 for e in new)
-            errors_seen[z] = len(learning[z].start_errors_s)
+            new = learning[z].starts[errors_seen[z] :]
+            errors[z].extend(e.error_s / 60 for e in new)
+            errors_seen[z] = len(learning[z].starts)
     return errors
 
 
@@ -203,10 +205,10 @@ def test_daemon_learns_keeps_reports_and_resets_per_zone(tmp_path: Path) -> None
     for zone_id in offices:
         learned = learning_file.load(state, zone_id)
         assert learned.response.model(Regime.HEATING).samples >= 2, zone_id
-        assert len(learned.start_errors_s) == 1, zone_id
+        assert len(learned.starts) == 1, zone_id
     assert (
         not (state / "learning" / "f2-server.json").exists()
-        or not learning_file.load(state, "f2-server").start_errors_s
+        or not learning_file.load(state, "f2-server").starts
     )  # the server room has no occupied hours: no mornings
     lines = [line for line in sink.lines if line.startswith("zone_learning,")]
     judged = {line.split("zone=")[1].split(" ")[0] for line in lines if "start_error_s=" in line}
@@ -226,5 +228,5 @@ def test_daemon_learns_keeps_reports_and_resets_per_zone(tmp_path: Path) -> None
 
     run_virtual(restart())
     reset = learning_file.load(state, "f1-open-office")
-    assert reset.start_errors_s == ()  # saved at stop: ten minutes taught no morning
-    assert learning_file.load(state, "f1-meeting").start_errors_s != ()
+    assert reset.starts == ()  # saved at stop: ten minutes taught no morning
+    assert learning_file.load(state, "f1-meeting").starts != ()

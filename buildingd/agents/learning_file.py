@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import date
 from pathlib import Path
 from typing import Literal
 
@@ -14,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from buildingd.control.occupancy_forecast import OccupancyProfile, SlotMean
 from buildingd.control.thermal_response import Regime, RegimeModel, ZoneResponse
-from buildingd.control.zone_learning import ZoneLearning
+from buildingd.control.zone_learning import JudgedStart, ZoneLearning
 from buildingd.errors import BuildingdError
 from buildingd.statefile import set_aside, write_atomic
 
@@ -48,7 +49,7 @@ class LearningFile(_Frozen):
     by_weekday: list[_Slot]
     by_day_type: list[_Slot]
     start_bias_s: float = Field(ge=-3600, le=3600)
-    start_errors_s: list[float] = Field(default_factory=list, max_length=100)
+    starts: list[tuple[date, float]] = Field(default_factory=list, max_length=100)
 
 
 class LearningFileError(BuildingdError):
@@ -81,7 +82,7 @@ def dump(zone_id: str, learning: ZoneLearning) -> str:
             for k, v in sorted(learning.occupancy.by_day_type.items())
         ],
         start_bias_s=learning.start_bias_s,
-        start_errors_s=list(learning.start_errors_s),
+        starts=[(s.day, s.error_s) for s in learning.starts],
     )
     return json.dumps(data.model_dump(mode="json"), sort_keys=True) + "\n"
 
@@ -111,7 +112,7 @@ def parse(text: str) -> ZoneLearning:
             },
         ),
         start_bias_s=data.start_bias_s,
-        start_errors_s=tuple(data.start_errors_s),
+        starts=tuple(JudgedStart(day, error_s) for day, error_s in data.starts),
     )
 
 

@@ -166,12 +166,12 @@ class ZoneAgent(Agent):
     async def _learn(
         self, now_s: float, local: datetime, inputs: ZoneInputs, decision: ZoneDecision
     ) -> None:
-        mornings = len(self.learning.start_errors_s)
+        mornings = len(self.learning.starts)
         self.learning = observe(
             self.learning, now_s, local, inputs.temperature_c, inputs.occupied, decision.band,
             self.policy,
         )  # fmt: skip
-        judged = len(self.learning.start_errors_s) != mornings
+        judged = len(self.learning.starts) != mornings
         if self._learning_saved_s is None:
             self._learning_saved_s = now_s
         elif judged or now_s - self._learning_saved_s >= LEARNING_SAVE_S:
@@ -195,7 +195,7 @@ class ZoneAgent(Agent):
             drift_k_per_h=rate(Regime.FREE),
             warmup_lead_s=look.occupied_lead_s if look is not None else None,
             start_bias_s=self.learning.start_bias_s,
-            start_error_s=self.learning.start_errors_s[-1] if judged else None,
+            start_error_s=self.learning.starts[-1].error_s if judged else None,
             arrival_in_s=(arrival - local).total_seconds() if arrival is not None else None,
             timestamp=self.ctx.clock.now(),
         )

@@ -46,7 +46,7 @@ FREE_MARGIN_K = 0.5  # drifting: at least this far inside the band (the unit is 
 ARRIVED_TOLERANCE_K = 0.5
 BIAS_WEIGHT = 0.3
 MAX_BIAS_S = 3600.0
-KEEP_START_ERRORS = 28  # mornings kept for the report
+KEEP_STARTS = 28  # mornings kept for the report
 
 
 @dataclass(frozen=True)
@@ -91,11 +91,19 @@ class _Morning:
 
 
 @dataclass(frozen=True)
+class JudgedStart:
+    """One morning's optimal start error: seconds late (+) or early (-) on ``day``."""
+
+    day: date
+    error_s: float
+
+
+@dataclass(frozen=True)
 class ZoneLearning:
     response: ZoneResponse = field(default_factory=ZoneResponse)
     occupancy: OccupancyProfile = field(default_factory=OccupancyProfile)
     start_bias_s: float = 0.0
-    start_errors_s: tuple[float, ...] = ()  # latest mornings, seconds late (+) or early (-)
+    starts: tuple[JudgedStart, ...] = ()  # the latest mornings
     # Working state, not persisted: the open window, slot and morning.
     window: _Window | None = None
     slot: _Slot | None = None
@@ -231,7 +239,7 @@ def _learn_start(
         learning,
         morning=None,
         start_bias_s=max(-MAX_BIAS_S, min(MAX_BIAS_S, bias)),
-        start_errors_s=(*learning.start_errors_s, error_s)[-KEEP_START_ERRORS:],
+        starts=(*learning.starts, JudgedStart(morning.start.date(), error_s))[-KEEP_STARTS:],
     )
 
 
@@ -305,7 +313,9 @@ def summary(
         **rates,
         "samples": {str(r): m.samples for r, m in learning.response.models.items()},
         "start_bias_min": round(learning.start_bias_s / 60, 1),
-        "start_errors_min": [round(e / 60, 1) for e in learning.start_errors_s[-10:]],
+        "start_errors_min": {
+            s.day.isoformat(): round(s.error_s / 60, 1) for s in learning.starts[-10:]
+        },
         "warmup_lead_min": None if look is None else round(look.occupied_lead_s / 60, 1),
         "next_optimal_start": next_start,
         "expected_arrival": (
