@@ -14,7 +14,7 @@ SLOT_S = 900  # 15 minutes
 SLOTS_PER_DAY = 86400 // SLOT_S
 WEIGHT = 0.5  # weight of the newest day in a slot's mean: a changed habit shows the next week
 CONFIDENT_DAYS = 3  # a slot taught by fewer days than this predicts nothing on its own
-ARRIVAL_PROBABILITY = 0.5  # a slot at or above this is "someone usually arrives by now"
+ARRIVAL_PROBABILITY = 0.3  # a slot this often occupied: someone may well be there (comfort first)
 WORKDAYS = frozenset(range(5))
 
 
