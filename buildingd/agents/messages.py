@@ -97,6 +97,23 @@ class ZoneStateMsg(Content):
     pressure_requests: int = Field(default=0, ge=0, le=100)
 
 
+class ZoneLearningMsg(Content):
+    """What a zone has learned (hourly, and after each judged morning), for telemetry: rates in
+    K/h (None until learned), its warm-up lead, start correction and latest start error (s),
+    and the seconds until people are expected (None: nobody expected, or not known yet)."""
+
+    ontology: ClassVar[str] = "zone-learning"
+    zone_id: str
+    heating_k_per_h: float | None
+    cooling_k_per_h: float | None
+    drift_k_per_h: float | None
+    warmup_lead_s: float | None
+    start_bias_s: float
+    start_error_s: float | None
+    arrival_in_s: float | None
+    timestamp: datetime
+
+
 class DemandResponseCall(Content):
     """cfp of a demand-response negotiation: shed ``target_w`` (building total) for a window."""
 
@@ -203,6 +220,7 @@ def readings_topic(zone_id: str | None) -> str:
 COORDINATOR = "coordinator"
 DEMAND_RESPONSE_TOPIC = "demand-response"  # requests from outside (MQTT, HTTP) open an event
 ZONE_STATE_TOPIC = "zone-state"
+ZONE_LEARNING_TOPIC = "zone-learning"
 NEGOTIATIONS_TOPIC = "negotiations"
 EVENTS_TOPIC = "events"
 COMMANDS_TOPIC = "command-results"

@@ -204,6 +204,22 @@ class DemandResponseEvent(Strict):
     target_w: float = Field(gt=0, le=10_000_000, allow_inf_nan=False)
 
 
+class RecurringEvent(Strict):
+    """A demand-response window that comes back: ``cron`` is a five-field crontab expression
+    (minute hour day month weekday) in the site's timezone, e.g. ``"0 17 * * mon-fri"``."""
+
+    cron: str
+    duration_s: float = Field(gt=0, le=24 * 3600)
+    target_w: float = Field(gt=0, le=10_000_000, allow_inf_nan=False)
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        from buildingd.control.recurrence import check_cron
+
+        return check_cron(value)
+
+
 class DemandResponse(Strict):
     """Site-wide: when zones are asked to shed load (one ``demand_response`` for the site)."""
 
@@ -212,6 +228,7 @@ class DemandResponse(Strict):
     window_s: float = Field(default=3600.0, gt=0)  # how long a cap-triggered event lasts
     reply_s: float = Field(default=30.0, gt=0)  # zones answer a call for proposals within this
     events: list[DemandResponseEvent] = Field(default_factory=list)
+    recurring: list[RecurringEvent] = Field(default_factory=list)
     # Limits on requests from outside (MQTT ``demand-response/request``, POST
     # /api/demand-response): a larger one is refused with its reason, audited and counted.
     max_window_s: float = Field(default=4 * 3600.0, gt=0, le=24 * 3600, allow_inf_nan=False)

@@ -70,7 +70,8 @@ from buildingd.agents.messages import (
 )
 from buildingd.agents.runtime import Agent, RestartPolicy
 from buildingd.config.base import PointBase
-from buildingd.config.policies import Band, Policy
+from buildingd.config.policies import Band, DemandResponseEvent, Policy, RecurringEvent
+from buildingd.control.recurrence import running_occurrence
 from buildingd.coordinator import commitments, overrides
 from buildingd.coordinator.contract_net import Award, Level, Offer, award
 from buildingd.coordinator.escalation import (
@@ -376,8 +377,15 @@ class CoordinatorAgent(Agent):
         tz = ZoneInfo(self.ctx.site.timezone)
         wall = self.ctx.clock.now()
         live: set[str] = set()
-        for i, event in enumerate(dr.events):
-            start = event.start if event.start.tzinfo else event.start.replace(tzinfo=tz)
+        windows: list[tuple[datetime, DemandResponseEvent | RecurringEvent, str]] = [
+            (e.start if e.start.tzinfo else e.start.replace(tzinfo=tz), e, f"scheduled event {i}")
+            for i, e in enumerate(dr.events, 1)
+        ]
+        for i, rec in enumerate(dr.recurring, 1):
+            begun = running_occurrence(rec.cron, rec.duration_s, wall, tz)
+            if begun is not None:
+                windows.append((begun, rec, f"recurring event {i} ({rec.cron})"))
+        for start, event, reason in windows:
             end = start + timedelta(seconds=event.duration_s)
             key = f"{start.astimezone(UTC).isoformat()}+{event.duration_s:g}s:{event.target_w:g}W"
             if wall < end:
@@ -387,7 +395,7 @@ class CoordinatorAgent(Agent):
             if key not in self._scheduled_started and start <= wall < end:
                 self._scheduled_started.add(key)
                 left = (end - wall).total_seconds()
-                self.open_demand_response(event.target_w, left, f"scheduled event {i + 1}")
+                self.open_demand_response(event.target_w, left, reason)
         if self._scheduled_started - live:
             self._scheduled_started &= live  # ended events need no memory
             self._save_commitments()

@@ -36,6 +36,8 @@ def zones_json(daemon: Daemon) -> list[dict[str, Any]]:
                 light_level_pct=d.state.light_level_pct,
                 dehumidifier_on=d.state.dehumidifier_on,
                 degraded=sorted(agent.degraded),
+                coasting=d.coasting,
+                learned=agent.learning_summary(),
             )
         else:
             entry["mode"] = "starting"
@@ -234,6 +236,14 @@ def install_routes(server: HttpServer, daemon: Daemon) -> None:
         await coordinator().flush()
         return Response.json(result, 200 if result["accepted"] else HTTPStatus.UNPROCESSABLE_ENTITY)
 
+    async def reset_learning(request: Request) -> Response:
+        """Forget a zone's learned response and occupancy (a refurbished or repurposed room)."""
+        agent = daemon.zone_agents.get(request.params["zone"])
+        if agent is None:
+            raise HttpError(HTTPStatus.NOT_FOUND, f"no zone {request.params['zone']!r}")
+        agent.reset_learning()
+        return Response.json({"reset": True, "zone": agent.zone_id})
+
     async def acknowledge(request: Request) -> Response:
         """Stops an alert's reminders; it stays open until its cause goes away or is cleared."""
         who = str(body_object(request).get("by", "technician"))[:100]
@@ -301,4 +311,5 @@ def install_routes(server: HttpServer, daemon: Daemon) -> None:
     server.route("POST", "/api/alerts/{alert}/ack", acknowledge, write=True)
     server.route("POST", "/api/alerts/{alert}/clear", clear, write=True)
     server.route("POST", "/api/zones/{zone}/override", override, write=True)
+    server.route("POST", "/api/zones/{zone}/learning/reset", reset_learning, write=True)
     server.route("POST", "/api/demand-response", demand_response, write=True)

@@ -309,7 +309,9 @@ class Daemon:
         assert self.supervisor is not None
 
         def make() -> ZoneAgent:
-            agent = ZoneAgent(zone_id, self.ctx, baseline=self.baseline)
+            agent = ZoneAgent(
+                zone_id, self.ctx, baseline=self.baseline, state_dir=self.settings.state_dir
+            )
             old = self.zone_agents.get(zone_id)
             if old is not None:  # a restarted zone keeps its adjustments and commitments
                 agent.set_adjustments(old.state.adjustments)
