@@ -68,10 +68,10 @@ def test_bad_cron_is_refused_with_the_reason(cron: str, why: str) -> None:
 def test_check_points_at_the_bad_cron(site_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
     policy = site_copy / "policies" / "office.yaml"
     text = policy.read_text()
+    assert "  recurring: []\n" in text
     text = text.replace(
-        "  events: []\n",
-        "  events: []\n  recurring:\n"
-        '    - {cron: "0 25 * * mon-fri", duration_s: 3600, target_w: 1500}\n',
+        "  recurring: []\n",
+        '  recurring:\n    - {cron: "0 25 * * mon-fri", duration_s: 3600, target_w: 1500}\n',
         1,
     )
     policy.write_text(text)
