@@ -107,6 +107,7 @@ from buildingd.coordinator.votes import VoteBox, VoteResult
 from buildingd.coordinator.webhook import WebhookSender
 from buildingd.points import PointKind
 from buildingd.service.journal import audit_decision
+from buildingd.statefile import set_aside
 
 log = logging.getLogger(__name__)
 CONTRACT_NET = "fipa-contract-net"  # the FIPA protocol name every negotiation message carries
@@ -751,8 +752,9 @@ class CoordinatorAgent(Agent):
         try:
             saved = commitments.load(path)
         except commitments.CommitmentsFileError as err:
-            aside = commitments.set_aside(path)
-            log.error("coordinator: unreadable commitments, moved to %s: %s", aside, err)  # noqa: TRY400
+            aside = set_aside(path, str(err))
+            self.ctx.metrics.inc("buildingd_state_files_set_aside_total", file=path.name)
+            self._event("state-file", "error", f"unreadable {path}, moved to {aside}: {err}")
             return
         self._scheduled_started |= set(saved.scheduled_started)
         wall = self.ctx.clock.now()

@@ -352,6 +352,7 @@ class Daemon:
                     for callback in self.on_ready:
                         callback()
                     log.info("%s; running", self.site.summary())
+                    await self._report_set_aside(sink)
                     self.notifier.ready(self.status_summary())
                     housekeeping = tasks.create_task(self._housekeeping(), name="housekeeping")
                     reloader = tasks.create_task(self._reloader(), name="reloader")
@@ -513,6 +514,14 @@ class Daemon:
         await self._event("reload-failed", "error", "reload refused: " + "; ".join(problems[:5]))
         self.notifier.ready(f"reload failed: {problems[0]}"[:200])
         return {"ok": False, "errors": problems}
+
+    async def _report_set_aside(self, sink: TelemetrySink) -> None:
+        """Once, at start: telemetry state files that were unreadable and set aside."""
+        count = sink.stats().get("state_files_set_aside", 0.0)
+        if count:
+            self.metrics.inc("buildingd_state_files_set_aside_total", count, file="telemetry")
+            message = f"{count:.0f} unreadable telemetry state file(s) set aside (*.corrupt-*)"
+            await self._event("state-file", "error", message)
 
     async def _event(self, kind: str, severity: str, message: str) -> None:
         env = EventMsg(
