@@ -74,7 +74,9 @@ class InfluxSettings(Section):
     verify_tls: bool = True
     ca_file: Path | None = None
     batch_size: int = Field(default=1000, ge=1, le=100_000)
-    flush_interval_s: float = Field(default=5.0, gt=0)
+    # Lines wait in memory at most this long: what a SIGKILL can lose (the disk buffer holds
+    # what the server did not take).
+    flush_interval_s: float = Field(default=1.0, gt=0)
     timeout_s: float = Field(default=10.0, gt=0)
     retry_max_s: float = Field(default=60.0, gt=0)  # backoff ceiling while the server is away
     gzip: bool = True
