@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Callable
@@ -107,5 +108,33 @@ def test_commitments_with_non_utf8_bytes_are_set_aside_and_the_coordinator_runs(
         assert 'buildingd_state_files_set_aside_total{file="commitments.json"} 1' in metrics
         assert "buildingd_agents_failed_total" not in metrics
         control_goes_on(daemon, ready_at)
+    finally:
+        daemon.close()
+
+
+def test_an_unreadable_alerts_file_is_set_aside_and_alerts_work(
+    site_copy: Path, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "alerts.json").write_bytes(b'{"version": 1, "alerts": [{"id": "\xff')  # cut off
+    daemon = start_daemon(site_copy, tmp_path, state=state)
+    try:
+        daemon.wait_for(lambda m: "READY=1" in m, timeout_s=60)
+        wait_until(lambda: list(state.glob("alerts.json.corrupt-*")), "alerts file set aside")
+        said_once(daemon, "alerts.json is unreadable")
+        code, metrics = daemon.get("/metrics")
+        assert 'buildingd_state_files_set_aside_total{file="alerts.json"} 1' in metrics
+        # Break-glass still works, and its alert is kept in a new, readable file.
+        code, _ = daemon.post(
+            "/api/demand-response", daemon.token, b'{"target_w": 1000000, "window_s": 600}'
+        )
+        assert code == 202
+
+        def kept() -> bool:
+            path = state / "alerts.json"
+            return path.exists() and len(json.loads(path.read_text())["alerts"]) == 1
+
+        wait_until(kept, "the new alert written to alerts.json")
     finally:
         daemon.close()
