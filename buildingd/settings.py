@@ -173,7 +173,8 @@ def load_settings(config: Path | None = None, **overrides: object) -> Settings:
         raise ConfigError([ConfigProblem(str(path), None, "", f"cannot read file: {err}")]) from err
     except UnicodeDecodeError as err:
         why = "not UTF-8 text; save the file as UTF-8"
-        raise ConfigError([ConfigProblem(str(path), None, "", why)]) from err
+        line = bytes(err.object[: err.start]).count(b"\n") + 1
+        raise ConfigError([ConfigProblem(str(path), line, "", why)]) from err
     finally:
         _toml_path = None
 

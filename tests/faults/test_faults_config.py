@@ -260,3 +260,16 @@ def test_broken_reloads_never_stop_the_daemon(data: st.DataObject) -> None:
             assert daemon.proc.poll() is None
         finally:
             daemon.close()
+
+
+def test_a_latin_1_settings_file_is_a_located_problem(tmp_path: Path) -> None:
+    site = copy_site(tmp_path)
+    config = tmp_path / "buildingd.toml"
+    config.write_bytes('log_level = "info"\n# Bürogebäude\n'.encode("latin-1"))
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(["check", "--site", str(site), "--config", str(config)])
+    assert rc == 1
+    assert err.getvalue().splitlines()[0] == (
+        f"{config}:2: (file): not UTF-8 text; save the file as UTF-8"
+    )
