@@ -70,6 +70,7 @@ from buildingd.coordinator.negotiation import NegotiationState
 from buildingd.drivers.base import DriverContext
 from buildingd.evaluate import NullSink
 from buildingd.mqtt.bus import MqttBus, content_problem
+from buildingd.mqtt.bus_auth import load_or_create_key
 from buildingd.mqtt.connection import MqttConnection
 from buildingd.service.app import Daemon
 from buildingd.settings import MqttSettings
@@ -283,7 +284,8 @@ async def over_mqtt(site: Site, site_dir: Path, state: Path, broker: Mosquitto) 
     conn = MqttConnection(
         mqtt_settings("bench-coordinator"), site.site_id, broker.host, broker.port
     )
-    bus = MqttBus(conn, lambda name: name == COORDINATOR)
+    key_file = state / "bus.key"  # the site's bus key, shared by both gateways
+    bus = MqttBus(conn, lambda name: name == COORDINATOR, load_or_create_key(key_file))
     ctx = AgentContext(bus=bus, clock=clock, site=site, drivers=DriverContext(clock=clock),
                        metrics=Metrics())  # fmt: skip
     coordinator = CoordinatorAgent(ctx, state_dir=state / "coordinator")
@@ -296,7 +298,7 @@ async def over_mqtt(site: Site, site_dir: Path, state: Path, broker: Mosquitto) 
 
     base = settings_for(site_dir, state / "zones")
     settings = base.model_copy(update={"mqtt": mqtt_settings().model_copy(
-        update={"host": broker.host, "port": broker.port})})  # fmt: skip
+        update={"host": broker.host, "port": broker.port, "bus_key_file": key_file})})  # fmt: skip
     daemon = ZonesGateway(settings, site, clock=clock, sink_factory=NullSink)
     assert isinstance(daemon.bus, MqttBus) and daemon.mqtt is not None
     task = asyncio.ensure_future(daemon.run())

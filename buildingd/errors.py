@@ -83,3 +83,12 @@ class CommandRejectedError(BuildingdError):
 
 class PolicyError(BuildingdError):
     """A policy cannot be applied (for example a vote outside every band)."""
+
+
+class RequestRefusedError(BuildingdError):
+    """A request from outside (demand response, vote, setpoint) is beyond its policy's limits."""
+
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(f"{kind} refused: {reason}")
+        self.kind = kind
+        self.reason = reason

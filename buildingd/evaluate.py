@@ -18,6 +18,7 @@ import json
 import math
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,6 +35,7 @@ from buildingd.config.loader import Site, load_site
 from buildingd.config.policies import DemandResponseEvent
 from buildingd.control.zone import ZoneMode
 from buildingd.errors import BuildingdError, ConfigError
+from buildingd.kpi import Trajectory
 from buildingd.points import PointKind
 from buildingd.service.app import Daemon
 from buildingd.settings import REPO_SITE, Settings
@@ -522,14 +524,17 @@ def evaluate(
         )  # fmt: skip
         for baseline, name in ((False, "buildingd"), (True, "baseline"))
     ]
+    for spec in specs:  # every evaluation learns from nothing, whatever an earlier one left
+        shutil.rmtree(spec.state_dir, ignore_errors=True)
     bar = Progress(progress, [s.label for s in specs]) if progress is not None else None
     runs = {
         run.controller: run for run in run_all(specs, default_jobs() if jobs is None else jobs, bar)
     }
     if bar is not None:
         bar.finish()
-    for run in runs.values():
-        run.kpis = json.loads(compute_kpis(read_trajectory_csv(run.trajectory), area).to_json())
+    trajectories = {name: read_trajectory_csv(run.trajectory) for name, run in runs.items()}
+    for name, run in runs.items():
+        run.kpis = json.loads(compute_kpis(trajectories[name], area).to_json())
     ours, base = runs["buildingd"].kpis, runs["baseline"].kpis
     result: dict[str, Any] = {
         "scenario": scenario,
@@ -551,6 +556,12 @@ def evaluate(
         "alerts": {name: run.alerts for name, run in runs.items()},
         "trajectories": {name: str(run.trajectory) for name, run in runs.items()},
     }
+    if days > WEEK_DAYS:
+        # Learning from nothing: each week on its own, so the second shows what was learned.
+        result["weeks"] = [
+            _week_kpis(trajectories, area, week) for week in range(math.ceil(days / WEEK_DAYS))
+        ]
+    result["optimal_start_min"] = optimal_start_report(specs[0].state_dir, site, start.date(), days)
     if chosen.fault is not None:
         fault = chosen.fault
         result["fault"] = {
@@ -575,6 +586,54 @@ def evaluate(
             for name, run in runs.items()
         }
     return result
+
+
+WEEK_DAYS = 7
+
+
+def _week_kpis(trajectories: dict[str, Trajectory], area: float, week: int) -> dict[str, Any]:
+    from buildingd.kpi import compute_kpis
+
+    start_s, end_s = week * WEEK_DAYS * 86400.0, (week + 1) * WEEK_DAYS * 86400.0
+    kpis = {
+        name: json.loads(compute_kpis(t.between(start_s, end_s), area).to_json())
+        for name, t in trajectories.items()
+    }
+    ours, base = kpis["buildingd"], kpis["baseline"]
+    return {
+        "week": week + 1,
+        **kpis,
+        "savings_pct": {
+            key: savings_pct(ours[key], base[key]) for key in ("ener_tot", "ener_light")
+        },
+    }
+
+
+def optimal_start_report(
+    state_dir: Path, site: Site, first_day: date, days: float
+) -> dict[str, dict[str, Any]]:
+    """Per zone, from its learned state: each week's start errors in minutes (+ late, - early)
+    and their p90 of the absolute error (the nearest-rank 90th percentile)."""
+    from buildingd.agents import learning_file
+
+    report: dict[str, dict[str, Any]] = {}
+    weeks = max(1, math.ceil(days / WEEK_DAYS))
+    for zone_id in site.zones:
+        if not site.policy_for(zone_id).schedule.occupied_hours:
+            continue
+        learned = learning_file.load(state_dir, zone_id)
+        entry: dict[str, Any] = {}
+        for week in range(weeks):
+            minutes = [
+                round(s.error_s / 60, 1)
+                for s in learned.starts
+                if (s.day - first_day).days // WEEK_DAYS == week
+            ]
+            ranked = sorted(abs(m) for m in minutes)
+            p90 = ranked[math.ceil(0.9 * len(ranked)) - 1] if ranked else None
+            entry[f"week {week + 1}"] = {"errors": minutes, "p90_abs": p90}
+        report[zone_id] = entry
+    return report
 
 
 def window_power_kw(trajectory: Path, start_s: float, duration_s: float) -> float:

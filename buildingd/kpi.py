@@ -54,6 +54,14 @@ class Trajectory:
     def power_columns(self, prefix: str = "") -> list[str]:
         return [c for c in self.columns if c.startswith("power_w:" + prefix)]
 
+    def between(self, start_s: float, end_s: float) -> Trajectory:
+        """The rows with ``start_s <= time_s <= end_s`` (a week of a longer run)."""
+        keep = [i for i, t in enumerate(self.time_s) if start_s <= t <= end_s]
+        return Trajectory(
+            [self.time_s[i] for i in keep],
+            {name: [values[i] for i in keep] for name, values in self.columns.items()},
+        )
+
 
 @dataclass(frozen=True)
 class Kpis:

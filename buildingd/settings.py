@@ -57,6 +57,15 @@ class MqttSettings(Section):
     qos_commands: Literal[0, 1, 2] = 1
     qos_events: Literal[0, 1, 2] = 1
     bus: bool = False  # carry the agent bus over MQTT instead of in-process
+    # The site's key sealing bus messages (HMAC-SHA256); the same file on every gateway of the
+    # site. Default <state_dir>/bus.key, created (mode 0600) at the first start with bus = true.
+    bus_key_file: Path | None = None
+    # The embedded broker (no ``host``): ``user:<argon2 hash>`` lines (None: anonymous, on
+    # 127.0.0.1 only); retained payloads larger than max_payload_bytes, or past
+    # max_retained_bytes in all, are not kept.
+    broker_password_file: Path | None = None
+    broker_max_payload_bytes: int = Field(default=256 * 1024, ge=1024)
+    broker_max_retained_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     homeassistant_discovery: bool = False
     homeassistant_prefix: str = "homeassistant"
     reconnect_max_s: float = Field(default=60.0, gt=0)
@@ -114,6 +123,10 @@ class SimSettings(Section):
     # drivers talk to the simulator; off, they are read from the model directly (virtual time:
     # ``buildingd evaluate`` and the simulated-time tests, where no network timer can run).
     protocols: bool = True
+
+
+def bus_key_path(settings: Settings) -> Path:
+    return settings.mqtt.bus_key_file or settings.state_dir / "bus.key"
 
 
 class Settings(BaseSettings):

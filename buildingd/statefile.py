@@ -1,5 +1,6 @@
-"""Files in the state directory: atomic replacement, and setting aside a file that cannot be
-read (``<name>.corrupt-<UTC time>``, kept for a human) so the daemon starts without it."""
+"""Small state files in the state directory: written atomically (a power cut leaves the old or the
+new version, never half of one) and, when unreadable, set aside for a human to look at instead of
+stopping the daemon. No knowledge of any file's contents."""
 
 from __future__ import annotations
 
@@ -12,13 +13,12 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text``: temporary file, fsync, rename, directory fsync; a power
-    cut leaves the old or the new version, never half of one."""
+def write_atomic(path: Path, body: str) -> None:
+    """Replace ``path`` with ``body``: temporary file, fsync, rename, directory fsync."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("w", encoding="utf-8") as f:
-        f.write(text)
+        f.write(body)
         f.flush()
         os.fsync(f.fileno())
     tmp.replace(path)
@@ -31,9 +31,9 @@ def write_atomic(path: Path, text: str) -> None:
             os.close(fd)
 
 
-def set_aside(path: Path, why: str, now: datetime | None = None) -> Path | None:
-    """Move an unreadable ``path`` to ``<name>.corrupt-<UTC time>`` beside it and log why, once;
-    returns the new path (None when it could not be moved: then it is left where it is)."""
+def set_aside(path: Path, now: datetime | None = None) -> Path | None:
+    """Move an unreadable file out of the way as ``<name>.corrupt-<UTC time>``; its new path, or
+    None when it could not be moved either."""
     stamp = (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
     aside = path.with_name(f"{path.name}.corrupt-{stamp}")
     n = 1
@@ -42,8 +42,16 @@ def set_aside(path: Path, why: str, now: datetime | None = None) -> Path | None:
         aside = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
     try:
         path.replace(aside)
-    except OSError as err:
-        log.error("state file %s is unreadable (%s), cannot move it: %s", path, why, err)  # noqa: TRY400
+    except OSError:
         return None
-    log.error("state file %s is unreadable (%s): moved to %s, going on without", path, why, aside)
+    return aside
+
+
+def set_aside_logged(path: Path, why: str) -> Path | None:
+    """``set_aside`` and one journal line saying why and where the file went."""
+    aside = set_aside(path)
+    if aside is None:
+        log.error("state file %s is unreadable (%s), cannot move it either", path, why)
+    else:
+        log.error("state file %s is unreadable (%s): moved to %s", path, why, aside)
     return aside

@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,11 +20,13 @@ from buildingd.agents.bus import Envelope, Mailbox, Performative
 from buildingd.agents.messages import CommandMsg
 from buildingd.mqtt.broker import EmbeddedBroker
 from buildingd.mqtt.bus import MqttBus
+from buildingd.mqtt.bus_auth import BusSealer
 from buildingd.mqtt.connection import MqttConnection, topic_matches
 from buildingd.settings import MqttSettings
 from tests.servers import Mosquitto, flood_command
 
 pytestmark = pytest.mark.mosquitto
+KEY = b"0123456789abcdef0123456789abcdef"  # the test site's bus key
 
 
 @pytest.fixture(params=["mosquitto", "amqtt"])
@@ -83,8 +86,8 @@ async def test_envelopes_cross_processes_and_bad_ones_are_counted(
 ) -> None:
     host, port = broker
     conn_a, conn_b = await connected(host, port, "gw-a"), await connected(host, port, "gw-b")
-    bus_a = MqttBus(conn_a, lambda name: name == "zone[f1-office]")
-    bus_b = MqttBus(conn_b, lambda name: name == "device[lights]")
+    bus_a = MqttBus(conn_a, lambda name: name == "zone[f1-office]", KEY)
+    bus_b = MqttBus(conn_b, lambda name: name == "device[lights]", KEY)
     await asyncio.sleep(0.3)  # the subscriptions settle
     inbox = Mailbox("device[lights]")
     bus_b.subscribe("device[lights]", inbox)
@@ -98,8 +101,12 @@ async def test_envelopes_cross_processes_and_bad_ones_are_counted(
     good = sent.model_dump(mode="json")
     content = good["content"]
 
+    sealer = BusSealer(KEY, "gw-x")
+
     def wrapped(envelope: dict[str, object]) -> bytes:
-        return json.dumps({"origin": "x", "envelope": envelope}).encode()
+        return sealer.seal(topic, envelope)
+
+    replayed = wrapped(good)
 
     bad = {
         "not JSON": [
@@ -110,6 +117,12 @@ async def test_envelopes_cross_processes_and_bad_ones_are_counted(
             wrapped({**good, "content": {**content, "value": 1.0}}).replace(b"1.0", b"1e999"),
         ],
         "wrong shape": [b"[1, 2, 3]"],
+        "unauthenticated": [
+            json.dumps({"origin": "x", "envelope": good}).encode(),  # no seal
+            BusSealer(b"another site's key", "gw-x").seal(topic, good),
+            replayed.replace(b'"level"', b'"setpoint"'),  # altered after sealing
+        ],
+        "stale": [BusSealer(KEY, "gw-old", clock=lambda: time.time() - 3600).seal(topic, good)],
         "invalid envelope": [
             wrapped({**good, "performative": "shout"}),
             wrapped({**good, "content": "NaN", "ontology": 7}),
@@ -121,7 +134,10 @@ async def test_envelopes_cross_processes_and_bad_ones_are_counted(
         # A well-formed envelope whose content is not a command: the agent would fail on it.
         "invalid content": [wrapped({**good, "content": {"point_id": "level"}})],
         "oversized": [b"{" + b" " * (1024 * 1024) + b"}"],  # 1 MB
+        "replayed": [replayed],  # the same sealed message a second time (the first is delivered)
     }
+    await raw_publish(host, port, topic, [replayed])
+    assert await asyncio.wait_for(inbox.get(), 5) == sent  # sealed with the site's key: heard
     await raw_publish(host, port, topic, [p for payloads in bad.values() for p in payloads])
     total = sum(len(payloads) for payloads in bad.values())
     await until(lambda: bus_b.stats.invalid == total)
@@ -147,17 +163,17 @@ async def test_a_flood_of_envelopes_is_accounted_for_to_the_last(mosquitto: Mosq
     # unaccounted, and the bus still carries a message after the flood.
     conn_a = await connected(mosquitto.host, mosquitto.port, "gw-a")
     conn_b = await connected(mosquitto.host, mosquitto.port, "gw-b")
-    bus_a = MqttBus(conn_a, lambda name: name == "zone[f1-office]")
-    bus_b = MqttBus(conn_b, lambda name: name == "device[lights]")
+    bus_a = MqttBus(conn_a, lambda name: name == "zone[f1-office]", KEY)
+    bus_b = MqttBus(conn_b, lambda name: name == "device[lights]", KEY)
     inbox = Mailbox("device[lights]", maxsize=1000, overflow="drop_oldest")
     bus_b.subscribe("device[lights]", inbox)
     await asyncio.sleep(0.3)
     flood = request_envelope("zone[f2]", "device[lights]").model_dump(mode="json")
-    template = json.dumps({"origin": "x", "envelope": flood | {"conversation_id": "{i}"}})
+    template = json.dumps(flood | {"conversation_id": "{i}"})
     topic = f"{conn_b.base}/bus/device[lights]"
     count = 10_000
     publisher = await asyncio.create_subprocess_exec(
-        *flood_command(mosquitto.host, mosquitto.port, topic, count, template, qos=1)
+        *flood_command(mosquitto.host, mosquitto.port, topic, count, template, 1, KEY)
     )
     assert await asyncio.wait_for(publisher.wait(), 60) == 0  # all acknowledged by the broker
     await until(lambda: bus_b.stats.by_kind["request/command"] >= count, timeout_s=30)

@@ -43,6 +43,9 @@ def full_lines() -> dict[str, str]:
             3.0,
             NOW,
         ),  # fmt: skip
+        "zone_learning": schema.zone_learning_line(
+            "s", "z", dict.fromkeys(schema.SCHEMA["zone_learning"][1], 1.0), NOW
+        ),
         "event": schema.event_line("s", "alert", "warning", "zone[z]", "z", "text", NOW),
         "negotiation": schema.negotiation_line(
             "s",

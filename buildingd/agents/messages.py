@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Literal, Self
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -97,12 +97,31 @@ class ZoneStateMsg(Content):
     pressure_requests: int = Field(default=0, ge=0, le=100)
 
 
+class ZoneLearningMsg(Content):
+    """What a zone has learned (hourly, and after each judged morning), for telemetry: rates in
+    K/h (None until learned), its warm-up lead, start correction and latest start error (s),
+    and the seconds until people are expected (None: nobody expected, or not known yet)."""
+
+    ontology: ClassVar[str] = "zone-learning"
+    zone_id: str
+    heating_k_per_h: float | None
+    cooling_k_per_h: float | None
+    drift_k_per_h: float | None
+    warmup_lead_s: float | None
+    start_bias_s: float
+    start_error_s: float | None
+    arrival_in_s: float | None
+    timestamp: datetime
+
+
 class DemandResponseCall(Content):
     """cfp of a demand-response negotiation: shed ``target_w`` (building total) for a window."""
 
     ontology: ClassVar[str] = "demand-response"
-    target_w: float = Field(gt=0)
-    window_s: float = Field(gt=0)
+    # Finite and bounded whatever the policy says (a week, 10 MW): a window of 1e308 s would
+    # overflow the clock arithmetic. The policy's tighter limits are checked by the coordinator.
+    target_w: float = Field(gt=0, le=10_000_000, allow_inf_nan=False)
+    window_s: float = Field(gt=0, le=7 * 86400, allow_inf_nan=False)
     reason: str = Field(max_length=200)
     # 1 for the first cfp; a later round asks again because the offers fell short of the target.
     round: int = Field(default=1, ge=1, le=20)
@@ -153,6 +172,11 @@ class AdjustmentsMsg(Content):
     dr_shift_k: float | None = Field(default=None, ge=0, le=5)
     vote_offset_k: float | None = Field(default=None, ge=-5, le=5)
     dim_pct: float | None = Field(default=None, ge=0, le=100)
+    # Set by hand (HTTP, Home Assistant) through the coordinator's override path:
+    cooling_extra_k: float | None = Field(default=None, ge=-10, le=10)  # band narrowed/widened
+    mode_override: Literal["", "occupied", "standby", "unoccupied"] | None = None  # "": schedule
+    mode_until: datetime | None = None  # UTC; the zone returns to its schedule then by itself
+    light_override_pct: float | None = Field(default=None, ge=-1, le=100)  # -1: none
 
 
 class NegotiationMsg(Content):
@@ -196,6 +220,7 @@ def readings_topic(zone_id: str | None) -> str:
 COORDINATOR = "coordinator"
 DEMAND_RESPONSE_TOPIC = "demand-response"  # requests from outside (MQTT, HTTP) open an event
 ZONE_STATE_TOPIC = "zone-state"
+ZONE_LEARNING_TOPIC = "zone-learning"
 NEGOTIATIONS_TOPIC = "negotiations"
 EVENTS_TOPIC = "events"
 COMMANDS_TOPIC = "command-results"

@@ -15,11 +15,13 @@ from buildingd.agents.messages import (
     COMMANDS_TOPIC,
     EVENTS_TOPIC,
     NEGOTIATIONS_TOPIC,
+    ZONE_LEARNING_TOPIC,
     ZONE_STATE_TOPIC,
     CommandResultMsg,
     EventMsg,
     NegotiationMsg,
     ReadingMsg,
+    ZoneLearningMsg,
     ZoneStateMsg,
     readings_topic,
 )
@@ -47,6 +49,7 @@ class TelemetryAgent(Agent):
             *zones,
             readings_topic(None),
             ZONE_STATE_TOPIC,
+            ZONE_LEARNING_TOPIC,
             EVENTS_TOPIC,
             COMMANDS_TOPIC,
             NEGOTIATIONS_TOPIC,
@@ -110,6 +113,10 @@ class TelemetryAgent(Agent):
                     c.error,
                     c.timestamp,
                 )
+            if env.ontology == ZoneLearningMsg.ontology:
+                learned = ZoneLearningMsg.parse(env)
+                figures = learned.model_dump(exclude={"zone_id", "timestamp"})
+                return schema.zone_learning_line(site, learned.zone_id, figures, learned.timestamp)
             if env.ontology == ZoneStateMsg.ontology:
                 z = ZoneStateMsg.parse(env)
                 zone = self.ctx.site.zones.get(z.zone_id)

@@ -9,12 +9,15 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
+from pathlib import Path
 
+from buildingd.agents import learning_file
 from buildingd.agents.bus import Envelope, Performative, new_conversation_id
 from buildingd.agents.context import AgentContext
 from buildingd.agents.messages import (
     COORDINATOR,
     EVENTS_TOPIC,
+    ZONE_LEARNING_TOPIC,
     ZONE_STATE_TOPIC,
     AdjustmentsMsg,
     CommandMsg,
@@ -26,12 +29,14 @@ from buildingd.agents.messages import (
     EventMsg,
     OfferMsg,
     ReadingMsg,
+    ZoneLearningMsg,
     ZoneStateMsg,
     device_address,
     readings_topic,
     zone_address,
 )
 from buildingd.agents.runtime import Agent
+from buildingd.control.thermal_response import Regime
 from buildingd.control.zone import (
     Adjustments,
     ZoneDecision,
@@ -40,6 +45,8 @@ from buildingd.control.zone import (
     ZoneState,
     decide,
 )
+from buildingd.control.zone_learning import ZoneLearning, ZoneOutlook, observe, outlook
+from buildingd.control.zone_learning import summary as learning_summary
 from buildingd.coordinator.contract_net import Offer, zone_offers
 from buildingd.coordinator.trim_respond import PressureRequestTimer, update_pressure_requests
 from buildingd.points import PointKind, Quality
@@ -55,6 +62,7 @@ STARTUP_GRACE_S = 60.0
 ASSUMED_COP = 3.0  # heat pump / chiller, to estimate electrical power without a zone meter
 SUMMARY_SHIFT_K = 1.0  # the demand-limit level whose offer the summary carries
 SHED_CHANGE_W = 50.0  # the summary is re-sent when the offer moves into another band this wide
+LEARNING_SAVE_S = 3600.0  # learned state is written this often (and at stop)
 
 
 @dataclass
@@ -100,13 +108,25 @@ class ZoneAgent(Agent):
     mailbox_size = 500
     overflow = "drop_oldest"  # readings are superseded by newer ones
 
-    def __init__(self, zone_id: str, ctx: AgentContext, baseline: bool = False) -> None:
+    def __init__(
+        self,
+        zone_id: str,
+        ctx: AgentContext,
+        baseline: bool = False,
+        state_dir: Path | None = None,
+    ) -> None:
         super().__init__(zone_address(zone_id))
         self.zone_id = zone_id
         # Baseline (common practice, for ``buildingd evaluate``): no occupancy sensing and no
         # daylight: the zone follows the schedule and lights stay on through scheduled hours.
         self.baseline = baseline
         self.ctx = ctx
+        # Learned response and occupancy (optimal start, pre-conditioning); kept in
+        # ``state_dir`` when there is one. The baseline learns nothing.
+        self.state_dir = state_dir
+        self.learning = ZoneLearning()
+        self.outlook: ZoneOutlook | None = None
+        self._learning_saved_s: float | None = None
         self.state = ZoneState()
         self.decision: ZoneDecision | None = None
         self.sensors: dict[tuple[str, str], tuple[PointKind, _Sensor]] = {}
@@ -143,6 +163,68 @@ class ZoneAgent(Agent):
         """Re-read which actuators serve the zone (after a reload)."""
         self._bind()
 
+    async def _learn(
+        self, now_s: float, local: datetime, inputs: ZoneInputs, decision: ZoneDecision
+    ) -> None:
+        mornings = len(self.learning.starts)
+        self.learning = observe(
+            self.learning, now_s, local, inputs.temperature_c, inputs.occupied, decision.band,
+            self.policy,
+        )  # fmt: skip
+        judged = len(self.learning.starts) != mornings
+        if self._learning_saved_s is None:
+            self._learning_saved_s = now_s
+        elif judged or now_s - self._learning_saved_s >= LEARNING_SAVE_S:
+            self.save_learning()
+            self._learning_saved_s = now_s
+            await self._publish_learning(local, judged)
+
+    async def _publish_learning(self, local: datetime, judged: bool) -> None:
+        models = self.learning.response.models
+        look = self.outlook
+        arrival = look.arrival.arrival if look is not None else None
+
+        def rate(regime: Regime) -> float | None:
+            model = models.get(regime)
+            return model.gain_k_per_h if model is not None and model.learned else None
+
+        msg = ZoneLearningMsg(
+            zone_id=self.zone_id,
+            heating_k_per_h=rate(Regime.HEATING),
+            cooling_k_per_h=rate(Regime.COOLING),
+            drift_k_per_h=rate(Regime.FREE),
+            warmup_lead_s=look.occupied_lead_s if look is not None else None,
+            start_bias_s=self.learning.start_bias_s,
+            start_error_s=self.learning.starts[-1].error_s if judged else None,
+            arrival_in_s=(arrival - local).total_seconds() if arrival is not None else None,
+            timestamp=self.ctx.clock.now(),
+        )
+        await self.ctx.send(msg.envelope(Performative.INFORM, self.name, ZONE_LEARNING_TOPIC))
+
+    def save_learning(self) -> None:
+        """Write the learned state (atomically); a failure is logged, never fatal."""
+        if self.state_dir is None or self.baseline:
+            return
+        try:
+            learning_file.save(self.state_dir, self.zone_id, self.learning)
+        except OSError as err:
+            self.ctx.metrics.inc("buildingd_state_write_errors_total", file="learning")
+            log.warning("zone %s: learned state not saved: %s", self.zone_id, err)
+
+    def learning_summary(self) -> dict[str, object] | None:
+        if self.baseline:
+            return None
+        policy = self.policy
+        local = self.ctx.clock.now().astimezone(_tz(policy.timezone or self.ctx.site.timezone))
+        return learning_summary(self.learning, self.outlook, local, policy)
+
+    def reset_learning(self) -> None:
+        """Forget what the zone learned (after a refurbishment, a change of use)."""
+        self.learning = ZoneLearning()
+        self.outlook = None
+        self.save_learning()
+        log.info("zone %s: learned state reset", self.zone_id)
+
     def pending_commands(self) -> int:
         return sum(1 for acts in self.actuators.values() for a in acts if a.pending is not None)
 
@@ -168,6 +250,8 @@ class ZoneAgent(Agent):
 
     async def run(self, started: Callable[[], None]) -> None:
         topic = readings_topic(self.zone_id)
+        if self.state_dir is not None and not self.baseline:
+            self.learning = learning_file.load(self.state_dir, self.zone_id)
         self.ctx.bus.subscribe(self.name, self.inbox)
         self.ctx.bus.subscribe(topic, self.inbox)
         started()
@@ -191,6 +275,7 @@ class ZoneAgent(Agent):
         finally:
             self.ctx.bus.unsubscribe(topic, self.inbox)
             self.ctx.bus.unsubscribe(self.name, self.inbox)
+            self.save_learning()
 
     def _handle(self, env: Envelope) -> bool:
         """Take in one message; True when it should trigger a decision right away."""
@@ -421,6 +506,15 @@ class ZoneAgent(Agent):
             self._apply_commitments()
         return bool(ended)
 
+    def expire_mode_override(self) -> None:
+        """A zone mode set by hand ends by itself (the coordinator may be gone): back to the
+        schedule at ``mode_until``."""
+        adj = self.state.adjustments
+        if adj.mode_override and (adj.mode_until is None or adj.mode_until <= self.ctx.clock.now()):
+            log.info("zone %s: %s set by hand has timed out: back to the schedule", self.zone_id,
+                     adj.mode_override)  # fmt: skip
+            self.set_adjustments(replace(adj, mode_override="", mode_until=None))
+
     def set_adjustments(self, adjustments: Adjustments) -> None:
         self.state = replace(self.state, adjustments=adjustments)
 
@@ -441,6 +535,7 @@ class ZoneAgent(Agent):
     async def control(self, now_s: float) -> None:
         self.last_control_s = now_s
         self.expire_commitments()
+        self.expire_mode_override()
         inputs = self.inputs()
         ready_s = self.ctx.ready_s
         if (
@@ -452,9 +547,13 @@ class ZoneAgent(Agent):
         policy = self.policy
         local = self.ctx.clock.now().astimezone(_tz(policy.timezone or self.ctx.site.timezone))
         previous_mode = self.state.mode
-        decision = decide(self.state, inputs, policy, local, now_s)
+        if not self.baseline and inputs.temperature_c is not None:
+            self.outlook = outlook(self.learning, local, inputs.temperature_c, policy)
+        decision = decide(self.state, inputs, policy, local, now_s, self.outlook)
         self.state = decision.state
         self.decision = decision
+        if not self.baseline:
+            await self._learn(now_s, local, inputs, decision)
         self._account(inputs, decision, now_s)
         if decision.state.mode is not previous_mode:
             log.info("zone %s: %s -> %s", self.zone_id, previous_mode, decision.state.mode)

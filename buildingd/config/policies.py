@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import date, datetime, time
 from enum import StrEnum
 from typing import Literal, Self
@@ -127,6 +128,7 @@ class Negotiation(Strict):
     vote_window_s: float = Field(default=900.0, gt=0)
     vote_step_k: float = Field(default=0.5, gt=0, le=2)
     vote_max_offset_k: float = Field(default=1.5, ge=0, le=5)
+    mode_override_s: float = Field(default=7200.0, gt=0)  # a zone mode set by hand lasts this long
 
 
 class Contact(Strict):
@@ -199,17 +201,54 @@ class DemandResponseEvent(Strict):
 
     start: datetime  # naive: the site's timezone
     duration_s: float = Field(gt=0, le=24 * 3600)
-    target_w: float = Field(gt=0)
+    target_w: float = Field(gt=0, le=10_000_000, allow_inf_nan=False)
+
+
+class RecurringEvent(Strict):
+    """A demand-response window that comes back: ``cron`` is a five-field crontab expression
+    (minute hour day month weekday) in the site's timezone, e.g. ``"0 17 * * mon-fri"``."""
+
+    cron: str
+    duration_s: float = Field(gt=0, le=24 * 3600)
+    target_w: float = Field(gt=0, le=10_000_000, allow_inf_nan=False)
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        from buildingd.control.recurrence import check_cron
+
+        return check_cron(value)
 
 
 class DemandResponse(Strict):
     """Site-wide: when zones are asked to shed load (one ``demand_response`` for the site)."""
 
-    power_cap_w: float | None = Field(default=None, gt=0)  # building power above this: shed
+    power_cap_w: float | None = Field(default=None, gt=0, allow_inf_nan=False)  # above: shed
     meter: str | None = None  # "device.point" of the building meter; default: any building power
     window_s: float = Field(default=3600.0, gt=0)  # how long a cap-triggered event lasts
     reply_s: float = Field(default=30.0, gt=0)  # zones answer a call for proposals within this
     events: list[DemandResponseEvent] = Field(default_factory=list)
+    recurring: list[RecurringEvent] = Field(default_factory=list)
+    # Limits on requests from outside (MQTT ``demand-response/request``, POST
+    # /api/demand-response): a larger one is refused with its reason, audited and counted.
+    max_window_s: float = Field(default=4 * 3600.0, gt=0, le=24 * 3600, allow_inf_nan=False)
+    max_target_w: float = Field(default=100_000.0, gt=0, le=10_000_000, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _window_inside_limit(self) -> Self:
+        if self.window_s > self.max_window_s:
+            raise ValueError(f"window_s ({self.window_s:g} s) is above max_window_s "
+                             f"({self.max_window_s:g} s)")  # fmt: skip
+        return self
+
+    def request_problem(self, target_w: float, window_s: float) -> str | None:
+        """Why a demand-response request from outside is refused, or None when it is within
+        the limits (finite, positive, at most ``max_target_w`` and ``max_window_s``)."""
+        if not (math.isfinite(target_w) and 0 < target_w <= self.max_target_w):
+            return f"target_w {target_w:g} W is not in (0, {self.max_target_w:g}] W (max_target_w)"
+        if not (math.isfinite(window_s) and 0 < window_s <= self.max_window_s):
+            return f"window_s {window_s:g} s is not in (0, {self.max_window_s:g}] s (max_window_s)"
+        return None
 
 
 class PolicyFile(Strict):

@@ -32,3 +32,16 @@ def next_occupied_start(schedule: Schedule, local: datetime, horizon_s: float) -
             if start > local and (start - local).total_seconds() <= horizon_s:
                 return start
     return None
+
+
+def occupied_until(schedule: Schedule, local: datetime) -> datetime | None:
+    """The end of the occupied block ``local`` is in (today's), or None outside occupied hours."""
+    if local.date() in schedule.holidays:
+        return None
+    t = local.time().replace(tzinfo=None)
+    ends = [
+        datetime.combine(local.date(), block.end, local.tzinfo)
+        for block in schedule.occupied_hours
+        if local.weekday() in {d.number for d in block.days} and block.start <= t < block.end
+    ]
+    return max(ends, default=None)

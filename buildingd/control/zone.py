@@ -10,7 +10,10 @@ from datetime import datetime
 from enum import StrEnum
 
 from buildingd.config.policies import Band, Policy
-from buildingd.control.schedule import next_occupied_start, scheduled_occupied
+from buildingd.control.occupancy_forecast import SLOT_S
+from buildingd.control.schedule import next_occupied_start, occupied_until, scheduled_occupied
+from buildingd.control.thermal_response import MAX_START_S
+from buildingd.control.zone_learning import ZoneOutlook
 from buildingd.points import PointKind
 
 
@@ -18,7 +21,7 @@ class ZoneMode(StrEnum):
     OCCUPIED = "occupied"
     STANDBY = "standby"  # G36 occupied-standby: scheduled hours, zone vacant
     UNOCCUPIED = "unoccupied"  # setback outside scheduled hours
-    WARMUP = "warmup"  # reaching the occupied band before scheduled occupancy
+    WARMUP = "warmup"  # reaching the occupied band before scheduled or expected occupancy
     HOLD = "hold"  # no usable temperature sensor: safe fixed band, no optimisation
 
 
@@ -39,6 +42,13 @@ class Adjustments:
     dr_shift_k: float = 0.0  # widens the band: heating down, cooling up
     vote_offset_k: float = 0.0  # moves the whole band: + warmer
     dim_pct: float = 0.0  # lights dimmed by this many percentage points
+    # Overrides by hand (coordinator-checked): the cooling setpoint's extra offset over
+    # ``vote_offset_k`` (a range request narrows or widens the band), a mode until ``mode_until``
+    # (UTC, the zone agent clears it then), a light level kept while people are there.
+    cooling_extra_k: float = 0.0
+    mode_override: str = ""
+    mode_until: datetime | None = None
+    light_override_pct: float = -1.0  # < 0: none; cleared by the vacancy timeout
 
 
 @dataclass(frozen=True)
@@ -56,6 +66,14 @@ class ZoneDecision:
     state: ZoneState
     band: Band  # effective heating/cooling setpoints
     targets: dict[PointKind, float]  # actuator kind -> value to drive
+    # Optimal stop: occupied, but set back because the zone coasts inside its band until the
+    # end of occupied hours.
+    coasting: bool = False
+
+
+# Early setback only with this much margin on the learned coasting time: a zone that comes back
+# from a setback too late makes people cold, one that stops a little later costs little.
+COAST_MARGIN = 1.5
 
 
 LIGHT_STEP_PCT = 5.0  # dimming resolution: avoids chatter from small illuminance changes
@@ -78,7 +96,13 @@ def decide_mode(
     local_now: datetime,
     now_s: float,
     last_occupied_s: float | None,
+    outlook: ZoneOutlook | None = None,
+    previous: ZoneMode = ZoneMode.UNOCCUPIED,
 ) -> ZoneMode:
+    """The zone's mode. Without an ``outlook`` warm-up takes the policy's fixed ``warmup_s``;
+    with one, it starts when the learned response says (optimal start), a vacant zone is
+    pre-conditioned before people usually arrive, and a zone confidently expected empty at the
+    scheduled start is only brought to its standby band."""
     if inputs.temperature_c is None:
         return ZoneMode.HOLD
     if scheduled_occupied(policy.schedule, local_now):
@@ -87,23 +111,81 @@ def decide_mode(
         vacant_for = math.inf if last_occupied_s is None else now_s - last_occupied_s
         if inputs.occupied or vacant_for < policy.comfort.standby_after_s:
             return ZoneMode.OCCUPIED
+        if outlook is not None and _expected_within(outlook, local_now, outlook.occupied_lead_s):
+            return ZoneMode.WARMUP  # pre-conditioning for people expected soon
         return ZoneMode.STANDBY
-    if policy.comfort.warmup_s > 0 and next_occupied_start(
-        policy.schedule, local_now, policy.comfort.warmup_s
+    if outlook is None:
+        if policy.comfort.warmup_s > 0 and next_occupied_start(
+            policy.schedule, local_now, policy.comfort.warmup_s
+        ):
+            return ZoneMode.WARMUP
+        return ZoneMode.UNOCCUPIED
+    start = next_occupied_start(policy.schedule, local_now, MAX_START_S)
+    if start is None or policy.comfort.warmup_s <= 0:
+        return ZoneMode.UNOCCUPIED
+    to_start_s = (start - local_now).total_seconds()
+    arrival = outlook.arrival
+    # Nobody expected before the zone could be brought from standby to the occupied band after
+    # the start: standby by the start is enough.
+    empty_at_start = arrival.confident and (
+        arrival.arrival is None
+        or (arrival.arrival - start).total_seconds() > max(outlook.recovery_s, SLOT_S)
+    )
+    # Once started, a warm-up runs to the start: the lead shrinks as the zone warms, and a
+    # model a little off must not make it stop and start again.
+    if previous is ZoneMode.WARMUP or (
+        not empty_at_start and to_start_s <= outlook.occupied_lead_s
     ):
         return ZoneMode.WARMUP
+    if empty_at_start and to_start_s <= outlook.standby_lead_s:
+        return ZoneMode.STANDBY  # reaching the standby band by the start, not more
     return ZoneMode.UNOCCUPIED
+
+
+def _expected_within(outlook: ZoneOutlook, local_now: datetime, horizon_s: float) -> bool:
+    arrival = outlook.arrival.arrival
+    return arrival is not None and (arrival - local_now).total_seconds() <= horizon_s
+
+
+def coasts_to_end(outlook: ZoneOutlook | None, policy: Policy, local_now: datetime) -> bool:
+    """Optimal stop: the zone would stay inside its band with no heating or cooling until the
+    end of occupied hours (with ``COAST_MARGIN`` on the learned time)."""
+    if outlook is None or outlook.coast_s <= 0:
+        return False
+    end = occupied_until(policy.schedule, local_now)
+    if end is None:
+        return False
+    remaining_s = (end - local_now).total_seconds()
+    # Only towards the end of the day, as optimal start only before its beginning.
+    return remaining_s <= MAX_START_S and outlook.coast_s >= COAST_MARGIN * remaining_s
 
 
 def effective_band(base: Band, adj: Adjustments, policy: Policy) -> Band:
     """Apply coordinator offsets, never leaving the safety band (offsets are bounded upstream;
     this is the last line of defence and is reported by the caller's limit check)."""
     heating = base.heating_c + adj.vote_offset_k - adj.dr_shift_k
-    cooling = base.cooling_c + adj.vote_offset_k + adj.dr_shift_k
+    cooling = base.cooling_c + adj.vote_offset_k + adj.cooling_extra_k + adj.dr_shift_k
     safety = policy.safety
     heating = max(safety.min_c, min(heating, safety.max_c - 0.5))
     cooling = min(safety.max_c, max(cooling, heating + 0.5))
     return Band(heating_c=round(heating, 2), cooling_c=round(cooling, 2))
+
+
+def people_present(
+    state: ZoneState, inputs: ZoneInputs, policy: Policy, scheduled: bool, now_s: float
+) -> bool:
+    """Lights may be on: occupied now or within the vacancy timeout (scheduled hours when the
+    sensor is unknown or the policy lights the whole schedule)."""
+    lighting = policy.lighting
+    if inputs.occupied is None:
+        present = scheduled  # sensor unknown: light the scheduled hours (fail-safe)
+    else:
+        recent = (
+            state.last_occupied_s is not None
+            and now_s - state.last_occupied_s < lighting.vacancy_timeout_s
+        )
+        present = bool(inputs.occupied) or recent
+    return present or (lighting.on_through_schedule and scheduled)
 
 
 def light_level(
@@ -116,18 +198,10 @@ def light_level(
     """Target light level (%): off after the vacancy timeout, else just enough for the
     daylight target (closed loop on measured illuminance)."""
     lighting = policy.lighting
-    if inputs.occupied is None:
-        present = scheduled  # sensor unknown: light the scheduled hours (fail-safe)
-    else:
-        recent = (
-            state.last_occupied_s is not None
-            and now_s - state.last_occupied_s < lighting.vacancy_timeout_s
-        )
-        present = bool(inputs.occupied) or recent
-    if lighting.on_through_schedule and scheduled:
-        present = True
-    if not present:
+    if not people_present(state, inputs, policy, scheduled, now_s):
         return 0.0
+    if state.adjustments.light_override_pct >= 0:  # set by hand, kept while people are there
+        return float(state.adjustments.light_override_pct)
     current = state.light_level_pct
     if inputs.illuminance_lux is None:
         level = 100.0
@@ -151,13 +225,26 @@ def decide(
     policy: Policy,
     local_now: datetime,
     now_s: float,
+    outlook: ZoneOutlook | None = None,
 ) -> ZoneDecision:
     last_occupied = now_s if inputs.occupied else state.last_occupied_s
     scheduled = scheduled_occupied(policy.schedule, local_now)
-    mode = decide_mode(policy, inputs, local_now, now_s, last_occupied)
+    mode = decide_mode(policy, inputs, local_now, now_s, last_occupied, outlook, state.mode)
+    override = state.adjustments.mode_override
+    if override and mode is not ZoneMode.HOLD:  # no sensor: the safe hold wins over a person
+        mode = ZoneMode(override)
     adjustments = state.adjustments if mode is not ZoneMode.HOLD else Adjustments()
-    band = effective_band(band_for(mode, policy, scheduled), adjustments, policy)
+    # A zone put in occupied mode by hand is not set back early.
+    coasting = (
+        mode is ZoneMode.OCCUPIED and not override and coasts_to_end(outlook, policy, local_now)
+    )
+    base = policy.comfort.unoccupied if coasting else band_for(mode, policy, scheduled)
+    band = effective_band(base, adjustments, policy)
     state = replace(state, mode=mode, last_occupied_s=last_occupied)
+    if state.adjustments.light_override_pct >= 0 and not people_present(
+        state, inputs, policy, scheduled, now_s
+    ):  # the vacancy timeout ends a light override
+        state = replace(state, adjustments=replace(state.adjustments, light_override_pct=-1.0))
     level = light_level(state, inputs, policy, scheduled, now_s)
 
     hum = policy.humidity
@@ -183,4 +270,4 @@ def decide(
         PointKind.DEHUMIDIFIER: 1.0 if dehum else 0.0,
         PointKind.HUMIDIFIER: 1.0 if humid else 0.0,
     }
-    return ZoneDecision(state, band, targets)
+    return ZoneDecision(state, band, targets, coasting)

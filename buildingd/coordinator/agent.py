@@ -37,6 +37,7 @@ Every decision is logged as an audit line and published as an event.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import Counter
 from collections.abc import Callable
@@ -69,8 +70,9 @@ from buildingd.agents.messages import (
 )
 from buildingd.agents.runtime import Agent, RestartPolicy
 from buildingd.config.base import PointBase
-from buildingd.config.policies import Band, Policy
-from buildingd.coordinator import alerts_file, commitments
+from buildingd.config.policies import Band, DemandResponseEvent, Policy, RecurringEvent
+from buildingd.control.recurrence import running_occurrence
+from buildingd.coordinator import alerts_file, commitments, overrides
 from buildingd.coordinator.contract_net import Award, Level, Offer, award
 from buildingd.coordinator.escalation import (
     ALERTS_TOPIC,
@@ -96,6 +98,7 @@ from buildingd.coordinator.negotiation import (
     Negotiation,
     NegotiationState,
 )
+from buildingd.coordinator.requests import record_refusal
 from buildingd.coordinator.trim_respond import (
     REQUEST_2_ABOVE_K,
     REQUEST_3_ABOVE_K,
@@ -105,9 +108,10 @@ from buildingd.coordinator.trim_respond import (
 )
 from buildingd.coordinator.votes import VoteBox, VoteResult
 from buildingd.coordinator.webhook import WebhookSender
+from buildingd.errors import RequestRefusedError
 from buildingd.points import PointKind
 from buildingd.service.journal import audit_decision
-from buildingd.statefile import set_aside
+from buildingd.statefile import set_aside_logged
 
 log = logging.getLogger(__name__)
 CONTRACT_NET = "fipa-contract-net"  # the FIPA protocol name every negotiation message carries
@@ -236,10 +240,11 @@ class CoordinatorAgent(Agent):
     # -- input ---------------------------------------------------------------------------------
 
     def take(self, env: Envelope) -> None:
-        """Take in one message; a malformed or unexpected one is counted and logged."""
+        """Take in one message; a malformed or unexpected one is counted and logged. No content
+        may crash the coordinator (an overflow included): it would stop every building job."""
         try:
             self._take(env)
-        except ValueError as err:
+        except (ValueError, ArithmeticError) as err:
             self.ctx.metrics.inc("buildingd_messages_rejected_total", agent="coordinator")
             log.warning("coordinator: rejected %s from %s: %s", env.performative, env.sender, err)
 
@@ -267,8 +272,8 @@ class CoordinatorAgent(Agent):
         elif env.ontology != DemandResponseCall.ontology:
             raise ValueError(f"unexpected ontology {env.ontology!r}")
         elif env.receiver == DEMAND_RESPONSE_TOPIC:
-            call = DemandResponseCall.parse(env)
-            self.open_demand_response(call.target_w, call.window_s, call.reason)
+            with contextlib.suppress(RequestRefusedError):  # audited, counted and logged
+                self.request_demand_response(DemandResponseCall.parse(env), source=env.sender)
         else:
             self._participant_reply(env)
 
@@ -377,8 +382,15 @@ class CoordinatorAgent(Agent):
         tz = ZoneInfo(self.ctx.site.timezone)
         wall = self.ctx.clock.now()
         live: set[str] = set()
-        for i, event in enumerate(dr.events):
-            start = event.start if event.start.tzinfo else event.start.replace(tzinfo=tz)
+        windows: list[tuple[datetime, DemandResponseEvent | RecurringEvent, str]] = [
+            (e.start if e.start.tzinfo else e.start.replace(tzinfo=tz), e, f"scheduled event {i}")
+            for i, e in enumerate(dr.events, 1)
+        ]
+        for i, rec in enumerate(dr.recurring, 1):
+            begun = running_occurrence(rec.cron, rec.duration_s, wall, tz)
+            if begun is not None:
+                windows.append((begun, rec, f"recurring event {i} ({rec.cron})"))
+        for start, event, reason in windows:
             end = start + timedelta(seconds=event.duration_s)
             key = f"{start.astimezone(UTC).isoformat()}+{event.duration_s:g}s:{event.target_w:g}W"
             if wall < end:
@@ -388,7 +400,7 @@ class CoordinatorAgent(Agent):
             if key not in self._scheduled_started and start <= wall < end:
                 self._scheduled_started.add(key)
                 left = (end - wall).total_seconds()
-                self.open_demand_response(event.target_w, left, f"scheduled event {i + 1}")
+                self.open_demand_response(event.target_w, left, reason)
         if self._scheduled_started - live:
             self._scheduled_started &= live  # ended events need no memory
             self._save_commitments()
@@ -401,7 +413,19 @@ class CoordinatorAgent(Agent):
         if any(not r.negotiation.over for r in self.negotiations.values()):
             return
         why = f"building power {power:.0f} W above the cap {dr.power_cap_w:.0f} W"
-        self.open_demand_response(power - dr.power_cap_w, dr.window_s, why)
+        # A meter gone mad (1e12 W) asks for no more than the building can shed.
+        self.open_demand_response(min(power - dr.power_cap_w, dr.max_target_w), dr.window_s, why)
+
+    def request_demand_response(self, call: DemandResponseCall, source: str) -> str:
+        """A demand-response request from outside (MQTT, HTTP): opened (its conversation id)
+        when it is within the site's ``max_target_w`` and ``max_window_s``, else refused:
+        audited, counted, and ``RequestRefusedError`` raised with the reason."""
+        problem = self.ctx.site.demand_response.request_problem(call.target_w, call.window_s)
+        if problem is not None:
+            record_refusal(self.ctx.metrics, "demand-response", problem, source=source)
+            log.warning("coordinator: demand-response request from %s refused: %s", source, problem)
+            raise RequestRefusedError("demand-response", problem)
+        return self.open_demand_response(call.target_w, call.window_s, call.reason)
 
     def open_demand_response(self, target_w: float, window_s: float, reason: str) -> str:
         """Open a demand-response event: shed ``target_w`` for ``window_s`` from now. Returns
@@ -756,7 +780,7 @@ class CoordinatorAgent(Agent):
         try:
             saved = commitments.load(path)
         except commitments.CommitmentsFileError as err:
-            aside = set_aside(path, str(err))
+            aside = set_aside_logged(path, str(err))
             self.ctx.metrics.inc("buildingd_state_files_set_aside_total", file=path.name)
             self._event("state-file", "error", f"unreadable {path}, moved to {aside}: {err}")
             return
@@ -816,9 +840,16 @@ class CoordinatorAgent(Agent):
 
     # -- votes, air handlers, escalation --------------------------------------------------------
 
-    def vote(self, zone_id: str, vote: str) -> VoteResult:
+    def vote(self, zone_id: str, vote: str, source: str = "api") -> VoteResult:
         """An occupant's vote (HTTP or MQTT); refused with a reason when it cannot count: not
-        hot or cold, or the zone already as far that way as its policy allows."""
+        hot or cold, or the zone already as far that way as its policy allows (audited)."""
+        result = self._vote(zone_id, vote)
+        if not result.accepted:
+            record_refusal(self.ctx.metrics, "vote", result.reason, source=source,
+                           zone=zone_id if zone_id in self.ctx.site.zones else None)  # fmt: skip
+        return result
+
+    def _vote(self, zone_id: str, vote: str) -> VoteResult:
         if zone_id not in self.ctx.site.zones:
             return VoteResult(False, f"unknown zone {zone_id!r}", 0.0)
         low, high, setpoint = self._vote_band(zone_id)
@@ -850,19 +881,30 @@ class CoordinatorAgent(Agent):
         high = max(low, policy.safety.max_c - (base.cooling_c - base.heating_c))
         return low, high, min(high, max(low, base.heating_c))
 
-    def override(self, zone_id: str, what: str, wanted_c: float) -> dict[str, object]:
+    def override(
+        self, zone_id: str, what: str, wanted_c: float, source: str = "api"
+    ) -> dict[str, object]:
         """A setpoint asked for by hand (HTTP override, Home Assistant): applied as a band offset
-        within the same limits as votes (``vote_max_offset_k``, the safety band) or refused."""
+        within the same limits as votes (``vote_max_offset_k``, the safety band) or refused
+        (audited with its reason)."""
+        result = self._override(zone_id, what, wanted_c)
+        if not result["accepted"]:
+            zone = zone_id if zone_id in self.ctx.site.zones else None
+            record_refusal(self.ctx.metrics, "override", f"{what}={wanted_c:g}: {result['reason']}",
+                           source=source, zone=zone)  # fmt: skip
+        return result
+
+    def _override(self, zone_id: str, what: str, wanted_c: float) -> dict[str, object]:
         if zone_id not in self.ctx.site.zones:
             return {"accepted": False, "reason": f"unknown zone {zone_id!r}"}
-        state = self.zones.get(zone_id)
-        if state is None:
-            return {"accepted": False, "reason": "zone state not known yet"}
         if what not in ("heating_sp", "cooling_sp"):
             return {"accepted": False, "reason": "only heating_sp and cooling_sp can be set"}
         policy = self.ctx.site.policy_for(zone_id)
         if not policy.safety.min_c <= wanted_c <= policy.safety.max_c:
             return {"accepted": False, "reason": f"{wanted_c} °C is outside the safety band"}
+        state = self.zones.get(zone_id)
+        if state is None:
+            return {"accepted": False, "reason": "zone state not known yet"}
         current = state.heating_sp_c if what == "heating_sp" else state.cooling_sp_c
         offset = round(self.votes.offset(zone_id) + wanted_c - current, 2)
         limit = policy.negotiation.vote_max_offset_k
@@ -873,6 +915,97 @@ class CoordinatorAgent(Agent):
         self._send(AdjustmentsMsg(vote_offset_k=offset).envelope(
             Performative.REQUEST, self.name, zone_address(zone_id)))  # fmt: skip
         return {"accepted": True, "reason": f"band moved {offset:+.1f} K", "offset_k": offset}
+
+    def override_band(self, zone_id: str, heating_c: float, cooling_c: float) -> dict[str, object]:
+        """Both setpoints asked for together (Home Assistant's range control): one request,
+        checked against the policy (each end within ``vote_max_offset_k`` of the scheduled band,
+        inside the safety band, at least 0.5 K apart), applied once, answered with the band."""
+        checked = self._override_target(zone_id)
+        if isinstance(checked, dict):
+            return checked
+        policy, state = checked
+        heating, cooling = round(heating_c, 1), round(cooling_c, 1)
+        base = self._scheduled_band(policy, state.mode)
+        refused = overrides.check_band(heating, cooling, base, policy)
+        if refused:
+            return {"accepted": False, "reason": refused}
+        vote_k = round(heating - base.heating_c, 2)
+        extra_k = round(cooling - base.cooling_c - vote_k, 2)
+        self.votes.override(zone_id, vote_k, self.ctx.clock.monotonic())
+        detail = f"heating_sp={heating} cooling_sp={cooling}"
+        audit_decision("override", "band", zone=zone_id, detail=detail)
+        self._send(AdjustmentsMsg(vote_offset_k=vote_k, cooling_extra_k=extra_k).envelope(
+            Performative.REQUEST, self.name, zone_address(zone_id)))  # fmt: skip
+        return {"accepted": True, "reason": f"band set to {heating:g}..{cooling:g} °C",
+                "heating_sp_c": heating, "cooling_sp_c": cooling}  # fmt: skip
+
+    def override_mode(self, zone_id: str, mode: str) -> dict[str, object]:
+        """A zone mode asked for by hand: occupied, standby or unoccupied for the policy's
+        ``mode_override_s`` (then the zone returns to its schedule by itself); "schedule" ends
+        it now."""
+        checked = self._override_target(zone_id)
+        if isinstance(checked, dict):
+            return checked
+        policy, _ = checked
+        refused = overrides.check_mode(mode)
+        if refused:
+            return {"accepted": False, "reason": refused}
+        wanted = "" if mode == "schedule" else mode
+        until = self.ctx.clock.now() + timedelta(seconds=policy.negotiation.mode_override_s)
+        audit_decision("override", "mode", zone=zone_id, detail=mode)
+        self._send(AdjustmentsMsg(mode_override=wanted, mode_until=until).envelope(
+            Performative.REQUEST, self.name, zone_address(zone_id)))  # fmt: skip
+        if not wanted:
+            return {"accepted": True, "reason": "back to the schedule"}
+        return {"accepted": True, "mode": mode, "until": until.isoformat(),
+                "reason": f"{mode} until {until.isoformat(timespec='minutes')}"}  # fmt: skip
+
+    def override_light(self, zone_id: str, level_pct: float) -> dict[str, object]:
+        """A light level asked for by hand: kept while people are there, ended by the vacancy
+        timeout like any lighting."""
+        checked = self._override_target(zone_id, in_hold=True)  # lights work in a safe hold
+        if isinstance(checked, dict):
+            return checked
+        kinds = {p.kind for p in self._zone_points(zone_id)}
+        policy, state = checked
+        # Lights off and nobody there: past the vacancy timeout (or daylight is enough, which
+        # reads the same here); a level set now would be dropped at once, so it is refused.
+        vacant = state.occupied is False and state.light_level_pct == 0
+        vacant = vacant and not policy.lighting.on_through_schedule
+        refused = overrides.check_light(level_pct, kinds, vacant=vacant)
+        if refused:
+            return {"accepted": False, "reason": refused}
+        level = round(level_pct)
+        audit_decision("override", "light", zone=zone_id, detail=f"{level}%")
+        self._send(AdjustmentsMsg(light_override_pct=level).envelope(
+            Performative.REQUEST, self.name, zone_address(zone_id)))  # fmt: skip
+        return {"accepted": True, "light_level_pct": level,
+                "reason": f"lights {level} % until the vacancy timeout"}  # fmt: skip
+
+    def _override_target(
+        self, zone_id: str, in_hold: bool = False
+    ) -> tuple[Policy, ZoneStateMsg] | dict[str, object]:
+        """The zone's policy and state, or the refusal (unknown zone, no state yet, a safe hold
+        unless ``in_hold``)."""
+        if zone_id not in self.ctx.site.zones:
+            return {"accepted": False, "reason": f"unknown zone {zone_id!r}"}
+        state = self.zones.get(zone_id)
+        if state is None:
+            return {"accepted": False, "reason": "zone state not known yet"}
+        if state.mode == "hold" and not in_hold:
+            return {"accepted": False, "reason": "safe hold (no usable temperature sensor)"}
+        return self.ctx.site.policy_for(zone_id), state
+
+    def _zone_points(self, zone_id: str) -> list[PointBase]:
+        return [p for d in self.ctx.site.devices.values() if d.enabled
+                for p in d.points_list() if p.zone == zone_id]  # fmt: skip
+
+    @staticmethod
+    def _scheduled_band(policy: Policy, mode: str) -> Band:
+        comfort = policy.comfort
+        return {"standby": comfort.standby, "unoccupied": comfort.unoccupied}.get(
+            mode, comfort.occupied
+        )
 
     def _settle_votes(self, now_s: float) -> None:
         for zone_id in self.votes.zones():
@@ -1273,7 +1406,7 @@ class CoordinatorAgent(Agent):
         try:
             saved = alerts_file.load(path)
         except alerts_file.AlertsFileError as err:
-            aside = set_aside(path, str(err))
+            aside = set_aside_logged(path, str(err))
             self.ctx.metrics.inc("buildingd_state_files_set_aside_total", file=path.name)
             self._event("state-file", "error", f"unreadable {path}, moved to {aside}: {err}")
             return

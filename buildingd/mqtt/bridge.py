@@ -1,27 +1,35 @@
 """The MQTT bridge agent: what the building shows and accepts on the broker.
 
 Out (under ``<prefix>/<site>/``): ``zone/<zone>/state`` (retained JSON: mode, temperature_c,
-humidity_pct, occupied, illuminance_lux, heating_sp_c, cooling_sp_c, light_level_pct),
-``events``, ``alerts/<subject>`` (retained JSON: the open break-glass alerts of one zone, device,
-agent or ``building``, each with its ``ack_topic``; an empty retained payload removes the topic
-when the last one clears), and ``status`` (online/offline, retained, the will).
+humidity_pct, occupied, illuminance_lux, heating_sp_c, cooling_sp_c, light_level_pct,
+hvac_action; rounded to each value's precision), ``events``, ``alerts/<subject>`` (retained JSON:
+the open break-glass alerts of one zone, device, agent or ``building``, each with its
+``ack_topic``; an empty retained payload removes the topic when the last one clears), and
+``status`` (online/offline, retained, the will).
 
 In: ``zone/<zone>/vote`` (``hot`` / ``cold``, answered on ``zone/<zone>/vote/result``),
 ``demand-response/request`` (``{"target_w": ..., "window_s": ...}``), ``alerts/<id>/ack`` and
 ``alerts/<id>/clear`` (payload: who, as text or ``{"by": ...}``; retained ones are ignored, so an
-acknowledgement left on the broker never acts again), and, with Home Assistant discovery on,
-``zone/<zone>/set/heating_sp`` and ``.../cooling_sp`` from the climate entity. A setpoint request
-becomes a band offset that passes the same policy limits as a vote (at most ``vote_max_offset_k``
-from the scheduled band, inside the safety band) or is refused with a reason on
-``zone/<zone>/set/result``. Invalid payloads (not strict JSON, NaN or infinite numbers,
-too large) are counted in ``buildingd_mqtt_invalid_total`` and logged, never raised.
+acknowledgement left on the broker never acts again). Invalid payloads (not strict JSON, NaN or
+infinite numbers, too large) are counted in ``buildingd_mqtt_invalid_total`` and logged, never
+raised.
+
+With Home Assistant discovery on (https://www.home-assistant.io/integrations/mqtt/#mqtt-discovery;
+the payloads in ``ha_discovery``): per zone and device the entities its points allow, published
+retained on connect, whenever Home Assistant announces ``homeassistant/status`` ``online`` and
+after a reload; a config of ours on the broker that the site no longer has is cleared. Requests
+on ``zone/<zone>/set/<what>`` go through the coordinator's override path (policy limits, audit):
+``heating_sp`` and ``cooling_sp`` (Home Assistant sends a range as two messages: settled for
+``RANGE_SETTLE_S`` into one band request), ``mode`` (a preset; it times out back to the
+schedule) and ``light`` (JSON light schema; the vacancy timeout ends it). Each is answered on
+``zone/<zone>/set/result`` (ignored when read back) and, retained, on
+``zone/<zone>/request/last``, which Home Assistant shows as the zone's "Last request" sensor.
+Retained requests are ignored. Also published, retained: ``zone/<zone>/light`` (JSON light
+state), ``device/<device>/<point>`` (power and energy readings) and ``problem/<subject>``
+(ON/OFF: open break-glass alerts of a zone or device).
 
 The bridge also hands the daemon's ``Metrics`` to the connection (``use_metrics``), so its
 ``buildingd_mqtt_*`` counters reach ``/metrics``.
-
-Home Assistant MQTT discovery (https://www.home-assistant.io/integrations/mqtt/#mqtt-discovery):
-per zone a ``climate`` entity and ``sensor``/``binary_sensor`` entities, published retained on
-connect and again whenever Home Assistant announces ``homeassistant/status`` ``online``.
 """
 
 from __future__ import annotations
@@ -30,9 +38,8 @@ import asyncio
 import json
 import logging
 import math
-import re
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, Protocol
 
 from buildingd.agents.bus import Performative
 from buildingd.agents.context import AgentContext
@@ -43,91 +50,64 @@ from buildingd.agents.messages import (
     ZONE_STATE_TOPIC,
     DemandResponseCall,
     EventMsg,
+    ReadingMsg,
     ZoneStateMsg,
+    readings_topic,
 )
 from buildingd.agents.runtime import Agent
-from buildingd.control.zone import ZoneMode
 from buildingd.coordinator.escalation import ALERTS_TOPIC, AlertActionMsg, AlertMsg
+from buildingd.coordinator.requests import RETAINED_METRIC, record_refusal, request_error
 from buildingd.coordinator.votes import VoteResult
 from buildingd.mqtt import payload as strict_json
 from buildingd.mqtt.connection import MqttConnection
+from buildingd.mqtt.ha_discovery import (
+    Topics,
+    discovery_configs,
+    light_request,
+    object_id,
+    rounded,
+    zone_state_body,
+)
+from buildingd.points import PointKind
 
 log = logging.getLogger(__name__)
 
 VoteFn = Callable[[str, str], VoteResult]
-OverrideFn = Callable[[str, str, float], dict[str, object]]
-OBJECT_ID = re.compile(r"[^a-zA-Z0-9_-]")
 BUS_TOPICS = (ZONE_STATE_TOPIC, EVENTS_TOPIC, ALERTS_TOPIC)
+RANGE_SETTLE_S = 0.3  # Home Assistant sends a range's low and high as two messages, at once
+MAX_ANSWER_CHARS = 240  # a Home Assistant sensor state holds 255
+NO_COORDINATOR = "the coordinator is not running here"
+RETAINED_LOGGED = 1000  # topics whose ignored retained request was logged (then only counted)
 
 
-def object_id(text: str) -> str:
-    return OBJECT_ID.sub("_", text)
+def demand_response_request(payload: bytes) -> DemandResponseCall:
+    """``{"target_w": ..., "window_s": ..., "reason": ...}`` (strict JSON) as a call."""
+    data = strict_json.loads(payload)
+    if not isinstance(data, dict):
+        raise TypeError("expected a JSON object")
+    return DemandResponseCall(
+        target_w=data["target_w"], window_s=data.get("window_s", 3600),
+        reason=str(data.get("reason", "requested over MQTT"))[:200],
+    )  # fmt: skip
 
 
-def discovery_configs(
-    prefix: str, site_id: str, zone_id: str, zone_name: str, base: str
-) -> list[tuple[str, dict[str, Any]]]:
-    """(topic, config) pairs announcing one zone to Home Assistant."""
-    node = object_id(f"buildingd_{site_id}")
-    zid = object_id(zone_id)
-    state = f"{base}/zone/{zone_id}/state"
-    common = {
-        "availability_topic": f"{base}/status",
-        "payload_available": "online",
-        "payload_not_available": "offline",
-        "device": {
-            "identifiers": [f"{node}_{zid}"],
-            "name": zone_name,
-            "manufacturer": "buildingd",
-            "suggested_area": zone_name,
-        },
-    }
-    climate = {
-        **common,
-        "name": None,
-        "unique_id": f"{node}_{zid}_climate",
-        "modes": ["heat_cool"],
-        "mode_state_topic": state,
-        "mode_state_template": "{{ 'heat_cool' }}",
-        "current_temperature_topic": state,
-        "current_temperature_template": "{{ value_json.temperature_c }}",
-        "current_humidity_topic": state,
-        "current_humidity_template": "{{ value_json.humidity_pct }}",
-        "temperature_low_state_topic": state,
-        "temperature_low_state_template": "{{ value_json.heating_sp_c }}",
-        "temperature_high_state_topic": state,
-        "temperature_high_state_template": "{{ value_json.cooling_sp_c }}",
-        "temperature_low_command_topic": f"{base}/zone/{zone_id}/set/heating_sp",
-        "temperature_high_command_topic": f"{base}/zone/{zone_id}/set/cooling_sp",
-        "preset_mode_state_topic": state,
-        "preset_mode_value_template": "{{ value_json.mode }}",
-        # Home Assistant rejects a preset state that is not listed: the G36 zone modes.
-        "preset_modes": [m.value for m in ZoneMode],
-        "temperature_unit": "C",
-        "precision": 0.1,
-    }
-    sensors: list[tuple[str, dict[str, Any]]] = [
-        (f"{prefix}/climate/{node}/{zid}/config", climate),
-        (
-            f"{prefix}/binary_sensor/{node}/{zid}_occupancy/config",
-            {**common, "name": "Occupancy", "unique_id": f"{node}_{zid}_occupancy",
-             "device_class": "occupancy", "state_topic": state,
-             "value_template": "{{ 'ON' if value_json.occupied else 'OFF' }}"},
-        ),
-        (
-            f"{prefix}/sensor/{node}/{zid}_illuminance/config",
-            {**common, "name": "Illuminance", "unique_id": f"{node}_{zid}_illuminance",
-             "device_class": "illuminance", "unit_of_measurement": "lx", "state_topic": state,
-             "value_template": "{{ value_json.illuminance_lux }}"},
-        ),
-        (
-            f"{prefix}/sensor/{node}/{zid}_humidity/config",
-            {**common, "name": "Humidity", "unique_id": f"{node}_{zid}_humidity",
-             "device_class": "humidity", "unit_of_measurement": "%", "state_topic": state,
-             "value_template": "{{ value_json.humidity_pct }}"},
-        ),
-    ]  # fmt: skip
-    return sensors
+def finite_number(payload: bytes) -> float:
+    value = float(payload)
+    if not math.isfinite(value):  # float() takes "nan" and "inf"
+        raise ValueError(f"not a finite number: {payload[:40]!r}")
+    return value
+
+
+class Overrides(Protocol):
+    """The coordinator's override path (policy limits, audit, timeout)."""
+
+    def override_band(
+        self, zone_id: str, heating_c: float, cooling_c: float
+    ) -> dict[str, object]: ...
+
+    def override_mode(self, zone_id: str, mode: str) -> dict[str, object]: ...
+
+    def override_light(self, zone_id: str, level_pct: float) -> dict[str, object]: ...
 
 
 class MqttBridgeAgent(Agent):
@@ -138,12 +118,23 @@ class MqttBridgeAgent(Agent):
         ctx: AgentContext,
         conn: MqttConnection,
         vote: VoteFn | None,
-        override: OverrideFn | None = None,
+        overrides: Callable[[], Overrides | None] | None = None,
         flush: Callable[[], Awaitable[None]] | None = None,
+        configuration_url: str | None = None,
     ) -> None:
         super().__init__("mqtt-bridge")
-        self.ctx, self.conn, self.vote_fn, self.override_fn = ctx, conn, vote, override
+        self.ctx, self.conn, self.vote_fn, self.overrides = ctx, conn, vote, overrides
         self._flush = flush
+        self.configuration_url = configuration_url
+        self.topics = Topics(conn.base)
+        # Setpoint ends received and not yet settled into one request, by zone.
+        self._pending: dict[str, dict[str, float]] = {}
+        # The discovery configs announced now, by topic; a retained one on the broker that is
+        # not among them (a zone or device removed while we were away or by a reload) is cleared.
+        self.configs: dict[str, dict[str, Any]] = {}
+        self.problems: set[str] = set()  # zones and devices with open break-glass alerts
+        self.meter_values: dict[tuple[str, str], float | int | None] = {}  # (device, point)
+        self._meter_subs: list[str] = []  # bus topics subscribed for meter readings
         self.base = conn.base
         self.settings = conn.settings
         self.invalid = 0
@@ -156,6 +147,7 @@ class MqttBridgeAgent(Agent):
         self._retained_alerts: set[str] = set()
         self._snapshot_seen = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._retained_seen: set[str] = set()  # request topics whose retained message was logged
 
     def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
         """Run async work asked for by a (synchronous) MQTT callback."""
@@ -178,8 +170,13 @@ class MqttBridgeAgent(Agent):
         await self.ctx.send(AlertActionMsg(action="snapshot").envelope(
             Performative.REQUEST, self.name, COORDINATOR))  # fmt: skip
         if self.settings.homeassistant_discovery:
+            self.configs = self._discovery()
+            node = object_id(f"buildingd_{self.ctx.site.site_id}")
+            prefix = self.settings.homeassistant_prefix
             self.conn.subscribe(f"{self.base}/zone/+/set/+", self._on_setpoint, 1, refused)
-            self.conn.subscribe(f"{self.settings.homeassistant_prefix}/status", self._on_ha, 1)
+            self.conn.subscribe(f"{prefix}/status", self._on_ha, 1)
+            self.conn.subscribe(f"{prefix}/+/{node}/+/config", self._on_config, 1)
+            self._subscribe_meters()
             self.conn.on_connect(self.announce)
             if self.conn.connected.is_set():
                 await self.announce()
@@ -193,14 +190,19 @@ class MqttBridgeAgent(Agent):
                     event = EventMsg.parse(env)
                     body = event.model_dump_json().encode()
                     await self.conn.publish(f"{self.base}/events", body, self.settings.qos_events)
+                    if event.kind == "reload" and self.settings.homeassistant_discovery:
+                        await self._reannounce()
+                elif env.ontology == ReadingMsg.ontology:
+                    await self._meter_reading(ReadingMsg.parse(env))
                 elif env.ontology == AlertMsg.ontology:
                     await self._alerts(AlertMsg.parse(env))
         finally:
-            for topic in BUS_TOPICS:
+            for topic in (*BUS_TOPICS, *self._meter_subs):
                 self.ctx.bus.unsubscribe(topic, self.inbox)
             # A restarted bridge subscribes afresh; this one's handlers must not linger.
             for handler in (self._on_vote, self._on_dr, self._on_setpoint, self._on_ha,
-                            self._on_alert_action, self._on_retained_alert):  # fmt: skip
+                            self._on_alert_action, self._on_config,
+                            self._on_retained_alert):  # fmt: skip
                 self.conn.unsubscribe(handler)
             self.conn.remove_on_connect(self.announce)
             self.conn.remove_on_connect(self._republish_alerts)
@@ -224,6 +226,10 @@ class MqttBridgeAgent(Agent):
                 body = json.dumps({**payload, "alerts": alerts}).encode()
             self.alerts[subject] = body
             await self._publish_alert(subject, body)
+            open_now = bool(payload and payload.get("alerts"))
+            if open_now != (subject in self.problems):
+                (self.problems.add if open_now else self.problems.discard)(subject)
+                await self._publish_problem(subject)
 
     async def _publish_alert(self, subject: str, body: bytes) -> None:
         topic = f"{self.base}/alerts/{subject}"
@@ -247,8 +253,8 @@ class MqttBridgeAgent(Agent):
             await self._publish_alert(subject, body)
 
     def _on_alert_action(self, topic: str, payload: bytes, retained: bool) -> None:
-        if retained:
-            return None  # left on the broker: acting on it at every connect would be wrong
+        if retained:  # left on the broker: acting on it at every connect would be wrong
+            return self._retained(topic, "alert-" + topic.rsplit("/", 1)[-1])
         alert_id, _, verb = topic.removeprefix(f"{self.base}/alerts/").partition("/")
         text = payload.decode(errors="replace").strip()
         by = text
@@ -268,27 +274,78 @@ class MqttBridgeAgent(Agent):
         self._spawn(self.ctx.send(action.envelope(Performative.REQUEST, self.name, COORDINATOR)))
         return None
 
+    async def _publish_problem(self, subject: str) -> None:
+        if self.settings.homeassistant_discovery and (
+            subject in self.ctx.site.zones or subject in self.ctx.site.devices
+        ):
+            body = "ON" if subject in self.problems else "OFF"
+            await self.conn.publish(self.topics.problem(subject), body, qos=1, retain=True)
+
     async def _zone_state(self, msg: ZoneStateMsg) -> None:
         self.states[msg.zone_id] = msg
-        body = {
-            "mode": msg.mode, "temperature_c": msg.temperature_c, "humidity_pct": msg.humidity_pct,
-            "occupied": msg.occupied, "illuminance_lux": msg.illuminance_lux,
-            "heating_sp_c": msg.heating_sp_c, "cooling_sp_c": msg.cooling_sp_c,
-            "light_level_pct": msg.light_level_pct, "timestamp": msg.timestamp.isoformat(),
-        }  # fmt: skip
-        await self.conn.publish(f"{self.base}/zone/{msg.zone_id}/state", json.dumps(body),
+        body = json.dumps(zone_state_body(msg))
+        await self.conn.publish(self.topics.zone_state(msg.zone_id), body,
+                                self.settings.qos_readings, retain=True)  # fmt: skip
+        if self.settings.homeassistant_discovery:
+            level = rounded(msg.light_level_pct, "light_level_pct")
+            light = {"state": "ON" if level else "OFF", "brightness": level}
+            await self.conn.publish(self.topics.light_state(msg.zone_id), json.dumps(light),
+                                    self.settings.qos_readings, retain=True)  # fmt: skip
+
+    def _subscribe_meters(self) -> None:
+        """The bus topics carrying the readings of power and energy points (for their
+        sensors), as the site has them now."""
+        zones = {p.zone for d in self.ctx.site.devices.values() for p in d.points_list()
+                 if p.kind in (PointKind.POWER, PointKind.ENERGY)}  # fmt: skip
+        for topic in self._meter_subs:
+            self.ctx.bus.unsubscribe(topic, self.inbox)
+        self._meter_subs = sorted(readings_topic(z) for z in zones)
+        for topic in self._meter_subs:
+            self.ctx.bus.subscribe(topic, self.inbox)
+
+    async def _meter_reading(self, msg: ReadingMsg) -> None:
+        if msg.kind not in (PointKind.POWER, PointKind.ENERGY) or not msg.quality.usable:
+            return
+        field = "power_w" if msg.kind is PointKind.POWER else "energy_kwh"
+        key, value = (msg.device_id, msg.point_id), rounded(msg.value, field)
+        if self.meter_values.get(key) == value:
+            return  # nothing new for Home Assistant
+        self.meter_values[key] = value
+        await self._publish_meter(key)
+
+    async def _publish_meter(self, key: tuple[str, str]) -> None:
+        await self.conn.publish(self.topics.point_state(*key), json.dumps(self.meter_values[key]),
                                 self.settings.qos_readings, retain=True)  # fmt: skip
 
+    def _discovery(self) -> dict[str, dict[str, Any]]:
+        return discovery_configs(self.ctx.site, self.settings.homeassistant_prefix, self.base,
+                                 self.configuration_url)  # fmt: skip
+
+    async def _reannounce(self) -> None:
+        """After a reload: configs of removed zones and devices cleared, the rest announced."""
+        old, self.configs = self.configs, self._discovery()
+        self._subscribe_meters()
+        for topic in old.keys() - self.configs.keys():
+            await self.conn.publish(topic, b"", qos=1, retain=True)
+        await self.announce()
+
+    def _on_config(self, topic: str, payload: bytes, retained: bool) -> None:
+        """A discovery config of ours on the broker that we no longer announce: cleared."""
+        if payload and topic not in self.configs:
+            log.info("mqtt: clearing Home Assistant discovery config %s (no longer in the site)",
+                     topic)  # fmt: skip
+            self._spawn(self.conn.publish(topic, b"", qos=1, retain=True))
+
     async def announce(self) -> None:
-        """Home Assistant discovery for every zone (retained), then the current states."""
-        for zone_id, zone in self.ctx.site.zones.items():
-            for topic, config in discovery_configs(
-                self.settings.homeassistant_prefix, self.ctx.site.site_id, zone_id,
-                zone.name or zone_id, self.base,
-            ):  # fmt: skip
-                await self.conn.publish(topic, json.dumps(config), qos=1, retain=True)
+        """Home Assistant discovery for every zone and device (retained), then the states."""
+        for topic, config in self.configs.items():
+            await self.conn.publish(topic, json.dumps(config), qos=1, retain=True)
+        for subject in (*self.ctx.site.zones, *self.ctx.site.devices):
+            await self._publish_problem(subject)
         for msg in list(self.states.values()):
             await self._zone_state(msg)
+        for key in list(self.meter_values):
+            await self._publish_meter(key)
 
     def _bad(self, topic: str, why: str) -> None:
         self.invalid += 1
@@ -304,7 +361,18 @@ class MqttBridgeAgent(Agent):
         zone_id = rest.split("/", 1)[0]
         return zone_id if zone_id in self.ctx.site.zones else None
 
+    def _retained(self, topic: str, kind: str) -> None:
+        """A request left retained on the broker: delivered again at every (re)connect and
+        restart, so it never acts; counted, and logged once per topic."""
+        self.ctx.metrics.inc(RETAINED_METRIC, kind=kind)
+        if topic not in self._retained_seen and len(self._retained_seen) < RETAINED_LOGGED:
+            self._retained_seen.add(topic)
+            log.warning("mqtt: retained %s request on %s ignored: requests act once; publish "
+                        "it without retain, and clear the retained one", kind, topic)  # fmt: skip
+
     def _on_vote(self, topic: str, payload: bytes, retained: bool) -> None:
+        if retained:
+            return self._retained(topic, "vote")
         zone_id = self._zone_of(topic)
         text = payload.decode(errors="replace").strip().strip('"').lower()
         if zone_id is None or self.vote_fn is None:
@@ -315,36 +383,96 @@ class MqttBridgeAgent(Agent):
         return None
 
     def _on_dr(self, topic: str, payload: bytes, retained: bool) -> None:
+        if retained:
+            return self._retained(topic, "demand-response")
         try:
-            data = strict_json.loads(payload)
-            call = DemandResponseCall(
-                target_w=data["target_w"], window_s=data.get("window_s", 3600),
-                reason=str(data.get("reason", "requested over MQTT"))[:200],
-            )  # fmt: skip
+            call = demand_response_request(payload)
         except (ValueError, TypeError, KeyError) as err:
-            return self._bad(topic, f"invalid demand-response request: {err}")
+            why = request_error(err)
+            record_refusal(self.ctx.metrics, "demand-response", why, source="mqtt")
+            return self._bad(topic, f"invalid demand-response request: {why}")
         self._spawn(self.ctx.send(call.envelope(Performative.REQUEST, self.name,
                                                 DEMAND_RESPONSE_TOPIC)))  # fmt: skip
         return None
 
     def _on_setpoint(self, topic: str, payload: bytes, retained: bool) -> None:
-        zone_id = self._zone_of(topic)
+        """Requests from Home Assistant: ``heating_sp`` / ``cooling_sp`` (settled into one band
+        request), ``mode`` (a preset) and ``light`` (JSON schema light)."""
         what = topic.rsplit("/", 1)[-1]
-        try:
-            wanted = float(payload)
-        except ValueError:
-            return self._bad(topic, f"not a number: {payload[:40]!r}")
-        if not math.isfinite(wanted):  # float() takes "nan" and "inf"
-            return self._bad(topic, f"not a finite number: {payload[:40]!r}")
-        if zone_id is None or what not in ("heating_sp", "cooling_sp"):
-            return self._bad(topic, "unknown zone or setpoint")
-        if self.override_fn is None:
-            return self._bad(topic, "no coordinator to take setpoint requests")
-        result = self.override_fn(zone_id, what, wanted)
-        self._spawn(self._flush_coordinator())
-        answer = f"{self.base}/zone/{zone_id}/set/result"
-        self._spawn(self.conn.publish(answer, json.dumps(result), qos=1))
-        return None
+        if what == "result":
+            return None  # our own answer, not a request
+        if retained:
+            return self._retained(topic, "override")
+        zone_id = self._zone_of(topic)
+        if zone_id is None:
+            return self._bad(topic, "unknown zone")
+        overrides = self.overrides() if self.overrides is not None else None
+        if overrides is None:
+            refused: dict[str, object] = {"accepted": False, "reason": NO_COORDINATOR}
+            self._spawn(self._answer(zone_id, what[:20], refused))
+            return None
+        if what in ("heating_sp", "cooling_sp"):
+            try:
+                wanted = finite_number(payload)
+            except ValueError as err:
+                why = f"{what}: {err}"
+                record_refusal(self.ctx.metrics, "override", why, source="mqtt", zone=zone_id)
+                return self._bad(topic, why)
+            pending = self._pending.setdefault(zone_id, {})
+            if not pending:
+                self._spawn(self._settle_band(zone_id))
+            pending[what] = wanted
+            return None
+        if what == "mode":
+            mode = payload.decode(errors="replace").strip().strip('"').lower()
+            result = overrides.override_mode(zone_id, "schedule" if mode == "none" else mode)
+            self._spawn(self._answer(zone_id, f"mode {mode[:20]}", result))
+            return None
+        if what == "light":
+            try:
+                level = light_request(payload, self.states.get(zone_id))
+            except ValueError as err:
+                return self._bad(topic, f"invalid light command: {err}")
+            result = overrides.override_light(zone_id, level)
+            self._spawn(self._answer(zone_id, f"lights {level:g} %", result))
+            return None
+        return self._bad(topic, f"unknown request {what[:20]!r}")
+
+    async def _settle_band(self, zone_id: str) -> None:
+        """Wait for the other end of the range, then one request for both (the end not sent
+        keeps its current value)."""
+        await asyncio.sleep(RANGE_SETTLE_S)
+        pending = self._pending.pop(zone_id, {})
+        overrides = self.overrides() if self.overrides is not None else None
+        state = self.states.get(zone_id)
+        if not pending:
+            return
+        result: dict[str, object]
+        if overrides is None:
+            result = {"accepted": False, "reason": NO_COORDINATOR}
+        elif state is None:
+            result = {"accepted": False, "reason": "zone state not known yet"}
+        else:
+            heating = pending.get("heating_sp", state.heating_sp_c)
+            cooling = pending.get("cooling_sp", state.cooling_sp_c)
+            result = overrides.override_band(zone_id, heating, cooling)
+        asked = ", ".join(f"{k}={v:g}" for k, v in sorted(pending.items()))
+        await self._answer(zone_id, asked, result)
+
+    async def _answer(self, zone_id: str, asked: str, result: dict[str, object]) -> None:
+        """The answer on ``set/result`` and, retained, the zone's last request (a sensor in
+        Home Assistant, so a refusal is seen there)."""
+        await self._flush_coordinator()
+        word = "accepted" if result.get("accepted") else "refused"
+        if word == "refused":  # every refusal is audited with its reason, as over HTTP
+            why = f"{asked}: {result.get('reason', '')}"
+            record_refusal(self.ctx.metrics, "override", why, source="mqtt", zone=zone_id)
+        summary = f"{word}: {asked}: {result.get('reason', '')}"[:MAX_ANSWER_CHARS]
+        answer = {**result, "request": asked, "result": word, "summary": summary,
+                  "at": self.ctx.clock.now().isoformat(timespec="seconds")}  # fmt: skip
+        await self.conn.publish(self.topics.zone_set(zone_id, "result"), json.dumps(answer), qos=1)
+        await self.conn.publish(self.topics.last_request(zone_id), json.dumps(answer), qos=1,
+                                retain=True)  # fmt: skip
 
     async def _flush_coordinator(self) -> None:
         if self._flush is not None:

@@ -1,24 +1,24 @@
 """``MqttBus``: the agent bus carried over MQTT, so agents in several processes or gateways talk.
 
 Every envelope is delivered locally as on the in-process bus and published as JSON on
-``<prefix>/<site>/bus/<receiver address>``::
+``<prefix>/<site>/bus/<receiver address>``, sealed with the site's key (``bus_auth``)::
 
-    {"origin": "<instance id>", "envelope": {...the Envelope fields...}}
+    {"origin": "<instance id>", "counter": n, "ts": unix_s, "envelope": {...}, "mac": "..."}
 
-Envelopes from the broker are validated before any agent sees them (strict JSON: no ``NaN`` or
-``Infinity``; the envelope; its content against the model of its ontology, when one is known); an
-invalid one, or one too large for the connection, is counted (``BusStats.invalid``, by reason)
-and logged with its topic and reason, never raised into the receiver. Echoes of our own
-publishes are skipped by ``origin``. A remote envelope may not claim to come from one of this
-process's own agents (a forged sender), and commands to devices are only accepted from zone
-agents or the coordinator.
+Envelopes from the broker are checked before any agent sees them: strict JSON (no ``NaN`` or
+``Infinity``); the seal, age and counter (only a gateway holding the site's key, no replays);
+the envelope; its sender (not one of this process's own agents, and one the receiver may hear
+from: ``agents.hearing``); its content against the model of its ontology. A refused one, or one
+too large for the connection, is counted (``BusStats.invalid``, and
+``buildingd_bus_refused_total{reason}``) and logged once per change of reason on its topic,
+never raised into the receiver. Echoes of our own publishes are skipped by ``origin``.
 """
 
 from __future__ import annotations
 
 import collections
-import json
 import logging
+import time
 import uuid
 from collections.abc import Callable
 
@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from buildingd.agents.bus import Envelope, InProcessBus, Performative
 from buildingd.agents.messages import Content
 from buildingd.mqtt import payload as strict_json
+from buildingd.mqtt.bus_auth import BusSealer, BusVerifier
 from buildingd.mqtt.connection import MqttConnection
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,9 @@ log = logging.getLogger(__name__)
 # FIPA performatives whose loss matters get QoS 1; readings and state are superseded anyway.
 RELIABLE = {p for p in Performative if p is not Performative.INFORM}
 COMMAND_SENDERS = ("zone[", "coordinator")
+REFUSED_METRIC = "buildingd_bus_refused_total"
+LOGGED_TOPICS = 1000  # topics whose last logged refusal reason is kept (then: counted only)
+HearingCheck = Callable[[Envelope], str | None]
 
 
 def content_models() -> dict[str, list[type[Content]]]:
@@ -71,20 +75,35 @@ def content_problem(env: Envelope) -> str | None:
 
 
 class MqttBus(InProcessBus):
-    def __init__(self, conn: MqttConnection, is_local: Callable[[str], bool]) -> None:
+    """``key``: the site's bus key (``bus_auth.load_or_create_key``); ``may_hear``: why a
+    receiver may not hear from a sender (``agents.hearing``), None to skip that check."""
+
+    def __init__(
+        self,
+        conn: MqttConnection,
+        is_local: Callable[[str], bool],
+        key: bytes,
+        may_hear: HearingCheck | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         super().__init__()
         self.conn = conn
         self.origin = uuid.uuid4().hex[:12]
         self.prefix = f"{conn.base}/bus/"
         self.is_local = is_local
+        self.may_hear = may_hear
+        self.sealer = BusSealer(key, self.origin, clock)
+        self.verifier = BusVerifier(key, clock)
         self.invalid_by_reason: collections.Counter[str] = collections.Counter()
+        self._logged: dict[str, str] = {}  # topic: the refusal reason last logged for it
         conn.subscribe(self.prefix + "#", self._receive, qos=1, on_refused=self._refused)
 
     async def send(self, env: Envelope) -> None:
         await super().send(env)
-        body = json.dumps({"origin": self.origin, "envelope": env.model_dump(mode="json")})
+        topic = self.prefix + env.receiver
+        body = self.sealer.seal(topic, env.model_dump(mode="json"))
         qos = 1 if env.performative in RELIABLE else 0
-        await self.conn.publish(self.prefix + env.receiver, body, qos=qos)
+        await self.conn.publish(topic, body, qos=qos)
 
     def _receive(self, topic: str, payload: bytes, retained: bool) -> None:
         try:
@@ -95,6 +114,9 @@ class MqttBus(InProcessBus):
             return self._invalid(topic, "wrong shape", "expected {origin, envelope}")
         if data.get("origin") == self.origin:
             return None  # our own publish coming back
+        refusal = self.verifier.problem(topic, data)
+        if refusal is not None:
+            return self._invalid(topic, *refusal)
         try:
             env = Envelope.model_validate(data["envelope"])
         except ValidationError as err:
@@ -105,18 +127,34 @@ class MqttBus(InProcessBus):
             return self._invalid(topic, "forged sender", f"{env.sender} is a local agent")
         if env.ontology == "command" and not env.sender.startswith(COMMAND_SENDERS):
             return self._invalid(topic, "forged sender", f"{env.sender} may not command devices")
+        forbidden = self.may_hear(env) if self.may_hear is not None else None
+        if forbidden is not None:
+            return self._invalid(topic, "forbidden sender", f"from {env.sender}: {forbidden}")
         problem = content_problem(env)
         if problem is not None:  # an agent would fail parsing it (a zone agent would crash)
             return self._invalid(topic, "invalid content", f"{env.ontology}: {problem}")
+        if self._logged.pop(topic, None) is not None:
+            log.info("bus: messages on %s accepted again", topic)
         self.deliver_nowait(env)
         return None
 
     def _refused(self, topic: str, reason: str) -> None:
         """The connection refused a message on a bus topic (too large): counted as invalid."""
+        self._count(reason)
+
+    def _count(self, reason: str) -> None:
         self.stats.invalid += 1
         self.invalid_by_reason[reason] += 1
+        if self.conn.metrics is not None:
+            self.conn.metrics.inc(REFUSED_METRIC, reason=reason)
 
     def _invalid(self, topic: str, reason: str, detail: str) -> None:
-        self.stats.invalid += 1
-        self.invalid_by_reason[reason] += 1
-        log.warning("bus: invalid message on %s: %s (%s)", topic, reason, detail)
+        """Counted every time; logged when the reason on this topic changes (a flood of forged
+        messages is one line, not one per message)."""
+        self._count(reason)
+        if self._logged.get(topic) == reason:
+            return
+        if topic in self._logged or len(self._logged) < LOGGED_TOPICS:
+            self._logged[topic] = reason
+        log.warning("bus: invalid message on %s: %s (%s); further ones with this reason are "
+                    "only counted", topic, reason, detail)  # fmt: skip

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from buildingd.agents.messages import DemandResponseCall
 from buildingd.agents.runtime import ChildState
+from buildingd.coordinator.requests import record_refusal, request_error
+from buildingd.errors import RequestRefusedError
 from buildingd.service.http import HttpError, HttpServer, Request, Response
 
 if TYPE_CHECKING:
@@ -34,6 +36,8 @@ def zones_json(daemon: Daemon) -> list[dict[str, Any]]:
                 light_level_pct=d.state.light_level_pct,
                 dehumidifier_on=d.state.dehumidifier_on,
                 degraded=sorted(agent.degraded),
+                coasting=d.coasting,
+                learned=agent.learning_summary(),
             )
         else:
             entry["mode"] = "starting"
@@ -214,7 +218,7 @@ def install_routes(server: HttpServer, daemon: Daemon) -> None:
         zone_id = request.params["zone"]
         if zone_id not in daemon.site.zones:
             raise HttpError(HTTPStatus.NOT_FOUND, f"no zone {zone_id!r}")
-        result = coordinator().vote(zone_id, str(body_object(request).get("vote")))
+        result = coordinator().vote(zone_id, str(body_object(request).get("vote")), "http")
         body = {"accepted": result.accepted, "reason": result.reason, "offset_k": result.offset_k}
         return Response.json(body, 200 if result.accepted else HTTPStatus.UNPROCESSABLE_ENTITY)
 
@@ -228,9 +232,17 @@ def install_routes(server: HttpServer, daemon: Daemon) -> None:
         if zone_id not in daemon.site.zones:
             raise HttpError(HTTPStatus.NOT_FOUND, f"no zone {zone_id!r}")
         what = keys[0].removesuffix("_c")
-        result = coordinator().override(zone_id, what, float(body[keys[0]]))
+        result = coordinator().override(zone_id, what, float(body[keys[0]]), "http")
         await coordinator().flush()
         return Response.json(result, 200 if result["accepted"] else HTTPStatus.UNPROCESSABLE_ENTITY)
+
+    async def reset_learning(request: Request) -> Response:
+        """Forget a zone's learned response and occupancy (a refurbished or repurposed room)."""
+        agent = daemon.zone_agents.get(request.params["zone"])
+        if agent is None:
+            raise HttpError(HTTPStatus.NOT_FOUND, f"no zone {request.params['zone']!r}")
+        agent.reset_learning()
+        return Response.json({"reset": True, "zone": agent.zone_id})
 
     async def acknowledge(request: Request) -> Response:
         """Stops an alert's reminders; it stays open until its cause goes away or is cleared."""
@@ -259,9 +271,13 @@ def install_routes(server: HttpServer, daemon: Daemon) -> None:
                 reason=str(body.get("reason", "requested over HTTP"))[:200],
             )
         except ValueError as err:
-            raise HttpError(HTTPStatus.UNPROCESSABLE_ENTITY, str(err).splitlines()[0]) from err
-        conversation = coordinator().open_demand_response(call.target_w, call.window_s,
-                                                          call.reason)  # fmt: skip
+            why = request_error(err)
+            record_refusal(daemon.metrics, "demand-response", why, source="http")
+            raise HttpError(HTTPStatus.UNPROCESSABLE_ENTITY, why) from err
+        try:
+            conversation = coordinator().request_demand_response(call, source="http")
+        except RequestRefusedError as err:
+            raise HttpError(HTTPStatus.UNPROCESSABLE_ENTITY, err.reason) from err
         await coordinator().flush()
         return Response.json({"conversation_id": conversation}, HTTPStatus.ACCEPTED)
 
@@ -295,4 +311,5 @@ def install_routes(server: HttpServer, daemon: Daemon) -> None:
     server.route("POST", "/api/alerts/{alert}/ack", acknowledge, write=True)
     server.route("POST", "/api/alerts/{alert}/clear", clear, write=True)
     server.route("POST", "/api/zones/{zone}/override", override, write=True)
+    server.route("POST", "/api/zones/{zone}/learning/reset", reset_learning, write=True)
     server.route("POST", "/api/demand-response", demand_response, write=True)

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -31,7 +32,7 @@ from buildingd.errors import ConfigError
 from buildingd.service.http import HttpServer
 from buildingd.service.reload import diff_settings, plan_reload
 from buildingd.service.sdnotify import Notifier, WatchdogGuard
-from buildingd.settings import Settings
+from buildingd.settings import Settings, bus_key_path
 from buildingd.sim.building import Building
 from buildingd.telemetry.schema import daemon_line
 
@@ -175,9 +176,16 @@ class Daemon:
             host = mqtt.host or "127.0.0.1"
             self.mqtt = MqttConnection(mqtt, site.site_id, host, mqtt.port, metrics=self.metrics)
             if mqtt.bus:
+                from buildingd.agents.hearing import hearing_problem
                 from buildingd.mqtt.bus import MqttBus
+                from buildingd.mqtt.bus_auth import load_or_create_key
 
-                self.bus = MqttBus(self.mqtt, self._is_local_agent)
+                self.bus = MqttBus(
+                    self.mqtt,
+                    self._is_local_agent,
+                    load_or_create_key(bus_key_path(settings)),
+                    lambda env: hearing_problem(env, self.ctx.site),
+                )
         self.ctx = AgentContext(
             bus=self.bus,
             clock=self.clock,
@@ -219,19 +227,18 @@ class Daemon:
         def vote(zone_id: str, vote: str) -> VoteResult:
             if self.coordinator is None:
                 return VoteResult(False, "the coordinator is not running", 0.0)
-            return self.coordinator.vote(zone_id, vote)
-
-        def override(zone_id: str, what: str, wanted: float) -> dict[str, object]:
-            if self.coordinator is None:
-                return {"accepted": False, "reason": "the coordinator is not running"}
-            return self.coordinator.override(zone_id, what, wanted)
+            return self.coordinator.vote(zone_id, vote, "mqtt")
 
         async def flush() -> None:
             if self.coordinator is not None:
                 await self.coordinator.flush()
 
+        http = self.settings.http
+        host = socket.gethostname() if http.bind in ("0.0.0.0", "::") else http.bind
+        url = f"http://{host}:{http.port}" if http.enabled else None
         await sup.start(
-            "mqtt-bridge", lambda: MqttBridgeAgent(self.ctx, conn, vote, override, flush)
+            "mqtt-bridge",
+            lambda: MqttBridgeAgent(self.ctx, conn, vote, lambda: self.coordinator, flush, url),
         )
 
     def _is_local_agent(self, name: str) -> bool:
@@ -244,7 +251,13 @@ class Daemon:
         if self.settings.mqtt.host is None:
             from buildingd.mqtt.broker import EmbeddedBroker
 
-            broker = EmbeddedBroker(self.settings.mqtt.port)
+            mqtt = self.settings.mqtt
+            broker = EmbeddedBroker(
+                mqtt.port,
+                mqtt.broker_password_file,
+                mqtt.broker_max_payload_bytes,
+                mqtt.broker_max_retained_bytes,
+            )
             await broker.start()
             services.push_async_callback(broker.stop)
             self.mqtt.host, self.mqtt.port = broker.host, broker.port
@@ -299,7 +312,9 @@ class Daemon:
         assert self.supervisor is not None
 
         def make() -> ZoneAgent:
-            agent = ZoneAgent(zone_id, self.ctx, baseline=self.baseline)
+            agent = ZoneAgent(
+                zone_id, self.ctx, baseline=self.baseline, state_dir=self.settings.state_dir
+            )
             old = self.zone_agents.get(zone_id)
             if old is not None:  # a restarted zone keeps its adjustments and commitments
                 agent.set_adjustments(old.state.adjustments)

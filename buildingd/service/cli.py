@@ -135,6 +135,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not state_dir_usable(settings.state_dir):
         print(f"state directory {settings.state_dir} is not writable", file=sys.stderr)
         return 1
+    if settings.mqtt.bus:
+        from buildingd.mqtt.bus_auth import load_or_create_key
+        from buildingd.settings import bus_key_path
+
+        try:
+            load_or_create_key(bus_key_path(settings))  # created now, or refused with a reason
+        except ConfigError as err:
+            _print_problems(err)
+            return 1
     duration = args.duration
     if duration is None and os.environ.get("BUILDINGD_DURATION"):
         duration = float(os.environ["BUILDINGD_DURATION"])

@@ -40,6 +40,9 @@ def status_main(argv: list[str]) -> int:
     def num(v: Any, spec: str) -> str:
         return "?" if v is None else format(v, spec)
 
+    def rate(v: Any) -> str:
+        return "learning" if v is None else f"{v:+.1f}K/h"
+
     for z in zones:
         occ = "?" if z.get("occupied") is None else ("yes" if z["occupied"] else "no")
         light = z.get("light_level_pct")
@@ -49,6 +52,18 @@ def status_main(argv: list[str]) -> int:
             f"{num(light, '.0f') + '%' if light is not None else '?':>7}"
             f"{num(z.get('heating_sp_c'), '.1f'):>9}{num(z.get('cooling_sp_c'), '.1f'):>9}"
             f"  {', '.join(z.get('degraded', []))}"
+        )
+    learned = [(z["id"], z["learned"]) for z in zones if z.get("learned")]
+    if learned:
+        print()
+        print(f"{'zone':<18}{'heats':>8}{'cools':>8}{'start fix':>10}{'next start':>18}  arrival")
+    for zone_id, got in learned:
+        start = (got.get("next_optimal_start") or "")[5:16].replace("T", " ")
+        arrival = (got.get("expected_arrival") or "")[11:16]
+        print(
+            f"{zone_id:<18}{rate(got.get('heating_k_per_h')):>8}{rate(got.get('cooling_k_per_h')):>8}"
+            f"{num(got.get('start_bias_min'), '+.0f') + ' min':>10}{start:>18}  "
+            f"{arrival or '-'}{'' if got.get('arrival_confident') else ' (learning)'}"
         )
     down = [d["id"] for d in devices if d.get("available") is False]
     print()

@@ -15,7 +15,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from buildingd.statefile import set_aside
+from buildingd.statefile import set_aside_logged
 
 
 @dataclass(frozen=True)
@@ -55,8 +55,8 @@ class DiskBuffer:
         for suffix in ("-wal", "-shm"):
             extra = self.path.with_name(self.path.name + suffix)
             if extra.exists():
-                set_aside(extra, f"WAL of an unreadable buffer: {err}")
-        aside = set_aside(self.path, f"telemetry buffer: {err}")
+                set_aside_logged(extra, f"WAL of an unreadable buffer: {err}")
+        aside = set_aside_logged(self.path, f"telemetry buffer: {err}")
         if aside is None:  # cannot move it: leave it alone and buffer nothing on disk
             self.path.unlink(missing_ok=True)
         else:

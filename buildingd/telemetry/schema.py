@@ -34,6 +34,18 @@ SCHEMA: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "lighting_w",
         ),
     ),
+    "zone_learning": (
+        ("site", "zone"),
+        (
+            "heating_k_per_h",
+            "cooling_k_per_h",
+            "drift_k_per_h",
+            "warmup_lead_s",
+            "start_bias_s",
+            "start_error_s",
+            "arrival_in_s",
+        ),
+    ),
     "event": (("site", "kind", "severity", "source", "zone"), ("level", "message")),
     "negotiation": (
         ("site", "kind", "state"),
@@ -169,6 +181,16 @@ def zone_state_line(
         "lighting_w": lighting_w,
     }
     return line("zone_state", {"site": site, "zone": zone_id, "mode": mode}, fields, ts)
+
+
+def zone_learning_line(
+    site: str, zone_id: str, figures: dict[str, float | None], ts: datetime
+) -> str:
+    """A zone's learned response; ``figures`` holds the schema's fields (None: not learned)."""
+    fields: dict[str, float | bool | str | None] = {
+        name: figures.get(name) for name in SCHEMA["zone_learning"][1]
+    }
+    return line("zone_learning", {"site": site, "zone": zone_id}, fields, ts)
 
 
 def event_line(

@@ -78,7 +78,7 @@ def wait_for_retained(broker: Mosquitto, check: Any, what: str) -> dict[str, Any
 def open_escalation(daemon: Running) -> str:
     """A demand-response target no building could meet: the negotiation breaks glass."""
     code, _ = daemon.post(
-        "/api/demand-response", daemon.token, b'{"target_w": 1000000, "window_s": 600}'
+        "/api/demand-response", daemon.token, b'{"target_w": 90000, "window_s": 600}'
     )
     assert code == 202
     deadline = time.monotonic() + 60

@@ -1,0 +1,325 @@
+"""What one zone learns while it runs, and the outlook it gives the controller. Pure: the zone agent
+calls ``observe`` at every decision with what it saw, and ``outlook`` before deciding.
+
+It cuts the temperature history into 15-minute windows of one regime (heating or cooling at full
+output, or drifting inside the band), feeds each window's slope to the thermal response model,
+teaches the occupancy profile each finished 15-minute slot, and measures every morning how late
+or early the zone reached its band against the scheduled start: that error corrects the next
+start (a feedback term on top of the model, so a model that is slightly wrong still arrives on
+time).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, timedelta
+
+from buildingd.config.policies import Band, Policy
+from buildingd.control.occupancy_forecast import (
+    SLOT_S,
+    OccupancyProfile,
+    Prediction,
+    predict_arrival,
+    slot_of,
+)
+from buildingd.control.occupancy_forecast import (
+    observe as observe_slot,
+)
+from buildingd.control.schedule import next_occupied_start
+from buildingd.control.thermal_response import (
+    MAX_START_S,
+    Regime,
+    ZoneResponse,
+    coast_s,
+    slope_k_per_h,
+    start_lead_s,
+    time_to_reach_s,
+    update,
+)
+
+WINDOW_S = 900.0  # one slope per 15 minutes of one regime
+FULL_OUTPUT_GAP_K = 1.0  # terminal units run at full output this far below/above the setpoint
+FREE_MARGIN_K = 0.5  # drifting: at least this far inside the band (the unit is idle)
+# A zone within this of its band counts as arrived: a terminal unit with a proportional band
+# (most room thermostats) settles short of its setpoint by about this much under load.
+ARRIVED_TOLERANCE_K = 0.5
+BIAS_WEIGHT = 0.3
+MAX_BIAS_S = 3600.0
+KEEP_STARTS = 28  # mornings kept for the report
+
+
+@dataclass(frozen=True)
+class ZoneOutlook:
+    """What the zone's history says now, for ``decide``: how long it needs to reach the occupied
+    and the standby band, when people will likely arrive, and how long it would coast inside
+    its band with no heating or cooling."""
+
+    occupied_lead_s: float
+    standby_lead_s: float
+    arrival: Prediction
+    coast_s: float
+    # From the standby band to the occupied band: how long before an expected arrival a vacant
+    # zone must start (independent of where the zone is now, so decisions on it do not flap).
+    recovery_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class _Window:
+    regime: Regime
+    band: tuple[float, float]
+    samples: tuple[tuple[float, float], ...]
+
+
+@dataclass(frozen=True)
+class _Slot:
+    day: date
+    slot: int
+    occupied_s: float = 0.0
+    seen_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class _Morning:
+    """A scheduled start being watched: when the zone entered the occupied and the standby band
+    (and stayed in), so that the start is judged against whichever band it was sent to."""
+
+    start: datetime
+    entered_occupied: datetime | None = None
+    entered_standby: datetime | None = None
+    aim: Band | None = None  # the band the zone was driven to last before the start
+
+
+@dataclass(frozen=True)
+class JudgedStart:
+    """One morning's optimal start error: seconds late (+) or early (-) on ``day``."""
+
+    day: date
+    error_s: float
+
+
+@dataclass(frozen=True)
+class ZoneLearning:
+    response: ZoneResponse = field(default_factory=ZoneResponse)
+    occupancy: OccupancyProfile = field(default_factory=OccupancyProfile)
+    start_bias_s: float = 0.0
+    starts: tuple[JudgedStart, ...] = ()  # the latest mornings
+    # Working state, not persisted: the open window, slot and morning.
+    window: _Window | None = None
+    slot: _Slot | None = None
+    morning: _Morning | None = None
+    last_s: float | None = None
+
+
+def regime_of(temperature_c: float, band: Band) -> Regime | None:
+    if band.heating_c - temperature_c >= FULL_OUTPUT_GAP_K:
+        return Regime.HEATING
+    if temperature_c - band.cooling_c >= FULL_OUTPUT_GAP_K:
+        return Regime.COOLING
+    if band.heating_c + FREE_MARGIN_K <= temperature_c <= band.cooling_c - FREE_MARGIN_K:
+        return Regime.FREE
+    return None
+
+
+def _learn_window(
+    learning: ZoneLearning, now_s: float, temperature_c: float | None, band: Band
+) -> ZoneLearning:
+    regime = None if temperature_c is None else regime_of(temperature_c, band)
+    window = learning.window
+    key = (band.heating_c, band.cooling_c)
+    if regime is None or temperature_c is None:
+        return replace(learning, window=None)
+    if window is None or window.regime is not regime or window.band != key:
+        return replace(learning, window=_Window(regime, key, ((now_s, temperature_c),)))
+    samples = (*window.samples, (now_s, temperature_c))
+    if now_s - samples[0][0] < WINDOW_S:
+        return replace(learning, window=replace(window, samples=samples))
+    response = learning.response
+    rate = slope_k_per_h(list(samples))
+    if rate is not None:
+        mean_c = sum(t for _, t in samples) / len(samples)
+        response, _ = update(response, regime, rate, mean_c, None)
+    # The next window starts where this one ended.
+    return replace(learning, response=response, window=replace(window, samples=(samples[-1],)))
+
+
+def _learn_slot(
+    learning: ZoneLearning,
+    dt_s: float,
+    local: datetime,
+    occupied: bool | None,
+    holidays: frozenset[date],
+) -> ZoneLearning:
+    here = (local.date(), slot_of(local))
+    current = learning.slot
+    profile = learning.occupancy
+    if current is not None and (current.day, current.slot) != here:
+        # A slot is taught only when it was watched for most of its length.
+        if current.seen_s >= 0.5 * SLOT_S:
+            fraction = current.occupied_s / current.seen_s
+            profile = observe_slot(profile, current.day, current.slot, fraction, holidays)
+        current = None
+    if current is None:
+        current = _Slot(*here)
+    if occupied is not None and dt_s > 0:
+        current = replace(
+            current,
+            seen_s=current.seen_s + dt_s,
+            occupied_s=current.occupied_s + (dt_s if occupied else 0.0),
+        )
+    return replace(learning, occupancy=profile, slot=current)
+
+
+def _entered(
+    entered: datetime | None, local: datetime, temperature_c: float | None, band: Band
+) -> datetime | None:
+    tolerance = ARRIVED_TOLERANCE_K
+    inside = (
+        temperature_c is not None
+        and band.heating_c - tolerance <= temperature_c <= band.cooling_c + tolerance
+    )
+    if not inside:
+        return None
+    return entered or local
+
+
+def _still_needed_s(learning: ZoneLearning, temperature_c: float | None, band: Band) -> float:
+    """How long the zone would still need to within the arrival tolerance of ``band``, by its
+    model (the prior while not learned), at most three hours."""
+    if temperature_c is None:
+        return MAX_START_S
+    low, high = band.heating_c - ARRIVED_TOLERANCE_K, band.cooling_c + ARRIVED_TOLERANCE_K
+    if low <= temperature_c <= high:
+        return 0.0
+    regime, target = (Regime.HEATING, low) if temperature_c < low else (Regime.COOLING, high)
+    needed = time_to_reach_s(learning.response.model(regime), temperature_c, target, None)
+    return min(MAX_START_S, needed)
+
+
+def _learn_start(
+    learning: ZoneLearning,
+    local: datetime,
+    temperature_c: float | None,
+    band: Band,
+    policy: Policy,
+) -> ZoneLearning:
+    comfort = policy.comfort
+    morning = learning.morning
+    if morning is None:
+        start = next_occupied_start(policy.schedule, local, MAX_START_S)
+        outside = _entered(None, local, temperature_c, comfort.occupied) is None
+        # Watched only from a zone outside its band: one already inside teaches nothing.
+        return replace(learning, morning=_Morning(start) if start and outside else None)
+    morning = replace(
+        morning,
+        entered_occupied=_entered(morning.entered_occupied, local, temperature_c, comfort.occupied),
+        entered_standby=_entered(morning.entered_standby, local, temperature_c, comfort.standby),
+    )
+    if local < morning.start:
+        return replace(learning, morning=replace(morning, aim=band))
+    # Before the start the zone was warmed to the occupied band (people expected, or nothing
+    # known) or only to its standby band: judged against the one it was sent to.
+    aim = morning.aim or band
+    to_occupied = abs(aim.heating_c - comfort.occupied.heating_c) + abs(
+        aim.cooling_c - comfort.occupied.cooling_c
+    )
+    to_standby = abs(aim.heating_c - comfort.standby.heating_c) + abs(
+        aim.cooling_c - comfort.standby.cooling_c
+    )
+    target = comfort.occupied if to_occupied <= to_standby else comfort.standby
+    entered = morning.entered_occupied if target is comfort.occupied else morning.entered_standby
+    if entered is not None:
+        error_s = (entered - morning.start).total_seconds()  # early: negative
+    else:
+        # Judged at the start, whatever the zone is driven to next (people may not come): late
+        # by the time it would still have needed, by its model.
+        error_s = _still_needed_s(learning, temperature_c, target)
+    bias = learning.start_bias_s + BIAS_WEIGHT * error_s
+    return replace(
+        learning,
+        morning=None,
+        start_bias_s=max(-MAX_BIAS_S, min(MAX_BIAS_S, bias)),
+        starts=(*learning.starts, JudgedStart(morning.start.date(), error_s))[-KEEP_STARTS:],
+    )
+
+
+def observe(
+    learning: ZoneLearning,
+    now_s: float,
+    local: datetime,
+    temperature_c: float | None,
+    occupied: bool | None,
+    band: Band,
+    policy: Policy,
+) -> ZoneLearning:
+    """Take what the zone saw at one decision: its temperature (None when unusable), occupancy
+    (None when unknown) and the band it was driven to."""
+    if temperature_c is not None and not math.isfinite(temperature_c):
+        temperature_c = None
+    dt_s = 0.0 if learning.last_s is None else max(0.0, now_s - learning.last_s)
+    learning = replace(learning, last_s=now_s)
+    learning = _learn_window(learning, now_s, temperature_c, band)
+    holidays = frozenset(policy.schedule.holidays)
+    learning = _learn_slot(learning, dt_s, local, occupied, holidays)
+    return _learn_start(learning, local, temperature_c, band, policy)
+
+
+def outlook(
+    learning: ZoneLearning, local: datetime, temperature_c: float, policy: Policy
+) -> ZoneOutlook:
+    comfort = policy.comfort
+
+    def lead(band: Band, from_c: float = temperature_c) -> float:
+        base = start_lead_s(
+            learning.response, from_c, band.heating_c, band.cooling_c, None,
+            default_s=comfort.warmup_s,
+        )  # fmt: skip
+        if base == 0.0:
+            return 0.0
+        return max(0.0, min(MAX_START_S, base + learning.start_bias_s))
+
+    band = comfort.occupied
+    standby = comfort.standby
+    from_c = standby.heating_c if temperature_c < band.heating_c else standby.cooling_c
+    return ZoneOutlook(
+        recovery_s=lead(band, from_c)
+        if temperature_c < band.heating_c or temperature_c > band.cooling_c
+        else 0.0,
+        occupied_lead_s=lead(band),
+        standby_lead_s=lead(comfort.standby),
+        arrival=predict_arrival(
+            learning.occupancy, local, MAX_START_S, frozenset(policy.schedule.holidays)
+        ),
+        coast_s=coast_s(learning.response, temperature_c, band.heating_c, band.cooling_c, None),
+    )
+
+
+def summary(
+    learning: ZoneLearning, look: ZoneOutlook | None, local: datetime, policy: Policy
+) -> dict[str, object]:
+    """What the zone has learned and expects, for people (API, ``buildingd status``): rates
+    per regime (None until learned), the start correction, recent start errors, the next
+    optimal start and the expected arrival."""
+    rates: dict[str, float | None] = {}
+    for regime in Regime:
+        model = learning.response.model(regime)
+        rates[f"{regime}_k_per_h"] = round(model.gain_k_per_h, 2) if model.learned else None
+    next_start = None
+    start = next_occupied_start(policy.schedule, local, 86400 * 7)
+    if start is not None and look is not None:
+        next_start = (start - timedelta(seconds=look.occupied_lead_s)).isoformat()
+    arrival = look.arrival if look is not None else None
+    return {
+        **rates,
+        "samples": {str(r): m.samples for r, m in learning.response.models.items()},
+        "start_bias_min": round(learning.start_bias_s / 60, 1),
+        "start_errors_min": {
+            s.day.isoformat(): round(s.error_s / 60, 1) for s in learning.starts[-10:]
+        },
+        "warmup_lead_min": None if look is None else round(look.occupied_lead_s / 60, 1),
+        "next_optimal_start": next_start,
+        "expected_arrival": (
+            arrival.arrival.isoformat() if arrival is not None and arrival.arrival else None
+        ),
+        "arrival_confident": arrival.confident if arrival is not None else False,
+    }
