@@ -209,6 +209,15 @@ class IncidentBook:
         self._by_id[incident_id] = incident
         return incident, True
 
+    def restore(self, incident: Incident) -> bool:
+        """Take up an open incident kept across a restart; False when its key or id is already
+        open here (the running book wins)."""
+        if incident.key in self._open or incident.id in self._by_id or not incident.open:
+            return False
+        self._open[incident.key] = incident
+        self._by_id[incident.id] = incident
+        return True
+
     def due_reminders(self, now_s: float) -> list[Incident]:
         """Open, unacknowledged incidents whose reminder is due, marked as reminded. Reminders
         fall on ``since + k * interval`` (a late call does not shift the next one), at most one

@@ -141,6 +141,8 @@ class Daemon:
         self.watchdog: WatchdogGuard | None = None
         self.http: HttpServer | None = None
         self.reloads = {"ok": 0, "failed": 0}
+        # The first problem of the last refused reload, shown in STATUS= until one succeeds.
+        self.reload_problem: str | None = None
         self.accepting_external_commands = True
         self._reload_requested = asyncio.Event()
         self._sink_factory = sink_factory
@@ -166,6 +168,7 @@ class Daemon:
         self.mqtt: MqttConnection | None = None
         self.bus: InProcessBus = InProcessBus()
         self.metrics = Metrics()
+        self.metrics.set("buildingd_config_reload_ok", 1.0)
         if mqtt_needed(settings, site):
             from buildingd.mqtt.connection import MqttConnection
 
@@ -364,6 +367,7 @@ class Daemon:
                     for callback in self.on_ready:
                         callback()
                     log.info("%s; running", self.site.summary())
+                    await self._report_set_aside(sink)
                     self.notifier.ready(self.status_summary())
                     housekeeping = tasks.create_task(self._housekeeping(), name="housekeeping")
                     reloader = tasks.create_task(self._reloader(), name="reloader")
@@ -415,10 +419,16 @@ class Daemon:
         self._reload_requested.set()
 
     async def _reloader(self) -> None:
+        """Runs each requested reload. Nothing a reload raises may reach the daemon's task
+        group (that would stop the daemon and leave the building uncontrolled)."""
         while True:
             await self._reload_requested.wait()
             self._reload_requested.clear()
-            await self.reload()
+            try:
+                await self.reload()
+            except Exception as err:
+                log.exception("reload failed while applying it")
+                await self._reload_failed([f"reload: {type(err).__name__}: {err}"])
 
     async def reload(self) -> dict[str, object]:
         """Re-read settings and site; apply only what changed, or keep everything as it was.
@@ -436,6 +446,8 @@ class Daemon:
             return await self._reload_failed([str(p) for p in err.problems])
         except (ValueError, OSError) as err:
             return await self._reload_failed([f"settings: {err}"])
+        except Exception as err:  # noqa: BLE001  load_site raises only ConfigError; last guard
+            return await self._reload_failed([f"reload: {type(err).__name__}: {err}"])
         change = diff_settings(self.settings, settings)
         applied = self._apply_live_settings(change.merged(self.settings, settings), token)
         self.restart_needed = change.restart
@@ -468,6 +480,8 @@ class Daemon:
             await self.start_device(device_id)
         self.reloads["ok"] += 1
         self.metrics.inc("buildingd_reloads_total", result="ok")
+        self.metrics.set("buildingd_config_reload_ok", 1.0)
+        self.reload_problem = None
         described = plan.describe()
         if applied:
             described += f"; settings applied: {', '.join(applied)}"
@@ -508,11 +522,21 @@ class Daemon:
     async def _reload_failed(self, problems: list[str]) -> dict[str, object]:
         self.reloads["failed"] += 1
         self.metrics.inc("buildingd_reloads_total", result="failed")
+        self.metrics.set("buildingd_config_reload_ok", 0.0)
+        self.reload_problem = problems[0] if problems else "unknown problem"
         for problem in problems:
             log.error("reload refused, keeping the running configuration: %s", problem)
         await self._event("reload-failed", "error", "reload refused: " + "; ".join(problems[:5]))
         self.notifier.ready(f"reload failed: {problems[0]}"[:200])
         return {"ok": False, "errors": problems}
+
+    async def _report_set_aside(self, sink: TelemetrySink) -> None:
+        """Once, at start: telemetry state files that were unreadable and set aside."""
+        count = sink.stats().get("state_files_set_aside", 0.0)
+        if count:
+            self.metrics.inc("buildingd_state_files_set_aside_total", count, file="telemetry")
+            message = f"{count:.0f} unreadable telemetry state file(s) set aside (*.corrupt-*)"
+            await self._event("state-file", "error", message)
 
     async def _event(self, kind: str, severity: str, message: str) -> None:
         env = EventMsg(
@@ -639,7 +663,9 @@ class Daemon:
         )
         if self.restart_needed:
             line += f"; restart needed for {', '.join(self.restart_needed)}"
-        return line
+        if self.reload_problem is not None:
+            line += f"; reload failed, running the previous configuration: {self.reload_problem}"
+        return line[:400]
 
     def open_alerts(self) -> list[dict[str, object]]:
         """Current problems: degraded zones, unavailable devices, agents given up on."""

@@ -79,12 +79,20 @@ def _print_problems(err: ConfigError) -> None:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from buildingd.config.loader import load_site
+    from buildingd.settings import secret_file_problems
 
     try:
         settings = _settings(args)
-        site = load_site(settings.site_dir)
     except ConfigError as err:
         _print_problems(err)
+        return 1
+    problems = secret_file_problems(settings, args.config)
+    try:
+        site = load_site(settings.site_dir)
+    except ConfigError as err:
+        problems += err.problems
+    if problems:  # every problem of every file, settings first
+        _print_problems(ConfigError(problems))
         return 1
     if args.verbose:
         from buildingd.clock import SystemClock
@@ -111,11 +119,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides["speed"] = args.speed
     if args.state_dir is not None:
         overrides["state_dir"] = args.state_dir
+    from buildingd.settings import secret_file_problems
+
     try:
         settings = _settings(args, **overrides)
         site = load_site(settings.site_dir)
     except ConfigError as err:
         _print_problems(err)
+        return 1
+    secrets = secret_file_problems(settings, args.config)
+    if secrets:  # the daemon would fail at its first HTTP start: say so before starting
+        _print_problems(ConfigError(secrets))
         return 1
     _setup_logging(settings.log_level)
     if not state_dir_usable(settings.state_dir):

@@ -158,6 +158,7 @@ class InfluxSink:
             "pending": float(len(self.pending)),
             "buffer_points": float(self.buffer.points),
             "buffer_bytes": float(self.buffer.bytes),
+            "state_files_set_aside": float(len(self.buffer.set_aside)),
             "connected": 0.0 if self._problem else 1.0,
         }
 
