@@ -119,9 +119,16 @@ class ModbusLine:
                     self._down(loop.time(), "cannot connect")
                     raise LineDown(f"cannot connect to {self.name}")
                 self._answered_at, self._unanswered = loop.time(), 0
+            task = asyncio.current_task()
+            cancels = task.cancelling() if task is not None else 0
             try:
                 async with asyncio.timeout(timeout_s):
                     response = await getattr(self.client, fn)(*args, **kw)
+                if task is not None and task.cancelling() > cancels:
+                    # pymodbus awaits the answer with ``asyncio.wait_for``, which on Python 3.11
+                    # drops a cancellation that arrives with the answer (CPython gh-86296): the
+                    # stop that asked for it would wait for a poll loop that never ends.
+                    raise asyncio.CancelledError
             except ConnectionException as err:
                 raise self._lost(loop.time(), err) from err
             except (TimeoutError, ModbusException) as err:

@@ -113,6 +113,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from buildingd.config.loader import load_site
     from buildingd.service.app import Daemon, state_dir_usable
     from buildingd.service.console import show
+    from buildingd.service.stopping import ExitWatchdog, run_bounded
 
     overrides: dict[str, object] = {}
     if args.speed is not None:
@@ -151,8 +152,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         duration = settings.duration_s
     console = sys.stdout.isatty() and not args.no_console
 
+    watchdog = ExitWatchdog()
+
     async def main() -> None:
         daemon = Daemon(settings, site, settings_loader=lambda: _settings(args, **overrides))
+        daemon.on_stopping.append(watchdog.arm)
         async with asyncio.TaskGroup() as tg:
             view = tg.create_task(
                 show(daemon, sys.stdout if console else _NullTTY()), name="console"
@@ -164,7 +168,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         for line in summary.lines():
             print(line)
 
-    asyncio.run(main())
+    run_bounded(main())
+    watchdog.disarm()
     return 0
 
 
