@@ -20,8 +20,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import random
+import termios
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,6 +34,7 @@ from buildingd.config.modbus import (
     ModbusRtuDevice,
     ModbusTcpDevice,
     RegisterTable,
+    SerialConnection,
 )
 from buildingd.drivers.base import Driver, DriverContext
 from buildingd.drivers.modbus_codec import BIT_TABLES, CodecError, decode, encode, encode_bit
@@ -67,6 +70,21 @@ def inter_frame_s(baudrate: int) -> float:
     return 0.00175 if baudrate > 19200 else 3.5 * 11 / baudrate
 
 
+def serial_settings_refused(serial: SerialConnection, err: BaseException) -> str:
+    """One line for a serial port that will not open: missing, busy, or refusing its settings
+    (``termios.error`` EINVAL, with the hint for the usual cause: a pty (socat) takes no parity)."""
+    args = getattr(err, "args", ())
+    detail = " ".join(str(a) for a in args) or type(err).__name__
+    if isinstance(err, OSError) and err.errno != errno.EINVAL:
+        return f"serial port {serial.port} cannot be opened: {err.strerror or detail}"
+    settings = (f"{serial.baudrate} baud, parity {serial.parity}, {serial.bytesize} data bits, "
+                f"{serial.stopbits} stop bit{'s' if serial.stopbits > 1 else ''}")  # fmt: skip
+    out = f"serial port {serial.port} refuses its settings ({settings}): {detail}"
+    if serial.parity != "N":
+        out += "; ptys (socat) refuse parity: use parity: N"
+    return out
+
+
 class LineDown(Exception):
     """The line is down (connection lost or refused, or waiting out its backoff)."""
 
@@ -85,10 +103,17 @@ class ModbusLine:
     """One connection (TCP endpoint or serial line) and the lock that serialises it."""
 
     def __init__(
-        self, name: str, client: Any, gap_s: float, *, reconnect_when_silent: bool = False
+        self,
+        name: str,
+        client: Any,
+        gap_s: float,
+        *,
+        reconnect_when_silent: bool = False,
+        serial: SerialConnection | None = None,
     ) -> None:
         self.name, self.client, self.gap_s = name, client, gap_s
         self.reconnect_when_silent = reconnect_when_silent
+        self.serial = serial
         self.lock = asyncio.Lock()
         self.available: bool | None = None
         self._backoff_s = BACKOFF_MIN_S
@@ -110,13 +135,23 @@ class ModbusLine:
             if not self.client.connected:
                 if loop.time() < self._retry_at:
                     raise LineDown(f"{self.name} down; next attempt after backoff")
+                why = "cannot connect"
                 try:
                     async with asyncio.timeout(timeout_s):
                         ok = await self.client.connect()
-                except (TimeoutError, OSError):
+                except TimeoutError:
                     ok = False
+                except OSError as err:
+                    ok, why = False, f"cannot connect: {err}"
+                    if self.serial is not None:
+                        why = serial_settings_refused(self.serial, err)
+                except termios.error as err:  # not an OSError: a port that refuses its settings
+                    ok, why = (
+                        False,
+                        serial_settings_refused(self.serial, err) if self.serial else str(err),
+                    )
                 if not ok:
-                    self._down(loop.time(), "cannot connect")
+                    self._down(loop.time(), why)
                     raise LineDown(f"cannot connect to {self.name}")
                 self._answered_at, self._unanswered = loop.time(), 0
             task = asyncio.current_task()
@@ -213,7 +248,7 @@ def _make_line(device: ModbusDeviceBase) -> tuple[str, Any]:
             serial.port, baudrate=serial.baudrate, parity=serial.parity, stopbits=serial.stopbits,
             bytesize=serial.bytesize, timeout=10, retries=0, reconnect_delay=0,
         )  # fmt: skip
-        return ModbusLine(serial.port, client, inter_frame_s(serial.baudrate))
+        return ModbusLine(serial.port, client, inter_frame_s(serial.baudrate), serial=serial)
 
     return key, rtu
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -28,7 +29,7 @@ from buildingd.agents.zone import CONTROL_INTERVAL_S, ZoneAgent, ZoneStats
 from buildingd.clock import Clock, ScaledClock, SystemClock
 from buildingd.config.loader import Site, load_site
 from buildingd.drivers.base import DriverContext
-from buildingd.errors import ConfigError
+from buildingd.errors import ConfigError, StartupError
 from buildingd.service.http import HttpServer
 from buildingd.service.reload import diff_settings, plan_reload
 from buildingd.service.sdnotify import Notifier, WatchdogGuard
@@ -559,9 +560,17 @@ class Daemon:
             return
         from buildingd.service.api import install_routes
 
-        self.http = HttpServer(http.bind, http.port, self._read_token(self.settings))
-        install_routes(self.http, self)
-        await self.http.start()
+        server = HttpServer(http.bind, http.port, self._read_token(self.settings))
+        install_routes(server, self)
+        try:
+            await server.start()
+        except OSError as err:
+            why = "already in use" if err.errno == errno.EADDRINUSE else (err.strerror or str(err))
+            raise StartupError(
+                f"HTTP port {http.bind}:{http.port}: {why} (set [http] port in the settings "
+                "or BUILDINGD_HTTP__PORT; another buildingd running?)"
+            ) from err
+        self.http = server
 
     async def _housekeeping(self) -> None:
         """Every few real seconds: STATUS= for systemd, and WATCHDOG=1 while alive."""

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from buildingd.errors import ConfigError
+from buildingd.errors import ConfigError, StartupError
 
 if TYPE_CHECKING:
     from buildingd.settings import Settings
@@ -168,9 +168,27 @@ def cmd_run(args: argparse.Namespace) -> int:
         for line in summary.lines():
             print(line)
 
-    run_bounded(main())
-    watchdog.disarm()
+    try:
+        run_bounded(main())
+    except (StartupError, BaseExceptionGroup) as err:
+        found = _startup_errors(err)
+        if not found:
+            raise
+        for problem in found:  # one line each, no traceback: what is wrong, where to change it
+            print(f"buildingd: {problem}", file=sys.stderr)
+        return 1
+    finally:
+        watchdog.disarm()
     return 0
+
+
+def _startup_errors(err: BaseException) -> list[StartupError]:
+    """The ``StartupError``s in ``err``, however deep in task groups' exception groups."""
+    if isinstance(err, StartupError):
+        return [err]
+    if isinstance(err, BaseExceptionGroup):
+        return [found for inner in err.exceptions for found in _startup_errors(inner)]
+    return []
 
 
 class _NullTTY:
