@@ -8,7 +8,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from buildingd.agents.bus import Envelope, Performative
 from buildingd.agents.context import AgentContext
@@ -91,6 +91,10 @@ class DeviceAgent(Agent):
             started()
             inbox_get: asyncio.Task[Envelope] | None = None
             update: asyncio.Task[None] | None = None
+            # The poll is a task of its own, so commands are taken while it runs: on a line that
+            # serialises requests (Modbus) the write then goes before the poll's next request.
+            polling: asyncio.Task[None] | None = None
+            poll_due = False  # a streaming driver reported new data during a poll
             next_poll = self.ctx.clock.monotonic() if opened else started_at
             try:
                 while True:
@@ -98,30 +102,38 @@ class DeviceAgent(Agent):
                         inbox_get = asyncio.ensure_future(self.inbox.get())
                     if update is None:
                         update = asyncio.ensure_future(self.driver.wait_update())
-                    wait_s = max(0.0, next_poll - self.ctx.clock.monotonic())
+                    waits: set[asyncio.Future[Any]] = {inbox_get, update}
+                    timeout_s: float | None = None
+                    if polling is not None:
+                        waits.add(polling)
+                    elif not poll_due:
+                        wait_s = max(0.0, next_poll - self.ctx.clock.monotonic())
+                        timeout_s = self.ctx.clock.to_loop_seconds(wait_s)
                     done, _ = await asyncio.wait(
-                        {inbox_get, update},
-                        timeout=self.ctx.clock.to_loop_seconds(wait_s),
-                        return_when=asyncio.FIRST_COMPLETED,
+                        waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
                     )
-                    # Queued writes go before the next read (a write never waits for a poll).
                     if inbox_get in done:
                         env = inbox_get.result()
                         inbox_get = None
                         await self._handle(env)
-                        continue
+                    if polling is not None and polling in done:
+                        finished, polling = polling, None
+                        finished.result()  # a bug in a poll crashes the agent
                     if update in done:
                         update.result()
                         update = None
-                    elif self.ctx.clock.monotonic() < next_poll:
-                        continue
-                    else:
-                        next_poll = self.ctx.clock.monotonic() + self.device.poll_interval_s
-                    await self.poll()
+                        poll_due = True
+                    if polling is None and (poll_due or self.ctx.clock.monotonic() >= next_poll):
+                        if not poll_due:
+                            next_poll = self.ctx.clock.monotonic() + self.device.poll_interval_s
+                        poll_due = False
+                        polling = asyncio.create_task(self.poll(), name=f"{self.name}.poll")
             finally:
-                for task in (inbox_get, update):
+                for task in (inbox_get, update, polling):
                     if task is not None:
                         task.cancel()
+                if polling is not None:
+                    await asyncio.wait({polling})
         finally:
             self.ctx.bus.unsubscribe(self.name, self.inbox)
             await self.driver.close()

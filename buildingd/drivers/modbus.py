@@ -24,6 +24,7 @@ import errno
 import logging
 import random
 import termios
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -94,6 +95,38 @@ class NoAnswer(Exception):
     line itself is up, and the other units on it are not affected."""
 
 
+class PriorityLock:
+    """One request on the line at a time; when it is done, a waiting write (``urgent``) goes
+    before every waiting read, so a command never waits for the rest of a poll in progress."""
+
+    def __init__(self) -> None:
+        self._held = False
+        self._waiting: tuple[deque[asyncio.Future[None]], ...] = (deque(), deque())
+
+    async def acquire(self, urgent: bool) -> None:
+        if not self._held:
+            self._held = True
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiting[0 if urgent else 1].append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():  # handed over as we were cancelled
+                self.release()
+            raise
+
+    def release(self) -> None:
+        """Hand the line to the next waiter (writes first), or free it."""
+        for queue in self._waiting:
+            while queue:
+                waiter = queue.popleft()
+                if not waiter.done():  # a cancelled waiter has given up its turn
+                    waiter.set_result(None)
+                    return
+        self._held = False
+
+
 def _backoff(now: float, backoff_s: float) -> tuple[float, float]:
     """(when to try again, the next backoff): jittered exponential, capped."""
     return now + backoff_s * random.uniform(0.5, 1.5), min(backoff_s * 2, BACKOFF_MAX_S)
@@ -114,77 +147,87 @@ class ModbusLine:
         self.name, self.client, self.gap_s = name, client, gap_s
         self.reconnect_when_silent = reconnect_when_silent
         self.serial = serial
-        self.lock = asyncio.Lock()
+        self.lock = PriorityLock()
         self.available: bool | None = None
         self._backoff_s = BACKOFF_MIN_S
         self._retry_at = 0.0
         self._unanswered = 0  # requests in a row that no unit answered
         self._answered_at = 0.0  # loop time of the last answer (or of connecting)
 
-    async def request(self, fn: str, timeout_s: float, *args: Any, **kw: Any) -> Any:
-        """One request, serialised with the others on the line.
+    async def request(
+        self, fn: str, timeout_s: float, *args: Any, urgent: bool = False, **kw: Any
+    ) -> Any:
+        """One request, serialised with the others on the line; ``urgent`` (a write and its
+        read-back) goes before the reads waiting for the line.
 
         Raises ``LineDown`` when the connection is lost or cannot be opened (the line then backs
         off), ``NoAnswer`` when the unit stays silent past ``timeout_s`` or answers with a frame
         that is not the answer to this request (the line stays open).
         """
+        loop = asyncio.get_running_loop()
+        await self.lock.acquire(urgent)
+        try:
+            return await self._request(loop, fn, timeout_s, *args, **kw)
+        finally:
+            self.lock.release()
+
+    async def _request(
+        self, loop: asyncio.AbstractEventLoop, fn: str, timeout_s: float, *args: Any, **kw: Any
+    ) -> Any:
         from pymodbus.exceptions import ConnectionException, ModbusException
 
-        loop = asyncio.get_running_loop()
-        async with self.lock:
-            if not self.client.connected:
-                if loop.time() < self._retry_at:
-                    raise LineDown(f"{self.name} down; next attempt after backoff")
-                why = "cannot connect"
-                try:
-                    async with asyncio.timeout(timeout_s):
-                        ok = await self.client.connect()
-                except TimeoutError:
-                    ok = False
-                except OSError as err:
-                    ok, why = False, f"cannot connect: {err}"
-                    if self.serial is not None:
-                        why = serial_settings_refused(self.serial, err)
-                except termios.error as err:  # not an OSError: a port that refuses its settings
-                    ok, why = (
-                        False,
-                        serial_settings_refused(self.serial, err) if self.serial else str(err),
-                    )
-                if not ok:
-                    self._down(loop.time(), why)
-                    raise LineDown(f"cannot connect to {self.name}")
-                self._answered_at, self._unanswered = loop.time(), 0
-            task = asyncio.current_task()
-            cancels = task.cancelling() if task is not None else 0
+        if not self.client.connected:
+            if loop.time() < self._retry_at:
+                raise LineDown(f"{self.name} down; next attempt after backoff")
+            why = "cannot connect"
             try:
                 async with asyncio.timeout(timeout_s):
-                    response = await getattr(self.client, fn)(*args, **kw)
-                if task is not None and task.cancelling() > cancels:
-                    # pymodbus awaits the answer with ``asyncio.wait_for``, which on Python 3.11
-                    # drops a cancellation that arrives with the answer (CPython gh-86296): the
-                    # stop that asked for it would wait for a poll loop that never ends.
-                    raise asyncio.CancelledError
-            except ConnectionException as err:
-                raise self._lost(loop.time(), err) from err
-            except (TimeoutError, ModbusException) as err:
-                # Before OSError: TimeoutError is one. pymodbus raises ModbusIOException for its
-                # own timeout and for a garbled or stray frame: like our timeout, a failure of
-                # this request, unless the connection went away meanwhile.
-                if not self.client.connected:
-                    raise self._lost(loop.time(), err) from err
-                raise self._unanswered_request(loop.time(), timeout_s, err) from err
+                    ok = await self.client.connect()
+            except TimeoutError:
+                ok = False
             except OSError as err:
-                raise self._lost(loop.time(), err) from err
-            finally:
-                if self.gap_s:
-                    await asyncio.sleep(self.gap_s)
-            if response.function_code & 0x7F != FUNCTION_CODE[fn]:
-                # A late answer to an earlier request of the same unit (RTU has no transaction
-                # id to tell them apart): not this request's answer.
-                raise NoAnswer(f"{self.name}: answer of function {response.function_code}")
+                ok, why = False, f"cannot connect: {err}"
+                if self.serial is not None:
+                    why = serial_settings_refused(self.serial, err)
+            except termios.error as err:  # not an OSError: a port that refuses its settings
+                ok, why = False, str(err)
+                if self.serial is not None:
+                    why = serial_settings_refused(self.serial, err)
+            if not ok:
+                self._down(loop.time(), why)
+                raise LineDown(f"cannot connect to {self.name}")
             self._answered_at, self._unanswered = loop.time(), 0
-            self._up()
-            return response
+        task = asyncio.current_task()
+        cancels = task.cancelling() if task is not None else 0
+        try:
+            async with asyncio.timeout(timeout_s):
+                response = await getattr(self.client, fn)(*args, **kw)
+            if task is not None and task.cancelling() > cancels:
+                # pymodbus awaits the answer with ``asyncio.wait_for``, which on Python 3.11
+                # drops a cancellation that arrives with the answer (CPython gh-86296): the
+                # stop that asked for it would wait for a poll loop that never ends.
+                raise asyncio.CancelledError
+        except ConnectionException as err:
+            raise self._lost(loop.time(), err) from err
+        except (TimeoutError, ModbusException) as err:
+            # Before OSError: TimeoutError is one. pymodbus raises ModbusIOException for its
+            # own timeout and for a garbled or stray frame: like our timeout, a failure of
+            # this request, unless the connection went away meanwhile.
+            if not self.client.connected:
+                raise self._lost(loop.time(), err) from err
+            raise self._unanswered_request(loop.time(), timeout_s, err) from err
+        except OSError as err:
+            raise self._lost(loop.time(), err) from err
+        finally:
+            if self.gap_s:
+                await asyncio.sleep(self.gap_s)
+        if response.function_code & 0x7F != FUNCTION_CODE[fn]:
+            # A late answer to an earlier request of the same unit (RTU has no transaction
+            # id to tell them apart): not this request's answer.
+            raise NoAnswer(f"{self.name}: answer of function {response.function_code}")
+        self._answered_at, self._unanswered = loop.time(), 0
+        self._up()
+        return response
 
     def _lost(self, now: float, err: BaseException) -> LineDown:
         self.client.close()
@@ -274,7 +317,7 @@ class ModbusDriver(Driver):
     async def close(self) -> None:
         return None  # the line is shared; SharedResources closes it with the daemon
 
-    async def _call(self, fn: str, *args: Any, **kw: Any) -> Any:
+    async def _call(self, fn: str, *args: Any, urgent: bool = False, **kw: Any) -> Any:
         """One request with the device's timeout and retries; ``DeviceUnavailableError`` when the
         line is down (no retry: it is backing off) or the unit does not answer any attempt."""
         assert self.line is not None
@@ -284,7 +327,7 @@ class ModbusDriver(Driver):
             self.requests += 1
             try:
                 response = await self.line.request(
-                    fn, timeout, *args, device_id=self.spec.unit_id, **kw
+                    fn, timeout, *args, urgent=urgent, device_id=self.spec.unit_id, **kw
                 )
             except LineDown as err:
                 raise DeviceUnavailableError(str(err), device_id=self.device.id) from err
@@ -309,6 +352,7 @@ class ModbusDriver(Driver):
                 device_id=self.device.id,
             )
         out: dict[str, Sample] = {}
+        answers: list[tuple[Block, list[Any]]] = []
         plan: list[Block] = []
         pending = list(self.plan)
         while pending:
@@ -325,8 +369,13 @@ class ModbusDriver(Driver):
                 log.warning("device %s: %s: exception %s", self.device.id, block.describe(), code)
                 continue
             plan.append(block)
-            now = self.ctx.clock.monotonic()
-            data = response.bits if block.table in BIT_TABLES else response.registers
+            answers.append(
+                (block, response.bits if block.table in BIT_TABLES else response.registers)
+            )
+        # Decoded once the poll's requests are done: the poll keeps the line no longer than
+        # its requests take (a write waiting for the line goes before the next one anyway).
+        now = self.ctx.clock.monotonic()
+        for block, data in answers:
             for point in block.points:
                 first = point.address - block.start
                 try:
@@ -358,18 +407,22 @@ class ModbusDriver(Driver):
         try:
             if point.table is RegisterTable.COIL:
                 response = await self._call(
-                    "write_coil", point.address, bool(encode(point, value)[0])
+                    "write_coil", point.address, bool(encode(point, value)[0]), urgent=True
                 )
             elif point.type is DataType.BIT:
                 current = await self._read_point_registers(point)
                 word = encode_bit(point, int(current[0]), value)
-                response = await self._call("write_register", point.address, word)
+                response = await self._call("write_register", point.address, word, urgent=True)
             else:
                 words = encode(point, value)
                 if len(words) == 1:
-                    response = await self._call("write_register", point.address, words[0])
+                    response = await self._call(
+                        "write_register", point.address, words[0], urgent=True
+                    )
                 else:  # one request for the whole value: never half-written
-                    response = await self._call("write_registers", point.address, words)
+                    response = await self._call(
+                        "write_registers", point.address, words, urgent=True
+                    )
         except CodecError as err:
             raise DeviceRejectedError(
                 str(err), device_id=self.device.id, point_id=point_id
@@ -382,7 +435,10 @@ class ModbusDriver(Driver):
         return decode(point, await self._read_point_registers(point))
 
     async def _read_point_registers(self, point: ModbusPoint) -> list[Any]:
-        response = await self._call(READ_FN[point.table], point.address, count=width(point))
+        # Part of a write (read-modify-write, read-back): as urgent as the write itself.
+        response = await self._call(
+            READ_FN[point.table], point.address, count=width(point), urgent=True
+        )
         if response.isError():
             raise DeviceRejectedError(
                 f"read-back refused: exception {getattr(response, 'exception_code', '?')}",
