@@ -52,6 +52,14 @@ class QuantisingDriver(Protocol):
         ...
 
 
+@runtime_checkable
+class PointFaultDriver(Protocol):
+    """A driver that tells which points the device refused at the last read, and why (Modbus:
+    exception 02, illegal data address). The agent reports each change once."""
+
+    point_faults: dict[str, str]
+
+
 @dataclass
 class _Published:
     value: float
@@ -79,6 +87,7 @@ class DeviceAgent(Agent):
         self.last_poll_s: float | None = None
         self._poll_started_s: float | None = None  # set while a read is in flight
         self._writing = asyncio.Lock()  # held while a command is executed
+        self._point_faults: dict[str, str] = {}  # reported by the driver, as last reported on
 
     async def run(self, started: Callable[[], None]) -> None:
         self.ctx.bus.subscribe(self.name, self.inbox)
@@ -205,6 +214,8 @@ class DeviceAgent(Agent):
             await self._set_available(True)
         finally:
             self._poll_started_s = None
+        if isinstance(self.driver, PointFaultDriver):
+            await self._report_point_faults(self.driver.point_faults)
         now = self.ctx.clock.monotonic()
         for pid, point in self.points.items():
             sample = samples.get(pid)
@@ -212,6 +223,25 @@ class DeviceAgent(Agent):
                 await self._consider(point, sample, now)
             elif now - self._last_good_s[pid] > self.device.stale_after(point):
                 await self._publish(point, self._published_value(pid), Quality.STALE, now)
+
+    async def _report_point_faults(self, faults: dict[str, str]) -> None:
+        """A point the device refuses is a device fault: logged and raised once when it starts,
+        once when it ends (not at every poll)."""
+        before, self._point_faults = self._point_faults, dict(faults)
+        for pid, why in faults.items():
+            if before.get(pid) != why:
+                message = f"device {self.device.id} point {pid}: {why}"
+                log.warning("%s", message)
+                self.ctx.metrics.inc("buildingd_point_faults_total", device=self.device.id)
+                await self._event("point-fault", "warning", message, self._zone_of(pid))
+        for pid in before.keys() - faults.keys():
+            message = f"device {self.device.id} point {pid}: read again"
+            log.info("%s", message)
+            await self._event("point-fault", "info", message, self._zone_of(pid))
+
+    def _zone_of(self, pid: str) -> str | None:
+        point = self.points.get(pid)
+        return point.zone if point is not None else None
 
     def _published_value(self, pid: str) -> float:
         last = self._published.get(pid)

@@ -26,6 +26,7 @@ import random
 import termios
 from collections import deque
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from buildingd.config.modbus import (
@@ -40,7 +41,17 @@ from buildingd.config.modbus import (
 from buildingd.drivers.base import Driver, DriverContext
 from buildingd.drivers.modbus_codec import BIT_TABLES, CodecError, decode, encode, encode_bit
 from buildingd.drivers.modbus_codec import register_count as width
-from buildingd.drivers.modbus_plan import Block, describe_plan, plan_reads, split_block
+from buildingd.drivers.modbus_plan import (
+    Block,
+    Refused,
+    atoms,
+    describe_plan,
+    plan_reads,
+    refused_between,
+    refused_point,
+    split_block,
+    wire_cost,
+)
 from buildingd.errors import DeviceRejectedError, DeviceUnavailableError
 from buildingd.points import Sample
 
@@ -296,11 +307,34 @@ def _make_line(device: ModbusDeviceBase) -> tuple[str, Any]:
     return key, rtu
 
 
+@dataclass
+class _Poll:
+    """What one poll gathered: answers to decode, points refused, refusals learned or gone."""
+
+    answers: list[tuple[Block, list[Any]]] = field(default_factory=list)
+    faults: dict[str, str] = field(default_factory=dict)
+    learned: set[Refused] = field(default_factory=set)
+    recovered: set[Refused] = field(default_factory=set)
+
+
+def _ranges(refused: frozenset[Refused]) -> str:
+    def one(r: Refused) -> str:
+        where = f"{r.start}-{r.end - 1}" if r.end > r.start else f"across {r.start - 1}/{r.start}"
+        return f"{r.table.value} {where}"
+
+    return ", ".join(one(r) for r in sorted(refused, key=lambda r: (r.table.value, r.start)))
+
+
 class ModbusDriver(Driver):
     def __init__(self, device: ModbusTcpDevice | ModbusRtuDevice, ctx: DriverContext) -> None:
         super().__init__(device, ctx)
         self.spec = device
-        self.plan: list[Block] = plan_reads(device.points, device.planning)
+        self.cost = wire_cost(device)
+        self.refused: frozenset[Refused] = frozenset()  # learned from exception 02 answers
+        self.plan: list[Block] = self._plan()
+        # Points the device refused at the last poll, with why (the device agent reports each
+        # change once).
+        self.point_faults: dict[str, str] = {}
         self.line: ModbusLine | None = None
         self.requests = 0
         self._points = {p.id: p for p in device.points}
@@ -308,7 +342,7 @@ class ModbusDriver(Driver):
         self._silent_until = 0.0  # loop time: a silent device is not polled before this
 
     def describe(self) -> list[str]:
-        return describe_plan(self.plan)
+        return describe_plan(self.plan, self.cost, self.spec.points)
 
     async def open(self) -> None:
         key, factory = _make_line(self.spec)
@@ -351,41 +385,60 @@ class ModbusDriver(Driver):
                 f"unit {self.spec.unit_id} not answering; next attempt in {wait_s:.1f} s",
                 device_id=self.device.id,
             )
-        out: dict[str, Sample] = {}
-        answers: list[tuple[Block, list[Any]]] = []
-        plan: list[Block] = []
-        pending = list(self.plan)
-        while pending:
-            block = pending.pop(0)
-            response = await self._call(READ_FN[block.table], block.start, count=block.count)
-            if response.isError():
-                code = getattr(response, "exception_code", None)
-                if code == ILLEGAL_DATA_ADDRESS and len(block.points) > 1:
-                    log.info("device %s: %s refused; reading it in smaller pieces",
-                             self.device.id, block.describe())  # fmt: skip
-                    pending[:0] = split_block(block)
-                    continue
-                plan.append(block)  # one point the device refuses: keep trying, report it
-                log.warning("device %s: %s: exception %s", self.device.id, block.describe(), code)
-                continue
-            plan.append(block)
-            answers.append(
-                (block, response.bits if block.table in BIT_TABLES else response.registers)
-            )
+        poll = _Poll()
+        for block in self.plan:
+            await self._read_block(block, poll)
+        if poll.learned or poll.recovered:
+            self.refused = (self.refused | poll.learned) - poll.recovered
+            self.plan = self._plan()
+            refused = _ranges(self.refused) or "nothing now"
+            log.info("device %s: the device refuses %s; poll re-planned: %d requests",
+                     self.device.id, refused, len(self.plan))  # fmt: skip
+        self.point_faults = poll.faults
         # Decoded once the poll's requests are done: the poll keeps the line no longer than
         # its requests take (a write waiting for the line goes before the next one anyway).
+        out: dict[str, Sample] = {}
         now = self.ctx.clock.monotonic()
-        for block, data in answers:
+        for block, data in poll.answers:
             for point in block.points:
                 first = point.address - block.start
                 try:
                     out[point.id] = Sample(decode(point, data[first : first + width(point)]), now)
                 except CodecError as err:
                     log.warning("device %s: %s", self.device.id, err)
-        self.plan = plan
         if not out and self.plan:
             raise DeviceRejectedError("every read was refused", device_id=self.device.id)
         return out
+
+    async def _read_block(self, block: Block, poll: _Poll) -> bool:
+        """Read ``block`` into ``poll``; refused with exception 02, read it in two parts and
+        learn what the device refuses. True when every point of it was read."""
+        response = await self._call(READ_FN[block.table], block.start, count=block.count)
+        if not response.isError():
+            poll.answers.append(
+                (block, response.bits if block.table in BIT_TABLES else response.registers)
+            )
+            one = refused_point(block)
+            if one in self.refused:
+                poll.recovered.add(one)  # a refused point reads again: plan it with the others
+            return True
+        code = getattr(response, "exception_code", None)
+        parts = split_block(block) if len(atoms(block.points)) > 1 else [block]
+        if code != ILLEGAL_DATA_ADDRESS or len(parts) == 1:
+            if code == ILLEGAL_DATA_ADDRESS and refused_point(block) not in self.refused:
+                poll.learned.add(refused_point(block))
+            for point in block.points:
+                poll.faults[point.id] = (
+                    f"refused by the device: exception {code} ({block.describe()})"
+                )
+            return False
+        results = [await self._read_block(part, poll) for part in parts]
+        if all(results):
+            poll.learned.add(refused_between(parts))
+        return False
+
+    def _plan(self) -> list[Block]:
+        return plan_reads(self.spec.points, self.spec.planning, self.cost, self.refused)
 
     def representable(self, point_id: str, value: float) -> float:
         """The value the point holds once ``value`` is written: what its encoding can represent
