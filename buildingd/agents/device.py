@@ -39,6 +39,7 @@ from buildingd.service.journal import audit_command
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 300.0  # a reading is re-published at least this often even when unchanged
+YIELD_EVERY_POINTS = 50  # the poll's checks give the event loop a turn this often
 
 
 @runtime_checkable
@@ -217,7 +218,9 @@ class DeviceAgent(Agent):
         if isinstance(self.driver, PointFaultDriver):
             await self._report_point_faults(self.driver.point_faults)
         now = self.ctx.clock.monotonic()
-        for pid, point in self.points.items():
+        for n, (pid, point) in enumerate(self.points.items(), 1):
+            if n % YIELD_EVERY_POINTS == 0:
+                await asyncio.sleep(0)  # a command waiting on the loop goes first (poll is a task)
             sample = samples.get(pid)
             if sample is not None:
                 await self._consider(point, sample, now)
