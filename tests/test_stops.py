@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -32,9 +33,13 @@ def fast_polling(site: Path, poll_interval_s: float) -> None:
     devices.write_text(text)
 
 
-def run_and_stop(site: Path, state: Path, rng: random.Random) -> tuple[int | None, list[str]]:
+def run_and_stop(
+    site: Path, state: Path, rng: random.Random, marks: dict[str, float] | None = None
+) -> tuple[int | None, list[str]]:
     """Start the daemon, SIGTERM it once it runs (after a random part of a second of polling),
-    return its exit status (None: still running past the bound, then killed) and its log."""
+    return its exit status (None: still running past the bound, then killed) and its log;
+    ``marks`` gets the monotonic times it was ``signalled`` and ``exited`` (for the bench)."""
+    marks = {} if marks is None else marks
     env = dict(
         os.environ, BUILDINGD_SITE_DIR=str(site), BUILDINGD_STATE_DIR=str(state),
         BUILDINGD_HTTP__PORT=str(free_port()), BUILDINGD_MQTT__PORT="0",
@@ -60,11 +65,13 @@ def run_and_stop(site: Path, state: Path, rng: random.Random) -> tuple[int | Non
         assert running.wait(120), lines[-20:]
         # Polls in flight by now (every 0.05 s); SIGTERM lands anywhere in a poll.
         threading.Event().wait(rng.uniform(0.1, 1.0))
+        marks["signalled"] = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         try:
             rc: int | None = proc.wait(timeout=EXIT_BOUND_S)
         except subprocess.TimeoutExpired:
             rc = None
+        marks["exited"] = time.monotonic()
     finally:
         if proc.poll() is None:
             proc.kill()
