@@ -89,3 +89,41 @@ def test_twenty_stops_in_a_row_while_polling_every_50_ms(site_copy: Path, tmp_pa
         assert any("stopping" in line for line in lines)
         assert any("messages on the bus" in line for line in lines)  # the exit summary
         assert not [line for line in lines if "did not stop within" in line], lines[-30:]
+
+
+def test_a_service_stop_that_never_ends_is_bounded_and_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import asyncio
+
+    from buildingd.service.stopping import BoundedExitStack
+    from tests.conftest import run_virtual
+
+    stopped: list[str] = []
+
+    async def deaf_stop() -> None:  # ignores every cancellation, like a library that drops them
+        while True:
+            try:
+                await asyncio.sleep(1)
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                assert current is not None
+                current.uncancel()
+                if stopped:  # released once the test has seen the rest stop
+                    return
+
+    async def quick_stop() -> None:
+        stopped.append("quick")
+
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        async with BoundedExitStack() as services:
+            services.push_async_callback(quick_stop)  # pushed first: stopped last
+            services.push_async_callback(deaf_stop)
+        return loop.time() - started
+
+    took_s = run_virtual(main())
+    assert stopped == ["quick"]  # the stack went on past the stuck one
+    assert 5.0 <= took_s < 10.0
+    assert "did not finish within 5.0 s" in caplog.text and "in deaf_stop" in caplog.text
