@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -28,10 +29,11 @@ from buildingd.agents.zone import CONTROL_INTERVAL_S, ZoneAgent, ZoneStats
 from buildingd.clock import Clock, ScaledClock, SystemClock
 from buildingd.config.loader import Site, load_site
 from buildingd.drivers.base import DriverContext
-from buildingd.errors import ConfigError
+from buildingd.errors import ConfigError, StartupError
 from buildingd.service.http import HttpServer
 from buildingd.service.reload import diff_settings, plan_reload
 from buildingd.service.sdnotify import Notifier, WatchdogGuard
+from buildingd.service.stopping import SERVICE_STOP_DEADLINE_S, BoundedExitStack, bounded
 from buildingd.settings import Settings, bus_key_path
 from buildingd.sim.building import Building
 from buildingd.telemetry.schema import daemon_line
@@ -205,6 +207,7 @@ class Daemon:
         self.stop_requested = asyncio.Event()
         self.ready = asyncio.Event()
         self.on_ready: list[Callable[[], None]] = []
+        self.on_stopping: list[Callable[[], None]] = []  # called once a stop begins
         self._services: contextlib.AsyncExitStack | None = None
 
     async def _start_coordinator(self, sup: Supervisor) -> None:
@@ -342,7 +345,7 @@ class Daemon:
                 loop.add_signal_handler(sig, handler)
                 installed.append(sig)
         try:
-            async with contextlib.AsyncExitStack() as services:
+            async with BoundedExitStack() as services:
                 self._services = services
                 await self._start_mqtt(services)
                 await self._start_simulator_servers(services)
@@ -378,6 +381,8 @@ class Daemon:
                         pass
                     self.notifier.stopping()
                     log.info("stopping")
+                    for callback in self.on_stopping:
+                        callback()
                     housekeeping.cancel()
                     reloader.cancel()
                     await self._shutdown(sup)
@@ -385,9 +390,10 @@ class Daemon:
             for sig in installed:
                 loop.remove_signal_handler(sig)
             if self.http is not None:
-                await self.http.stop()
-            await self.ctx.drivers.resources.close_all()
-            await sink.stop()  # flushes telemetry to disk (or the server)
+                await bounded("http", self.http.stop, SERVICE_STOP_DEADLINE_S)
+            await bounded("drivers", self.ctx.drivers.resources.close_all, SERVICE_STOP_DEADLINE_S)
+            # Telemetry last, so what the stop did is flushed too (to disk or the server).
+            await bounded("telemetry", sink.stop, SERVICE_STOP_DEADLINE_S * 2)
         return self.summary()
 
     async def _shutdown(self, sup: Supervisor) -> None:
@@ -395,11 +401,11 @@ class Daemon:
         finishing its in-flight write), then the rest."""
         self.accepting_external_commands = False
         await self._apply_shutdown_states()
-        for zone_id in list(self.site.zones):
-            await sup.stop(f"zone[{zone_id}]")
+        # Each group at once: every agent has its own stop deadline, and a slow one must not
+        # add its deadline to every other's.
+        await sup.stop_many([f"zone[{zone_id}]" for zone_id in self.site.zones])
         self.ctx.accepting_commands = False
-        for device_id in list(self.site.devices):
-            await sup.stop(f"device[{device_id}]")
+        await sup.stop_many([f"device[{device_id}]" for device_id in self.site.devices])
         await sup.stop_all()
 
     async def _apply_shutdown_states(self) -> None:
@@ -554,9 +560,17 @@ class Daemon:
             return
         from buildingd.service.api import install_routes
 
-        self.http = HttpServer(http.bind, http.port, self._read_token(self.settings))
-        install_routes(self.http, self)
-        await self.http.start()
+        server = HttpServer(http.bind, http.port, self._read_token(self.settings))
+        install_routes(server, self)
+        try:
+            await server.start()
+        except OSError as err:
+            why = "already in use" if err.errno == errno.EADDRINUSE else (err.strerror or str(err))
+            raise StartupError(
+                f"HTTP port {http.bind}:{http.port}: {why} (set [http] port in the settings "
+                "or BUILDINGD_HTTP__PORT; another buildingd running?)"
+            ) from err
+        self.http = server
 
     async def _housekeeping(self) -> None:
         """Every few real seconds: STATUS= for systemd, and WATCHDOG=1 while alive."""

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from buildingd.errors import ConfigError
+from buildingd.errors import ConfigError, StartupError
 
 if TYPE_CHECKING:
     from buildingd.settings import Settings
@@ -113,6 +113,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from buildingd.config.loader import load_site
     from buildingd.service.app import Daemon, state_dir_usable
     from buildingd.service.console import show
+    from buildingd.service.stopping import ExitWatchdog, run_bounded
 
     overrides: dict[str, object] = {}
     if args.speed is not None:
@@ -151,8 +152,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         duration = settings.duration_s
     console = sys.stdout.isatty() and not args.no_console
 
+    watchdog = ExitWatchdog()
+
     async def main() -> None:
         daemon = Daemon(settings, site, settings_loader=lambda: _settings(args, **overrides))
+        daemon.on_stopping.append(watchdog.arm)
         async with asyncio.TaskGroup() as tg:
             view = tg.create_task(
                 show(daemon, sys.stdout if console else _NullTTY()), name="console"
@@ -164,8 +168,27 @@ def cmd_run(args: argparse.Namespace) -> int:
         for line in summary.lines():
             print(line)
 
-    asyncio.run(main())
+    try:
+        run_bounded(main())
+    except (StartupError, BaseExceptionGroup) as err:
+        found = _startup_errors(err)
+        if not found:
+            raise
+        for problem in found:  # one line each, no traceback: what is wrong, where to change it
+            print(f"buildingd: {problem}", file=sys.stderr)
+        return 1
+    finally:
+        watchdog.disarm()
     return 0
+
+
+def _startup_errors(err: BaseException) -> list[StartupError]:
+    """The ``StartupError``s in ``err``, however deep in task groups' exception groups."""
+    if isinstance(err, StartupError):
+        return [err]
+    if isinstance(err, BaseExceptionGroup):
+        return [found for inner in err.exceptions for found in _startup_errors(inner)]
+    return []
 
 
 class _NullTTY:
