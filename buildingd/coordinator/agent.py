@@ -53,6 +53,7 @@ from buildingd.agents.messages import (
     COORDINATOR,
     DEMAND_RESPONSE_TOPIC,
     EVENTS_TOPIC,
+    TELEMETRY,
     ZONE_STATE_TOPIC,
     AdjustmentsMsg,
     CommandMsg,
@@ -92,6 +93,7 @@ from buildingd.coordinator.escalation import (
     negotiation_story,
     safety_band_story,
     subject_payload,
+    telemetry_down_story,
 )
 from buildingd.coordinator.negotiation import (
     PARTICIPANT_PERFORMATIVES,
@@ -1278,6 +1280,16 @@ class CoordinatorAgent(Agent):
                 )
                 self.escalate(summary, now_s, subject=key.subject, kind=SubjectKind.DEVICE,
                               cause=Cause.DEVICE_DOWN, tried=tried, left_state=left)  # fmt: skip
+        for key, condition in book.conditions(Cause.TELEMETRY_DOWN).items():
+            limit_s = min(
+                (p.escalation.device_unavailable_s for p in site.policies.values()), default=900.0
+            )
+            if now_s - condition.since_s >= limit_s:
+                summary, tried, left = telemetry_down_story(
+                    condition.detail, now_s - condition.since_s
+                )
+                self.escalate(summary, now_s, subject=key.subject, kind=SubjectKind.AGENT,
+                              cause=Cause.TELEMETRY_DOWN, tried=tried, left_state=left)  # fmt: skip
         self._negotiations_recovered(now_s)
 
     def _negotiations_recovered(self, now_s: float) -> None:
@@ -1312,6 +1324,12 @@ class CoordinatorAgent(Agent):
             self.escalations.observe(key, down, now, why)
             if not down:
                 self._resolve(key, now, "device back")
+        elif event.kind == "availability" and event.source == TELEMETRY:
+            key = IncidentKey(TELEMETRY, Cause.TELEMETRY_DOWN)
+            down = event.severity != "info"
+            self.escalations.observe(key, down, now, event.message.split(": ", 1)[-1])
+            if not down:
+                self._resolve(key, now, "telemetry delivered again")
         elif event.kind == "agent-failed":
             # The supervisor's message: "agent <name> stopped after too many restarts: <error>".
             head, _, error = event.message.partition(": ")

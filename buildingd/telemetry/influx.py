@@ -152,6 +152,11 @@ class InfluxSink:
         if self._client is not None:
             await asyncio.to_thread(self._client.close)
 
+    def outage(self) -> str | None:
+        if self._problem is None:
+            return None
+        return f"InfluxDB at {self.settings.url} not writable: {self._problem}"
+
     def stats(self) -> dict[str, float]:
         return {
             **{k: float(v) for k, v in self.counters.items()},

@@ -32,6 +32,10 @@ class TelemetrySink(Protocol):
 
     def stats(self) -> dict[str, float]: ...
 
+    def outage(self) -> str | None:
+        """Why the sink cannot deliver now (its data waits on disk), or None when it can."""
+        ...
+
 
 class LocalFileSink:
     """Line protocol appended to ``<state>/telemetry/telemetry-NNNNNN.lp`` in batches (no fsync
@@ -99,6 +103,9 @@ class LocalFileSink:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
         self._write()
+
+    def outage(self) -> str | None:
+        return None  # local disk: write errors are logged and counted where they happen
 
     def stats(self) -> dict[str, float]:
         return {
