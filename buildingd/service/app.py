@@ -40,6 +40,7 @@ from buildingd.telemetry.schema import daemon_line
 
 if TYPE_CHECKING:
     from buildingd.coordinator.agent import CoordinatorAgent
+    from buildingd.mqtt.broker import EmbeddedBroker
     from buildingd.mqtt.connection import MqttConnection
 from buildingd.telemetry.sink import TelemetrySink
 
@@ -209,6 +210,7 @@ class Daemon:
         self.on_ready: list[Callable[[], None]] = []
         self.on_stopping: list[Callable[[], None]] = []  # called once a stop begins
         self._services: contextlib.AsyncExitStack | None = None
+        self.broker: EmbeddedBroker | None = None  # the embedded one, when it runs
 
     async def _start_coordinator(self, sup: Supervisor) -> None:
         from buildingd.coordinator.agent import CoordinatorAgent
@@ -262,6 +264,7 @@ class Daemon:
                 mqtt.broker_max_retained_bytes,
             )
             await broker.start()
+            self.broker = broker
             services.push_async_callback(broker.stop)
             self.mqtt.host, self.mqtt.port = broker.host, broker.port
         await self.mqtt.start()
