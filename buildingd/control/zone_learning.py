@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 
-from buildingd.config.policies import Band, Policy
+from buildingd.config.policies import Band, Comfort, Policy
 from buildingd.control.occupancy_forecast import (
     SLOT_S,
     OccupancyProfile,
@@ -26,7 +26,7 @@ from buildingd.control.occupancy_forecast import (
 from buildingd.control.occupancy_forecast import (
     observe as observe_slot,
 )
-from buildingd.control.schedule import next_occupied_start
+from buildingd.control.schedule import next_occupied_start, scheduled_occupied
 from buildingd.control.thermal_response import (
     MAX_START_S,
     Regime,
@@ -122,9 +122,17 @@ def regime_of(temperature_c: float, band: Band) -> Regime | None:
 
 
 def _learn_window(
-    learning: ZoneLearning, now_s: float, temperature_c: float | None, band: Band
+    learning: ZoneLearning,
+    now_s: float,
+    temperature_c: float | None,
+    band: Band,
+    scheduled: bool,
 ) -> ZoneLearning:
     regime = None if temperature_c is None else regime_of(temperature_c, band)
+    if scheduled and regime is not Regime.FREE:
+        # Warm-up and cool-down rates are learned where optimal start uses them, before
+        # occupied hours: an afternoon's sun and people make a unit at full output look weak.
+        regime = None
     window = learning.window
     key = (band.heating_c, band.cooling_c)
     if regime is None or temperature_c is None:
@@ -196,6 +204,17 @@ def _still_needed_s(learning: ZoneLearning, temperature_c: float | None, band: B
     return min(MAX_START_S, needed)
 
 
+def _nearest(band: Band, comfort: Comfort, among: tuple[Band, ...] | None = None) -> Band:
+    """Which of the policy's bands (occupied, standby, unoccupied) ``band`` is closest to: the
+    one the zone is being driven to (offsets such as demand response move it a little)."""
+
+    def distance(other: Band) -> float:
+        return abs(band.heating_c - other.heating_c) + abs(band.cooling_c - other.cooling_c)
+
+    candidates = among or (comfort.occupied, comfort.standby, comfort.unoccupied)
+    return min(candidates, key=distance)
+
+
 def _learn_start(
     learning: ZoneLearning,
     local: datetime,
@@ -208,8 +227,12 @@ def _learn_start(
     if morning is None:
         start = next_occupied_start(policy.schedule, local, MAX_START_S)
         outside = _entered(None, local, temperature_c, comfort.occupied) is None
-        # Watched only from a zone outside its band: one already inside teaches nothing.
-        return replace(learning, morning=_Morning(start) if start and outside else None)
+        # Watched from the moment warm-up (or cool-down) begins, in a zone outside its band: a
+        # zone that drifts into its band by itself, or is in it already, says nothing about
+        # when its conditioning started.
+        driven = _nearest(band, comfort) is not comfort.unoccupied
+        watch = start is not None and outside and driven
+        return replace(learning, morning=_Morning(start) if watch and start else None)
     morning = replace(
         morning,
         entered_occupied=_entered(morning.entered_occupied, local, temperature_c, comfort.occupied),
@@ -219,14 +242,7 @@ def _learn_start(
         return replace(learning, morning=replace(morning, aim=band))
     # Before the start the zone was warmed to the occupied band (people expected, or nothing
     # known) or only to its standby band: judged against the one it was sent to.
-    aim = morning.aim or band
-    to_occupied = abs(aim.heating_c - comfort.occupied.heating_c) + abs(
-        aim.cooling_c - comfort.occupied.cooling_c
-    )
-    to_standby = abs(aim.heating_c - comfort.standby.heating_c) + abs(
-        aim.cooling_c - comfort.standby.cooling_c
-    )
-    target = comfort.occupied if to_occupied <= to_standby else comfort.standby
+    target = _nearest(morning.aim or band, comfort, (comfort.occupied, comfort.standby))
     entered = morning.entered_occupied if target is comfort.occupied else morning.entered_standby
     if entered is not None:
         error_s = (entered - morning.start).total_seconds()  # early: negative
@@ -258,7 +274,8 @@ def observe(
         temperature_c = None
     dt_s = 0.0 if learning.last_s is None else max(0.0, now_s - learning.last_s)
     learning = replace(learning, last_s=now_s)
-    learning = _learn_window(learning, now_s, temperature_c, band)
+    scheduled = scheduled_occupied(policy.schedule, local)
+    learning = _learn_window(learning, now_s, temperature_c, band, scheduled)
     holidays = frozenset(policy.schedule.holidays)
     learning = _learn_slot(learning, dt_s, local, occupied, holidays)
     return _learn_start(learning, local, temperature_c, band, policy)
