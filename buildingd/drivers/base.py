@@ -113,6 +113,7 @@ _REGISTRY: dict[str, str] = {
     "modbus-rtu": "buildingd.drivers.modbus:ModbusDriver",
     "mqtt": "buildingd.drivers.mqtt:MqttDriver",
     "ble": "buildingd.drivers.ble:ble_driver",
+    "bacnet": "buildingd.drivers.bacnet:BacnetDriver",
 }
 
 
