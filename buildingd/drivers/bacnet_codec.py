@@ -8,6 +8,7 @@ to the error tree.
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -90,6 +91,15 @@ def encode_value(object_type: ObjectType, value: float) -> float | int | str:
             raise CodecError(f"{object_type.value}: a state number is an integer >= 1: {value!r}")
         return int(value)
     return float(value)
+
+
+def representable(object_type: ObjectType, value: float) -> float:
+    """What the point holds once ``value`` is written: analog values are REALs, IEEE 754 single
+    precision (135, 20.2.6), so 21.1 comes back as 21.100000381..."""
+    raw = encode_value(object_type, value)
+    if isinstance(raw, float):
+        return float(struct.unpack(">f", struct.pack(">f", raw))[0])
+    return decode_value(object_type, raw)
 
 
 @dataclass(frozen=True)
