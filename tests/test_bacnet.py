@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -300,3 +301,74 @@ async def test_cov_delivers_changes_without_polling(
     assert sim.app.requests["ReadPropertyMultipleRequest"] == 0  # pushed, not polled
     assert sim.app.requests["SubscribeCOVRequest"] == 0
     await driver.close()
+
+
+async def test_cov_subscription_is_renewed_before_its_lifetime_ends(
+    building: Building, ctx: DriverContext, served: list[SimulatedBacnetDevice]
+) -> None:
+    spec = vav(free_udp_port())
+    points = [p.model_copy(update={"cov": True}) if p.id == "temp" else p for p in spec.points]
+    # 3 s: below the schema's minimum (60 s) so the renewal happens within the test.
+    spec = spec.model_copy(update={"points": points, "cov_lifetime_s": 3})
+    sim = await serve(building, ctx, spec, served)
+    driver = BacnetDriver(spec, ctx)
+    await driver.open()
+    async with asyncio.timeout(30):
+        while sim.app.requests["SubscribeCOVRequest"] < 3:  # the first and two renewals
+            sim.app.arrived.clear()
+            await sim.app.arrived.wait()
+    assert sim.app.requests["SubscribeCOVRequest"] == 3
+    # The value is current while the subscription holds, though it may not have changed.
+    first = (await driver.read())["temp"].received_s
+    async with asyncio.timeout(30):
+        while sim.app.requests["SubscribeCOVRequest"] < 4:
+            sim.app.arrived.clear()
+            await sim.app.arrived.wait()
+    assert (await driver.read())["temp"].received_s > first
+    await driver.close()
+
+
+async def test_the_daemon_runs_the_demo_bacnet_devices_and_relinquishes_at_stop(
+    site_copy: Path, tmp_path: Path
+) -> None:
+    """The demo file as shipped (ports moved to free ones): the simulator serves the VAV box and
+    the air handler over BACnet/IP, the daemon's device agents read them, and at stop what
+    buildingd commanded is given back to the relinquish default."""
+    from bacpypes3.primitivedata import ObjectIdentifier
+
+    from buildingd.service.app import Daemon
+    from buildingd.settings import Settings
+
+    text = (REPO / "devices" / "demo-bacnet.yaml.example").read_text()
+    for port in ("47811", "47812"):
+        text = text.replace(f"127.0.0.1:{port}", f"127.0.0.1:{free_udp_port()}")
+    (site_copy / "devices" / "demo-bacnet.yaml").write_text(text)
+    (site_copy / "devices" / "demo-modbus.yaml").unlink()  # its air handler is ahu1 too
+    settings = Settings.model_validate(
+        {"site_dir": site_copy, "state_dir": tmp_path / "state", "http": {"enabled": False},
+         "mqtt": {"port": 0}, "sim": {"start": "2027-01-11T09:00:00"},
+         "bacnet": {"address": f"127.0.0.1:{free_udp_port()}"}}
+    )  # fmt: skip
+    daemon = Daemon(settings, load_site(site_copy))
+    task = asyncio.create_task(daemon.run(120))
+    try:
+        await asyncio.wait_for(daemon.ready.wait(), 60)
+        vav_agent = daemon.device_agents["f2-office-b-vav"]
+        ahu_agent = daemon.device_agents["ahu1-bacnet"]
+        async with asyncio.timeout(30):
+            # noqa: set by the agents' first good poll
+            while not (vav_agent.available and ahu_agent.available):  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+        driver = vav_agent.driver
+        assert isinstance(driver, BacnetDriver) and daemon.building is not None
+        samples = await driver.read()
+        room = daemon.building.zones["f2-office-b"].temperature_c
+        assert samples["zone_temp"].value == pytest.approx(room, abs=0.2)
+        oid = ObjectIdentifier("analog-value,1")
+        default = float(await driver.app.read_property(driver.peer, oid, "relinquish-default"))
+        await driver.write("heat_sp", 23.5)
+        assert daemon.building.read_point("f2-office-b", PointKind.HEATING_SETPOINT) == 23.5
+    finally:
+        daemon.request_stop()
+        await task
+    assert daemon.building.read_point("f2-office-b", PointKind.HEATING_SETPOINT) == default

@@ -111,6 +111,7 @@ class BacnetDriver(Driver):
         self.excluded: dict[str, str] = {}  # point id -> why it is not read (units mismatch)
         self.commanded: set[str] = set()  # points holding a value at our priority
         self.cov_values: dict[str, Sample] = {}
+        self._cov_alive: set[str] = set()  # points whose subscription is in force
         self._cov_changed = asyncio.Event()
         self._cov_task: asyncio.Task[None] | None = None
         self.last_failure: BacnetFailure | None = None
@@ -217,7 +218,13 @@ class BacnetDriver(Driver):
     # -- reads ---------------------------------------------------------------------------------
 
     async def read(self) -> Mapping[str, Sample]:
-        out: dict[str, Sample] = dict(self.cov_values)
+        # A subscribed value that did not change is still current while its subscription is
+        # in force (the device would have told us); once it lapses, the value ages and goes stale.
+        now = self.ctx.clock.monotonic()
+        out: dict[str, Sample] = {
+            point_id: Sample(sample.value, now) if point_id in self._cov_alive else sample
+            for point_id, sample in self.cov_values.items()
+        }
         if self.rpm:
             await self._read_multiple(out)
         else:
@@ -391,19 +398,30 @@ class BacnetDriver(Driver):
                                       name=f"bacnet[{self.device.id}].cov[{point.id}]")  # fmt: skip
 
     async def _subscribe(self, point: BacnetPoint) -> None:
+        """Keep one subscription alive: bacpypes3 renews it 2 s before its lifetime ends, in a
+        task of its own whose failure it does not report; it is checked here, and a lapsed
+        subscription is made again with backoff."""
         from bacpypes3.apdu import ErrorRejectAbortNack
         from bacpypes3.primitivedata import ObjectIdentifier
 
         oid = ObjectIdentifier(object_id(point))
+        lifetime_s = self.spec.cov_lifetime_s
+        check_s = self.ctx.clock.to_loop_seconds(max(1.0, lifetime_s / 2))
         backoff_s = 1.0
         while True:
             try:
                 async with self.app.change_of_value(
-                    self.peer, oid, None, point.cov_confirmed, self.spec.cov_lifetime_s
+                    self.peer, oid, None, point.cov_confirmed, lifetime_s
                 ) as subscription:
+                    self._cov_alive.add(point.id)
                     backoff_s = 1.0
                     while True:
-                        prop, value = await subscription.get_value()
+                        try:
+                            async with asyncio.timeout(check_s):
+                                prop, value = await subscription.get_value()
+                        except TimeoutError:
+                            _raise_if_renewal_failed(subscription)
+                            continue
                         if str(prop) == "present-value":
                             self._cov_sample(point, value)
             except ErrorRejectAbortNack as err:
@@ -411,6 +429,8 @@ class BacnetDriver(Driver):
                 self._count(failure)
                 log.warning("device %s: SubscribeCOV %s: %s", self.device.id, point.id,
                             failure.counter)  # fmt: skip
+            finally:
+                self._cov_alive.discard(point.id)
             await asyncio.sleep(backoff_s)
             backoff_s = min(backoff_s * 2, 60.0)
 
@@ -424,6 +444,14 @@ class BacnetDriver(Driver):
             return
         self.cov_values[point.id] = Sample(value, self.ctx.clock.monotonic())
         self._cov_changed.set()
+
+
+def _raise_if_renewal_failed(subscription: Any) -> None:
+    task = subscription.refresh_subscription_task
+    if task is not None and task.done() and not task.cancelled():
+        error = task.exception()
+        if error is not None:
+            raise error
 
 
 def _plain(raw: Any) -> Any:

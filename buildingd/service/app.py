@@ -194,6 +194,11 @@ class Daemon:
                 metrics=self.metrics,
                 serve_protocols=settings.sim.protocols,
                 ble_scanning=settings.ble.scanning,
+                bacnet_address=settings.bacnet.address,
+                bacnet_device_instance=settings.bacnet.device_instance,
+                bacnet_bbmd=settings.bacnet.bbmd,
+                bacnet_bbmd_ttl_s=settings.bacnet.bbmd_ttl_s,
+                bacnet_who_is_to=settings.bacnet.who_is_to,
             ),
             metrics=self.metrics,
         )

@@ -95,11 +95,13 @@ class SimulatedDeviceApp(Application):  # type: ignore[misc]
     requests: collections.Counter[str]
     silent: bool
     rpm: bool
+    arrived: asyncio.Event  # set on every request answered (tests wait on it)
 
     async def indication(self, apdu: Any) -> None:
         if self.silent:
             return  # a device off the network: no answer at all
         self.requests[type(apdu).__name__] += 1
+        self.arrived.set()
         await super().indication(apdu)
 
     async def do_ReadPropertyMultipleRequest(self, apdu: Any) -> None:
@@ -143,6 +145,7 @@ class SimulatedBacnetDevice:
             objects.append(obj)
         self.app: SimulatedDeviceApp = SimulatedDeviceApp.from_object_list(objects)
         self.app.requests, self.app.silent, self.app.rpm = collections.Counter(), False, True
+        self.app.arrived = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     def _make_object(self, point: BacnetPoint) -> Any:
