@@ -112,6 +112,7 @@ class BacnetDriver(Driver):
         self.commanded: set[str] = set()  # points holding a value at our priority
         self.cov_values: dict[str, Sample] = {}
         self._cov_alive: set[str] = set()  # points whose subscription is in force
+        self.cov_notifications = 0
         self._cov_changed = asyncio.Event()
         self._cov_task: asyncio.Task[None] | None = None
         self.last_failure: BacnetFailure | None = None
@@ -443,6 +444,7 @@ class BacnetDriver(Driver):
             log.warning("device %s: %s: %s", self.device.id, point.id, err)
             return
         self.cov_values[point.id] = Sample(value, self.ctx.clock.monotonic())
+        self.cov_notifications += 1
         self._cov_changed.set()
 
 

@@ -170,7 +170,7 @@ class SimulatedBacnetDevice:
         if point.object_type not in _INPUTS:
             raise ValueError(f"{point.id}: {point.object_type.value} is not simulated")
         obj = _INPUTS[point.object_type](**kwargs)
-        obj._on_read = self.refresh
+        obj._on_read = lambda point=point: self._follow_point(point)
         return obj
 
     def _drive(self, point: BacnetPoint, raw: Any) -> None:
@@ -181,11 +181,14 @@ class SimulatedBacnetDevice:
 
     def refresh(self) -> None:
         """Inputs take the model's current values (a change notifies COV subscribers)."""
-        self.building.advance_to(self.clock.now())
         for point in self.device.points:
             if not point.writable:
-                value = self.building.read_point(point.zone, point.kind)
-                self.objects[point.id].presentValue = _raw(point, value)
+                self._follow_point(point)
+
+    def _follow_point(self, point: BacnetPoint) -> None:
+        self.building.advance_to(self.clock.now())
+        value = self.building.read_point(point.zone, point.kind)
+        self.objects[point.id].presentValue = _raw(point, value)
 
     async def _follow(self) -> None:
         while True:
