@@ -160,7 +160,7 @@ class BacnetDriver(Driver):
         else:
             self.peer = await self._discover()
         await self._check_units()
-        if any(p.cov for p in self.spec.points):
+        if any(p.cov for p in self.spec.points) and self._cov_task is None:
             self._cov_task = asyncio.create_task(
                 self._subscriptions(), name=f"bacnet[{self.device.id}].cov"
             )
@@ -208,6 +208,7 @@ class BacnetDriver(Driver):
             self._cov_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._cov_task
+            self._cov_task = None
         if self.spec.relinquish_on_close and self.app is not None:
             for point_id in sorted(self.commanded):
                 try:
