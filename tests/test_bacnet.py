@@ -35,7 +35,7 @@ def vav(port: int, instance: int = 1001, **extra: Any) -> BacnetDevice:
     """A VAV box: room temperature, occupancy, a heating setpoint and a damper command."""
     return BacnetDevice.model_validate(
         {"id": f"vav{instance}", "driver": "bacnet", "device_instance": instance,
-         "address": f"127.0.0.1:{port}", "timeout_s": 2, "retries": 0,
+         "address": f"127.0.0.1:{port}", "timeout_s": 5, "retries": 0,
          "points": [
              {"id": "temp", "kind": "temperature", "zone": ZONE, "object_type": "analog-input",
               "instance": 1},
@@ -108,9 +108,12 @@ async def test_reads_every_point_in_one_request(
 async def test_small_apdu_needs_more_requests_and_all_are_answered(
     building: Building, ctx: DriverContext, served: list[SimulatedBacnetDevice]
 ) -> None:
-    spec = vav(free_udp_port(), reads={"max_apdu": 50})
-    sim = await serve(building, ctx, spec, served)
+    port = free_udp_port()
+    # The device declares a 50-octet APDU; the device file does not say: the driver learns it.
+    sim = await serve(building, ctx, vav(port, reads={"max_apdu": 50}), served)
+    spec = vav(port)
     driver = BacnetDriver(spec, ctx)
+    assert len(driver.plan) == 1
     await driver.open()
     sim.app.requests.clear()
     values = await driver.read()
@@ -246,7 +249,7 @@ async def test_error_classes_are_mapped_and_counted(
 async def test_silent_device_fails_only_itself(
     building: Building, ctx: DriverContext, served: list[SimulatedBacnetDevice]
 ) -> None:
-    quiet_spec, loud_spec = vav(free_udp_port(), 3001), vav(free_udp_port(), 3002)
+    quiet_spec, loud_spec = vav(free_udp_port(), 3001, timeout_s=1), vav(free_udp_port(), 3002)
     quiet = await serve(building, ctx, quiet_spec, served)
     await serve(building, ctx, loud_spec, served)
     quiet_driver, loud_driver = BacnetDriver(quiet_spec, ctx), BacnetDriver(loud_spec, ctx)
@@ -356,7 +359,7 @@ async def test_the_daemon_runs_the_demo_bacnet_devices_and_relinquishes_at_stop(
         vav_agent = daemon.device_agents["f2-office-b-vav"]
         ahu_agent = daemon.device_agents["ahu1-bacnet"]
         async with asyncio.timeout(30):
-            # noqa: set by the agents' first good poll
+            # Polled until set: availability is set by the agents' first good poll.
             while not (vav_agent.available and ahu_agent.available):  # noqa: ASYNC110
                 await asyncio.sleep(0.1)
         driver = vav_agent.driver
@@ -372,3 +375,26 @@ async def test_the_daemon_runs_the_demo_bacnet_devices_and_relinquishes_at_stop(
         daemon.request_stop()
         await task
     assert daemon.building.read_point("f2-office-b", PointKind.HEATING_SETPOINT) == default
+
+
+async def test_binary_output_written_as_active_inactive(
+    building: Building, ctx: DriverContext, served: list[SimulatedBacnetDevice]
+) -> None:
+    spec = BacnetDevice.model_validate(
+        {"id": "relay", "driver": "bacnet", "device_instance": 4001,
+         "address": f"127.0.0.1:{free_udp_port()}", "timeout_s": 5, "retries": 0,
+         "points": [{"id": "lights", "kind": "light_switch", "zone": ZONE,
+                     "object_type": "binary-output", "instance": 1, "writable": True,
+                     "limits": {"min": 0, "max": 1}}]}
+    )  # fmt: skip
+    sim = await serve(building, ctx, spec, served)
+    driver = BacnetDriver(spec, ctx)
+    await driver.open()
+    assert await driver.write("lights", 1.0) == 1.0
+    assert str(sim.objects["lights"].presentValue) == "active"
+    assert building.read_point(ZONE, PointKind.LIGHT_SWITCH) == 1.0
+    assert await driver.write("lights", 0.0) == 0.0
+    assert building.read_point(ZONE, PointKind.LIGHT_SWITCH) == 0.0
+    with pytest.raises(DeviceRejectedError, match="takes 0 or 1"):
+        await driver.write("lights", 0.5)  # never rounded to on or off
+    assert sim.app.requests["WritePropertyRequest"] == 2

@@ -66,7 +66,10 @@ class BacnetPoint(PointBase):
 
 
 class Reads(Strict):
-    """What the device can take in one request; the plan fills requests up to these."""
+    """What the device can take in one request; the plan fills requests up to these. The driver
+    reads the device object's own max-apdu-length-accepted and segmentation-supported when it
+    opens the device and plans with the smaller APDU; a ``segmentation`` given here overrides
+    the device's declaration."""
 
     max_apdu: int = Field(default=MAX_APDU_BACNET_IP, ge=50, le=MAX_APDU_BACNET_IP)
     segmentation: Segmentation = Segmentation.NONE

@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any, TypeVar
 
-from buildingd.config.bacnet import BacnetDevice, BacnetPoint
+from buildingd.config.bacnet import BacnetDevice, BacnetPoint, Segmentation
 from buildingd.drivers.bacnet_codec import (
     BacnetFailure,
     CodecError,
@@ -159,11 +159,45 @@ class BacnetDriver(Driver):
             self.peer = Address(self.spec.address)
         else:
             self.peer = await self._discover()
+        await self._learn_limits()
         await self._check_units()
         if any(p.cov for p in self.spec.points) and self._cov_task is None:
             self._cov_task = asyncio.create_task(
                 self._subscriptions(), name=f"bacnet[{self.device.id}].cov"
             )
+
+    async def _learn_limits(self) -> None:
+        """Plan with what the device object declares (max-apdu-length-accepted,
+        segmentation-supported; 135 12.11), when it is less than the device file allows."""
+        from bacpypes3.primitivedata import ObjectIdentifier
+
+        oid = ObjectIdentifier(f"device,{self.spec.device_instance}")
+        try:
+            max_apdu = int(await self._call(
+                partial(self.app.read_property, self.peer, oid, "max-apdu-length-accepted")
+            ))  # fmt: skip
+            segmentation = str(await self._call(
+                partial(self.app.read_property, self.peer, oid, "segmentation-supported")
+            ))  # fmt: skip
+        except DeviceRejectedError as err:
+            log.info("device %s: limits not readable (%s); planning with the device file's",
+                     self.device.id, err)  # fmt: skip
+            return
+        limits = self.spec.reads
+        declared = Segmentation(segmentation) if segmentation in set(Segmentation) else None
+        # A segmentation set in the device file wins (a device that declares more than it
+        # does); otherwise the device's own declaration.
+        keep = "segmentation" in limits.model_fields_set or declared is None
+        learned = limits.model_copy(
+            update={
+                "max_apdu": min(limits.max_apdu, max(50, max_apdu)),
+                "segmentation": limits.segmentation if keep else declared,
+            }
+        )
+        if learned != limits:
+            log.info("device %s: max APDU %d, %s: re-planned", self.device.id,
+                     learned.max_apdu, learned.segmentation.value)  # fmt: skip
+        self.plan = plan_reads([point_read(p) for p in self.spec.points if not p.cov], learned)
 
     async def _discover(self) -> Any:
         from bacpypes3.pdu import Address
