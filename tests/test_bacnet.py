@@ -398,3 +398,19 @@ async def test_binary_output_written_as_active_inactive(
     with pytest.raises(DeviceRejectedError, match="takes 0 or 1"):
         await driver.write("lights", 0.5)  # never rounded to on or off
     assert sim.app.requests["WritePropertyRequest"] == 2
+
+
+async def test_a_point_the_simulator_cannot_serve_fails_alone(
+    building: Building, ctx: DriverContext, served: list[SimulatedBacnetDevice]
+) -> None:
+    spec = vav(free_udp_port())
+    odd = {"id": "mode", "kind": "other", "zone": ZONE, "object_type": "multi-state-value",
+           "instance": 7}  # fmt: skip
+    spec = BacnetDevice.model_validate({**spec.model_dump(), "points": [
+        *[p.model_dump(exclude_none=True) for p in spec.points], odd]})  # fmt: skip
+    await serve(building, ctx, spec, served)
+    driver = BacnetDriver(spec, ctx)
+    await driver.open()
+    assert set(await driver.read()) == {"temp", "humidity", "occupied", "heat_sp"}
+    key = 'buildingd_bacnet_failures_total{device="vav1001",failure="error:unknown-object"}'
+    assert failures(ctx, "vav1001") == {key: 1}

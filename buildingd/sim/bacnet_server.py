@@ -140,7 +140,15 @@ class SimulatedBacnetDevice:
         ]
         building.advance_to(clock.now())
         for point in device.points:
-            obj = self._make_object(point)
+            try:
+                obj = self._make_object(point)
+            except (ValueError, KeyError) as err:
+                # Not in the model (a multi-state object, a quantity the simulated building
+                # does not compute): served without it, so reading it answers unknown-object,
+                # as a real device would for a wrong device file.
+                log.warning("sim: BACnet device %s: point %s not simulated: %s", device.id,
+                            point.id, err)  # fmt: skip
+                continue
             self.objects[point.id] = obj
             objects.append(obj)
         self.app: SimulatedDeviceApp = SimulatedDeviceApp.from_object_list(objects)
@@ -182,7 +190,7 @@ class SimulatedBacnetDevice:
     def refresh(self) -> None:
         """Inputs take the model's current values (a change notifies COV subscribers)."""
         for point in self.device.points:
-            if not point.writable:
+            if not point.writable and point.id in self.objects:
                 self._follow_point(point)
 
     def _follow_point(self, point: BacnetPoint) -> None:
