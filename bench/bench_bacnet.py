@@ -22,7 +22,7 @@ from buildingd.clock import ScaledClock
 from buildingd.config.bacnet import BacnetDevice
 from buildingd.config.loader import load_site
 from buildingd.drivers.bacnet import BacnetDriver
-from buildingd.drivers.base import DriverContext, SharedResources
+from buildingd.drivers.base import BacnetClient, DriverContext, SharedResources
 from buildingd.sim.bacnet_server import SimulatedBacnetDevice, start_bacnet_devices
 from buildingd.sim.building import Building
 from tests.conftest import REPO, free_udp_port
@@ -153,7 +153,7 @@ async def main() -> dict[str, Any]:
     building = Building(list(site.zones.values()), START, site.timezone, seed=1)
     ctx = DriverContext(
         clock=ScaledClock(START, 1.0), building=building, resources=SharedResources(),
-        bacnet_address=f"127.0.0.1:{free_udp_port()}",
+        bacnet=BacnetClient(address=f"127.0.0.1:{free_udp_port()}"),
     )  # fmt: skip
     try:
         return {

@@ -6,6 +6,7 @@ reported, relinquish, error classes counted per device, a silent device, units c
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,7 +19,7 @@ from buildingd.clock import ScaledClock
 from buildingd.config.bacnet import BacnetDevice
 from buildingd.config.loader import load_site
 from buildingd.drivers.bacnet import BacnetDriver
-from buildingd.drivers.base import DriverContext, SharedResources
+from buildingd.drivers.base import BacnetClient, DriverContext, SharedResources
 from buildingd.errors import DeviceRejectedError, DeviceUnavailableError, PriorityHeldError
 from buildingd.points import PointKind
 from buildingd.sim.bacnet_server import SimulatedBacnetDevice, start_bacnet_devices
@@ -60,7 +61,7 @@ def building() -> Building:
 async def ctx(building: Building) -> AsyncIterator[DriverContext]:
     context = DriverContext(
         clock=ScaledClock(START, 1.0), building=building, resources=SharedResources(),
-        metrics=Metrics(), bacnet_address=f"127.0.0.1:{free_udp_port()}",
+        metrics=Metrics(), bacnet=BacnetClient(address=f"127.0.0.1:{free_udp_port()}"),
     )  # fmt: skip
     yield context
     await context.resources.close_all()
@@ -149,7 +150,7 @@ async def test_discovery_by_who_is(
     # Who-Is is sent to the device's port: simulated devices each have their own UDP port on
     # loopback, where a real site broadcasts on 47808. The I-Am tells the driver the address.
     found = vav(port, instance=2002).model_copy(update={"address": None})
-    ctx.bacnet_who_is_to = f"127.0.0.1:{port}"
+    ctx.bacnet = dataclasses.replace(ctx.bacnet, who_is_to=f"127.0.0.1:{port}")
     driver = BacnetDriver(found, ctx)
     await driver.open()
     assert str(driver.peer) == f"127.0.0.1:{port}"

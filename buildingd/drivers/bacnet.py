@@ -62,7 +62,7 @@ async def _make_client(ctx: DriverContext) -> Any:
     from bacpypes3.local.networkport import NetworkPortObject
 
     device = DeviceObject(
-        objectIdentifier=("device", ctx.bacnet_device_instance),
+        objectIdentifier=("device", ctx.bacnet.device_instance),
         objectName="buildingd",
         vendorIdentifier=999,
         # Our own deadline per request (the device's timeout_s, with its retries) governs; the
@@ -71,14 +71,14 @@ async def _make_client(ctx: DriverContext) -> Any:
         numberOfApduRetries=0,
     )
     port = NetworkPortObject(
-        ctx.bacnet_address, objectIdentifier=("network-port", 1), objectName="NetworkPort-1"
+        ctx.bacnet.address, objectIdentifier=("network-port", 1), objectName="NetworkPort-1"
     )
-    if ctx.bacnet_bbmd is not None:
+    if ctx.bacnet.bbmd is not None:
         port.bacnetIPMode = IPMode.foreign
-        port.fdBBMDAddress = HostNPort(ctx.bacnet_bbmd)
-        port.fdSubscriptionLifetime = ctx.bacnet_bbmd_ttl_s
+        port.fdBBMDAddress = HostNPort(ctx.bacnet.bbmd)
+        port.fdSubscriptionLifetime = ctx.bacnet.bbmd_ttl_s
     app = Application.from_object_list([device, port])
-    log.info("bacnet: client device %d on %s", ctx.bacnet_device_instance, ctx.bacnet_address)
+    log.info("bacnet: client device %d on %s", ctx.bacnet.device_instance, ctx.bacnet.address)
     return app
 
 
@@ -203,7 +203,7 @@ class BacnetDriver(Driver):
         from bacpypes3.pdu import Address
 
         instance = self.spec.device_instance
-        to = Address(self.ctx.bacnet_who_is_to) if self.ctx.bacnet_who_is_to else None
+        to = Address(self.ctx.bacnet.who_is_to) if self.ctx.bacnet.who_is_to else None
         try:
             async with asyncio.timeout(self.ctx.clock.to_loop_seconds(WHO_IS_TIMEOUT_S)):
                 i_ams = await self.app.who_is(instance, instance, to)

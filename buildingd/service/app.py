@@ -27,7 +27,7 @@ from buildingd.agents.telemetry import TelemetryAgent
 from buildingd.agents.zone import CONTROL_INTERVAL_S, ZoneAgent, ZoneStats
 from buildingd.clock import Clock, ScaledClock, SystemClock
 from buildingd.config.loader import Site, load_site
-from buildingd.drivers.base import DriverContext
+from buildingd.drivers.base import BacnetClient, DriverContext
 from buildingd.errors import ConfigError
 from buildingd.service.http import HttpServer
 from buildingd.service.reload import diff_settings, plan_reload
@@ -194,11 +194,7 @@ class Daemon:
                 metrics=self.metrics,
                 serve_protocols=settings.sim.protocols,
                 ble_scanning=settings.ble.scanning,
-                bacnet_address=settings.bacnet.address,
-                bacnet_device_instance=settings.bacnet.device_instance,
-                bacnet_bbmd=settings.bacnet.bbmd,
-                bacnet_bbmd_ttl_s=settings.bacnet.bbmd_ttl_s,
-                bacnet_who_is_to=settings.bacnet.who_is_to,
+                bacnet=BacnetClient(**settings.bacnet.model_dump()),
             ),
             metrics=self.metrics,
         )
