@@ -113,25 +113,25 @@ async def cov(building: Building, ctx: DriverContext, zones: list[str]) -> dict[
     try:
         await driver.open()
         async with asyncio.timeout(60):
-            while len(driver.cov_values) < COV_POINTS:  # every initial notification
+            while len(driver.cov.values) < COV_POINTS:  # every initial notification
                 await driver.wait_update()
         sim.app.requests.clear()
-        before = driver.cov_notifications
+        before = driver.cov.notifications
         latencies: list[float] = []
         for i in range(COV_CHANGES):
             point_id = f"b{i * (COV_POINTS // COV_CHANGES)}"
-            was = driver.cov_values[point_id].value
+            was = driver.cov.values[point_id].value
             start = time.perf_counter()
             sim.objects[point_id].presentValue = "inactive" if was else "active"
             async with asyncio.timeout(30):
-                while driver.cov_values[point_id].value == was:
+                while driver.cov.values[point_id].value == was:
                     await driver.wait_update()
             latencies.append(time.perf_counter() - start)
         latencies.sort()
         return {
             "points": COV_POINTS,
             "changes": COV_CHANGES,
-            "cov_notifications_received": driver.cov_notifications - before,
+            "cov_notifications_received": driver.cov.notifications - before,
             "cov_requests_to_device_meanwhile": sum(sim.app.requests.values()),
             # Renewals keep the subscriptions alive whatever changes: one per point per lifetime.
             "cov_renewals_per_hour": COV_POINTS * 3600 / spec.cov_lifetime_s,

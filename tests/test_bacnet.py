@@ -294,13 +294,13 @@ async def test_cov_delivers_changes_without_polling(
     await driver.open()
     assert "occupied" not in [r.point_id for b in driver.plan for r in b.reads]
     async with asyncio.timeout(20):
-        while "occupied" not in driver.cov_values:  # the initial notification
+        while "occupied" not in driver.cov.values:  # the initial notification
             await driver.wait_update()
-    was = driver.cov_values["occupied"].value
+    was = driver.cov.values["occupied"].value
     sim.app.requests.clear()
     sim.objects["occupied"].presentValue = "inactive" if was else "active"
     async with asyncio.timeout(20):
-        while driver.cov_values["occupied"].value == was:
+        while driver.cov.values["occupied"].value == was:
             await driver.wait_update()
     assert sim.app.requests["ReadPropertyMultipleRequest"] == 0  # pushed, not polled
     assert sim.app.requests["SubscribeCOVRequest"] == 0

@@ -210,3 +210,22 @@ def test_check_names_file_line_and_key(site_copy: Path, capsys: pytest.CaptureFi
     assert f"{schema}:{_line_of(schema, 'write_priority')}: devices[0].write_priority: " in err
     assert "reserved for minimum on/off" in err
     assert f"{schema}:{_line_of(schema, 'id: e')}: devices[0].points[0].object_type: " in err
+
+
+def test_bacpypes3_error_reject_abort_pdus_reduced_to_names() -> None:
+    from bacpypes3.apdu import AbortPDU, Error, RejectPDU
+    from bacpypes3.basetypes import BinaryPV, EngineeringUnits
+    from bacpypes3.primitivedata import Real, Unsigned
+
+    error = Error(service_choice=15, errorClass="property", errorCode="writeAccessDenied")
+    assert codec.failure_of(error) == codec.BacnetFailure(
+        "error", "write-access-denied", "property"
+    )
+    reject = codec.failure_of(RejectPDU(reason="unrecognizedService"))
+    assert reject == codec.BacnetFailure("reject", "unrecognized-service")
+    assert reject.service_unsupported
+    abort = codec.failure_of(AbortPDU(reason="segmentationNotSupported"))
+    assert abort.too_big and abort.kind == "abort"
+    assert codec.plain(BinaryPV("active")) == "active"
+    assert codec.plain(EngineeringUnits("degreesCelsius")) == "degrees-celsius"
+    assert codec.plain(Real(21.5)) == 21.5 and codec.plain(Unsigned(3)) == 3

@@ -11,8 +11,7 @@
   array are read back: a higher priority holding the point is reported (``PriorityHeldError``),
   never overwritten. What buildingd commanded is relinquished (null at its priority) on request,
   and on close (shutdown, device removed) when ``relinquish_on_close``.
-* Points with ``cov: true`` are subscribed (SubscribeCOV with a lifetime, renewed by bacpypes3
-  before it ends) and not polled.
+* Points with ``cov: true`` are subscribed (``bacnet_cov``) and not polled.
 * Every BACnet error, reject, abort and timeout is counted per device
   (``buildingd_bacnet_failures_total{device,failure}``) and raised in the error tree; a silent
   device fails only its own reads.
@@ -34,10 +33,13 @@ from buildingd.drivers.bacnet_codec import (
     control,
     decode_value,
     encode_value,
+    failure_of,
     object_id,
+    plain,
     representable,
     units_problem,
 )
+from buildingd.drivers.bacnet_cov import CovSubscriptions
 from buildingd.drivers.bacnet_plan import Batch, describe_plan, plan_reads, point_read, split_batch
 from buildingd.drivers.base import Driver, DriverContext
 from buildingd.errors import (
@@ -86,16 +88,6 @@ async def _close_client(app: Any) -> None:
     app.close()
 
 
-def _failure(err: BaseException) -> BacnetFailure:
-    """An Error/Reject/Abort PDU from bacpypes3, as names."""
-    name = type(err).__name__
-    if hasattr(err, "errorCode"):
-        return BacnetFailure("error", str(err.errorCode), str(getattr(err, "errorClass", "")))
-    if "Reject" in name:
-        return BacnetFailure("reject", str(getattr(err, "apduAbortRejectReason", "other")))
-    return BacnetFailure("abort", str(getattr(err, "apduAbortRejectReason", "other")))
-
-
 class BacnetDriver(Driver):
     def __init__(self, device: BacnetDevice, ctx: DriverContext) -> None:
         super().__init__(device, ctx)
@@ -110,10 +102,7 @@ class BacnetDriver(Driver):
         self.peer: Any = None  # bacpypes3 Address of the device
         self.excluded: dict[str, str] = {}  # point id -> why it is not read (units mismatch)
         self.commanded: set[str] = set()  # points holding a value at our priority
-        self.cov_values: dict[str, Sample] = {}
-        self._cov_alive: set[str] = set()  # points whose subscription is in force
-        self.cov_notifications = 0
-        self._cov_changed = asyncio.Event()
+        self.cov: CovSubscriptions | None = None  # once opened, when points have ``cov: true``
         self._cov_task: asyncio.Task[None] | None = None
         self.last_failure: BacnetFailure | None = None
 
@@ -142,7 +131,7 @@ class BacnetDriver(Driver):
             except TimeoutError:
                 failure = BacnetFailure("timeout", "no-response")
             except ErrorRejectAbortNack as err:
-                failure = _failure(err)
+                failure = failure_of(err)
             self._count(failure)
             if not failure.transient:
                 break  # the device answered: asking again gets the same answer
@@ -161,9 +150,14 @@ class BacnetDriver(Driver):
             self.peer = await self._discover()
         await self._learn_limits()
         await self._check_units()
-        if any(p.cov for p in self.spec.points) and self._cov_task is None:
+        cov_points = [p for p in self.spec.points if p.cov and p.id not in self.excluded]
+        if cov_points and self._cov_task is None:
+            self.cov = CovSubscriptions(
+                self.device.id, self.app, self.peer, cov_points, self.spec.cov_lifetime_s,
+                self.ctx.clock, self._count,
+            )  # fmt: skip
             self._cov_task = asyncio.create_task(
-                self._subscriptions(), name=f"bacnet[{self.device.id}].cov"
+                self.cov.run(), name=f"bacnet[{self.device.id}].cov"
             )
 
     async def _learn_limits(self) -> None:
@@ -257,10 +251,7 @@ class BacnetDriver(Driver):
         # A subscribed value that did not change is still current while its subscription is
         # in force (the device would have told us); once it lapses, the value ages and goes stale.
         now = self.ctx.clock.monotonic()
-        out: dict[str, Sample] = {
-            point_id: Sample(sample.value, now) if point_id in self._cov_alive else sample
-            for point_id, sample in self.cov_values.items()
-        }
+        out: dict[str, Sample] = {} if self.cov is None else self.cov.current(now)
         if self.rpm:
             await self._read_multiple(out)
         else:
@@ -270,7 +261,7 @@ class BacnetDriver(Driver):
     def _sample(self, point_id: str, raw: Any, out: dict[str, Sample]) -> None:
         point = self._points[point_id]
         try:
-            value = decode_value(point.object_type, _plain(raw))
+            value = decode_value(point.object_type, plain(raw))
         except CodecError as err:
             log.warning("device %s: %s: %s", self.device.id, point_id, err)
             return
@@ -416,87 +407,14 @@ class BacnetDriver(Driver):
             if choice == "null":
                 slots.append(None)
             else:
-                slots.append(decode_value(point.object_type, _plain(getattr(slot, choice))))
-        value = decode_value(point.object_type, _plain(present))
+                slots.append(decode_value(point.object_type, plain(getattr(slot, choice))))
+        value = decode_value(point.object_type, plain(present))
         return value, slots
 
     # -- change of value -----------------------------------------------------------------------
 
     async def wait_update(self) -> None:
-        await self._cov_changed.wait()
-        self._cov_changed.clear()
-
-    async def _subscriptions(self) -> None:
-        async with asyncio.TaskGroup() as group:
-            for point in self.spec.points:
-                if point.cov:
-                    group.create_task(self._subscribe(point),
-                                      name=f"bacnet[{self.device.id}].cov[{point.id}]")  # fmt: skip
-
-    async def _subscribe(self, point: BacnetPoint) -> None:
-        """Keep one subscription alive: bacpypes3 renews it 2 s before its lifetime ends, in a
-        task of its own whose failure it does not report; it is checked here, and a lapsed
-        subscription is made again with backoff."""
-        from bacpypes3.apdu import ErrorRejectAbortNack
-        from bacpypes3.primitivedata import ObjectIdentifier
-
-        oid = ObjectIdentifier(object_id(point))
-        lifetime_s = self.spec.cov_lifetime_s
-        check_s = self.ctx.clock.to_loop_seconds(max(1.0, lifetime_s / 2))
-        backoff_s = 1.0
-        while True:
-            try:
-                async with self.app.change_of_value(
-                    self.peer, oid, None, point.cov_confirmed, lifetime_s
-                ) as subscription:
-                    self._cov_alive.add(point.id)
-                    backoff_s = 1.0
-                    while True:
-                        try:
-                            async with asyncio.timeout(check_s):
-                                prop, value = await subscription.get_value()
-                        except TimeoutError:
-                            _raise_if_renewal_failed(subscription)
-                            continue
-                        if str(prop) == "present-value":
-                            self._cov_sample(point, value)
-            except ErrorRejectAbortNack as err:
-                failure = _failure(err)
-                self._count(failure)
-                log.warning("device %s: SubscribeCOV %s: %s", self.device.id, point.id,
-                            failure.counter)  # fmt: skip
-            finally:
-                self._cov_alive.discard(point.id)
-            await asyncio.sleep(backoff_s)
-            backoff_s = min(backoff_s * 2, 60.0)
-
-    def _cov_sample(self, point: BacnetPoint, raw: Any) -> None:
-        if point.id in self.excluded:
+        if self.cov is None:
+            await super().wait_update()
             return
-        try:
-            value = decode_value(point.object_type, _plain(raw))
-        except CodecError as err:
-            log.warning("device %s: %s: %s", self.device.id, point.id, err)
-            return
-        self.cov_values[point.id] = Sample(value, self.ctx.clock.monotonic())
-        self.cov_notifications += 1
-        self._cov_changed.set()
-
-
-def _raise_if_renewal_failed(subscription: Any) -> None:
-    task = subscription.refresh_subscription_task
-    if task is not None and task.done() and not task.cancelled():
-        error = task.exception()
-        if error is not None:
-            raise error
-
-
-def _plain(raw: Any) -> Any:
-    """bacpypes3 primitives as Python values: REAL -> float, enumerations -> their name."""
-    if isinstance(raw, float):
-        return float(raw)
-    if type(raw).__name__ in ("BinaryPV",) or hasattr(raw, "_xlate_table"):
-        return str(raw)
-    if isinstance(raw, int):
-        return int(raw)
-    return raw
+        await self.cov.wait_update()

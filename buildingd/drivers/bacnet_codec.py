@@ -178,3 +178,25 @@ class BacnetFailure:
     def too_big(self) -> bool:
         """The answer would not fit what the device can send (split the request)."""
         return self.reason in _TOO_BIG
+
+
+def failure_of(pdu: BaseException) -> BacnetFailure:
+    """An Error, Reject or Abort PDU (bacpypes3 raises them), reduced to names. Read by duck
+    typing: Error PDUs carry ``errorClass``/``errorCode``, the others a reason."""
+    if hasattr(pdu, "errorCode"):
+        return BacnetFailure("error", str(pdu.errorCode), str(getattr(pdu, "errorClass", "")))
+    reason = str(getattr(pdu, "apduAbortRejectReason", "other"))
+    return BacnetFailure("reject" if "Reject" in type(pdu).__name__ else "abort", reason)
+
+
+def plain(raw: object) -> object:
+    """A decoded BACnet primitive as a Python value: REAL -> float, an enumeration (binary
+    present values) -> its name, unsigned -> int."""
+    if isinstance(raw, float):
+        return float(raw)
+    if hasattr(raw, "_enum_map"):  # bacpypes3 enumerations (int subclasses) name themselves
+        name = str(raw)
+        return int(name) if name.isdigit() else name  # a bare enumerated (priority slot): 0/1
+    if isinstance(raw, int):
+        return int(raw)
+    return raw
