@@ -415,3 +415,44 @@ async def test_a_point_the_simulator_cannot_serve_fails_alone(
     assert set(await driver.read()) == {"temp", "humidity", "occupied", "heat_sp"}
     key = 'buildingd_bacnet_failures_total{device="vav1001",failure="error:unknown-object"}'
     assert failures(ctx, "vav1001") == {key: 1}
+
+
+async def test_refused_writes_are_mapped_and_counted(
+    building: Building, ctx: DriverContext, served: list[SimulatedBacnetDevice]
+) -> None:
+    """The device refuses what it cannot take: a value outside its range, a write to a sensor.
+    The device files here are wrong on purpose (wider limits than the device's, a sensor marked
+    writable), so the refusals come from the device, not from buildingd's own checks."""
+
+    def one_point(device_id: str, device: int, port: int, **point: Any) -> BacnetDevice:
+        return BacnetDevice.model_validate(
+            {"id": device_id, "driver": "bacnet", "device_instance": device,
+             "address": f"127.0.0.1:{port}", "timeout_s": 5, "retries": 0,
+             "points": [{"zone": ZONE, "object_type": "analog-value", **point}]}
+        )  # fmt: skip
+
+    vav_port, sensor_port = free_udp_port(), free_udp_port()
+    sim = await serve(building, ctx, vav(vav_port), served)  # heat_sp accepts 10..28
+    humidity = {"id": "rh", "kind": "humidity", "instance": 9}
+    await serve(building, ctx, one_point("sensor", 1002, sensor_port, **humidity), served)
+    wide = one_point("wrong-limits", 1001, vav_port, id="heat_sp", kind="heating_setpoint",
+                     instance=1, writable=True, limits={"min": 0, "max": 40})  # fmt: skip
+    writable_rh = one_point("wrong-sensor", 1002, sensor_port, **humidity, writable=True,
+                            limits={"min": 0, "max": 100})  # fmt: skip
+    driver, other = BacnetDriver(wide, ctx), BacnetDriver(writable_rh, ctx)
+    await driver.open()
+    await other.open()
+    before = building.read_point(ZONE, PointKind.HEATING_SETPOINT)
+    with pytest.raises(DeviceRejectedError, match=r"error \(property\): value-out-of-range"):
+        await driver.write("heat_sp", 35.0)
+    assert building.read_point(ZONE, PointKind.HEATING_SETPOINT) == before  # nothing applied
+    assert all(slot.null is not None for slot in sim.objects["heat_sp"].priorityArray)
+    with pytest.raises(DeviceRejectedError, match="write-access-denied"):
+        await other.write("rh", 50.0)
+    total = "buildingd_bacnet_failures_total"
+    assert failures(ctx, "wrong-limits") == {
+        f'{total}{{device="wrong-limits",failure="error:value-out-of-range"}}': 1
+    }
+    assert failures(ctx, "wrong-sensor") == {
+        f'{total}{{device="wrong-sensor",failure="error:write-access-denied"}}': 1
+    }

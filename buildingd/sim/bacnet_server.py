@@ -16,7 +16,7 @@ import logging
 from typing import Any
 
 from bacpypes3.app import Application
-from bacpypes3.errors import ServicesError
+from bacpypes3.errors import PropertyError, ServicesError
 from bacpypes3.local.analog import (
     AnalogInputObject,
     AnalogOutputObject,
@@ -54,6 +54,14 @@ def _following(base: Any) -> Any:
                 self._on_read()
             return await super().read_property(attr, index)
 
+        async def write_property(
+            self, attr: Any, value: Any, index: Any = None, priority: Any = None
+        ) -> None:
+            if attr in ("presentValue", 85):
+                # The model's value, as a sensor's: read-only (135 12.2.4, unless out of service).
+                raise PropertyError("writeAccessDenied")
+            await super().write_property(attr, value, index, priority)
+
     Following.__name__ = f"Following{base.__name__}"
     return Following
 
@@ -71,6 +79,16 @@ def _driving(base: Any) -> Any:
 
     class Driving(base):  # type: ignore[misc]
         _on_change: Any = None
+        _range: tuple[float, float] | None = None  # what the device accepts (its min/max)
+
+        async def write_property(
+            self, attr: Any, value: Any, index: Any = None, priority: Any = None
+        ) -> None:
+            bounds = self._range
+            writes_value = attr in ("presentValue", 85) and isinstance(value, float)
+            if writes_value and bounds is not None and not bounds[0] <= value <= bounds[1]:
+                raise PropertyError("valueOutOfRange")
+            await super().write_property(attr, value, index, priority)
 
         def recalculating(self) -> None:
             super().recalculating()
@@ -174,6 +192,8 @@ class SimulatedBacnetDevice:
             kwargs["relinquishDefault"] = value
             obj = cls(**kwargs)
             obj._on_change = lambda raw, point=point: self._drive(point, raw)
+            if point.limits is not None:
+                obj._range = (point.limits.min, point.limits.max)
             return obj
         if point.object_type not in _INPUTS:
             raise ValueError(f"{point.id}: {point.object_type.value} is not simulated")
