@@ -120,6 +120,9 @@ async def test_small_apdu_needs_more_requests_and_all_are_answered(
     values = await driver.read()
     assert set(values) == {"temp", "humidity", "occupied", "heat_sp"}
     assert sim.app.requests["ReadPropertyMultipleRequest"] == len(driver.plan) > 1
+    # The device refuses answers longer than 50 octets (it cannot segment): none was refused,
+    # so the plan's size bound held against bacpypes3's real encoding.
+    assert failures(ctx, spec.id) == {}
 
 
 async def test_device_without_rpm_is_read_point_by_point_and_remembered(
@@ -456,3 +459,21 @@ async def test_refused_writes_are_mapped_and_counted(
     assert failures(ctx, "wrong-sensor") == {
         f'{total}{{device="wrong-sensor",failure="error:write-access-denied"}}': 1
     }
+
+
+async def test_answer_too_big_for_an_unsegmented_device_is_split_and_kept_split(
+    building: Building, ctx: DriverContext, served: list[SimulatedBacnetDevice]
+) -> None:
+    port = free_udp_port()
+    # The device takes 50-octet APDUs and cannot segment; its device file wrongly says it can.
+    sim = await serve(building, ctx, vav(port, reads={"max_apdu": 50}), served)
+    spec = vav(port, reads={"segmentation": "segmented-both"})
+    driver = BacnetDriver(spec, ctx)
+    await driver.open()
+    assert len(driver.plan) == 1
+    assert set(await driver.read()) == {"temp", "humidity", "occupied", "heat_sp"}
+    assert len(driver.plan) > 1  # split where the device refused, and kept
+    sim.app.requests.clear()
+    assert set(await driver.read()) == {"temp", "humidity", "occupied", "heat_sp"}
+    assert sim.app.requests["ReadPropertyMultipleRequest"] == len(driver.plan)
+    assert any("segmentation-not-supported" in key for key in failures(ctx, spec.id))

@@ -1,11 +1,14 @@
 """BACnet read planning and point-list checks (pure).
 
 A device's polled points are read with ReadPropertyMultiple in as few requests as its answer
-allows: the ComplexACK must fit in one APDU of the device's ``max_apdu`` (135-2020, 20.1.2.5;
-1,476 octets on BACnet/IP, Annex J) unless the device can send segmented answers, then in
-``max_segments`` of them. Answer sizes are bounded from above (a property that comes back as an
-error takes more octets than a REAL), so a planned request is never refused for its size; a device
-that still refuses one (``segmentation-not-supported``) gets it split, and the plan keeps the split.
+allows. An answer longer than one APDU must be segmented (135-2020, 5.2); a device that cannot
+segment answers longer than its ``max_apdu`` with an abort (segmentation-not-supported), and
+small controllers cannot build longer ones even when the requester would accept them. So the
+ComplexACK is kept within one APDU of the device's ``max_apdu`` (at most 1,476 octets on
+BACnet/IP, Annex J) unless the device sends segmented answers, then within ``max_segments`` of
+them. Answer sizes are bounded from above (a property that comes back as an error takes more
+octets than a REAL), so a planned request is not refused for its size; a device that still
+refuses one gets it split, and the plan keeps the split.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ import contextlib
 import logging
 from typing import Any
 
+from bacpypes3.apdu import AbortPDU, ComplexAckPDU
 from bacpypes3.app import Application
 from bacpypes3.errors import PropertyError, ServicesError
 from bacpypes3.local.analog import (
@@ -33,7 +34,7 @@ from bacpypes3.local.device import DeviceObject
 from bacpypes3.local.networkport import NetworkPortObject
 
 from buildingd.clock import Clock
-from buildingd.config.bacnet import BacnetDevice, BacnetPoint, ObjectType
+from buildingd.config.bacnet import BacnetDevice, BacnetPoint, ObjectType, Segmentation
 from buildingd.drivers.bacnet_codec import UNITS, decode_value
 from buildingd.sim.building import Building
 
@@ -114,6 +115,7 @@ class SimulatedDeviceApp(Application):  # type: ignore[misc]
     silent: bool
     rpm: bool
     arrived: asyncio.Event  # set on every request answered (tests wait on it)
+    unsegmented_max_apdu: int | None  # the device cannot segment: its answers' limit
 
     async def indication(self, apdu: Any) -> None:
         if self.silent:
@@ -121,6 +123,18 @@ class SimulatedDeviceApp(Application):  # type: ignore[misc]
         self.requests[type(apdu).__name__] += 1
         self.arrived.set()
         await super().indication(apdu)
+
+    async def response(self, apdu: Any) -> None:
+        """A device that cannot segment cannot send an answer longer than its buffer (its
+        max-APDU-length-accepted): it aborts with segmentation-not-supported (135 5.4.5.3)."""
+        if self.unsegmented_max_apdu is not None and isinstance(apdu, ComplexAckPDU):
+            size = 3 + len(apdu.encode().pduData)  # header: type, invoke id, service
+            if size > self.unsegmented_max_apdu:
+                abort = AbortPDU(srv=True, invoke_id=apdu.apduInvokeID,
+                                 reason="segmentationNotSupported")  # fmt: skip
+                abort.pduDestination = apdu.pduDestination
+                apdu = abort
+        await super().response(apdu)
 
     async def do_ReadPropertyMultipleRequest(self, apdu: Any) -> None:
         if not self.rpm:
@@ -172,6 +186,8 @@ class SimulatedBacnetDevice:
         self.app: SimulatedDeviceApp = SimulatedDeviceApp.from_object_list(objects)
         self.app.requests, self.app.silent, self.app.rpm = collections.Counter(), False, True
         self.app.arrived = asyncio.Event()
+        cannot_segment = device.reads.segmentation in (Segmentation.NONE, Segmentation.RECEIVE)
+        self.app.unsegmented_max_apdu = device.reads.max_apdu if cannot_segment else None
         self._task: asyncio.Task[None] | None = None
 
     def _make_object(self, point: BacnetPoint) -> Any:
