@@ -55,6 +55,11 @@ class DeviceError(BuildingdError):
         super().__init__(f"{where}: {message}")
 
 
+class StartupError(BuildingdError):
+    """The daemon cannot start: a port already in use, a serial port that refuses its settings.
+    Its message is the one line ``buildingd run`` prints."""
+
+
 class DeviceUnavailableError(DeviceError):
     """The device cannot be reached (connection refused, timeout, BLE out of range). Transient."""
 

@@ -153,6 +153,9 @@ class NullSink:
     async def stop(self) -> None:
         return None
 
+    def outage(self) -> str | None:
+        return None
+
     def stats(self) -> dict[str, float]:
         return {"lines": float(self.lines)}
 

@@ -83,7 +83,9 @@ class InfluxSettings(Section):
     verify_tls: bool = True
     ca_file: Path | None = None
     batch_size: int = Field(default=1000, ge=1, le=100_000)
-    flush_interval_s: float = Field(default=5.0, gt=0)
+    # Lines wait in memory at most this long: what a SIGKILL can lose (the disk buffer holds
+    # what the server did not take).
+    flush_interval_s: float = Field(default=1.0, gt=0)
     timeout_s: float = Field(default=10.0, gt=0)
     retry_max_s: float = Field(default=60.0, gt=0)  # backoff ceiling while the server is away
     gzip: bool = True
@@ -196,8 +198,41 @@ def load_settings(config: Path | None = None, **overrides: object) -> Settings:
         raise ConfigError([toml_syntax_problem(str(path), err)]) from err
     except OSError as err:
         raise ConfigError([ConfigProblem(str(path), None, "", f"cannot read file: {err}")]) from err
+    except UnicodeDecodeError as err:
+        why = "not UTF-8 text; save the file as UTF-8"
+        line = bytes(err.object[: err.start]).count(b"\n") + 1
+        raise ConfigError([ConfigProblem(str(path), line, "", why)]) from err
     finally:
         _toml_path = None
+
+
+def secret_file_problems(settings: Settings, config: Path | None) -> list[ConfigProblem]:
+    """Secret files the settings name (the HTTP token, the InfluxDB token) that cannot be read,
+    located like any settings problem (environment variable, else the file's line)."""
+    wanted = [(("http", "token_file"), settings.http.token_file)]
+    if settings.influx.enabled:
+        wanted.append((("influx", "token_file"), settings.influx.token_file))
+    path = config if config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    lines = toml_key_lines(_read_text(path) or "")
+    env = {k.upper(): k for k in os.environ}
+    out: list[ConfigProblem] = []
+    for loc, secret in wanted:
+        if secret is None:
+            continue
+        try:
+            secret.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            why = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
+            message = f"cannot read {secret}: {why}"
+            var = _env_var_for(loc, env)
+            key = ".".join(loc)
+            if var is not None:
+                out.append(SourcedProblem(f"environment {var}", None, key, message))
+            elif path is not None:
+                out.append(ConfigProblem(str(path), _line_of(lines, loc), key, message))
+            else:
+                out.append(SourcedProblem("settings", None, key, message))
+    return out
 
 
 def _read_text(path: Path | None) -> str | None:

@@ -233,3 +233,54 @@ class WriteRecorder:
 
 
 FORWARDED = {"content-type", "content-encoding", "authorization", "accept", "user-agent"}
+
+
+# A room thermostat (buildingd's ``room-thermostat`` profile) at unit 1 of a Modbus TCP server in
+# its own process, so a test can SIGKILL it like a device losing power: 21.5 degC, 45.0 %RH,
+# setpoints 20.0/24.0 degC, nobody present.
+THERMOSTAT_SCRIPT = """
+import asyncio, sys
+from pymodbus.server import ModbusTcpServer
+from pymodbus.simulator import DataType, SimData, SimDevice
+bits = [SimData(0, count=16, values=False, datatype=DataType.BITS)]
+def regs(values):
+    return [SimData(0, values=values + [0] * (16 - len(values)), datatype=DataType.REGISTERS)]
+device = SimDevice(id=1, simdata=(bits, bits, regs([200, 240]), regs([215, 450])))
+async def main():
+    server = ModbusTcpServer([device], address=("127.0.0.1", int(sys.argv[1])))
+    await server.serve_forever()
+asyncio.run(main())
+"""
+
+
+class ModbusThermostat:
+    """``THERMOSTAT_SCRIPT`` on 127.0.0.1 and a free port; ``kill()`` and ``start()`` again keep
+    the port (registers start over)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", THERMOSTAT_SCRIPT, str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                raise RuntimeError(f"modbus server exited: {err[-2000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("modbus server did not listen within 30 s")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc = None

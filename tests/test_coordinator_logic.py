@@ -1178,10 +1178,10 @@ def test_an_ended_or_unreadable_commitment_is_not_taken_up(
 
     (tmp_path / commitments.FILE_NAME).write_text('{"version": 1, "commitments": [{"x": 1}]}')
     broken = Coordinator(state_dir=tmp_path)
-    with caplog.at_level(logging.ERROR, "buildingd.coordinator.agent"):
+    with caplog.at_level(logging.ERROR, "buildingd.statefile"):
         broken.agent.resume_commitments(0.0)
-    assert "unreadable commitments" in caplog.text
-    assert (tmp_path / f"{commitments.FILE_NAME}.invalid").exists()  # kept for a human
+    assert f"{commitments.FILE_NAME} is unreadable" in caplog.text
+    assert list(tmp_path.glob(f"{commitments.FILE_NAME}.corrupt-*"))  # kept for a human
     open_event(broken)  # and the coordinator goes on
     assert of(broken.sent(), Performative.CFP)
 

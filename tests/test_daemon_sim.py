@@ -40,6 +40,9 @@ class MemorySink:
     async def stop(self) -> None:
         self.stopped = True
 
+    def outage(self) -> str | None:
+        return None
+
     def stats(self) -> dict[str, float]:
         return {"lines": float(len(self.lines))}
 

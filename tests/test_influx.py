@@ -85,6 +85,9 @@ async def test_every_measurement_arrives_with_its_tags_and_values(
             "hq", "f1-office", "occupied", 21.2, 45.0, True, 21.0, 24.0, 21.0, 24.0, 80.0,
             1200.0, 0.0, 96.0, now,
         ),
+        schema.zone_learning_line(
+            "hq", "f1-office", {"heating_k_per_h": 2.5, "warmup_lead_s": 3600.0}, now
+        ),
         schema.event_line("hq", "alert", "error", "zone[f1-office]", "f1-office", "stale", now),
         schema.daemon_line("hq", {"uptime_s": 12.0, "devices_up": 3, "rss_mb": 61.5}, now),
         schema.negotiation_line("hq", "demand-response", "executing", "c1", "shedding",
@@ -108,6 +111,7 @@ async def test_every_measurement_arrives_with_its_tags_and_values(
         "zone_state_temperature_c": ({"zone": "f1-office", "mode": "occupied"}, 21.2),
         "zone_state_occupied": ({"zone": "f1-office"}, 1.0),
         "zone_state_lighting_w": ({"zone": "f1-office"}, 96.0),
+        "zone_learning_heating_k_per_h": ({"zone": "f1-office"}, 2.5),
         "event_level": ({"kind": "alert", "severity": "error", "zone": "f1-office"}, 2.0),
         "daemon_uptime_s": ({"site": "hq"}, 12.0),
         "daemon_rss_mb": ({"site": "hq"}, 61.5),

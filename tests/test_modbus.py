@@ -104,11 +104,13 @@ async def test_a_hole_in_the_map_is_replanned_and_the_good_points_still_read(
         assert "input_register 0-3 (4): temperature, humidity, co2" in before
         values = await driver.read()
         assert {"temperature", "humidity", "heating_sp"} <= set(values) and "co2" not in values
-        after = driver.describe()
-        assert len(after) > len(before)  # the refused block was split and stays split
+        after = [b.describe() for b in driver.plan]
+        assert len(after) == len(before) + 1  # co2 alone, the others still in one block
+        assert "input_register 0-1 (2): temperature, humidity" in after
         requests = driver.requests
         await driver.read()
         assert driver.requests - requests == len(after)
+        assert driver.point_faults.keys() == {"co2"}
     finally:
         await server.shutdown()
 
@@ -187,6 +189,9 @@ def test_check_verbose_prints_the_poll_plans(capsys: pytest.CaptureFixture[str])
     assert main(["check", "--verbose"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"f1-meeting-thermostat \(modbus-tcp\):\n  read discrete_input 0-0", out)
+    # The cost of each plan against one request per point.
+    assert re.search(r"\n  3 requests, [0-9.]+ ms on the wire per poll; one request per point: "
+                     r"5 requests, [0-9.]+ ms\n", out)  # fmt: skip
 
 
 TYPES = ["int16", "uint16", "int32", "uint32", "float32", "float64"]

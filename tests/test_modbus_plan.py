@@ -6,13 +6,28 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from buildingd.config.modbus import ModbusPoint, ModbusRtuDevice, ModbusTcpDevice, Planning
+from buildingd.config.modbus import (
+    ModbusPoint,
+    ModbusRtuDevice,
+    ModbusTcpDevice,
+    Planning,
+    RegisterTable,
+    SerialConnection,
+)
 from buildingd.drivers.checks import check_device
 from buildingd.drivers.modbus_codec import BIT_TABLES, register_count
-from buildingd.drivers.modbus_plan import Block, describe_plan, plan_reads, split_block
+from buildingd.drivers.modbus_plan import (
+    Block,
+    Refused,
+    WireCost,
+    describe_plan,
+    plan_cost,
+    plan_reads,
+    split_block,
+)
 
 
 def pt(
@@ -134,12 +149,12 @@ def point_sets(draw: st.DrawFn) -> list[ModbusPoint]:
 
 @given(
     points=point_sets(),
-    max_gap=st.integers(0, 125),
+    max_gap=st.none() | st.integers(0, 125),
     max_registers=st.integers(4, 125),
     max_bits=st.integers(1, 2000),
 )
 def test_plan_covers_every_point_once_within_the_limits(
-    points: list[ModbusPoint], max_gap: int, max_registers: int, max_bits: int
+    points: list[ModbusPoint], max_gap: int | None, max_registers: int, max_bits: int
 ) -> None:
     planning = Planning(max_gap=max_gap, max_registers=max_registers, max_bits=max_bits)
     blocks = plan_reads(points, planning)
@@ -155,6 +170,117 @@ def test_plan_covers_every_point_once_within_the_limits(
     for block in blocks:  # blocks of one table never overlap: nothing is read twice
         later = [b for b in blocks if b.table is block.table and b.start > block.start]
         assert all(b.start >= block.start + block.count for b in later)
+
+
+HR = RegisterTable.HOLDING_REGISTER
+TCP = WireCost.tcp(0.002)
+
+
+def test_by_cost_on_tcp_every_gap_within_the_limit_is_bridged() -> None:
+    # As few requests as the 125-register limit allows (4), then the fewest registers.
+    points = [pt(a) for a in (0, 124, 125, 249, 250, 600, 700)]
+    assert spans(plan_reads(points, Planning())) == [(0, 1), (124, 2), (249, 2), (600, 101)]
+    assert len(plan_reads(points, Planning(max_gap=10))) == 5  # the gap rule
+
+
+def test_by_cost_on_rtu_a_gap_is_bridged_while_it_costs_less_than_a_request() -> None:
+    # 9,600 baud 8E1: 11 bits a character, a register 2.3 ms, a request 13 characters, two
+    # silences of 3.5 characters and a 5 ms turnaround: 27.9 ms, worth 12 registers.
+    rtu = WireCost.rtu(SerialConnection(port="/dev/ttyUSB0", baudrate=9600), turnaround_s=0.005)
+    assert rtu.request_s == pytest.approx(0.0279, abs=0.0001)
+    assert spans(plan_reads([pt(0), pt(12)], Planning(), rtu)) == [(0, 13)]  # 11 bridged
+    assert spans(plan_reads([pt(0), pt(14)], Planning(), rtu)) == [(0, 1), (14, 1)]
+    fast = WireCost.rtu(SerialConnection(port="/dev/ttyUSB0", baudrate=115200), 0.005)
+    # 115,200 baud: a register 0.19 ms, a request 9.7 ms (the 1.75 ms silences, the turnaround).
+    assert spans(plan_reads([pt(0), pt(40)], Planning(), fast)) == [(0, 41)]
+    assert spans(plan_reads([pt(0), pt(60)], Planning(), fast)) == [(0, 1), (60, 1)]
+
+
+def test_refused_ranges_are_planned_around_with_the_fewest_requests() -> None:
+    points = [pt(a) for a in (0, 1, 2, 3, 10, 11)]
+    hole = Refused(HR, 5, 7)  # registers 5-6 do not exist
+    assert spans(plan_reads(points, Planning(), TCP, [hole])) == [(0, 4), (10, 2)]
+    refused_point = Refused(HR, 2, 3)  # point p2 itself is refused: read alone
+    plan = plan_reads(points, Planning(), TCP, [refused_point])
+    assert spans(plan) == [(0, 2), (2, 1), (3, 9)]
+    cut = Refused(HR, 10, 10)  # no read across 9/10
+    assert spans(plan_reads(points, Planning(), TCP, [cut])) == [(0, 4), (10, 2)]
+
+
+def brute_force(
+    points: list[ModbusPoint], limit: int, cost: WireCost, refused: list[Refused]
+) -> float:
+    """The cheapest set partition of the points into requests (any grouping, not only runs of
+    neighbours): what no planner can beat."""
+
+    def partitions(items: list[ModbusPoint]) -> Any:
+        if not items:
+            yield []
+            return
+        first, rest = items[0], items[1:]
+        for part in partitions(rest):
+            yield [[first], *part]
+            for i in range(len(part)):
+                yield [*part[:i], [first, *part[i]], *part[i + 1 :]]
+
+    best = float("inf")
+    for groups in partitions(points):
+        total = 0.0
+        for group in groups:
+            start = min(p.address for p in group)
+            end = max(p.address + register_count(p) for p in group)
+            if len(group) > 1 and (
+                end - start > limit or any(r.forbids(HR, start, end) for r in refused)
+            ):
+                break
+            total += cost.of(HR, end - start)
+        else:
+            best = min(best, total)
+    return best
+
+
+@st.composite
+def small_maps(draw: st.DrawFn) -> list[ModbusPoint]:
+    """Up to 7 holding-register points that do not overlap, over 0..300."""
+    points: list[ModbusPoint] = []
+    used: set[int] = set()
+    for i in range(draw(st.integers(1, 7))):
+        type_ = draw(st.sampled_from(["uint16", "float32", "float64"]))
+        address = draw(st.integers(0, 300))
+        span = set(range(address, address + {"uint16": 1, "float32": 2}.get(type_, 4)))
+        if span & used:
+            continue
+        used |= span
+        points.append(pt(address, type_, id=f"p{i}"))
+    return points
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    points=small_maps(),
+    limit=st.integers(4, 125),
+    request_s=st.floats(0.0001, 0.05),
+    register_s=st.floats(0, 0.005),
+    refused=st.lists(st.tuples(st.integers(0, 300), st.integers(0, 6)), max_size=3),
+)
+def test_the_plan_by_cost_is_optimal_against_brute_force(
+    points: list[ModbusPoint],
+    limit: int,
+    request_s: float,
+    register_s: float,
+    refused: list[tuple[int, int]],
+) -> None:
+    cost = WireCost(request_s, register_s, register_s / 16)
+    ranges = [Refused(HR, start, start + width) for start, width in refused]
+    blocks = plan_reads(points, Planning(max_registers=limit), cost, ranges)
+    assert plan_cost(blocks, cost) == pytest.approx(brute_force(points, limit, cost, ranges))
+    assert sorted(p.id for b in blocks for p in b.points) == sorted(p.id for p in points)
+    for block in blocks:  # every point whole in its block; limits and refusals respected
+        assert all(b.start <= p.address and p.address + register_count(p) <= b.start + b.count
+                   for b in [block] for p in block.points)  # fmt: skip
+        if len(block.points) > 1:
+            assert block.count <= limit
+            assert not any(r.forbids(HR, block.start, block.start + block.count) for r in ranges)
 
 
 def device(points: list[dict[str, Any]], driver: str = "modbus-tcp") -> Any:

@@ -137,3 +137,68 @@ def test_agent_failing_before_ready_is_reported() -> None:
                 await sup.start("broken", lambda: Broken("broken"))
 
     run_virtual(main())
+
+
+class Deaf(Agent):
+    """Drops cancellations: the first ``swallow`` of them (as ``asyncio.wait_for`` on Python 3.11
+    drops one that arrives with its result), or all of them (``swallow`` None)."""
+
+    def __init__(self, name: str, swallow: int | None) -> None:
+        super().__init__(name)
+        self.swallow = swallow
+        self.cancels_seen = 0
+
+    async def run(self, started: Callable[[], None]) -> None:
+        started()
+        while True:
+            try:
+                await asyncio.sleep(0.05)
+            except asyncio.CancelledError:
+                self.cancels_seen += 1
+                if self.swallow is not None and self.cancels_seen > self.swallow:
+                    raise
+                current = asyncio.current_task()
+                assert current is not None
+                current.uncancel()
+
+
+def test_a_lost_cancellation_does_not_hang_the_stop(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> tuple[Supervisor, float]:
+        loop = asyncio.get_running_loop()
+        async with Supervisor(ScaledClock(datetime(2026, 1, 1, tzinfo=UTC))) as sup:
+            await sup.start("deaf-once", lambda: Deaf("deaf-once", swallow=1))
+            started = loop.time()
+            await sup.stop("deaf-once")
+            return sup, loop.time() - started
+
+    sup, took_s = run_virtual(main())
+    assert sup.children["deaf-once"].state is ChildState.STOPPED
+    assert took_s < sup.children["deaf-once"].agent.stop_deadline_s  # type: ignore[union-attr]
+    assert "did not stop" not in caplog.text
+
+
+def test_an_agent_that_never_stops_is_left_behind_with_its_stack_and_the_rest_stop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    Crasher.starts = 0
+
+    async def main() -> Supervisor:
+        async with Supervisor(ScaledClock(datetime(2026, 1, 1, tzinfo=UTC))) as sup:
+            await sup.start("first", lambda: Crasher(1e9))
+            await sup.start("deaf", lambda: Deaf("deaf", swallow=None))
+            await sup.start("last", lambda: Crasher(1e9))
+        # The context's exit stopped every agent, in reverse order. Then let the deaf one go.
+        deaf = sup.children["deaf"]
+        assert isinstance(deaf.agent, Deaf) and deaf.task is not None
+        deaf.agent.swallow = 0
+        deaf.task.cancel()
+        await asyncio.wait({deaf.task})
+        return sup
+
+    sup = run_virtual(main())
+    states = {name: child.state for name, child in sup.children.items()}
+    assert states == {"first": ChildState.STOPPED, "deaf": ChildState.ABANDONED,
+                      "last": ChildState.STOPPED}  # fmt: skip
+    assert sup.abandoned == ["deaf"]
+    assert "agent deaf did not stop within 5.0 s" in caplog.text
+    assert "in run\n    await asyncio.sleep(0.05)" in caplog.text  # where it is stuck

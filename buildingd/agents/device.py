@@ -8,7 +8,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from buildingd.agents.bus import Envelope, Performative
 from buildingd.agents.context import AgentContext
@@ -39,6 +39,7 @@ from buildingd.service.journal import audit_command
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 300.0  # a reading is re-published at least this often even when unchanged
+YIELD_EVERY_POINTS = 50  # the poll's checks give the event loop a turn this often
 
 
 @runtime_checkable
@@ -50,6 +51,14 @@ class QuantisingDriver(Protocol):
     def representable(self, point_id: str, value: float) -> float:
         """The value the point holds once ``value`` is written."""
         ...
+
+
+@runtime_checkable
+class PointFaultDriver(Protocol):
+    """A driver that tells which points the device refused at the last read, and why (Modbus:
+    exception 02, illegal data address). The agent reports each change once."""
+
+    point_faults: dict[str, str]
 
 
 @dataclass
@@ -79,6 +88,7 @@ class DeviceAgent(Agent):
         self.last_poll_s: float | None = None
         self._poll_started_s: float | None = None  # set while a read is in flight
         self._writing = asyncio.Lock()  # held while a command is executed
+        self._point_faults: dict[str, str] = {}  # reported by the driver, as last reported on
 
     async def run(self, started: Callable[[], None]) -> None:
         self.ctx.bus.subscribe(self.name, self.inbox)
@@ -91,6 +101,10 @@ class DeviceAgent(Agent):
             started()
             inbox_get: asyncio.Task[Envelope] | None = None
             update: asyncio.Task[None] | None = None
+            # The poll is a task of its own, so commands are taken while it runs: on a line that
+            # serialises requests (Modbus) the write then goes before the poll's next request.
+            polling: asyncio.Task[None] | None = None
+            poll_due = False  # a streaming driver reported new data during a poll
             next_poll = self.ctx.clock.monotonic() if opened else started_at
             try:
                 while True:
@@ -98,30 +112,38 @@ class DeviceAgent(Agent):
                         inbox_get = asyncio.ensure_future(self.inbox.get())
                     if update is None:
                         update = asyncio.ensure_future(self.driver.wait_update())
-                    wait_s = max(0.0, next_poll - self.ctx.clock.monotonic())
+                    waits: set[asyncio.Future[Any]] = {inbox_get, update}
+                    timeout_s: float | None = None
+                    if polling is not None:
+                        waits.add(polling)
+                    elif not poll_due:
+                        wait_s = max(0.0, next_poll - self.ctx.clock.monotonic())
+                        timeout_s = self.ctx.clock.to_loop_seconds(wait_s)
                     done, _ = await asyncio.wait(
-                        {inbox_get, update},
-                        timeout=self.ctx.clock.to_loop_seconds(wait_s),
-                        return_when=asyncio.FIRST_COMPLETED,
+                        waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
                     )
-                    # Queued writes go before the next read (a write never waits for a poll).
                     if inbox_get in done:
                         env = inbox_get.result()
                         inbox_get = None
                         await self._handle(env)
-                        continue
+                    if polling is not None and polling in done:
+                        finished, polling = polling, None
+                        finished.result()  # a bug in a poll crashes the agent
                     if update in done:
                         update.result()
                         update = None
-                    elif self.ctx.clock.monotonic() < next_poll:
-                        continue
-                    else:
-                        next_poll = self.ctx.clock.monotonic() + self.device.poll_interval_s
-                    await self.poll()
+                        poll_due = True
+                    if polling is None and (poll_due or self.ctx.clock.monotonic() >= next_poll):
+                        if not poll_due:
+                            next_poll = self.ctx.clock.monotonic() + self.device.poll_interval_s
+                        poll_due = False
+                        polling = asyncio.create_task(self.poll(), name=f"{self.name}.poll")
             finally:
-                for task in (inbox_get, update):
+                for task in (inbox_get, update, polling):
                     if task is not None:
                         task.cancel()
+                if polling is not None:
+                    await asyncio.wait({polling})
         finally:
             self.ctx.bus.unsubscribe(self.name, self.inbox)
             await self.driver.close()
@@ -193,13 +215,36 @@ class DeviceAgent(Agent):
             await self._set_available(True)
         finally:
             self._poll_started_s = None
+        if isinstance(self.driver, PointFaultDriver):
+            await self._report_point_faults(self.driver.point_faults)
         now = self.ctx.clock.monotonic()
-        for pid, point in self.points.items():
+        for n, (pid, point) in enumerate(self.points.items(), 1):
+            if n % YIELD_EVERY_POINTS == 0:
+                await asyncio.sleep(0)  # a command waiting on the loop goes first (poll is a task)
             sample = samples.get(pid)
             if sample is not None:
                 await self._consider(point, sample, now)
             elif now - self._last_good_s[pid] > self.device.stale_after(point):
                 await self._publish(point, self._published_value(pid), Quality.STALE, now)
+
+    async def _report_point_faults(self, faults: dict[str, str]) -> None:
+        """A point the device refuses is a device fault: logged and raised once when it starts,
+        once when it ends (not at every poll)."""
+        before, self._point_faults = self._point_faults, dict(faults)
+        for pid, why in faults.items():
+            if before.get(pid) != why:
+                message = f"device {self.device.id} point {pid}: {why}"
+                log.warning("%s", message)
+                self.ctx.metrics.inc("buildingd_point_faults_total", device=self.device.id)
+                await self._event("point-fault", "warning", message, self._zone_of(pid))
+        for pid in before.keys() - faults.keys():
+            message = f"device {self.device.id} point {pid}: read again"
+            log.info("%s", message)
+            await self._event("point-fault", "info", message, self._zone_of(pid))
+
+    def _zone_of(self, pid: str) -> str | None:
+        point = self.points.get(pid)
+        return point.zone if point is not None else None
 
     def _published_value(self, pid: str) -> float:
         last = self._published.get(pid)

@@ -218,6 +218,7 @@ def readings_topic(zone_id: str | None) -> str:
 
 
 COORDINATOR = "coordinator"
+TELEMETRY = "telemetry"  # the telemetry agent, source of the sink's availability events
 DEMAND_RESPONSE_TOPIC = "demand-response"  # requests from outside (MQTT, HTTP) open an event
 ZONE_STATE_TOPIC = "zone-state"
 ZONE_LEARNING_TOPIC = "zone-learning"

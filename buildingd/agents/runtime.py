@@ -1,22 +1,35 @@
 """Agent base class and the supervisor that runs agents, restarts crashed ones with backoff and
-gives up (escalating) past a restart-intensity limit, OTP style."""
+gives up (escalating) past a restart-intensity limit, OTP style, and stops each one within a
+deadline (a task that will not end is logged with its stack and left behind)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
+import traceback
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from types import FrameType
+from typing import Any
 
 from buildingd.agents.bus import Mailbox, Overflow
 from buildingd.clock import Clock
 
 log = logging.getLogger(__name__)
+
+
+# A stop first asks the agent (``on_stop``: a write in flight finishes), then cancels its task.
+# Past the deadline the supervisor moves on, so a daemon stop stays well inside systemd's
+# TimeoutStopSec (45 s in systemd/buildingd.service) however an agent misbehaves.
+STOP_DEADLINE_S = 5.0
+# A cancellation can be lost inside a library: on Python 3.11 ``asyncio.wait_for`` drops one that
+# arrives as the awaited future completes (CPython gh-86296, fixed in 3.12), and pymodbus awaits
+# every answer that way. So the stop cancels again at this interval until the task ends.
+RECANCEL_S = 0.2
 
 
 class Agent(ABC):
@@ -25,6 +38,7 @@ class Agent(ABC):
 
     mailbox_size: int = 1000
     overflow: Overflow = "drop_oldest"
+    stop_deadline_s: float = STOP_DEADLINE_S
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -43,6 +57,7 @@ class ChildState(StrEnum):
     RESTARTING = "restarting"
     FAILED = "failed"  # gave up after the restart-intensity limit
     STOPPED = "stopped"
+    ABANDONED = "abandoned"  # did not end within its stop deadline; left behind, logged
 
 
 @dataclass
@@ -86,25 +101,25 @@ class Supervisor:
         self.on_give_up = on_give_up
         self.on_restart = on_restart
         self.children: dict[str, Child] = {}
-        self._group: asyncio.TaskGroup | None = None
+        self.abandoned: list[str] = []  # agents whose task outlived its stop deadline
+        self._running = False
         self._random = random.Random(seed)
 
     async def __aenter__(self) -> Supervisor:
-        self._group = asyncio.TaskGroup()
-        await self._group.__aenter__()
+        self._running = True
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        # Every task is the supervisor's own (not a TaskGroup's): a group would wait forever for
+        # a task that will not end, which is exactly what the stop deadline is there to bound.
         await self.stop_all()
-        assert self._group is not None
-        await self._group.__aexit__(None, None, None)
-        self._group = None
+        self._running = False
 
     async def start(
         self, name: str, factory: Callable[[], Agent], ready_timeout_s: float | None = 30.0
     ) -> Agent:
         """Start an agent and wait until it says it is ready (or fails before that)."""
-        if self._group is None:
+        if not self._running:
             raise RuntimeError("supervisor is not running")
         if name in self.children and self.children[name].state not in (
             ChildState.STOPPED,
@@ -113,7 +128,7 @@ class Supervisor:
             raise ValueError(f"agent {name} is already running")
         child = Child(name, factory, started_s=self.clock.monotonic())
         self.children[name] = child
-        child.task = self._group.create_task(self._keep(child), name=name)
+        child.task = asyncio.create_task(self._keep(child), name=name)
         waiter = asyncio.ensure_future(child.ready.wait())
         try:
             async with asyncio.timeout(ready_timeout_s):
@@ -128,16 +143,41 @@ class Supervisor:
         return child.agent
 
     async def stop(self, name: str) -> None:
+        """Stop one agent: ``on_stop``, then cancel its task; both within its stop deadline."""
         child = self.children.get(name)
-        if child is None or child.task is None:
+        if child is None or child.task is None or child.state is ChildState.ABANDONED:
             return
+        loop = asyncio.get_running_loop()
+        deadline_s = child.agent.stop_deadline_s if child.agent is not None else STOP_DEADLINE_S
+        deadline = loop.time() + deadline_s
+        task = child.task
         if child.agent is not None and child.state is ChildState.RUNNING:
-            with contextlib.suppress(Exception):
-                await child.agent.on_stop()
-        child.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await child.task
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await child.agent.on_stop()
+            except TimeoutError:
+                log.error(  # noqa: TRY400 - a deadline, not a failure with a traceback
+                    "agent %s: on_stop did not finish within %.1f s; cancelling",
+                    name, deadline_s,
+                )  # fmt: skip
+            except Exception:
+                log.exception("agent %s: on_stop failed; cancelling", name)
+        while not task.done() and loop.time() < deadline:
+            task.cancel()
+            await asyncio.wait({task}, timeout=min(RECANCEL_S, max(0.0, deadline - loop.time())))
+        if not task.done():
+            child.state = ChildState.ABANDONED
+            self.abandoned.append(name)
+            log.error("agent %s did not stop within %.1f s; left behind. Its stack:\n%s",
+                      name, deadline_s, task_stack(task))  # fmt: skip
+            return
+        if not task.cancelled() and task.exception() is not None:
+            log.error("agent %s ended with %r while stopping", name, task.exception())
         child.state = ChildState.STOPPED
+
+    async def stop_many(self, names: list[str]) -> None:
+        """Stop these agents at once (each within its own deadline)."""
+        await asyncio.gather(*(self.stop(name) for name in names))
 
     async def stop_all(self) -> None:
         # Stop in reverse start order: zones before the devices they command.
@@ -200,3 +240,20 @@ class Supervisor:
                 continue
             child.state = ChildState.STOPPED
             return
+
+
+def task_stack(task: asyncio.Task[Any]) -> str:
+    """Where a task is suspended, outermost frame first, down the chain of awaits to the one it
+    is stuck in (``Task.print_stack`` shows only the outermost coroutine)."""
+    frames: list[tuple[FrameType, int]] = []
+    awaited: Any = task.get_coro()
+    while awaited is not None:
+        frame = next((getattr(awaited, a) for a in ("cr_frame", "gi_frame", "ag_frame")
+                      if getattr(awaited, a, None) is not None), None)  # fmt: skip
+        if frame is None:
+            break
+        frames.append((frame, frame.f_lineno))
+        awaited = next((getattr(awaited, a) for a in ("cr_await", "gi_yieldfrom", "ag_await")
+                        if getattr(awaited, a, None) is not None), None)  # fmt: skip
+    lines = traceback.format_list(traceback.StackSummary.extract(iter(frames)))
+    return "".join(lines).rstrip() + f"\n  waiting for: {task!r}"

@@ -9,12 +9,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from buildingd.agents.bus import Envelope
+from buildingd.agents.bus import Envelope, Performative
 from buildingd.agents.context import AgentContext
 from buildingd.agents.messages import (
     COMMANDS_TOPIC,
     EVENTS_TOPIC,
     NEGOTIATIONS_TOPIC,
+    TELEMETRY,
     ZONE_LEARNING_TOPIC,
     ZONE_STATE_TOPIC,
     CommandResultMsg,
@@ -38,10 +39,25 @@ class TelemetryAgent(Agent):
     overflow = "drop_oldest"  # telemetry must never hold up control
 
     def __init__(self, ctx: AgentContext, sink: TelemetrySink) -> None:
-        super().__init__("telemetry")
+        super().__init__(TELEMETRY)
         self.ctx = ctx
         self.sink = sink
         self._dropped_counted = 0
+        self._down = False  # the sink's outage, reported once per change
+
+    async def _watch_outage(self) -> None:
+        """An availability event when the sink cannot deliver (InfluxDB away: data waits on
+        disk) and when it can again; the coordinator escalates an outage that lasts."""
+        outage = self.sink.outage()
+        if (outage is not None) == self._down:
+            return
+        self._down = outage is not None
+        severity, message = ("warning", f"unavailable: {outage}") if outage else ("info", "back")
+        env = EventMsg(
+            kind="availability", source=TELEMETRY, zone_id=None, severity=severity,
+            message=f"telemetry {message}", timestamp=self.ctx.clock.now(),
+        ).envelope(Performative.INFORM, self.name, EVENTS_TOPIC)  # fmt: skip
+        await self.ctx.send(env)
 
     def topics(self) -> list[str]:
         zones = [readings_topic(z) for z in self.ctx.site.zones]
@@ -63,6 +79,7 @@ class TelemetryAgent(Agent):
         try:
             while True:
                 self._record(await self.inbox.get())
+                await self._watch_outage()
         finally:
             for topic in topics:
                 self.ctx.bus.unsubscribe(topic, self.inbox)

@@ -59,7 +59,20 @@ def _display(path: Path, root: Path) -> str:
 
 
 def load_site(root: Path) -> Site:
-    """Load and cross-check a site directory. Raises ``ConfigError`` listing every problem."""
+    """Load and cross-check a site directory. Raises ``ConfigError`` listing every problem, and
+    only ``ConfigError``: a check that trips over data it did not expect is a problem too."""
+    try:
+        return _load_site(root)
+    except ConfigError:
+        raise
+    except RecursionError as err:
+        raise ConfigError([ConfigProblem(str(root), None, "", "nested too deeply")]) from err
+    except Exception as err:
+        why = f"cannot be checked: {type(err).__name__}: {err}"
+        raise ConfigError([ConfigProblem(str(root), None, "", why)]) from err
+
+
+def _load_site(root: Path) -> Site:
     root = root.resolve()
     problems: list[ConfigProblem] = []
     docs: list[str] = []

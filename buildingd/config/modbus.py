@@ -46,9 +46,16 @@ class ModbusPoint(PointBase):
 
 
 class Planning(Strict):
-    max_gap: int = Field(default=10, ge=0, le=125)  # registers (or coils) read to bridge a gap
+    """How a device's points are grouped into read requests. By default by cost (the poll's
+    time on the wire); ``max_gap`` instead bridges gaps of at most that many registers."""
+
+    max_gap: int | None = Field(default=None, ge=0, le=125)  # registers (or coils) bridged
     max_registers: int = Field(default=125, ge=1, le=125)
     max_bits: int = Field(default=2000, ge=1, le=2000)
+    # What one request costs besides its bytes: on TCP the round trip to the gateway, on RTU the
+    # device's turnaround (from the end of the request to the start of its answer).
+    round_trip_s: float = Field(default=0.002, gt=0, le=10)
+    turnaround_s: float = Field(default=0.005, ge=0, le=10)
 
 
 class ModbusDeviceBase(DeviceBase):

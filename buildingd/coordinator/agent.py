@@ -53,6 +53,7 @@ from buildingd.agents.messages import (
     COORDINATOR,
     DEMAND_RESPONSE_TOPIC,
     EVENTS_TOPIC,
+    TELEMETRY,
     ZONE_STATE_TOPIC,
     AdjustmentsMsg,
     CommandMsg,
@@ -72,7 +73,7 @@ from buildingd.agents.runtime import Agent, RestartPolicy
 from buildingd.config.base import PointBase
 from buildingd.config.policies import Band, DemandResponseEvent, Policy, RecurringEvent
 from buildingd.control.recurrence import running_occurrence
-from buildingd.coordinator import commitments, overrides
+from buildingd.coordinator import alerts_file, commitments, overrides
 from buildingd.coordinator.contract_net import Award, Level, Offer, award
 from buildingd.coordinator.escalation import (
     ALERTS_TOPIC,
@@ -92,6 +93,7 @@ from buildingd.coordinator.escalation import (
     negotiation_story,
     safety_band_story,
     subject_payload,
+    telemetry_down_story,
 )
 from buildingd.coordinator.negotiation import (
     PARTICIPANT_PERFORMATIVES,
@@ -111,6 +113,7 @@ from buildingd.coordinator.webhook import WebhookSender
 from buildingd.errors import RequestRefusedError
 from buildingd.points import PointKind
 from buildingd.service.journal import audit_decision
+from buildingd.statefile import set_aside_logged
 
 log = logging.getLogger(__name__)
 CONTRACT_NET = "fipa-contract-net"  # the FIPA protocol name every negotiation message carries
@@ -158,6 +161,9 @@ class CoordinatorAgent(Agent):
         # Where active commitments are kept across restarts (None: not kept, as in unit tests).
         self.commitments_path = state_dir / commitments.FILE_NAME if state_dir else None
         self._saved: commitments.CommitmentsFile | None = None
+        # Open alerts (with their acknowledgements) kept across restarts, SIGKILL included.
+        self.alerts_path = state_dir / alerts_file.FILE_NAME if state_dir else None
+        self._alerts_saved: alerts_file.AlertsFile | None = None
         self.rejected: Counter[str] = Counter()  # negotiation messages rejected, by reason
         self._rejections_logged: Counter[str] = Counter()
         self.zones: dict[str, ZoneStateMsg] = {}
@@ -200,6 +206,7 @@ class CoordinatorAgent(Agent):
         now = self.ctx.clock.monotonic()
         self.start_resets(now)
         self.resume_commitments(now)
+        self.resume_alerts(now)
         try:
             self.webhooks.start()  # owned: stopped in the finally below
             next_tick = now
@@ -775,8 +782,9 @@ class CoordinatorAgent(Agent):
         try:
             saved = commitments.load(path)
         except commitments.CommitmentsFileError as err:
-            aside = commitments.set_aside(path)
-            log.error("coordinator: unreadable commitments, moved to %s: %s", aside, err)  # noqa: TRY400
+            aside = set_aside_logged(path, str(err))
+            self.ctx.metrics.inc("buildingd_state_files_set_aside_total", file=path.name)
+            self._event("state-file", "error", f"unreadable {path}, moved to {aside}: {err}")
             return
         self._scheduled_started |= set(saved.scheduled_started)
         wall = self.ctx.clock.now()
@@ -1272,6 +1280,16 @@ class CoordinatorAgent(Agent):
                 )
                 self.escalate(summary, now_s, subject=key.subject, kind=SubjectKind.DEVICE,
                               cause=Cause.DEVICE_DOWN, tried=tried, left_state=left)  # fmt: skip
+        for key, condition in book.conditions(Cause.TELEMETRY_DOWN).items():
+            limit_s = min(
+                (p.escalation.device_unavailable_s for p in site.policies.values()), default=900.0
+            )
+            if now_s - condition.since_s >= limit_s:
+                summary, tried, left = telemetry_down_story(
+                    condition.detail, now_s - condition.since_s
+                )
+                self.escalate(summary, now_s, subject=key.subject, kind=SubjectKind.AGENT,
+                              cause=Cause.TELEMETRY_DOWN, tried=tried, left_state=left)  # fmt: skip
         self._negotiations_recovered(now_s)
 
     def _negotiations_recovered(self, now_s: float) -> None:
@@ -1306,6 +1324,12 @@ class CoordinatorAgent(Agent):
             self.escalations.observe(key, down, now, why)
             if not down:
                 self._resolve(key, now, "device back")
+        elif event.kind == "availability" and event.source == TELEMETRY:
+            key = IncidentKey(TELEMETRY, Cause.TELEMETRY_DOWN)
+            down = event.severity != "info"
+            self.escalations.observe(key, down, now, event.message.split(": ", 1)[-1])
+            if not down:
+                self._resolve(key, now, "telemetry delivered again")
         elif event.kind == "agent-failed":
             # The supervisor's message: "agent <name> stopped after too many restarts: <error>".
             head, _, error = event.message.partition(": ")
@@ -1375,6 +1399,45 @@ class CoordinatorAgent(Agent):
         policies = self._policies_of(incident.kind, subject)
         for url in sorted({u for p in policies if (u := p.escalation.webhook_url)}):
             self.webhooks.submit(url, body)
+        self._save_alerts()
+
+    def _save_alerts(self) -> None:
+        """Write the open incidents when they changed (raised, reminded, acknowledged, cleared)."""
+        if self.alerts_path is None:
+            return
+        data = alerts_file.to_file(self.escalations.open_incidents())
+        if data == self._alerts_saved:
+            return
+        try:
+            alerts_file.save(self.alerts_path, data)
+        except OSError as err:
+            # Not fatal: the alerts stay open here; only a restart would forget them.
+            log.error("coordinator: cannot write %s: %s", self.alerts_path, err)  # noqa: TRY400
+        self._alerts_saved = data
+
+    def resume_alerts(self, now_s: float) -> None:
+        """At start: take up the alerts a previous run left open, acknowledged or not. They are
+        not raised again (no second page); the MQTT bridge's snapshot re-publishes them."""
+        path = self.alerts_path
+        if path is None:
+            return
+        try:
+            saved = alerts_file.load(path)
+        except alerts_file.AlertsFileError as err:
+            aside = set_aside_logged(path, str(err))
+            self.ctx.metrics.inc("buildingd_state_files_set_aside_total", file=path.name)
+            self._event("state-file", "error", f"unreadable {path}, moved to {aside}: {err}")
+            return
+        wall = self.ctx.clock.now()
+        restored = [
+            record.id
+            for record in saved.alerts
+            if self.escalations.restore(alerts_file.to_incident(record, now_s, wall))
+        ]
+        if restored:
+            log.warning("coordinator: %d open alerts taken up from %s: %s",
+                        len(restored), path, ", ".join(restored))  # fmt: skip
+        self._alerts_saved = saved
 
     def _event(self, kind: str, severity: str, message: str) -> None:
         env = EventMsg(

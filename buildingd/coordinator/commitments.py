@@ -10,15 +10,14 @@ version, never half of one.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from buildingd.errors import BuildingdError
+from buildingd.statefile import write_atomic
 
 FILE_NAME = "commitments.json"
 
@@ -72,6 +71,8 @@ def load(path: Path) -> CommitmentsFile:
         return CommitmentsFile()
     except OSError as err:
         raise CommitmentsFileError(path, str(err)) from err
+    except UnicodeDecodeError as err:
+        raise CommitmentsFileError(path, f"not UTF-8 text at byte {err.start}") from err
     try:
         return CommitmentsFile.model_validate_json(text)
     except ValidationError as err:
@@ -82,28 +83,4 @@ def load(path: Path) -> CommitmentsFile:
 
 def save(path: Path, data: CommitmentsFile) -> None:
     """Replace ``path`` with ``data`` atomically (temporary file, fsync, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    body = json.dumps(data.model_dump(mode="json"), indent=1, sort_keys=True) + "\n"
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write(body)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-    # The rename itself reaches the disk only when the directory is synced.
-    with contextlib.suppress(OSError):
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def set_aside(path: Path) -> Path | None:
-    """Move an unreadable file out of the way (kept for a human to look at); its new path."""
-    aside = path.with_name(f"{path.name}.invalid")
-    try:
-        path.replace(aside)
-    except OSError:
-        return None
-    return aside
+    write_atomic(path, json.dumps(data.model_dump(mode="json"), indent=1, sort_keys=True) + "\n")

@@ -33,6 +33,7 @@ class Cause(StrEnum):
     SAFETY_BAND = "safety-band"  # a zone outside its safety band longer than max_outside_s
     DEVICE_DOWN = "device-down"  # a device unavailable longer than device_unavailable_s
     AGENT_FAILED = "agent-failed"  # an agent the supervisor gave up on (restart limit)
+    TELEMETRY_DOWN = "telemetry-down"  # telemetry undeliverable longer than device_unavailable_s
 
 
 class SubjectKind(StrEnum):
@@ -208,6 +209,15 @@ class IncidentBook:
         self._open[key] = incident
         self._by_id[incident_id] = incident
         return incident, True
+
+    def restore(self, incident: Incident) -> bool:
+        """Take up an open incident kept across a restart; False when its key or id is already
+        open here (the running book wins)."""
+        if incident.key in self._open or incident.id in self._by_id or not incident.open:
+            return False
+        self._open[incident.key] = incident
+        self._by_id[incident.id] = incident
+        return True
 
     def due_reminders(self, now_s: float) -> list[Incident]:
         """Open, unacknowledged incidents whose reminder is due, marked as reminded. Reminders
@@ -396,6 +406,17 @@ def device_down_story(
     else:
         each = "; ".join(f"{z}: {zone_left_state(s)}" for z, s in sorted(zones.items()))
         left = f"its zones fall back to their other sensors, then a safe hold ({each})"
+    return summary, tried, left
+
+
+def telemetry_down_story(why: str, down_s: float) -> tuple[str, str, str]:
+    """(summary, tried, left state) of telemetry that cannot be delivered (InfluxDB away)."""
+    summary = f"telemetry undeliverable for {duration(down_s)}: {why}"
+    tried = "retried with jittered backoff since it failed"
+    left = (
+        "control unaffected; telemetry kept in the on-disk buffer and replayed in order when "
+        "InfluxDB is back (the oldest dropped past [influx] buffer_max_mb)"
+    )
     return summary, tried, left
 
 

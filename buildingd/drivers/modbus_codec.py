@@ -26,6 +26,9 @@ STRUCT = {
 }  # fmt: skip
 
 
+SINGLE_WORD = (DataType.INT16, DataType.UINT16)
+
+
 class CodecError(ValueError):
     """A value that cannot be represented in (or read from) a point's registers."""
 
@@ -56,9 +59,15 @@ def decode(point: ModbusPoint, registers: Sequence[int | bool]) -> float:
         raise CodecError(
             f"{point.id}: need {register_count(point)} registers, got {len(registers)}"
         )
-    if any(not 0 <= int(r) <= 0xFFFF for r in registers):
-        raise CodecError(f"{point.id}: a register holds 0..65535, got {list(registers)}")
-    if point.table in BIT_TABLES or point.type is DataType.BOOL:
+    for r in registers:
+        if not 0 <= int(r) <= 0xFFFF:
+            raise CodecError(f"{point.id}: a register holds 0..65535, got {list(registers)}")
+    single = point.type in SINGLE_WORD and point.table not in BIT_TABLES
+    if single and point.byte_order is Order.BIG:
+        # The common case, without the bytes round trip: a 16-bit word as it came.
+        word = int(registers[0])
+        raw = float(word - 0x10000 if word & 0x8000 and point.type is DataType.INT16 else word)
+    elif point.table in BIT_TABLES or point.type is DataType.BOOL:
         raw = 1.0 if registers[0] else 0.0
     elif point.type is DataType.BIT:
         raw = float((int(registers[0]) >> (point.bit or 0)) & 1)

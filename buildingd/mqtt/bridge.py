@@ -142,6 +142,10 @@ class MqttBridgeAgent(Agent):
         # Retained alerts payload by subject, re-published on every connect (b"" until the
         # removal of a cleared subject's topic reached the broker).
         self.alerts: dict[str, bytes] = {}
+        # Subjects with a retained alert on the broker (a previous run's) heard before the
+        # coordinator's first snapshot; the snapshot says which are stale and get removed.
+        self._retained_alerts: set[str] = set()
+        self._snapshot_seen = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._retained_seen: set[str] = set()  # request topics whose retained message was logged
 
@@ -160,6 +164,7 @@ class MqttBridgeAgent(Agent):
         self.conn.subscribe(f"{self.base}/demand-response/request", self._on_dr, 1, refused)
         for verb in ("ack", "clear"):
             self.conn.subscribe(f"{self.base}/alerts/+/{verb}", self._on_alert_action, 1, refused)
+        self.conn.subscribe(f"{self.base}/alerts/+", self._on_retained_alert, 1)
         self.conn.on_connect(self._republish_alerts)
         # The open alerts, from the coordinator's book (a restarted bridge has lost them).
         await self.ctx.send(AlertActionMsg(action="snapshot").envelope(
@@ -196,7 +201,8 @@ class MqttBridgeAgent(Agent):
                 self.ctx.bus.unsubscribe(topic, self.inbox)
             # A restarted bridge subscribes afresh; this one's handlers must not linger.
             for handler in (self._on_vote, self._on_dr, self._on_setpoint, self._on_ha,
-                            self._on_alert_action, self._on_config):  # fmt: skip
+                            self._on_alert_action, self._on_config,
+                            self._on_retained_alert):  # fmt: skip
                 self.conn.unsubscribe(handler)
             self.conn.remove_on_connect(self.announce)
             self.conn.remove_on_connect(self._republish_alerts)
@@ -205,7 +211,10 @@ class MqttBridgeAgent(Agent):
         """Retained per subject: a technician's client sees the open alerts on connect."""
         subjects: dict[str, dict[str, Any] | None] = dict(msg.subjects)
         if msg.action == "snapshot":  # what the coordinator no longer has is gone
-            subjects.update({s: None for s in self.alerts if s not in subjects})
+            stale = (set(self.alerts) | self._retained_alerts) - set(subjects)
+            subjects.update({s: None for s in sorted(stale)})
+            self._retained_alerts.clear()
+            self._snapshot_seen = True
         for subject, payload in subjects.items():
             body = b""
             if payload is not None:
@@ -226,6 +235,18 @@ class MqttBridgeAgent(Agent):
         topic = f"{self.base}/alerts/{subject}"
         if await self.conn.publish(topic, body, qos=1, retain=True) and not body:
             self.alerts.pop(subject, None)
+
+    def _on_retained_alert(self, topic: str, payload: bytes, retained: bool) -> None:
+        """A retained alert on the broker (at subscribe): one the coordinator does not have
+        open (left by a run that was killed) is removed, never left dangling."""
+        subject = topic.rsplit("/", 1)[-1]
+        if not retained or not payload or not subject:
+            return
+        if not self._snapshot_seen:
+            self._retained_alerts.add(subject)
+        elif subject not in self.alerts:
+            log.info("mqtt: removing stale retained alert %s", topic)
+            self._spawn(self._publish_alert(subject, b""))
 
     async def _republish_alerts(self) -> None:
         for subject, body in list(self.alerts.items()):

@@ -3,8 +3,8 @@ demo and MQTT devices work with nothing installed. Production points ``host`` at
 
 Bound to 127.0.0.1 only (amqtt's default listener is 0.0.0.0:1883), MQTT 3.1.1 only, without the
 $SYS publisher and the per-packet logger. Anonymous unless given a password file (amqtt's
-``FileAuthPlugin``: ``user:<argon2 or bcrypt hash>`` lines); retained payloads bounded by
-``broker_limits.RetainedLimitsPlugin``.
+``FileAuthPlugin``: ``user:<argon2 or bcrypt hash>`` lines); a publish above the payload limit
+disconnects its client and retained payloads are bounded (``broker_limits``).
 """
 
 from __future__ import annotations
@@ -45,6 +45,9 @@ class EmbeddedBroker:
     async def start(self) -> None:
         from amqtt.broker import Broker
 
+        from buildingd.mqtt.broker_limits import limit_publish_size
+
+        limit_publish_size(self.limits["max_payload_bytes"])
         for noisy in ("amqtt", "transitions"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
         auth: dict[str, Any] = (

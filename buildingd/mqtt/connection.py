@@ -264,6 +264,12 @@ class MqttConnection:
                     async for message in client.messages:
                         self._dispatch(message)
             except aiomqtt.MqttError as err:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # The client's exit turned our stop's CancelledError into an MqttError (or
+                    # its asyncio.wait_for dropped it, CPython gh-86296): a stop, not a drop to
+                    # reconnect from, or stop() would wait for a loop that never ends.
+                    raise asyncio.CancelledError from err
                 self._set_available(False, str(err))
             finally:
                 self.connected.clear()

@@ -127,6 +127,19 @@ def metrics_text(daemon: Daemon) -> str:
             for k, v in sorted(sink_stats.items())
         ],
     )
+    if daemon.broker is not None:
+        from buildingd.mqtt.broker_limits import REFUSED
+
+        add(
+            "buildingd_broker_refused_total",
+            "counter",
+            "What the embedded broker refused: publishes above max_payload_bytes (client "
+            "disconnected) and retained payloads not kept.",
+            [
+                (f'buildingd_broker_refused_total{{what="{k}"}}', float(v))
+                for k, v in REFUSED.items()
+            ],
+        )
     add(
         "buildingd_alerts_open",
         "gauge",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -28,16 +29,18 @@ from buildingd.agents.zone import CONTROL_INTERVAL_S, ZoneAgent, ZoneStats
 from buildingd.clock import Clock, ScaledClock, SystemClock
 from buildingd.config.loader import Site, load_site
 from buildingd.drivers.base import BacnetClient, DriverContext
-from buildingd.errors import ConfigError
+from buildingd.errors import ConfigError, StartupError
 from buildingd.service.http import HttpServer
 from buildingd.service.reload import diff_settings, plan_reload
 from buildingd.service.sdnotify import Notifier, WatchdogGuard
+from buildingd.service.stopping import SERVICE_STOP_DEADLINE_S, BoundedExitStack, bounded
 from buildingd.settings import Settings, bus_key_path
 from buildingd.sim.building import Building
 from buildingd.telemetry.schema import daemon_line
 
 if TYPE_CHECKING:
     from buildingd.coordinator.agent import CoordinatorAgent
+    from buildingd.mqtt.broker import EmbeddedBroker
     from buildingd.mqtt.connection import MqttConnection
 from buildingd.telemetry.sink import TelemetrySink
 
@@ -141,6 +144,8 @@ class Daemon:
         self.watchdog: WatchdogGuard | None = None
         self.http: HttpServer | None = None
         self.reloads = {"ok": 0, "failed": 0}
+        # The first problem of the last refused reload, shown in STATUS= until one succeeds.
+        self.reload_problem: str | None = None
         self.accepting_external_commands = True
         self._reload_requested = asyncio.Event()
         self._sink_factory = sink_factory
@@ -166,6 +171,7 @@ class Daemon:
         self.mqtt: MqttConnection | None = None
         self.bus: InProcessBus = InProcessBus()
         self.metrics = Metrics()
+        self.metrics.set("buildingd_config_reload_ok", 1.0)
         if mqtt_needed(settings, site):
             from buildingd.mqtt.connection import MqttConnection
 
@@ -203,7 +209,9 @@ class Daemon:
         self.stop_requested = asyncio.Event()
         self.ready = asyncio.Event()
         self.on_ready: list[Callable[[], None]] = []
+        self.on_stopping: list[Callable[[], None]] = []  # called once a stop begins
         self._services: contextlib.AsyncExitStack | None = None
+        self.broker: EmbeddedBroker | None = None  # the embedded one, when it runs
 
     async def _start_coordinator(self, sup: Supervisor) -> None:
         from buildingd.coordinator.agent import CoordinatorAgent
@@ -257,6 +265,7 @@ class Daemon:
                 mqtt.broker_max_retained_bytes,
             )
             await broker.start()
+            self.broker = broker
             services.push_async_callback(broker.stop)
             self.mqtt.host, self.mqtt.port = broker.host, broker.port
         await self.mqtt.start()
@@ -340,7 +349,7 @@ class Daemon:
                 loop.add_signal_handler(sig, handler)
                 installed.append(sig)
         try:
-            async with contextlib.AsyncExitStack() as services:
+            async with BoundedExitStack() as services:
                 self._services = services
                 await self._start_mqtt(services)
                 await self._start_simulator_servers(services)
@@ -365,6 +374,7 @@ class Daemon:
                     for callback in self.on_ready:
                         callback()
                     log.info("%s; running", self.site.summary())
+                    await self._report_set_aside(sink)
                     self.notifier.ready(self.status_summary())
                     housekeeping = tasks.create_task(self._housekeeping(), name="housekeeping")
                     reloader = tasks.create_task(self._reloader(), name="reloader")
@@ -375,6 +385,8 @@ class Daemon:
                         pass
                     self.notifier.stopping()
                     log.info("stopping")
+                    for callback in self.on_stopping:
+                        callback()
                     housekeeping.cancel()
                     reloader.cancel()
                     await self._shutdown(sup)
@@ -382,9 +394,10 @@ class Daemon:
             for sig in installed:
                 loop.remove_signal_handler(sig)
             if self.http is not None:
-                await self.http.stop()
-            await self.ctx.drivers.resources.close_all()
-            await sink.stop()  # flushes telemetry to disk (or the server)
+                await bounded("http", self.http.stop, SERVICE_STOP_DEADLINE_S)
+            await bounded("drivers", self.ctx.drivers.resources.close_all, SERVICE_STOP_DEADLINE_S)
+            # Telemetry last, so what the stop did is flushed too (to disk or the server).
+            await bounded("telemetry", sink.stop, SERVICE_STOP_DEADLINE_S * 2)
         return self.summary()
 
     async def _shutdown(self, sup: Supervisor) -> None:
@@ -392,11 +405,11 @@ class Daemon:
         finishing its in-flight write), then the rest."""
         self.accepting_external_commands = False
         await self._apply_shutdown_states()
-        for zone_id in list(self.site.zones):
-            await sup.stop(f"zone[{zone_id}]")
+        # Each group at once: every agent has its own stop deadline, and a slow one must not
+        # add its deadline to every other's.
+        await sup.stop_many([f"zone[{zone_id}]" for zone_id in self.site.zones])
         self.ctx.accepting_commands = False
-        for device_id in list(self.site.devices):
-            await sup.stop(f"device[{device_id}]")
+        await sup.stop_many([f"device[{device_id}]" for device_id in self.site.devices])
         await sup.stop_all()
 
     async def _apply_shutdown_states(self) -> None:
@@ -416,10 +429,16 @@ class Daemon:
         self._reload_requested.set()
 
     async def _reloader(self) -> None:
+        """Runs each requested reload. Nothing a reload raises may reach the daemon's task
+        group (that would stop the daemon and leave the building uncontrolled)."""
         while True:
             await self._reload_requested.wait()
             self._reload_requested.clear()
-            await self.reload()
+            try:
+                await self.reload()
+            except Exception as err:
+                log.exception("reload failed while applying it")
+                await self._reload_failed([f"reload: {type(err).__name__}: {err}"])
 
     async def reload(self) -> dict[str, object]:
         """Re-read settings and site; apply only what changed, or keep everything as it was.
@@ -437,6 +456,8 @@ class Daemon:
             return await self._reload_failed([str(p) for p in err.problems])
         except (ValueError, OSError) as err:
             return await self._reload_failed([f"settings: {err}"])
+        except Exception as err:  # noqa: BLE001  load_site raises only ConfigError; last guard
+            return await self._reload_failed([f"reload: {type(err).__name__}: {err}"])
         change = diff_settings(self.settings, settings)
         applied = self._apply_live_settings(change.merged(self.settings, settings), token)
         self.restart_needed = change.restart
@@ -469,6 +490,8 @@ class Daemon:
             await self.start_device(device_id)
         self.reloads["ok"] += 1
         self.metrics.inc("buildingd_reloads_total", result="ok")
+        self.metrics.set("buildingd_config_reload_ok", 1.0)
+        self.reload_problem = None
         described = plan.describe()
         if applied:
             described += f"; settings applied: {', '.join(applied)}"
@@ -509,11 +532,21 @@ class Daemon:
     async def _reload_failed(self, problems: list[str]) -> dict[str, object]:
         self.reloads["failed"] += 1
         self.metrics.inc("buildingd_reloads_total", result="failed")
+        self.metrics.set("buildingd_config_reload_ok", 0.0)
+        self.reload_problem = problems[0] if problems else "unknown problem"
         for problem in problems:
             log.error("reload refused, keeping the running configuration: %s", problem)
         await self._event("reload-failed", "error", "reload refused: " + "; ".join(problems[:5]))
         self.notifier.ready(f"reload failed: {problems[0]}"[:200])
         return {"ok": False, "errors": problems}
+
+    async def _report_set_aside(self, sink: TelemetrySink) -> None:
+        """Once, at start: telemetry state files that were unreadable and set aside."""
+        count = sink.stats().get("state_files_set_aside", 0.0)
+        if count:
+            self.metrics.inc("buildingd_state_files_set_aside_total", count, file="telemetry")
+            message = f"{count:.0f} unreadable telemetry state file(s) set aside (*.corrupt-*)"
+            await self._event("state-file", "error", message)
 
     async def _event(self, kind: str, severity: str, message: str) -> None:
         env = EventMsg(
@@ -531,9 +564,17 @@ class Daemon:
             return
         from buildingd.service.api import install_routes
 
-        self.http = HttpServer(http.bind, http.port, self._read_token(self.settings))
-        install_routes(self.http, self)
-        await self.http.start()
+        server = HttpServer(http.bind, http.port, self._read_token(self.settings))
+        install_routes(server, self)
+        try:
+            await server.start()
+        except OSError as err:
+            why = "already in use" if err.errno == errno.EADDRINUSE else (err.strerror or str(err))
+            raise StartupError(
+                f"HTTP port {http.bind}:{http.port}: {why} (set [http] port in the settings "
+                "or BUILDINGD_HTTP__PORT; another buildingd running?)"
+            ) from err
+        self.http = server
 
     async def _housekeeping(self) -> None:
         """Every few real seconds: STATUS= for systemd, and WATCHDOG=1 while alive."""
@@ -640,7 +681,9 @@ class Daemon:
         )
         if self.restart_needed:
             line += f"; restart needed for {', '.join(self.restart_needed)}"
-        return line
+        if self.reload_problem is not None:
+            line += f"; reload failed, running the previous configuration: {self.reload_problem}"
+        return line[:400]
 
     def open_alerts(self) -> list[dict[str, object]]:
         """Current problems: degraded zones, unavailable devices, agents given up on."""

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from buildingd.errors import ConfigError
+from buildingd.errors import ConfigError, StartupError
 
 if TYPE_CHECKING:
     from buildingd.settings import Settings
@@ -79,12 +79,20 @@ def _print_problems(err: ConfigError) -> None:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from buildingd.config.loader import load_site
+    from buildingd.settings import secret_file_problems
 
     try:
         settings = _settings(args)
-        site = load_site(settings.site_dir)
     except ConfigError as err:
         _print_problems(err)
+        return 1
+    problems = secret_file_problems(settings, args.config)
+    try:
+        site = load_site(settings.site_dir)
+    except ConfigError as err:
+        problems += err.problems
+    if problems:  # every problem of every file, settings first
+        _print_problems(ConfigError(problems))
         return 1
     if args.verbose:
         from buildingd.clock import SystemClock
@@ -105,17 +113,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     from buildingd.config.loader import load_site
     from buildingd.service.app import Daemon, state_dir_usable
     from buildingd.service.console import show
+    from buildingd.service.stopping import ExitWatchdog, run_bounded
 
     overrides: dict[str, object] = {}
     if args.speed is not None:
         overrides["speed"] = args.speed
     if args.state_dir is not None:
         overrides["state_dir"] = args.state_dir
+    from buildingd.settings import secret_file_problems
+
     try:
         settings = _settings(args, **overrides)
         site = load_site(settings.site_dir)
     except ConfigError as err:
         _print_problems(err)
+        return 1
+    secrets = secret_file_problems(settings, args.config)
+    if secrets:  # the daemon would fail at its first HTTP start: say so before starting
+        _print_problems(ConfigError(secrets))
         return 1
     _setup_logging(settings.log_level)
     if not state_dir_usable(settings.state_dir):
@@ -137,8 +152,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         duration = settings.duration_s
     console = sys.stdout.isatty() and not args.no_console
 
+    watchdog = ExitWatchdog()
+
     async def main() -> None:
         daemon = Daemon(settings, site, settings_loader=lambda: _settings(args, **overrides))
+        daemon.on_stopping.append(watchdog.arm)
         async with asyncio.TaskGroup() as tg:
             view = tg.create_task(
                 show(daemon, sys.stdout if console else _NullTTY()), name="console"
@@ -150,8 +168,27 @@ def cmd_run(args: argparse.Namespace) -> int:
         for line in summary.lines():
             print(line)
 
-    asyncio.run(main())
+    try:
+        run_bounded(main())
+    except (StartupError, BaseExceptionGroup) as err:
+        found = _startup_errors(err)
+        if not found:
+            raise
+        for problem in found:  # one line each, no traceback: what is wrong, where to change it
+            print(f"buildingd: {problem}", file=sys.stderr)
+        return 1
+    finally:
+        watchdog.disarm()
     return 0
+
+
+def _startup_errors(err: BaseException) -> list[StartupError]:
+    """The ``StartupError``s in ``err``, however deep in task groups' exception groups."""
+    if isinstance(err, StartupError):
+        return [err]
+    if isinstance(err, BaseExceptionGroup):
+        return [found for inner in err.exceptions for found in _startup_errors(inner)]
+    return []
 
 
 class _NullTTY:

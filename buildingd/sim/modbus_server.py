@@ -10,6 +10,7 @@ failed simulated sensor exception 04 (server device failure).
 from __future__ import annotations
 
 import logging
+import termios
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,9 +24,12 @@ from buildingd.config.modbus import (
     ModbusPoint,
     ModbusRtuDevice,
     RegisterTable,
+    SerialConnection,
 )
+from buildingd.drivers.modbus import serial_settings_refused
 from buildingd.drivers.modbus_codec import BIT_TABLES, CodecError, decode, encode
 from buildingd.drivers.modbus_codec import register_count as width
+from buildingd.errors import StartupError
 from buildingd.sim.building import Building
 
 log = logging.getLogger(__name__)
@@ -157,6 +161,26 @@ async def start_modbus_rtu(building: Building, clock: Clock, devices: list[Modbu
         BuildingModbusContext(building, clock, units), port=line.port, baudrate=line.baudrate,
         parity=line.parity, stopbits=line.stopbits, bytesize=line.bytesize,
     )  # fmt: skip
-    await server.serve_forever(background=True)
+    try:
+        await server.serve_forever(background=True)
+    except (termios.error, OSError, RuntimeError) as err:
+        # pymodbus says only "Could not start listen" for an OSError; try the port ourselves
+        # for the reason (a pty that refuses parity raises termios.error, not an OSError).
+        why = serial_settings_refused(line, _open_error(line, err))
+        raise StartupError(f"simulator: {why}") from err
     log.info("sim: Modbus RTU on %s serving units %s", line.port, sorted(units))
     return server
+
+
+def _open_error(line: SerialConnection, err: BaseException) -> BaseException:
+    """The error opening ``line`` gives (pymodbus hides it behind a RuntimeError)."""
+    if not isinstance(err, RuntimeError):
+        return err
+    import serial
+
+    try:
+        serial.Serial(line.port, line.baudrate, bytesize=line.bytesize, parity=line.parity,
+                      stopbits=line.stopbits).close()  # fmt: skip
+    except (termios.error, OSError) as opened:
+        return opened
+    return err

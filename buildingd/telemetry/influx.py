@@ -152,12 +152,18 @@ class InfluxSink:
         if self._client is not None:
             await asyncio.to_thread(self._client.close)
 
+    def outage(self) -> str | None:
+        if self._problem is None:
+            return None
+        return f"InfluxDB at {self.settings.url} not writable: {self._problem}"
+
     def stats(self) -> dict[str, float]:
         return {
             **{k: float(v) for k, v in self.counters.items()},
             "pending": float(len(self.pending)),
             "buffer_points": float(self.buffer.points),
             "buffer_bytes": float(self.buffer.bytes),
+            "state_files_set_aside": float(len(self.buffer.set_aside)),
             "connected": 0.0 if self._problem else 1.0,
         }
 

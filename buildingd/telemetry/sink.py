@@ -3,6 +3,8 @@ state directory a user can import later) and, when configured, the InfluxDB writ
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -30,11 +32,17 @@ class TelemetrySink(Protocol):
 
     def stats(self) -> dict[str, float]: ...
 
+    def outage(self) -> str | None:
+        """Why the sink cannot deliver now (its data waits on disk), or None when it can."""
+        ...
+
 
 class LocalFileSink:
     """Line protocol appended to ``<state>/telemetry/telemetry-NNNNNN.lp`` in batches (no fsync
     per point, so an SD card lives): written when ``BATCH_LINES`` lines wait or the oldest has
-    waited ``WRITE_AFTER_S`` (checked on each submit), and on stop.
+    waited ``WRITE_AFTER_S`` (checked on each submit and by a ticker), and on stop. A written
+    batch is in the kernel's hands, so a SIGKILL loses at most ``WRITE_AFTER_S`` of lines (a
+    power cut also what the kernel had not yet written back).
 
     Bounded: a file is closed before it would pass ``max_bytes / FILES``, and past ``max_bytes``
     in all the oldest files are deleted, so the folder never holds more than ``max_bytes``. Every
@@ -44,7 +52,7 @@ class LocalFileSink:
 
     FILES = 10
     BATCH_LINES = 500
-    WRITE_AFTER_S = 10.0
+    WRITE_AFTER_S = 1.0
     MAX_PENDING = 100_000
 
     def __init__(self, folder: Path, max_bytes: int) -> None:
@@ -57,9 +65,20 @@ class LocalFileSink:
         self.dropped_points = 0
         self.dropped_memory = 0
         self._oldest_pending_s: float | None = None
+        self._ticker: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._ticker = asyncio.create_task(self._tick(), name="telemetry-local.flush")
+
+    async def _tick(self) -> None:
+        """Write lines that waited ``WRITE_AFTER_S`` even when nothing else is submitted."""
+        while True:
+            await asyncio.sleep(self.WRITE_AFTER_S / 10)
+            if self._oldest_pending_s is not None and (
+                time.monotonic() - self._oldest_pending_s >= self.WRITE_AFTER_S
+            ):
+                self._write()
 
     def submit(self, lines: Iterable[str]) -> None:
         self.pending.extend(lines)
@@ -79,7 +98,14 @@ class LocalFileSink:
         self._write()
 
     async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
         self._write()
+
+    def outage(self) -> str | None:
+        return None  # local disk: write errors are logged and counted where they happen
 
     def stats(self) -> dict[str, float]:
         return {

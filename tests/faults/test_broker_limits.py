@@ -13,6 +13,7 @@ import pytest
 from pwdlib import PasswordHash
 
 from buildingd.mqtt.broker import EmbeddedBroker
+from buildingd.mqtt.broker_limits import REFUSED
 from tests.conftest import free_port
 from tests.faults.live import LiveDaemon
 
@@ -34,18 +35,39 @@ async def retained_on_connect(broker: EmbeddedBroker, topic_filter: str) -> dict
     return got
 
 
-async def test_huge_retained_payloads_are_not_kept() -> None:
+async def test_an_oversized_publish_disconnects_its_client_unread() -> None:
+    broker = EmbeddedBroker(max_payload_bytes=1 * MB, max_retained_bytes=3 * MB)
+    await broker.start()
+    before = dict(REFUSED)
+    try:
+        async with aiomqtt.Client(broker.host, broker.port, identifier="watcher") as watcher:
+            await watcher.subscribe("t/#", qos=1)
+            with pytest.raises(aiomqtt.MqttError):  # the issue's 20 MB payload, retained
+                async with aiomqtt.Client(broker.host, broker.port, identifier="big") as big:
+                    await big.publish("t/huge", b"x" * (20 * MB), qos=1, retain=True)
+                    await big.publish("t/after", b"never", qos=1)
+            # The broker goes on: a normal publish still reaches the watcher, the huge never did.
+            async with aiomqtt.Client(broker.host, broker.port, identifier="small") as small:
+                await small.publish("t/small", b"ok", qos=1)
+            async with asyncio.timeout(30):
+                async for message in watcher.messages:
+                    assert str(message.topic) == "t/small", message.topic
+                    break
+        assert REFUSED["publish"] == before["publish"] + 1
+        assert not broker._broker.retained_messages
+    finally:
+        await broker.stop()
+
+
+async def test_retained_payloads_are_bounded_in_total() -> None:
     broker = EmbeddedBroker(max_payload_bytes=1 * MB, max_retained_bytes=3 * MB)
     await broker.start()
     try:
         async with aiomqtt.Client(broker.host, broker.port, identifier="filler") as client:
-            for n in range(5):  # the issue's five 20 MB payloads
-                await client.publish(f"t/huge{n}", b"x" * (20 * MB), qos=1, retain=True)
             for n in range(4):  # 0.9 MB each: three fit in 3 MB, the fourth does not
                 await client.publish(f"t/ok{n}", b"y" * (900 * 1024), qos=1, retain=True)
             await client.publish("t/sentinel", b"end", qos=1, retain=True)
         got = await retained_on_connect(broker, "t/#")
-        assert not [t for t in got if t.startswith("t/huge")], got
         assert sorted(t for t in got if t.startswith("t/ok")) == ["t/ok0", "t/ok1", "t/ok2"]
         kept = sum(len(m.data) for m in broker._broker.retained_messages.values())
         assert kept <= 3 * MB
@@ -82,7 +104,8 @@ def rss_mb(pid: int) -> float:
 def test_the_daemons_embedded_broker_takes_a_password_and_bounds_retained_bytes(
     site_copy: Path, tmp_path: Path
 ) -> None:
-    """The issue's row, on the real daemon: five 20 MB retained payloads took RSS 53 -> 226 MB."""
+    """The issue's row, on the real daemon: five 20 MB retained payloads took RSS 53 -> 226 MB;
+    now each is refused before it is read, its client disconnected."""
     import paho.mqtt.client as mqtt
 
     users = tmp_path / "broker-passwords"
@@ -108,18 +131,20 @@ def test_the_daemons_embedded_broker_takes_a_password_and_bounds_retained_bytes(
         daemon.wait_for(lambda: not anonymous.is_connected(), "the anonymous client refused")
         anonymous.loop_stop()
 
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="filler")
-        client.username_pw_set("buildingd", "s3cret")
-        client.connect("127.0.0.1", port)
-        client.loop_start()
-        for n in range(5):
-            client.publish(f"t/huge{n}", b"x" * (20 * MB), qos=1, retain=True).wait_for_publish(60)
-        client.publish("t/sentinel", b"end", qos=1, retain=True).wait_for_publish(10)
-        client.loop_stop()
-        client.disconnect()
+        for n in range(5):  # each 20 MB publish costs its client the connection, unread
+            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"filler{n}")
+            client.username_pw_set("buildingd", "s3cret")
+            client.connect("127.0.0.1", port)
+            client.loop_start()
+            daemon.wait_for(client.is_connected, "the filler connected")
+            client.publish(f"t/huge{n}", b"x" * (20 * MB), qos=1, retain=True)
+            daemon.wait_for(lambda c=client: not c.is_connected(), "the filler disconnected")
+            client.loop_stop()
         daemon.wait_for(
-            lambda: sum("not kept" in line for line in daemon.lines) == 5, "five refusals"
+            lambda: daemon.metric("buildingd_broker_refused_total", what="publish") == 5.0,
+            "five refusals counted",
         )
+        assert sum("above max_payload_bytes" in line for line in daemon.lines) == 5
         grown = rss_mb(daemon.proc.pid) - before
         # Not kept: at most a transient buffer's worth remains (the issue saw +173 MB).
         assert grown < 60, f"RSS grew {grown:.0f} MB"
