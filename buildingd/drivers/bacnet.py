@@ -123,20 +123,21 @@ class BacnetDriver(Driver):
 
         timeout_s = self.ctx.clock.to_loop_seconds(self.spec.timeout_s)
         failure = BacnetFailure("timeout", "no-response")
+        cause: BaseException | None = None
         for _ in range(self.spec.retries + 1):
             self.requests += 1
             try:
                 async with asyncio.timeout(timeout_s):
                     return await request()
-            except TimeoutError:
-                failure = BacnetFailure("timeout", "no-response")
+            except TimeoutError as err:
+                failure, cause = BacnetFailure("timeout", "no-response"), err
             except ErrorRejectAbortNack as err:
-                failure = failure_of(err)
+                failure, cause = failure_of(err), err
             self._count(failure)
             if not failure.transient:
                 break  # the device answered: asking again gets the same answer
         self.last_failure = failure
-        raise failure.to_error(device_id=self.device.id, point_id=point_id)
+        raise failure.to_error(device_id=self.device.id, point_id=point_id) from cause
 
     async def open(self) -> None:
         self.app = await self.ctx.resources.get(
