@@ -68,6 +68,15 @@ class DeviceRejectedError(DeviceError):
     """The device answered but refused the request (Modbus exception code, GATT error)."""
 
 
+class PriorityHeldError(DeviceRejectedError):
+    """A BACnet write was stored at our priority, but a higher priority (life safety, the
+    building automation system) holds the point: reported, not fought."""
+
+    def __init__(self, message: str, *, device_id: str, point_id: str, priority: int) -> None:
+        super().__init__(message, device_id=device_id, point_id=point_id)
+        self.priority = priority
+
+
 class ReadBackMismatchError(DeviceError):
     """A write was accepted but the value read back differs from the value written."""
 

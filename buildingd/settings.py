@@ -107,6 +107,19 @@ class BleSettings(Section):
     scanning: Literal["auto", "active", "passive"] = "auto"
 
 
+class BacnetSettings(Section):
+    """The BACnet/IP client. ``address`` as bacpypes3 reads it: ``host`` (the default interface,
+    UDP 47808), ``192.168.1.5/24`` (its mask gives the broadcast address for Who-Is) or
+    ``127.0.0.1:47900``. On a routed network without a local BBMD, register as a foreign device
+    with ``bbmd = "10.0.0.1:47808"``; ``who_is_to`` sends Who-Is there instead of broadcasting."""
+
+    address: str = "host"
+    device_instance: int = Field(default=4194302, ge=0, le=4194302)
+    bbmd: str | None = None
+    bbmd_ttl_s: int = Field(default=300, ge=30, le=65535)
+    who_is_to: str | None = None
+
+
 class SimSettings(Section):
     """The simulated building behind ``driver: sim`` devices."""
 
@@ -146,6 +159,7 @@ class Settings(BaseSettings):
     influx: InfluxSettings = InfluxSettings()
     http: HttpSettings = HttpSettings()
     ble: BleSettings = BleSettings()
+    bacnet: BacnetSettings = BacnetSettings()
     sim: SimSettings = SimSettings()
 
     @classmethod

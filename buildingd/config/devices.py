@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
+from buildingd.config.bacnet import BacnetDevice
 from buildingd.config.base import DeviceBase, PointBase
 from buildingd.config.ble import BleDevice
 from buildingd.config.common import Strict
@@ -28,7 +29,7 @@ class SimDevice(DeviceBase):
 
 
 DeviceSpec = Annotated[
-    SimDevice | ModbusTcpDevice | ModbusRtuDevice | MqttDevice | BleDevice,
+    SimDevice | ModbusTcpDevice | ModbusRtuDevice | MqttDevice | BleDevice | BacnetDevice,
     Field(discriminator="driver"),
 ]
 

@@ -209,7 +209,7 @@ def _clean_loc(loc: tuple[Any, ...]) -> Path_:
     return tuple(out)
 
 
-_UNION_TAGS = {"sim", "modbus-tcp", "modbus-rtu", "mqtt", "ble"}
+_UNION_TAGS = {"sim", "modbus-tcp", "modbus-rtu", "mqtt", "ble", "bacnet"}
 
 
 def _message(e: Any) -> str:

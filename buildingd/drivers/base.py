@@ -90,6 +90,20 @@ class SharedResources:
         self._items.clear()
 
 
+@dataclass(frozen=True)
+class BacnetClient:
+    """The BACnet/IP client (``[bacnet]`` settings): bacpypes3 address ("host": the default
+    interface on 47808; "192.168.1.5/24", "127.0.0.1:47900"), our device instance, the BBMD to
+    register with as a foreign device on routed networks, and where Who-Is goes to find devices
+    without an ``address`` (None: broadcast on the local network)."""
+
+    address: str = "host"
+    device_instance: int = 4194302
+    bbmd: str | None = None
+    bbmd_ttl_s: int = 300
+    who_is_to: str | None = None
+
+
 @dataclass
 class DriverContext:
     clock: Clock
@@ -100,6 +114,7 @@ class DriverContext:
     # False: ``simulated: true`` devices are read from the model, not over their protocol.
     serve_protocols: bool = True
     ble_scanning: Literal["auto", "active", "passive"] = "auto"
+    bacnet: BacnetClient = field(default_factory=lambda: BacnetClient())
 
 
 DriverFactory = Callable[[DeviceSpec, DriverContext], Driver]
@@ -113,6 +128,7 @@ _REGISTRY: dict[str, str] = {
     "modbus-rtu": "buildingd.drivers.modbus:ModbusDriver",
     "mqtt": "buildingd.drivers.mqtt:MqttDriver",
     "ble": "buildingd.drivers.ble:ble_driver",
+    "bacnet": "buildingd.drivers.bacnet:BacnetDriver",
 }
 
 

@@ -33,7 +33,11 @@ def _load_protocol_checks() -> None:
     # Pure check modules register themselves on import; they import no protocol library.
     import importlib
 
-    for name in ("buildingd.drivers.modbus_plan", "buildingd.drivers.ble_checks"):
+    for name in (
+        "buildingd.drivers.modbus_plan",
+        "buildingd.drivers.ble_checks",
+        "buildingd.drivers.bacnet_plan",
+    ):
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as err:

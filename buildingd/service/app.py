@@ -28,7 +28,7 @@ from buildingd.agents.telemetry import TelemetryAgent
 from buildingd.agents.zone import CONTROL_INTERVAL_S, ZoneAgent, ZoneStats
 from buildingd.clock import Clock, ScaledClock, SystemClock
 from buildingd.config.loader import Site, load_site
-from buildingd.drivers.base import DriverContext
+from buildingd.drivers.base import BacnetClient, DriverContext
 from buildingd.errors import ConfigError, StartupError
 from buildingd.service.http import HttpServer
 from buildingd.service.reload import diff_settings, plan_reload
@@ -200,6 +200,7 @@ class Daemon:
                 metrics=self.metrics,
                 serve_protocols=settings.sim.protocols,
                 ble_scanning=settings.ble.scanning,
+                bacnet=BacnetClient(**settings.bacnet.model_dump()),
             ),
             metrics=self.metrics,
         )

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
+from buildingd.config.bacnet import BacnetDevice
 from buildingd.config.loader import Site
 from buildingd.config.modbus import ModbusDeviceBase, ModbusRtuDevice, ModbusTcpDevice
 from buildingd.config.mqtt import MqttDevice
@@ -52,6 +53,7 @@ async def start_simulator_servers(daemon: Daemon, services: contextlib.AsyncExit
     ]
     await _serve_modbus(daemon, building, services)
     await _serve_modbus_rtu(daemon, building, services)
+    await _serve_bacnet(daemon, building, services)
     if mqtt_devices and daemon.mqtt is not None:
         from buildingd.sim.mqtt_devices import SimulatedMqttDevices
 
@@ -114,6 +116,28 @@ async def _serve_modbus_rtu(
         ]
         server = await start_modbus_rtu(building, daemon.clock, moved)
         services.push_async_callback(server.shutdown)
+
+
+async def _serve_bacnet(
+    daemon: Daemon, building: Building, services: contextlib.AsyncExitStack
+) -> None:
+    """One BACnet/IP device per simulated ``driver: bacnet`` device, at its own address (only
+    127.0.0.1: the simulator never answers on a real network)."""
+    devices = [
+        d
+        for d in daemon.site.devices.values()
+        if d.simulated and isinstance(d, BacnetDevice) and d.address is not None
+    ]
+    local = [d for d in devices if d.address is not None and d.address.startswith("127.")]
+    for device in devices:
+        if device not in local:
+            log.warning("sim: BACnet device %s is not on 127.0.0.1: not simulated", device.id)
+    if not local:
+        return
+    from buildingd.sim.bacnet_server import start_bacnet_devices
+
+    for sim in await start_bacnet_devices(building, daemon.clock, local):
+        services.push_async_callback(sim.stop)
 
 
 def relocate_simulated(site: Site, moves: dict[tuple[str, int], int]) -> None:
