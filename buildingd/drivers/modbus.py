@@ -428,7 +428,7 @@ class ModbusDriver(Driver):
                 poll.recovered.add(one)  # a refused point reads again: plan it with the others
             return True
         code = getattr(response, "exception_code", None)
-        parts = split_block(block) if len(atoms(block.points)) > 1 else [block]
+        parts = split_block(block) if len(atoms(block.points, block.count)) > 1 else [block]
         if code != ILLEGAL_DATA_ADDRESS or len(parts) == 1:
             if code == ILLEGAL_DATA_ADDRESS and refused_point(block) not in self.refused:
                 poll.learned.add(refused_point(block))

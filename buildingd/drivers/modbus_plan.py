@@ -134,7 +134,7 @@ def plan_reads(
         members = sorted(by_table.get(table, []), key=lambda p: p.address)
         limit = planning.max_bits if table in BIT_TABLES else planning.max_registers
         if planning.max_gap is None:
-            blocks += _optimal(table, atoms(members), limit,
+            blocks += _optimal(table, atoms(members, limit), limit,
                                cost or WireCost.tcp(planning.round_trip_s), refusals)  # fmt: skip
             continue
         max_gap = planning.max_gap
@@ -154,13 +154,20 @@ def plan_reads(
     return blocks
 
 
-def atoms(members: Sequence[ModbusPoint]) -> list[tuple[int, int, tuple[ModbusPoint, ...]]]:
+def atoms(
+    members: Sequence[ModbusPoint], limit: int
+) -> list[tuple[int, int, tuple[ModbusPoint, ...]]]:
     """Points sorted by address grouped where they overlap (bits of one register): ``(start,
-    end, points)``; a block holds an atom whole or not at all."""
+    end, points)``; a block holds an atom whole or not at all. Overlapping points that together
+    pass the request ``limit`` stay apart (their shared registers are then read twice)."""
     atoms: list[tuple[int, int, tuple[ModbusPoint, ...]]] = []
     for point in members:
         end = point.address + register_count(point)
-        if atoms and point.address < atoms[-1][1]:
+        if (
+            atoms
+            and point.address < atoms[-1][1]
+            and max(atoms[-1][1], end) - atoms[-1][0] <= limit
+        ):
             start, last_end, group = atoms[-1]
             atoms[-1] = (start, max(last_end, end), (*group, point))
         else:
