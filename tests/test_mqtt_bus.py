@@ -37,7 +37,9 @@ async def broker(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         yield mosq.host, mosq.port
         mosq.stop()
     else:
-        embedded = EmbeddedBroker()
+        # Above the daemon connection's own 256 kB bound, so that bound is what is tested here
+        # (the broker's refusal of larger publishes: tests/faults/test_broker_limits.py).
+        embedded = EmbeddedBroker(max_payload_bytes=4 * 1024 * 1024)
         await embedded.start()
         yield embedded.host, embedded.port
         await embedded.stop()
