@@ -36,7 +36,7 @@ import aiomqtt
 from buildingd.settings import MqttSettings
 
 if TYPE_CHECKING:
-    from buildingd.agents.context import Metrics
+    from buildingd.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
