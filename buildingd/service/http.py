@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
+from buildingd.errors import BuildingdError
+
 log = logging.getLogger(__name__)
 
 MAX_HEADER_BYTES = 8192
@@ -55,7 +57,7 @@ class Response:
         return cls(status, text.encode(), "text/plain; version=0.0.4; charset=utf-8")
 
 
-class HttpError(Exception):
+class HttpError(BuildingdError):
     def __init__(self, status: int, message: str) -> None:
         self.status = status
         self.message = message
