@@ -187,6 +187,8 @@ class MqttConnection:
         return True
 
     async def stop(self) -> None:
+        for task in list(self._subscribing):
+            task.cancel()  # a subscribe retrying with backoff ends with the connection
         client = self._client
         if client is not None and self.connected.is_set():
             with contextlib.suppress(aiomqtt.MqttError):
