@@ -52,6 +52,7 @@ lint: install-test
 	$(BIN)/ruff check $(PYFILES)
 	$(BIN)/ruff format --check $(PYFILES)
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: install-test install-ha lint
 	$(BIN)/python -m pytest -q

@@ -53,7 +53,7 @@ from pydantic import Field
 from sitegen import generate
 
 from buildingd.agents.bus import Envelope, Performative
-from buildingd.agents.context import AgentContext, Metrics
+from buildingd.agents.context import AgentContext
 from buildingd.agents.messages import (
     COORDINATOR,
     AdjustmentsMsg,
@@ -64,11 +64,12 @@ from buildingd.agents.messages import (
 from buildingd.agents.runtime import Supervisor
 from buildingd.clock import ScaledClock
 from buildingd.config.loader import Site, load_site
+from buildingd.control.contract_net import Level, Offer, award
 from buildingd.coordinator.agent import CoordinatorAgent
-from buildingd.coordinator.contract_net import Level, Offer, award
 from buildingd.coordinator.negotiation import NegotiationState
 from buildingd.drivers.base import DriverContext
 from buildingd.evaluate import NullSink
+from buildingd.metrics import Metrics
 from buildingd.mqtt.bus import MqttBus, content_problem
 from buildingd.mqtt.bus_auth import load_or_create_key
 from buildingd.mqtt.connection import MqttConnection

@@ -36,10 +36,12 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from buildingd.errors import BuildingdError
+
 PEAK_WINDOW_S = 900.0  # BOPTEST: 15-minute means for peak power
 
 
-class TrajectoryError(ValueError):
+class TrajectoryError(BuildingdError, ValueError):
     """The trajectory file cannot be used: says which file, row or column."""
 
 

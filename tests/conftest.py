@@ -1,8 +1,9 @@
 """Shared test fixtures: the demo site, editable site copies, one-room sites, free ports, a
-mosquitto broker, virtual-time loops."""
+mosquitto broker, virtual-time loops, and ``until`` for conditions no event announces."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
@@ -16,6 +17,18 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
+
+
+async def until(predicate: Callable[[], object], what: str, timeout_s: float = 30.0) -> None:
+    """Wait until ``predicate()`` is true, polling; fail naming ``what`` after ``timeout_s`` (a
+    bound so a broken test ends with a message, not a speed requirement). Use an event instead
+    where the code under test offers one."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not predicate():
+        if loop.time() >= deadline:
+            pytest.fail(f"not in time ({timeout_s:g} s): {what}")
+        await asyncio.sleep(0.02)
 
 
 @pytest.fixture

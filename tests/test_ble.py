@@ -14,18 +14,18 @@ from typing import Any, Literal
 
 import pytest
 
-from buildingd.agents.context import Metrics
 from buildingd.clock import SystemClock
 from buildingd.config.ble import BleDevice
 from buildingd.config.loader import load_site
 from buildingd.drivers.base import DriverContext, create_driver
 from buildingd.drivers.ble import BleAdvertisementDriver, BleGattDriver
 from buildingd.errors import DeviceRejectedError, DeviceUnavailableError
+from buildingd.metrics import Metrics
 from buildingd.points import Sample
 from buildingd.service.app import Daemon
 from buildingd.settings import Settings
 from tests.bluez import FakeBlueZ, bluez_fixture  # noqa: F401  (the fixture is named bluez)
-from tests.conftest import one_room_site
+from tests.conftest import one_room_site, until
 
 pytestmark = pytest.mark.ble
 
@@ -88,13 +88,6 @@ async def opened(spec: BleDevice, ctx: DriverContext) -> AsyncIterator[Any]:
 def bad_payloads(ctx: DriverContext, device_id: str) -> float:
     assert ctx.metrics is not None
     return ctx.metrics.counters.get(f'buildingd_bad_payloads_total{{device="{device_id}"}}', 0)
-
-
-async def until(condition: Any, timeout_s: float = 10.0) -> None:
-    """Wait for a condition that D-Bus signals make true (no event to wait on from the test)."""
-    async with asyncio.timeout(timeout_s):
-        while not condition():  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
 
 
 async def values(driver: Any) -> dict[str, float]:
@@ -164,7 +157,7 @@ async def test_a_packet_id_seen_again_is_the_same_measurement(bluez: FakeBlueZ) 
         await read_when(th, {"t": 20.0})
         # Same packet id, other bytes: a resend, not a new measurement (and not a jump to 30).
         bluez.advertise("hci0", SENSOR, service_data={BTHOME: bthome(9, 30.0)})
-        await until(lambda: th.duplicates >= 1)
+        await until(lambda: th.duplicates >= 1, "a duplicate advertisement seen")
         assert await values(th) == {"t": 20.0}
         bluez.advertise("hci0", SENSOR, service_data={BTHOME: bthome(10, 20.5)})
         await read_when(th, {"t": 20.5})
@@ -191,7 +184,7 @@ async def test_bad_advertisements_are_logged_counted_and_lose_nothing(
         await read_when(tag, {"t": 24.3})
         with caplog.at_level(logging.WARNING, logger="buildingd.drivers.ble"):
             bluez.advertise("hci0", RUUVI_TAG, manufacturer_data={RUUVI: payload})
-            await until(lambda: bad_payloads(ctx, "tag") >= 1)
+            await until(lambda: bad_payloads(ctx, "tag") >= 1, "the tag's bad payload counted")
         assert f"device tag: {RUUVI_TAG}: ruuvi: {logged}" in caplog.text
         assert await values(tag) == {"t": 24.3}  # the last good value stays
         newer = bytearray(RUUVI_VALID)
@@ -229,8 +222,8 @@ async def test_encrypted_bthome_and_unknown_addresses(
             bluez.add_device("hci0", SENSOR, "th", service_data={BTHOME: encrypted})
             stranger = "A4:C1:38:99:99:99"
             bluez.add_device("hci0", stranger, "other", service_data={BTHOME: bthome(1, 19.0)})
-            await until(lambda: bad_payloads(ctx, "th") >= 1)
-            await until(lambda: "is in no device file" in caplog.text)
+            await until(lambda: bad_payloads(ctx, "th") >= 1, "the sensor's bad payload counted")
+            await until(lambda: "is in no device file" in caplog.text, "the unknown device logged")
             assert "unsupported: encrypted (no key configured)" in caplog.text
             assert f"bthome sensor {stranger} (other) is in no device file" in caplog.text
             assert await values(th) == {}
@@ -345,7 +338,10 @@ async def test_gatt_read_write_notify_and_reconnect(
         # The link drops: the next poll reconnects and subscribes again.
         connections = bluez.bus_connections()  # bleak's manager and the client's own
         bluez.disconnect("hci0", DIMMER)
-        await until(lambda: dimmer.client is not None and not dimmer.client.is_connected)
+        await until(
+            lambda: dimmer.client is not None and not dimmer.client.is_connected,
+            "the dimmer disconnected",
+        )
         assert (await values(dimmer))["t"] == 21.5
         assert dimmer.connects == 2
         assert bluez.bus_connections() == connections  # the dropped client's was closed
@@ -425,10 +421,13 @@ async def test_a_ble_sensor_and_dimmer_drive_a_zone_in_the_daemon(
         occupied_dark = bthome(2, 20.5, 0x23, 0x01, 0x05, 0x10, 0x27, 0x00)  # 100.00 lx
         bluez.advertise("hci0", SENSOR, service_data={BTHOME: occupied_dark})
         zone = daemon.zone_agents["room"]
-        await until(lambda: zone.inputs().occupied is True, 20)
+        await until(lambda: zone.inputs().occupied is True, "the zone occupied")
         assert zone.inputs().illuminance_lux == pytest.approx(100.0)
         assert zone.inputs().temperature_c == pytest.approx(20.5)
-        await until(lambda: bluez.characteristic_value("hci0", DIMMER, LEVEL_CHAR) != b"\x00", 20)
+        await until(
+            lambda: bluez.characteristic_value("hci0", DIMMER, LEVEL_CHAR) != b"\x00",
+            "the dimmer level written",
+        )
         assert daemon.device_agents["room-dimmer"].available
     finally:
         daemon.request_stop()

@@ -35,15 +35,16 @@ from buildingd.agents.messages import (
 from buildingd.agents.zone import ZoneAgent
 from buildingd.config.loader import Site, load_site
 from buildingd.config.policies import DemandResponseEvent
-from buildingd.coordinator import commitments
-from buildingd.coordinator.agent import TICK_S, CoordinatorAgent, DemandResponseRun
-from buildingd.coordinator.contract_net import (
+from buildingd.control.contract_net import (
     MAX_EXACT_ZONES,
     Level,
     Offer,
     award,
     zone_offers,
 )
+from buildingd.control.trim_respond import TrimRespond, TrimRespondParams, cooling_requests
+from buildingd.coordinator import commitments
+from buildingd.coordinator.agent import TICK_S, CoordinatorAgent, DemandResponseRun
 from buildingd.coordinator.negotiation import (
     ACCEPTS,
     TERMINAL,
@@ -52,7 +53,6 @@ from buildingd.coordinator.negotiation import (
     Negotiation,
     NegotiationState,
 )
-from buildingd.coordinator.trim_respond import TrimRespond, TrimRespondParams, cooling_requests
 from buildingd.coordinator.votes import VoteBox
 from buildingd.drivers.base import DriverContext
 from buildingd.errors import BuildingdError

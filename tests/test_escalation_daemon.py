@@ -23,7 +23,7 @@ import aiomqtt
 import pytest
 
 from buildingd.agents.bus import Envelope, InProcessBus, Mailbox, Performative
-from buildingd.agents.context import AgentContext, Metrics
+from buildingd.agents.context import AgentContext
 from buildingd.agents.messages import (
     COORDINATOR,
     EVENTS_TOPIC,
@@ -41,10 +41,11 @@ from buildingd.coordinator.escalation import (
 )
 from buildingd.coordinator.webhook import WebhookSender
 from buildingd.drivers.base import DriverContext
+from buildingd.metrics import Metrics
 from buildingd.points import PointKind
 from buildingd.service.app import Daemon
 from buildingd.settings import Settings
-from tests.conftest import REPO, one_room_site, run_virtual
+from tests.conftest import REPO, one_room_site, run_virtual, until
 from tests.servers import Mosquitto
 from tests.test_daemon_sim import make_daemon, run_for
 
@@ -481,15 +482,6 @@ policies:
       contacts:
         - {{name: Night shift, phone: "+49 30 555"}}
 """
-
-
-async def until(predicate: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
-    """Wait for a condition (a bound so a broken test ends, not a speed requirement)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not predicate():
-        assert loop.time() < deadline, f"not in time: {what}"
-        await asyncio.sleep(0.02)
 
 
 async def retained(host: str, port: int, pattern: str) -> dict[str, bytes]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import aiomqtt
@@ -16,7 +15,7 @@ import pytest
 from buildingd.config.loader import load_site
 from buildingd.service.app import Daemon
 from buildingd.settings import Settings
-from tests.conftest import ALWAYS_OCCUPIED, one_room_site
+from tests.conftest import ALWAYS_OCCUPIED, one_room_site, until
 from tests.servers import Mosquitto
 
 DEVICES = """\
@@ -31,15 +30,6 @@ devices:
 BASE = "buildingd/hab"
 # Always in occupied hours; a zone mode set by hand lasts 2 s.
 POLICY = ALWAYS_OCCUPIED + "    negotiation: {mode_override_s: 2}\n"
-
-
-async def until(predicate: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
-    """Wait for a condition (a bound so a broken test ends, not a speed requirement)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not predicate():
-        assert loop.time() < deadline, f"not in time: {what}"
-        await asyncio.sleep(0.02)
 
 
 @pytest.mark.mosquitto

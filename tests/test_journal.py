@@ -17,13 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from buildingd.audit import NOTICE, audit, audit_command, audit_decision
 from buildingd.service.journal import (
-    NOTICE,
     QUIET_LOGGERS,
     AvailabilityLog,
-    audit,
-    audit_command,
-    audit_decision,
     log_ids,
     setup_logging,
     stream_is_journal,
@@ -91,7 +88,8 @@ def run_logging_process(tmp_path: Path, journal_stream: bool) -> list[str]:
     script = textwrap.dedent(
         """
         import logging
-        from buildingd.service.journal import setup_logging, with_ids, audit_command
+        from buildingd.audit import audit_command
+        from buildingd.service.journal import setup_logging, with_ids
         setup_logging("info")
         log = logging.getLogger("buildingd.agents.device")
         log.debug("not shown at info")

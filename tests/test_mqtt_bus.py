@@ -9,20 +9,24 @@ import json
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import aiomqtt
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
 
 from buildingd.agents.bus import Envelope, Mailbox, Performative
 from buildingd.agents.messages import CommandMsg
+from buildingd.metrics import Metrics
 from buildingd.mqtt.broker import EmbeddedBroker
 from buildingd.mqtt.bus import MqttBus
 from buildingd.mqtt.bus_auth import BusSealer
-from buildingd.mqtt.connection import MqttConnection, topic_matches
+from buildingd.mqtt.connection import MqttConnection, suback_refusal, topic_matches
 from buildingd.settings import MqttSettings
+from tests.conftest import free_port, until
 from tests.servers import Mosquitto, flood_command
 
 pytestmark = pytest.mark.mosquitto
@@ -66,13 +70,6 @@ async def raw_publish(host: str, port: int, topic: str, payloads: list[bytes]) -
     async with aiomqtt.Client(host, port, identifier="intruder") as client:
         for payload in payloads:
             await client.publish(topic, payload, qos=1)
-
-
-async def until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 def test_topic_filters_follow_the_mqtt_rules() -> None:
@@ -142,7 +139,7 @@ async def test_envelopes_cross_processes_and_bad_ones_are_counted(
     assert await asyncio.wait_for(inbox.get(), 5) == sent  # sealed with the site's key: heard
     await raw_publish(host, port, topic, [p for payloads in bad.values() for p in payloads])
     total = sum(len(payloads) for payloads in bad.values())
-    await until(lambda: bus_b.stats.invalid == total)
+    await until(lambda: bus_b.stats.invalid == total, "every bad envelope counted")
     assert bus_b.invalid_by_reason == {reason: len(p) for reason, p in bad.items()}
     assert conn_b.counters.oversized == 1
     assert conn_b.counters.by_reason == {"oversized": 1}
@@ -178,7 +175,7 @@ async def test_a_flood_of_envelopes_is_accounted_for_to_the_last(mosquitto: Mosq
         *flood_command(mosquitto.host, mosquitto.port, topic, count, template, 1, KEY)
     )
     assert await asyncio.wait_for(publisher.wait(), 60) == 0  # all acknowledged by the broker
-    await until(lambda: bus_b.stats.by_kind["request/command"] >= count, timeout_s=30)
+    await until(lambda: bus_b.stats.by_kind["request/command"] >= count, "every command")
     await asyncio.sleep(0.2)  # nothing more arrives
     assert bus_b.stats.by_kind["request/command"] == count
     assert conn_b.counters.received == count
@@ -210,7 +207,7 @@ async def test_a_backlog_larger_than_any_client_queue_loses_nothing(mosquitto: M
         *flood_command(mosquitto.host, mosquitto.port, "site/flood", count, "{i}", qos=1)
     )
     assert await asyncio.wait_for(publisher.wait(), 90) == 0
-    await until(lambda: len(got) >= count, timeout_s=60)
+    await until(lambda: len(got) >= count, "every envelope delivered", timeout_s=60)
     await asyncio.sleep(0.2)
     assert [int(p) for p in got] == list(range(count))  # all of them, once, in order
     assert conn.counters.received == count and conn.connected.is_set()
@@ -233,10 +230,10 @@ async def test_will_reconnect_and_resubscribe(mosquitto: Mosquitto) -> None:
     conn.on_connect(on_connect)
     await conn.start()
     assert await conn.wait_connected(10)
-    await until(lambda: statuses[-1:] == [b"online"])
+    await until(lambda: statuses[-1:] == [b"online"], "status online")
 
     mosquitto.stop()  # the broker dies: both clients lose it
-    await until(lambda: not conn.connected.is_set())
+    await until(lambda: not conn.connected.is_set(), "the connection lost")
     assert not await conn.publish("site/test", b"lost")  # refused while down, counted
     assert conn.counters.publish_failed == 1
     reconnected.clear()
@@ -246,7 +243,9 @@ async def test_will_reconnect_and_resubscribe(mosquitto: Mosquitto) -> None:
     assert await watcher.wait_connected(15)
     watcher.subscribe("buildingd/hq/status", lambda t, p, r: statuses.append(p), qos=1)
     assert await conn.publish("site/test", b"after", qos=1)
-    await until(lambda: received == [b"after"])  # resubscribed after the restart
+    await until(
+        lambda: received == [b"after"], "resubscribed after the restart"
+    )  # resubscribed after the restart
     assert conn.counters.connects == 2
 
     await conn.stop()
@@ -279,7 +278,7 @@ async def test_the_will_reports_a_crashed_gateway_offline(mosquitto: Mosquitto) 
         sys.executable, "-c", CRASHING_GATEWAY, str(mosquitto.port)
     )
     assert await proc.wait() == 0
-    await until(lambda: seen[-2:] == [b"online", b"offline"], timeout_s=15)
+    await until(lambda: seen[-2:] == [b"online", b"offline"], "online then offline")
     await watcher.stop()
 
 
@@ -296,3 +295,33 @@ async def test_publishes_are_timestamped_envelopes() -> None:
     )
     assert Envelope.model_validate(json.loads(json.dumps(env.model_dump(mode="json")))) == env
     logging.getLogger(__name__).debug("ok")
+
+
+def test_a_suback_failure_is_told_apart_from_a_grant() -> None:
+    # mosquitto grants every subscribe (its ACL filters delivery), so the SUBACK codes the
+    # connection must refuse on are checked as paho hands them over (MQTT 3.1.1 section 3.9.3).
+    granted = [ReasonCode(PacketTypes.SUBACK, identifier=q) for q in (0, 1, 2)]
+    assert suback_refusal(granted) is None
+    assert suback_refusal((0, 1)) is None
+    failure = ReasonCode(PacketTypes.SUBACK, identifier=0x80)
+    assert suback_refusal([*granted, failure]) == "refused by the broker (SUBACK 0x80)"
+    assert suback_refusal((1, 0x80)) == "refused by the broker (SUBACK 0x80)"
+    not_authorized = ReasonCode(PacketTypes.SUBACK, identifier=0x87)  # MQTT 5
+    assert suback_refusal([not_authorized]) == "refused by the broker (SUBACK 0x87)"
+
+
+async def test_an_envelope_the_broker_never_got_is_counted_and_still_delivered_locally(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # No broker listens on this port (the connection is never started): every publish fails.
+    metrics = Metrics()
+    conn = MqttConnection(MqttSettings(enabled=True), "hq", "127.0.0.1", free_port(), metrics)
+    bus = MqttBus(conn, lambda name: name == "device[lights]", KEY)
+    inbox = Mailbox("device[lights]")
+    bus.subscribe("device[lights]", inbox)
+    for _ in range(3):
+        await bus.send(request_envelope("zone[f1-office]", "device[lights]"))
+    assert len(inbox) == 3  # the local receiver has every one
+    assert bus.stats.unpublished == 3
+    assert metrics.counters['buildingd_bus_unpublished_total{kind="request/command"}'] == 3
+    assert caplog.text.count("not published (broker unreachable)") == 1  # once per outage

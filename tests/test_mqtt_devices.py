@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import urllib.request
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from buildingd.mqtt.bus_auth import BusSealer
 from buildingd.points import PointKind, Quality
 from buildingd.service.app import Daemon
 from buildingd.settings import Settings
-from tests.conftest import one_room_site
+from tests.conftest import one_room_site, until
 from tests.servers import Mosquitto, flood_command
 
 
@@ -428,13 +427,6 @@ def climate_daemon(
     return Daemon(settings, site)
 
 
-async def until(predicate: Callable[[], bool], timeout_s: float = 10.0, what: str = "") -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, f"not in time: {what}"
-        await asyncio.sleep(0.02)
-
-
 def zone_temperature(daemon: Daemon) -> float | None:
     return daemon.zone_agents["room"].inputs().temperature_c
 
@@ -484,7 +476,7 @@ async def test_a_flood_of_sensor_messages_is_taken_in_to_the_last(
                           template.replace("2{i}", "21.{i}"), qos=qos)  # fmt: skip
     publisher = await asyncio.create_subprocess_exec(*flood)
     assert await asyncio.wait_for(publisher.wait(), 60) == 0
-    await until(lambda: climate.messages >= count, 60, "every flood message at the driver")
+    await until(lambda: climate.messages >= count, "every flood message at the driver", 60)
     await asyncio.sleep(0.3)  # and no more than that
     assert climate.messages == count
     assert climate.bad_payloads == 0
@@ -492,7 +484,7 @@ async def test_a_flood_of_sensor_messages_is_taken_in_to_the_last(
     assert daemon.metrics.counters[key] == count
     # The zone holds the flood's last value, to within the reporting deadband (0.1 K).
     last = 21.9999  # "21.{i}" for i = 9999
-    await until(lambda: abs((zone_temperature(daemon) or 0) - last) < 0.1, 10, "the last value")
+    await until(lambda: abs((zone_temperature(daemon) or 0) - last) < 0.1, "the last value", 10)
     assert climate.latest["temperature"].value == last
 
     # The daemon still answers: a new reading is taken and a command goes out.
@@ -514,8 +506,8 @@ async def test_a_flood_of_sensor_messages_is_taken_in_to_the_last(
 
         assert int(await asyncio.wait_for(light_command(), 20)) > 0
         dimmer = daemon.device_agents["dimmer"]
-        await until(lambda: dimmer.available is True, 10, "the dimmer confirmed")
-    await until(lambda: zone_temperature(daemon) == 23.0, 10, "a reading after the flood")
+        await until(lambda: dimmer.available is True, "the dimmer confirmed", 10)
+    await until(lambda: zone_temperature(daemon) == 23.0, "a reading after the flood", 10)
     assert daemon.mqtt.connected.is_set() and daemon.mqtt.counters.connects == 1
     assert daemon.mqtt.counters.handler_errors == 0
     assert no_agent_restarted(daemon)
@@ -557,7 +549,7 @@ async def test_oversized_and_non_finite_payloads_are_refused_counted_and_logged(
         # Good values first: the room's sensor and a sensor on another gateway, over the bus.
         await devices.publish(device_topic, b'{"temperature": 21.5, "humidity": 40}', qos=1)
         await devices.publish(bus_topic, remote_reading("22.5"), qos=1)
-        await until(lambda: zone_temperature(daemon) == 22.0, 10, "median of 21.5 and 22.5")
+        await until(lambda: zone_temperature(daemon) == 22.0, "median of 21.5 and 22.5", 10)
 
         bad_device = [
             b'{"temperature": NaN}',
@@ -578,8 +570,8 @@ async def test_oversized_and_non_finite_payloads_are_refused_counted_and_logged(
         for payload in bad_bus:
             await devices.publish(bus_topic, payload, qos=1)
         climate = mqtt_driver(daemon, "climate")
-        await until(lambda: climate.bad_payloads == len(bad_device), 10, "device payloads refused")
-        await until(lambda: daemon.bus.stats.invalid == len(bad_bus), 10, "bus payloads refused")
+        await until(lambda: climate.bad_payloads == len(bad_device), "device payloads refused", 10)
+        await until(lambda: daemon.bus.stats.invalid == len(bad_bus), "bus payloads refused", 10)
         # The last good values stand: nothing NaN or infinite reached the zone.
         assert zone_temperature(daemon) == 22.0
         assert daemon.zone_agents["room"].inputs().humidity_pct == 40.0
@@ -592,7 +584,7 @@ async def test_oversized_and_non_finite_payloads_are_refused_counted_and_logged(
 
         # The daemon goes on: a good value after all that is taken.
         await devices.publish(device_topic, b'{"temperature": 23.5}', qos=1)
-        await until(lambda: zone_temperature(daemon) == 23.0, 10, "median of 23.5 and 22.5")
+        await until(lambda: zone_temperature(daemon) == 23.0, "median of 23.5 and 22.5", 10)
 
     logged = [r.getMessage() for r in caplog.records]
     for field in ("NaN", "Infinity", "-Infinity"):
@@ -636,10 +628,10 @@ async def test_a_sensor_that_stops_publishing_goes_stale_and_comes_back(
         # Staleness counts from when the daemon received the report, which is after this.
         silent_from = asyncio.get_running_loop().time()
         await devices.publish("zigbee2mqtt/room-climate", b'{"temperature": 21.5}', qos=1)
-        await until(lambda: last("temperature") is Quality.GOOD, 10, "a good reading")
+        await until(lambda: last("temperature") is Quality.GOOD, "a good reading", 10)
         assert zone_temperature(daemon) == 21.5
         # The sensor falls silent.
-        await until(lambda: last("temperature") is Quality.STALE, 5, "stale after 1 s")
+        await until(lambda: last("temperature") is Quality.STALE, "stale after 1 s", 5)
         stale_at = next(t for t, p, _, q in seen if p == "temperature" and q is Quality.STALE)
         assert 1.0 <= stale_at - silent_from <= 3.0  # judged every 0.2 s; slack for load
         assert zone_temperature(daemon) is None  # the zone no longer trusts it
@@ -647,8 +639,8 @@ async def test_a_sensor_that_stops_publishing_goes_stale_and_comes_back(
         assert value == 21.5  # the stale reading carries the last value, flagged
         # It speaks again: good again, and the zone uses it.
         await devices.publish("zigbee2mqtt/room-climate", b'{"temperature": 21.8}', qos=1)
-        await until(lambda: last("temperature") is Quality.GOOD, 5, "good again")
-        await until(lambda: zone_temperature(daemon) == 21.8, 5, "the zone uses it again")
+        await until(lambda: last("temperature") is Quality.GOOD, "good again", 5)
+        await until(lambda: zone_temperature(daemon) == 21.8, "the zone uses it again", 5)
     watcher.cancel()
     daemon.request_stop()
     await task

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from buildingd.agents.device import DeviceAgent
 from buildingd.agents.runtime import Child, ChildState, Supervisor
@@ -52,6 +53,15 @@ def test_ready_status_watchdog_and_api(daemon: Running) -> None:
     assert code == 200
     assert "# TYPE buildingd_bus_messages_total counter" in metrics
     assert 'buildingd_device_up{device="main-meter"} 1' in metrics
+    # As Prometheus reads it: the page parses, one family per name, and the figures are there.
+    families = list(text_string_to_metric_families(metrics))
+    names = [f.name for f in families]
+    assert len(names) == len(set(names))
+    up = {s.labels["device"]: s.value for f in families for s in f.samples
+          if s.name == "buildingd_device_up"}  # fmt: skip
+    assert up["main-meter"] == 1.0 and len(up) == len(devices)
+    bus = [s for f in families for s in f.samples if s.name == "buildingd_bus_messages_total"]
+    assert bus and all(s.value > 0 for s in bus)
 
 
 def test_writes_need_the_token_and_bad_requests_get_4xx(daemon: Running) -> None:
@@ -72,6 +82,18 @@ def test_writes_need_the_token_and_bad_requests_get_4xx(daemon: Running) -> None
         status = int(reply.split(" ")[1])
         assert 400 <= status < 500, reply
         assert "Traceback" not in reply
+    # The bounds: a body over 64 kB is refused before it is read, chunked bodies need a length,
+    # headers over 8 kB are refused (400 from the HTTP parser).
+    auth = f"Host: x\r\nAuthorization: Bearer {daemon.token}\r\n".encode()
+    for raw, want in (
+        (b"POST /api/reload HTTP/1.1\r\n" + auth + b"Content-Length: 70000\r\n\r\n", 413),
+        (b"POST /api/reload HTTP/1.1\r\n" + auth + b"Transfer-Encoding: chunked\r\n\r\n", 411),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", 400),
+    ):
+        with socket.create_connection(("127.0.0.1", daemon.port), timeout=5) as s:
+            s.sendall(raw)
+            reply = s.recv(4096).decode()
+        assert int(reply.split(" ")[1]) == want, reply
 
 
 def test_votes_demand_response_and_acknowledgement_over_http(daemon: Running) -> None:

@@ -28,7 +28,7 @@ from buildingd.agents.messages import (
 )
 from buildingd.agents.zone import ZoneAgent
 from buildingd.config.site import StaticPressureReset
-from buildingd.coordinator.trim_respond import (
+from buildingd.control.trim_respond import (
     STATIC_PRESSURE,
     PressureRequestTimer,
     TrimRespond,

@@ -151,6 +151,7 @@ class BusStats:
         self.by_conversation: collections.OrderedDict[str, int] = collections.OrderedDict()
         self.undeliverable = 0
         self.invalid = 0
+        self.unpublished = 0  # envelopes a remote transport could not publish (broker down)
         self.total = 0
 
     def count(self, env: Envelope) -> None:

@@ -23,6 +23,7 @@ from buildingd.agents.messages import (
     readings_topic,
 )
 from buildingd.agents.runtime import Agent
+from buildingd.audit import audit_command
 from buildingd.config.base import PointBase
 from buildingd.config.devices import DeviceSpec
 from buildingd.control.validation import FrozenTracker, check_command, judge
@@ -34,7 +35,6 @@ from buildingd.errors import (
     ReadBackMismatchError,
 )
 from buildingd.points import PointKind, Quality, Sample
-from buildingd.service.journal import audit_command
 
 log = logging.getLogger(__name__)
 

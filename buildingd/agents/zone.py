@@ -36,7 +36,9 @@ from buildingd.agents.messages import (
     zone_address,
 )
 from buildingd.agents.runtime import Agent
+from buildingd.control.contract_net import Offer, zone_offers
 from buildingd.control.thermal_response import Regime
+from buildingd.control.trim_respond import PressureRequestTimer, update_pressure_requests
 from buildingd.control.zone import (
     Adjustments,
     ZoneDecision,
@@ -47,8 +49,6 @@ from buildingd.control.zone import (
 )
 from buildingd.control.zone_learning import ZoneLearning, ZoneOutlook, observe, outlook
 from buildingd.control.zone_learning import summary as learning_summary
-from buildingd.coordinator.contract_net import Offer, zone_offers
-from buildingd.coordinator.trim_respond import PressureRequestTimer, update_pressure_requests
 from buildingd.points import PointKind, Quality
 
 log = logging.getLogger(__name__)

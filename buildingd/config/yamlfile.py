@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from buildingd.errors import ConfigProblem
+from buildingd.errors import BuildingdError, ConfigProblem
 
 Path_ = tuple[str | int, ...]
 M = TypeVar("M", bound=BaseModel)
@@ -174,7 +174,7 @@ def _yaml_message(err: yaml.MarkedYAMLError) -> str:
     return ", ".join(parts) if parts else str(err).splitlines()[0]
 
 
-class ConfigFileError(Exception):
+class ConfigFileError(BuildingdError):
     """Internal: a single file could not be parsed at all."""
 
     def __init__(self, problem: ConfigProblem) -> None:

@@ -70,11 +70,19 @@ from buildingd.agents.messages import (
     zone_address,
 )
 from buildingd.agents.runtime import Agent, RestartPolicy
+from buildingd.audit import audit_decision
 from buildingd.config.base import PointBase
 from buildingd.config.policies import Band, DemandResponseEvent, Policy, RecurringEvent
+from buildingd.control.contract_net import Award, Level, Offer, award
 from buildingd.control.recurrence import running_occurrence
+from buildingd.control.trim_respond import (
+    REQUEST_2_ABOVE_K,
+    REQUEST_3_ABOVE_K,
+    TrimRespond,
+    TrimRespondParams,
+    cooling_requests,
+)
 from buildingd.coordinator import alerts_file, commitments, overrides
-from buildingd.coordinator.contract_net import Award, Level, Offer, award
 from buildingd.coordinator.escalation import (
     ALERTS_TOPIC,
     BUILDING,
@@ -101,18 +109,10 @@ from buildingd.coordinator.negotiation import (
     NegotiationState,
 )
 from buildingd.coordinator.requests import record_refusal
-from buildingd.coordinator.trim_respond import (
-    REQUEST_2_ABOVE_K,
-    REQUEST_3_ABOVE_K,
-    TrimRespond,
-    TrimRespondParams,
-    cooling_requests,
-)
 from buildingd.coordinator.votes import VoteBox, VoteResult
 from buildingd.coordinator.webhook import WebhookSender
 from buildingd.errors import RequestRefusedError
 from buildingd.points import PointKind
-from buildingd.service.journal import audit_decision
 from buildingd.statefile import set_aside_logged
 
 log = logging.getLogger(__name__)
@@ -212,12 +212,11 @@ class CoordinatorAgent(Agent):
             next_tick = now
             while True:
                 wait = max(0.0, next_tick - self.ctx.clock.monotonic())
-                try:
+                # No message before the next tick is no failure: the timeout is the tick.
+                with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.ctx.clock.to_loop_seconds(wait)):
                         env = await self.inbox.get()
                     self.take(env)
-                except TimeoutError:
-                    pass
                 now = self.ctx.clock.monotonic()
                 if now >= next_tick:
                     self.tick(now)

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
-from buildingd.agents.context import Metrics
-from buildingd.service.journal import audit_decision
+from buildingd.audit import audit_decision
+from buildingd.metrics import Metrics
 
 REFUSED_METRIC = "buildingd_requests_refused_total"
 RETAINED_METRIC = "buildingd_mqtt_retained_ignored_total"

@@ -18,8 +18,8 @@ import ssl
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from buildingd.agents.context import Metrics
 from buildingd.errors import BuildingdError
+from buildingd.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -15,9 +16,11 @@ from buildingd.config.devices import DeviceSpec
 from buildingd.points import Sample
 
 if TYPE_CHECKING:
-    from buildingd.agents.context import Metrics
+    from buildingd.metrics import Metrics
     from buildingd.mqtt.connection import MqttConnection
     from buildingd.sim.building import Building
+
+log = logging.getLogger(__name__)
 
 
 class Driver(ABC):
@@ -84,8 +87,8 @@ class SharedResources:
         for closer in reversed(self._closers):
             try:
                 await closer()
-            except Exception:  # noqa: BLE001 - closing must go on for the others
-                pass
+            except Exception:
+                log.warning("closing a shared connection failed", exc_info=True)
         self._closers.clear()
         self._items.clear()
 

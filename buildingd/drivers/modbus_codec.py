@@ -14,6 +14,7 @@ import struct
 from collections.abc import Sequence
 
 from buildingd.config.modbus import DataType, ModbusPoint, Order, RegisterTable
+from buildingd.errors import BuildingdError
 
 BIT_TABLES = (RegisterTable.COIL, RegisterTable.DISCRETE_INPUT)
 WIDTH = {
@@ -29,7 +30,7 @@ STRUCT = {
 SINGLE_WORD = (DataType.INT16, DataType.UINT16)
 
 
-class CodecError(ValueError):
+class CodecError(BuildingdError, ValueError):
     """A value that cannot be represented in (or read from) a point's registers."""
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from buildingd.config.mqtt import MqttDevice, MqttPoint
+from buildingd.errors import BuildingdError
 from buildingd.points import PointKind
 
 TRUE_WORDS = {"on": 1.0, "true": 1.0, "online": 1.0, "occupied": 1.0, "open": 1.0}
@@ -32,7 +33,7 @@ FALSE_WORDS = {"off": 0.0, "false": 0.0, "offline": 0.0, "clear": 0.0, "closed":
 Z2M_BRIGHTNESS_MAX = 254.0
 
 
-class CommandError(ValueError):
+class CommandError(BuildingdError, ValueError):
     """The device format has no way to command this point."""
 
 

@@ -12,6 +12,8 @@ from: ``agents.hearing``); its content against the model of its ontology. A refu
 too large for the connection, is counted (``BusStats.invalid``, and
 ``buildingd_bus_refused_total{reason}``) and logged once per change of reason on its topic,
 never raised into the receiver. Echoes of our own publishes are skipped by ``origin``.
+An envelope that could not be published (broker down) is counted in ``BusStats.unpublished`` and
+``buildingd_bus_unpublished_total{kind}`` and logged once per outage; local receivers have it.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 RELIABLE = {p for p in Performative if p is not Performative.INFORM}
 COMMAND_SENDERS = ("zone[", "coordinator")
 REFUSED_METRIC = "buildingd_bus_refused_total"
+UNPUBLISHED_METRIC = "buildingd_bus_unpublished_total"
 LOGGED_TOPICS = 1000  # topics whose last logged refusal reason is kept (then: counted only)
 HearingCheck = Callable[[Envelope], str | None]
 
@@ -96,6 +99,7 @@ class MqttBus(InProcessBus):
         self.verifier = BusVerifier(key, clock)
         self.invalid_by_reason: collections.Counter[str] = collections.Counter()
         self._logged: dict[str, str] = {}  # topic: the refusal reason last logged for it
+        self._unpublished_logged = False  # logged once per outage
         conn.subscribe(self.prefix + "#", self._receive, qos=1, on_refused=self._refused)
 
     async def send(self, env: Envelope) -> None:
@@ -103,7 +107,17 @@ class MqttBus(InProcessBus):
         topic = self.prefix + env.receiver
         body = self.sealer.seal(topic, env.model_dump(mode="json"))
         qos = 1 if env.performative in RELIABLE else 0
-        await self.conn.publish(topic, body, qos=qos)
+        if await self.conn.publish(topic, body, qos=qos):
+            self._unpublished_logged = False
+            return
+        kind = f"{env.performative.value}/{env.ontology}"
+        self.stats.unpublished += 1
+        if self.conn.metrics is not None:
+            self.conn.metrics.inc(UNPUBLISHED_METRIC, kind=kind)
+        if not self._unpublished_logged:
+            self._unpublished_logged = True
+            log.warning("bus: %s to %s not published (broker unreachable); counting", kind,
+                        env.receiver)  # fmt: skip
 
     def _receive(self, topic: str, payload: bytes, retained: bool) -> None:
         try:

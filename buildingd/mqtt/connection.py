@@ -36,7 +36,9 @@ import aiomqtt
 from buildingd.settings import MqttSettings
 
 if TYPE_CHECKING:
-    from buildingd.agents.context import Metrics
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    from buildingd.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,7 @@ class MqttCounters:
     oversized: int = 0
     handler_errors: int = 0
     connects: int = 0
+    subscribe_failed: int = 0  # a subscribe not acknowledged, or refused in the SUBACK
     by_reason: dict[str, int] = field(default_factory=dict)  # refused messages, by reason
 
 
@@ -77,8 +80,20 @@ METRIC_NAMES = {
     "publish_failed": "buildingd_mqtt_publish_failed_total",
     "handler_errors": "buildingd_mqtt_handler_errors_total",
     "connects": "buildingd_mqtt_connects_total",
+    "subscribe_failed": "buildingd_mqtt_subscribe_failed_total",
 }
+SUBSCRIBE_RETRIES = 5  # a failed live subscribe is tried again this often (backoff) per connection
 REFUSED_METRIC = "buildingd_mqtt_refused_total"
+
+
+def suback_refusal(granted: tuple[int, ...] | list[ReasonCode]) -> str | None:
+    """Why a SUBACK refused the subscription, or None. MQTT 3.1.1 grants a QoS (0-2) or answers
+    0x80 (failure); MQTT 5 reason codes of 0x80 and above are failures."""
+    for code in granted:
+        value = code if isinstance(code, int) else code.value
+        if value >= 0x80:
+            return f"refused by the broker (SUBACK 0x{value:02x})"
+    return None
 
 
 @dataclass(frozen=True)
@@ -112,6 +127,7 @@ class MqttConnection:
         self._client: aiomqtt.Client | None = None
         self._task: asyncio.Task[None] | None = None
         self._available: bool | None = None
+        self._subscribing: set[asyncio.Task[None]] = set()
         if metrics is not None:
             self.use_metrics(metrics)
 
@@ -144,7 +160,8 @@ class MqttConnection:
         client = self._client
         if client is not None and self.connected.is_set():
             task = asyncio.get_running_loop().create_task(self._subscribe_now(client, pattern, qos))
-            task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+            self._subscribing.add(task)
+            task.add_done_callback(self._subscribing.discard)
 
     def unsubscribe(self, handler: Handler) -> None:
         # ``==``, not ``is``: each ``obj.method`` access makes a new bound-method object.
@@ -170,6 +187,8 @@ class MqttConnection:
         return True
 
     async def stop(self) -> None:
+        for task in list(self._subscribing):
+            task.cancel()  # a subscribe retrying with backoff ends with the connection
         client = self._client
         if client is not None and self.connected.is_set():
             with contextlib.suppress(aiomqtt.MqttError):
@@ -236,8 +255,29 @@ class MqttConnection:
         )
 
     async def _subscribe_now(self, client: aiomqtt.Client, pattern: str, qos: int) -> None:
-        with contextlib.suppress(aiomqtt.MqttError):
-            await client.subscribe(pattern, qos=qos)
+        """Subscribe on a live connection, awaiting the SUBACK; a failure is counted, logged and
+        tried again with backoff while this connection lasts (a reconnect subscribes anew)."""
+        delay_s = RECONNECT_MIN_S
+        for _attempt in range(SUBSCRIBE_RETRIES):
+            if client is not self._client or not self.connected.is_set():
+                return
+            problem = await self._subscribe_acked(client, pattern, qos)
+            if problem is None:
+                return
+            self._count("subscribe_failed")
+            log.warning("mqtt: subscribe to %s failed: %s; retrying", pattern, problem)
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, self.settings.reconnect_max_s)
+        log.error("mqtt: subscribe to %s failed %d times; next try on reconnect", pattern,
+                  SUBSCRIBE_RETRIES)  # fmt: skip
+
+    async def _subscribe_acked(self, client: aiomqtt.Client, pattern: str, qos: int) -> str | None:
+        """Subscribe and wait for the broker's SUBACK: None when granted, else why not."""
+        try:
+            granted = await client.subscribe(pattern, qos=qos)
+        except aiomqtt.MqttError as err:
+            return str(err)
+        return suback_refusal(granted)
 
     async def _run(self) -> None:
         backoff = RECONNECT_MIN_S
@@ -248,7 +288,14 @@ class MqttConnection:
                     self._client = client
                     for pattern in dict.fromkeys(sub.pattern for sub in self._subs):
                         qos = max(sub.qos for sub in self._subs if sub.pattern == pattern)
-                        await client.subscribe(pattern, qos=qos)
+                        try:
+                            granted = await client.subscribe(pattern, qos=qos)
+                        except aiomqtt.MqttError:
+                            self._count("subscribe_failed")
+                            raise  # no SUBACK: reconnect and subscribe again
+                        if (problem := suback_refusal(granted)) is not None:
+                            self._count("subscribe_failed")
+                            log.warning("mqtt: subscribe to %s failed: %s", pattern, problem)
                     await client.publish(self.status_topic, b"online", qos=1, retain=True)
                     self.connected.set()
                     self._count("connects")

@@ -7,10 +7,10 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from buildingd.agents.messages import DemandResponseCall
-from buildingd.agents.runtime import ChildState
 from buildingd.coordinator.requests import record_refusal, request_error
 from buildingd.errors import RequestRefusedError
 from buildingd.service.http import HttpError, HttpServer, Request, Response
+from buildingd.service.prometheus import metrics_text
 
 if TYPE_CHECKING:
     from buildingd.coordinator.agent import CoordinatorAgent
@@ -58,116 +58,6 @@ def devices_json(daemon: Daemon) -> list[dict[str, Any]]:
                 "poll_interval_s": device.poll_interval_s,
             }
         )
-    return out
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def metrics_text(daemon: Daemon) -> str:
-    """Prometheus text exposition format 0.0.4."""
-    lines: list[str] = []
-
-    def add(name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> None:
-        lines.append(f"# HELP {name} {help_}")
-        lines.append(f"# TYPE {name} {kind}")
-        lines.extend(f"{key} {value:g}" for key, value in samples)
-
-    stats = daemon.bus.stats
-    add(
-        "buildingd_bus_messages_total",
-        "counter",
-        "Messages on the agent bus by performative/ontology.",
-        [
-            (f'buildingd_bus_messages_total{{kind="{_escape(k)}"}}', float(v))
-            for k, v in sorted(stats.by_kind.items())
-        ],
-    )
-    add(
-        "buildingd_bus_invalid_total",
-        "counter",
-        "Messages refused by the bus.",
-        [("buildingd_bus_invalid_total", float(stats.invalid))],
-    )
-    devices = devices_json(daemon)
-    add(
-        "buildingd_device_up",
-        "gauge",
-        "1 when the device answers, 0 when unavailable.",
-        [
-            (f'buildingd_device_up{{device="{_escape(d["id"])}"}}', 1.0 if d["available"] else 0.0)
-            for d in devices
-        ],
-    )
-    sup = daemon.supervisor
-    children = list(sup.children.values()) if sup is not None else []
-    add(
-        "buildingd_agent_restarts_total",
-        "counter",
-        "Restarts of each agent by the supervisor.",
-        [
-            (f'buildingd_agent_restarts_total{{agent="{_escape(c.name)}"}}', float(c.restarts))
-            for c in children
-        ],
-    )
-    add(
-        "buildingd_agents_failed",
-        "gauge",
-        "Agents the supervisor gave up on.",
-        [("buildingd_agents_failed", float(sum(c.state is ChildState.FAILED for c in children)))],
-    )
-    sink_stats = daemon.sink.stats() if daemon.sink is not None else {}
-    add(
-        "buildingd_telemetry",
-        "gauge",
-        "Telemetry sink figures (buffer depth, drops, written).",
-        [
-            (f'buildingd_telemetry{{figure="{_escape(k)}"}}', float(v))
-            for k, v in sorted(sink_stats.items())
-        ],
-    )
-    if daemon.broker is not None:
-        from buildingd.mqtt.broker_limits import REFUSED
-
-        add(
-            "buildingd_broker_refused_total",
-            "counter",
-            "What the embedded broker refused: publishes above max_payload_bytes (client "
-            "disconnected) and retained payloads not kept.",
-            [
-                (f'buildingd_broker_refused_total{{what="{k}"}}', float(v))
-                for k, v in REFUSED.items()
-            ],
-        )
-    add(
-        "buildingd_alerts_open",
-        "gauge",
-        "Open alerts: degraded zones, devices down, failed agents, unacknowledged escalations.",
-        [("buildingd_alerts_open", float(len(daemon.open_alerts())))],
-    )
-    for key, count in sorted(daemon.metrics.counters.items()):
-        name = key.split("{", 1)[0]
-        lines.append(f"# TYPE {name} counter")
-        lines.append(f"{key} {float(count):g}")
-    for key, value in sorted(daemon.metrics.gauges.items()):
-        if key.startswith("buildingd_device_up"):
-            continue
-        name = key.split("{", 1)[0]
-        lines.append(f"# TYPE {name} gauge")
-        lines.append(f"{key} {value:g}")
-    return "\n".join(_dedupe_type_lines(lines)) + "\n"
-
-
-def _dedupe_type_lines(lines: list[str]) -> list[str]:
-    seen: set[str] = set()
-    out = []
-    for line in lines:
-        if line.startswith("# TYPE"):
-            if line in seen:
-                continue
-            seen.add(line)
-        out.append(line)
     return out
 
 

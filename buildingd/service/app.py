@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from buildingd.agents.bus import InProcessBus, Performative
-from buildingd.agents.context import AgentContext, Metrics
+from buildingd.agents.context import AgentContext
 from buildingd.agents.device import DeviceAgent
 from buildingd.agents.messages import EVENTS_TOPIC, EventMsg
 from buildingd.agents.runtime import ChildState, RestartPolicy, Supervisor
@@ -30,6 +30,7 @@ from buildingd.clock import Clock, ScaledClock, SystemClock
 from buildingd.config.loader import Site, load_site
 from buildingd.drivers.base import BacnetClient, DriverContext
 from buildingd.errors import ConfigError, StartupError
+from buildingd.metrics import Metrics
 from buildingd.service.http import HttpServer
 from buildingd.service.reload import diff_settings, plan_reload
 from buildingd.service.sdnotify import Notifier, WatchdogGuard
@@ -378,11 +379,10 @@ class Daemon:
                     self.notifier.ready(self.status_summary())
                     housekeeping = tasks.create_task(self._housekeeping(), name="housekeeping")
                     reloader = tasks.create_task(self._reloader(), name="reloader")
-                    try:
+                    # A run of ``duration_s`` ends by the timeout as a requested stop does.
+                    with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(duration_s):
                             await self.stop_requested.wait()
-                    except TimeoutError:
-                        pass
                     self.notifier.stopping()
                     log.info("stopping")
                     for callback in self.on_stopping:
@@ -709,7 +709,9 @@ class Daemon:
             return
         from buildingd.sim.servers import start_simulator_servers
 
-        await start_simulator_servers(self, services)
+        self.sim_gateways = await start_simulator_servers(
+            self.building, self.clock, self.site, self.settings.sim, self.mqtt, services
+        )
 
     def summary(self) -> RunSummary:
         out = RunSummary(
@@ -742,7 +744,8 @@ class Daemon:
 def set_log_level(level: str) -> None:
     """Change the log level of a running daemon, as ``journal.setup_logging`` sets it at start
     (chatty libraries stay at warnings above debug; audit lines pass whatever the level)."""
-    from buildingd.service.journal import LEVELS, QUIET_LOGGERS, audit_log
+    from buildingd.audit import audit_log
+    from buildingd.service.journal import LEVELS, QUIET_LOGGERS
 
     levelno = LEVELS[level]
     logging.getLogger().setLevel(levelno)

@@ -1,14 +1,14 @@
 """The daemon's HTTP endpoint (127.0.0.1 by default): ``/healthz``, ``/metrics`` (Prometheus text),
 a read-only JSON API, and token-protected write endpoints.
 
-A deliberately small HTTP/1.1 server on asyncio streams: one request per connection, bounded
-header and body sizes, every malformed request answered with a 4xx, never a traceback.
+Served by ``aiohttp.web`` (HTTP parsing, connections); the routes stay a small table of
+handlers with the bearer-token rule for writes. Bounded header and body sizes, every malformed
+request answered with a 4xx, never a traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import json
 import logging
@@ -17,6 +17,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
+
+from aiohttp import HttpVersion10, HttpVersion11, web
+
+from buildingd.errors import BuildingdError
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +59,7 @@ class Response:
         return cls(status, text.encode(), "text/plain; version=0.0.4; charset=utf-8")
 
 
-class HttpError(Exception):
+class HttpError(BuildingdError):
     def __init__(self, status: int, message: str) -> None:
         self.status = status
         self.message = message
@@ -73,13 +77,28 @@ class Route:
     write: bool  # needs the bearer token
 
 
+class _ParserLog:
+    """Given to aiohttp as its request handler's logger: a request it cannot parse (a client's
+    error, answered 400) is one debug line and counted, not an ERROR with a traceback."""
+
+    def __init__(self, server: HttpServer) -> None:
+        self.server = server
+
+    def debug(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        log.debug(msg, *args)
+
+    def exception(self, msg: str, *args: Any, exc_info: object = None, **kwargs: Any) -> None:
+        self.server.errors += 1
+        log.debug("%s: %s", msg % args if args else msg, exc_info)
+
+
 class HttpServer:
     def __init__(self, bind: str, port: int, token: str | None) -> None:
         self.bind = bind
         self.port = port
         self.token = token
         self.routes: list[Route] = []
-        self._server: asyncio.Server | None = None
+        self._runner: web.AppRunner | None = None
         self.requests = 0
         self.errors = 0
 
@@ -88,23 +107,38 @@ class HttpServer:
         self.routes.append(Route(method, re.compile(regex), handler, write))
 
     async def start(self) -> int:
-        self._server = await asyncio.start_server(self._serve, self.bind, self.port)
-        self.port = int(self._server.sockets[0].getsockname()[1])
+        """Listen; raises OSError when the port cannot be bound."""
+        app = web.Application(
+            client_max_size=MAX_BODY_BYTES,
+            handler_args={
+                "max_line_size": MAX_HEADER_BYTES,
+                "max_field_size": MAX_HEADER_BYTES,
+                "logger": _ParserLog(self),
+            },
+        )
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self.bind, self.port).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self.port = int(runner.addresses[0][1])
         log.info("HTTP endpoint on http://%s:%d", self.bind, self.port)
         return self.port
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await self._server.wait_closed()
-            self._server = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _handle(self, raw: web.Request) -> web.Response:
         self.requests += 1
         try:
             async with asyncio.timeout(READ_TIMEOUT_S):
-                request = await self._read(reader)
+                request = await self._read(raw)
             response = await self._dispatch(request)
         except HttpError as err:
             self.errors += 1
@@ -114,62 +148,28 @@ class HttpServer:
         except Exception:  # a bug in a handler must not take the endpoint down
             log.exception("HTTP handler failed")
             response = Response.json({"error": "internal error"}, 500)
-        with contextlib.suppress(ConnectionError):
-            reason = HTTPStatus(response.status).phrase
-            head = (
-                f"HTTP/1.1 {response.status} {reason}\r\n"
-                f"Content-Type: {response.content_type}\r\n"
-                f"Content-Length: {len(response.body)}\r\n"
-                "Connection: close\r\n\r\n"
-            )
-            writer.write(head.encode() + response.body)
-            await writer.drain()
-        writer.close()
-        with contextlib.suppress(Exception):
-            await writer.wait_closed()
+        answer = web.Response(
+            status=response.status,
+            body=response.body,
+            headers={"Content-Type": response.content_type},
+        )
+        answer.force_close()  # one request per connection, as before
+        return answer
 
-    async def _read(self, reader: asyncio.StreamReader) -> Request:
-        try:
-            raw = await reader.readuntil(b"\r\n\r\n")
-        except asyncio.LimitOverrunError as err:
-            raise HttpError(
-                HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "headers too large"
-            ) from err
-        except asyncio.IncompleteReadError as err:
-            raise HttpError(HTTPStatus.BAD_REQUEST, "incomplete request") from err
-        if len(raw) > MAX_HEADER_BYTES:
-            raise HttpError(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "headers too large")
-        try:
-            lines = raw.decode("latin-1").split("\r\n")
-            method, target, version = lines[0].split(" ")
-        except ValueError as err:
-            raise HttpError(HTTPStatus.BAD_REQUEST, "malformed request line") from err
-        if version not in ("HTTP/1.0", "HTTP/1.1"):
+    async def _read(self, raw: web.Request) -> Request:
+        if raw.version not in (HttpVersion10, HttpVersion11):
             raise HttpError(HTTPStatus.BAD_REQUEST, "HTTP/1.0 or HTTP/1.1 only")
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            if not line:
-                continue
-            name, sep, value = line.partition(":")
-            if not sep:
-                raise HttpError(HTTPStatus.BAD_REQUEST, "malformed header")
-            headers[name.strip().lower()] = value.strip()
-        body = b""
-        if "content-length" in headers:
-            try:
-                length = int(headers["content-length"])
-            except ValueError as err:
-                raise HttpError(HTTPStatus.BAD_REQUEST, "bad Content-Length") from err
-            if length < 0 or length > MAX_BODY_BYTES:
-                raise HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "body too large")
-            try:
-                body = await reader.readexactly(length)
-            except asyncio.IncompleteReadError as err:
-                raise HttpError(HTTPStatus.BAD_REQUEST, "body shorter than Content-Length") from err
-        elif headers.get("transfer-encoding"):
+        length = raw.content_length
+        if length is not None and length > MAX_BODY_BYTES:
+            raise HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "body too large")
+        if length is None and raw.headers.get("Transfer-Encoding"):
             raise HttpError(HTTPStatus.LENGTH_REQUIRED, "chunked bodies are not accepted")
-        path = target.split("?", 1)[0]
-        return Request(method.upper(), path, headers, body)
+        try:
+            body = await raw.read()
+        except web.HTTPRequestEntityTooLarge as err:
+            raise HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "body too large") from err
+        headers = {name.lower(): value for name, value in raw.headers.items()}
+        return Request(raw.method.upper(), raw.path, headers, body)
 
     async def _dispatch(self, request: Request) -> Response:
         allowed = []

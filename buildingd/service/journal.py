@@ -13,9 +13,8 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-# Between INFO and WARNING, like syslog's "notice": normal but significant (audit lines).
-NOTICE = 25
-logging.addLevelName(NOTICE, "NOTICE")
+from buildingd.audit import ID_ORDER, NOTICE, audit_log
+from buildingd.audit import value_text as _value_text
 
 LEVELS = {
     "debug": logging.DEBUG,
@@ -25,16 +24,6 @@ LEVELS = {
     "error": logging.ERROR,
     "critical": logging.CRITICAL,
 }
-
-# Shown as "audit:" (the "buildingd." prefix is dropped on every line). Audit lines are never
-# filtered by the configured log level: the logger's own level admits INFO and above whatever
-# the root level is (set here and again in setup_logging).
-AUDIT_LOGGER = "buildingd.audit"
-audit_log = logging.getLogger(AUDIT_LOGGER)
-audit_log.setLevel(logging.INFO)
-
-# Ids shown first, in this order, on every line that carries them; others follow as given.
-ID_ORDER = ("device", "zone", "point")
 
 # Libraries that log routine chatter at INFO (apscheduler: every job run; amqtt: every client).
 # Below debug level only their warnings and errors reach the journal.
@@ -79,14 +68,6 @@ def stream_is_journal(fd: int, environ: Mapping[str, str] | None = None) -> bool
 def _ids_text(ids: Mapping[str, str]) -> str:
     keys = [k for k in ID_ORDER if k in ids] + [k for k in ids if k not in ID_ORDER]
     return " ".join(f"{k}={_value_text(ids[k])}" for k in keys)
-
-
-def _value_text(value: object) -> str:
-    text = str(value)
-    if text == "" or any(c in text for c in ' ="\n'):
-        escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-        return f'"{escaped}"'
-    return text
 
 
 def _clean_ids(ids: Mapping[str, object | None]) -> dict[str, str]:
@@ -236,63 +217,6 @@ def setup_logging(
     audit_log.setLevel(logging.INFO)
     logging.captureWarnings(True)
     return handler
-
-
-def audit(event: str, /, **fields: object | None) -> None:
-    """One ``audit`` line at NOTICE: ``audit: [device=.. zone=..] <event> key=value ...``.
-    ``device``, ``zone`` and ``point`` go into the ids; ``None`` fields are left out."""
-    ids = {k: str(v) for k, v in fields.items() if k in ID_ORDER and v is not None}
-    rest = {k: v for k, v in fields.items() if k not in ID_ORDER and v is not None}
-    text = " ".join([event, *(f"{k}={_value_text(v)}" for k, v in rest.items())])
-    audit_log.log(NOTICE, "%s", text, extra={"log_ids": ids})
-
-
-def audit_command(
-    device: str,
-    point: str,
-    value: object,
-    *,
-    source: str,
-    outcome: str,
-    zone: str | None = None,
-    reason: str | None = None,
-    read_back: object | None = None,
-) -> None:
-    """Audit one actuator command: who asked (``source``, e.g. ``zone:f1-meeting``), what, and
-    what happened (``written``, ``rejected``, ``read-back-mismatch``, ``failed``, ...)."""
-    audit(
-        "command",
-        device=device,
-        zone=zone,
-        point=point,
-        value=value,
-        read_back=read_back,
-        source=source,
-        outcome=outcome,
-        reason=reason,
-    )
-
-
-def audit_decision(
-    kind: str,
-    outcome: str,
-    *,
-    zone: str | None = None,
-    conversation: str | None = None,
-    detail: str | None = None,
-    **fields: object | None,
-) -> None:
-    """Audit one coordinator decision (``kind``: ``allocation``, ``vote``, ``guardrail``,
-    ``escalation``, ...) with its ``outcome`` and the figures it was based on."""
-    audit(
-        "decision",
-        zone=zone,
-        kind=kind,
-        outcome=outcome,
-        conversation=conversation,
-        **fields,
-        detail=detail,
-    )
 
 
 class AvailabilityLog:

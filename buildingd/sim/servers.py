@@ -18,8 +18,13 @@ from buildingd.config.mqtt import MqttDevice
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
-    from buildingd.service.app import Daemon
+    from buildingd.clock import Clock
+    from buildingd.mqtt.connection import MqttConnection
+    from buildingd.settings import SimSettings
     from buildingd.sim.building import Building
+
+# A simulated Modbus TCP gateway's address -> the port it was moved to ([sim] modbus_port).
+Moves = dict[tuple[str, int], int]
 
 
 def site_needs_simulator(site: Site) -> bool:
@@ -43,70 +48,82 @@ def resolve_start(start: str | None, timezone: str) -> datetime:
     return moment.astimezone(UTC)
 
 
-async def start_simulator_servers(daemon: Daemon, services: contextlib.AsyncExitStack) -> None:
-    """Serve the simulated building's ``simulated: true`` devices over their own protocols."""
-    building = daemon.building
-    if building is None or not daemon.settings.sim.protocols:
-        return
-    mqtt_devices = [
-        d for d in daemon.site.devices.values() if d.simulated and isinstance(d, MqttDevice)
-    ]
-    await _serve_modbus(daemon, building, services)
-    await _serve_modbus_rtu(daemon, building, services)
-    await _serve_bacnet(daemon, building, services)
-    if mqtt_devices and daemon.mqtt is not None:
+async def start_simulator_servers(
+    building: Building,
+    clock: Clock,
+    site: Site,
+    sim: SimSettings,
+    mqtt: MqttConnection | None,
+    services: contextlib.AsyncExitStack,
+) -> Moves:
+    """Serve the simulated building's ``simulated: true`` devices over their own protocols.
+    Returns the gateways moved to another port; ``site``'s device specs already follow them."""
+    if not sim.protocols:
+        return {}
+    mqtt_devices = [d for d in site.devices.values() if d.simulated and isinstance(d, MqttDevice)]
+    moves = await _serve_modbus(building, clock, site, sim, services)
+    await _serve_modbus_rtu(building, clock, site, sim, services)
+    await _serve_bacnet(building, clock, site, services)
+    if mqtt_devices and mqtt is not None:
         from buildingd.sim.mqtt_devices import SimulatedMqttDevices
 
-        sim = SimulatedMqttDevices(building, daemon.clock, daemon.mqtt, mqtt_devices)
-        await sim.start()
-        services.push_async_callback(sim.stop)
+        sim_mqtt = SimulatedMqttDevices(building, clock, mqtt, mqtt_devices)
+        await sim_mqtt.start()
+        services.push_async_callback(sim_mqtt.stop)
+    return moves
 
 
 async def _serve_modbus(
-    daemon: Daemon, building: Building, services: contextlib.AsyncExitStack
-) -> None:
+    building: Building,
+    clock: Clock,
+    site: Site,
+    sim: SimSettings,
+    services: contextlib.AsyncExitStack,
+) -> Moves:
     """One Modbus TCP server per simulated gateway address. With ``[sim] modbus_port`` set
     (0: a free port) the gateways move there and the device specs follow."""
     gateways: dict[tuple[str, int], list[ModbusTcpDevice]] = {}
-    for device in daemon.site.devices.values():
+    for device in site.devices.values():
         if device.simulated and isinstance(device, ModbusTcpDevice):
             key = (device.connection.host, device.connection.port)
             gateways.setdefault(key, []).append(device)
     if not gateways:
-        return
+        return {}
     from buildingd.sim.modbus_server import start_modbus_tcp
 
-    override = daemon.settings.sim.modbus_port
-    if override is not None:
-        daemon.sim_gateways = {key: override or _free_port() for key in gateways}
-        relocate_simulated(daemon.site, daemon.sim_gateways)
+    moves: Moves = {}
+    if sim.modbus_port is not None:
+        moves = {key: sim.modbus_port or _free_port() for key in gateways}
+        relocate_simulated(site, moves)
     for (host, port), devices in gateways.items():
         served: list[ModbusDeviceBase] = [
-            d
-            for d in (daemon.site.devices[x.id] for x in devices)
-            if isinstance(d, ModbusTcpDevice)
+            d for d in (site.devices[x.id] for x in devices) if isinstance(d, ModbusTcpDevice)
         ]
-        port = daemon.sim_gateways.get((host, port), port)
-        server = await start_modbus_tcp(building, daemon.clock, served, host, port)
+        port = moves.get((host, port), port)
+        server = await start_modbus_tcp(building, clock, served, host, port)
         services.push_async_callback(server.shutdown)
+    return moves
 
 
 async def _serve_modbus_rtu(
-    daemon: Daemon, building: Building, services: contextlib.AsyncExitStack
+    building: Building,
+    clock: Clock,
+    site: Site,
+    sim: SimSettings,
+    services: contextlib.AsyncExitStack,
 ) -> None:
     """One Modbus RTU server per simulated serial line listed in ``[sim] modbus_rtu_ports``,
     on the other end of the line, with the line's settings."""
     lines: dict[str, list[ModbusRtuDevice]] = {}
-    for device in daemon.site.devices.values():
+    for device in site.devices.values():
         if device.simulated and isinstance(device, ModbusRtuDevice):
             lines.setdefault(device.connection.port, []).append(device)
-    ends = daemon.settings.sim.modbus_rtu_ports
     if not lines:
         return
     from buildingd.sim.modbus_server import start_modbus_rtu
 
     for port, devices in lines.items():
-        serving = ends.get(port)
+        serving = sim.modbus_rtu_ports.get(port)
         if serving is None:
             log.warning("sim: RTU line %s is not in [sim] modbus_rtu_ports: not simulated", port)
             continue
@@ -114,18 +131,18 @@ async def _serve_modbus_rtu(
             d.model_copy(update={"connection": d.connection.model_copy(update={"port": serving})})
             for d in devices
         ]
-        server = await start_modbus_rtu(building, daemon.clock, moved)
+        server = await start_modbus_rtu(building, clock, moved)
         services.push_async_callback(server.shutdown)
 
 
 async def _serve_bacnet(
-    daemon: Daemon, building: Building, services: contextlib.AsyncExitStack
+    building: Building, clock: Clock, site: Site, services: contextlib.AsyncExitStack
 ) -> None:
     """One BACnet/IP device per simulated ``driver: bacnet`` device, at its own address (only
     127.0.0.1: the simulator never answers on a real network)."""
     devices = [
         d
-        for d in daemon.site.devices.values()
+        for d in site.devices.values()
         if d.simulated and isinstance(d, BacnetDevice) and d.address is not None
     ]
     local = [d for d in devices if d.address is not None and d.address.startswith("127.")]
@@ -136,11 +153,11 @@ async def _serve_bacnet(
         return
     from buildingd.sim.bacnet_server import start_bacnet_devices
 
-    for sim in await start_bacnet_devices(building, daemon.clock, local):
+    for sim in await start_bacnet_devices(building, clock, local):
         services.push_async_callback(sim.stop)
 
 
-def relocate_simulated(site: Site, moves: dict[tuple[str, int], int]) -> None:
+def relocate_simulated(site: Site, moves: Moves) -> None:
     """Point simulated Modbus TCP devices at the ports their gateways were moved to (at start
     and again after a reload re-read the device files)."""
     for device in list(site.devices.values()):

@@ -17,6 +17,7 @@ InfluxDB 3 and VictoriaMetrics) with store-and-forward, so an outage loses nothi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections import deque
@@ -171,10 +172,9 @@ class InfluxSink:
 
     async def _run(self) -> None:
         while not self._stopping:
-            try:
+            # Woken early by a full batch, or on the flush interval: both mean "write now".
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.settings.flush_interval_s)
-            except TimeoutError:
-                pass
             self._wake.clear()
             try:
                 await self._step(replay=True)

@@ -97,9 +97,10 @@ def test_influx_outage_with_restart_raises_one_alert_and_loses_nothing(
         vm.start()
         server.start()
         wait_until("the alert cleared", lambda: not telemetry_alerts(daemon))
+        drained = 'buildingd_telemetry{figure="buffer_points"} 0.0'
         wait_until(
             "the buffer drained",
-            lambda: 'buildingd_telemetry{figure="buffer_points"} 0\n' in daemon.get("/metrics")[1],
+            lambda: f"{drained}\n" in daemon.get("/metrics")[1],
         )
         accepted = server.lines()
         doubled = sorted({line for line in accepted if accepted.count(line) > 1})
