@@ -295,15 +295,18 @@ def outlook(
             return 0.0
         return max(0.0, min(MAX_START_S, base + learning.start_bias_s))
 
-    band = comfort.occupied
-    standby = comfort.standby
-    from_c = standby.heating_c if temperature_c < band.heating_c else standby.cooling_c
+    band, standby = comfort.occupied, comfort.standby
+    # From the standby band's edge on the side the zone is on; none inside the occupied band.
+    if temperature_c < band.heating_c:
+        recovery_s = lead(band, standby.heating_c)
+    elif temperature_c > band.cooling_c:
+        recovery_s = lead(band, standby.cooling_c)
+    else:
+        recovery_s = 0.0
     return ZoneOutlook(
-        recovery_s=lead(band, from_c)
-        if temperature_c < band.heating_c or temperature_c > band.cooling_c
-        else 0.0,
+        recovery_s=recovery_s,
         occupied_lead_s=lead(band),
-        standby_lead_s=lead(comfort.standby),
+        standby_lead_s=lead(standby),
         arrival=predict_arrival(
             learning.occupancy, local, MAX_START_S, frozenset(policy.schedule.holidays)
         ),
