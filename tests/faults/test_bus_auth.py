@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.mosquitto, pytest.mark.slow]
 
 BUS = "buildingd/demo-office/bus/"
 THERMOSTAT = "device[f1-meeting-thermostat]"
-FORGED_C = 27.5  # what the attacker asks for; the zone's own heating setpoint is 21 °C
+FORGED_C = 27.5  # what the attacker asks for; the zone's hand-set heating setpoint is 21 °C
 
 
 class Observer:
@@ -117,7 +117,11 @@ def test_forged_commands_never_reach_the_thermostat(
         topic = BUS + THERMOSTAT
         daemon.wait_for(lambda: observer.heating_readings(0), "a thermostat reading on the bus")
         modbus_port = int(daemon.extra["BUILDINGD_SIM__MODBUS_PORT"])
-        assert thermostat_heating_c(modbus_port) == 21.0  # the zone's occupied setpoint
+        # What the zone asks for depends on the hour and on who is in; a setpoint set by hand
+        # through the API (the legitimate path) makes it the same whenever the suite runs.
+        status, result = daemon.post("/api/zones/f1-meeting/override", {"heating_sp_c": 21.0})
+        assert status == 200 and result["accepted"], result
+        daemon.wait_for(lambda: thermostat_heating_c(modbus_port) == 21.0, "the hand setpoint")
 
         # The row: a made-up zone, no seal at all (50 times: logged once, counted 50).
         unsealed = json.dumps({"origin": "evil", "envelope": command("zone[attacker]", FORGED_C)})
@@ -148,7 +152,7 @@ def test_forged_commands_never_reach_the_thermostat(
         daemon.wait_for(lambda: refused(daemon, "replayed") == 1, "the replay refused")
         assert refused(daemon, "forged sender") == 2
 
-        # The thermostat, read over Modbus, holds the zone's 21 °C; no write was audited.
+        # The thermostat, read over Modbus, holds the hand-set 21 °C; no forged write was audited.
         assert thermostat_heating_c(modbus_port) == 21.0
         assert not [line for line in daemon.lines if f"value={FORGED_C}" in line]
         logged = [line for line in daemon.lines if f"invalid message on {topic}" in line]
