@@ -50,12 +50,15 @@ from zoneinfo import ZoneInfo
 from buildingd.agents.bus import Envelope, Performative, new_conversation_id
 from buildingd.agents.context import AgentContext
 from buildingd.agents.messages import (
+    ALERTS_TOPIC,
     COORDINATOR,
     DEMAND_RESPONSE_TOPIC,
     EVENTS_TOPIC,
     TELEMETRY,
     ZONE_STATE_TOPIC,
     AdjustmentsMsg,
+    AlertActionMsg,
+    AlertMsg,
     CommandMsg,
     CommandResultMsg,
     Content,
@@ -64,11 +67,13 @@ from buildingd.agents.messages import (
     DemandResponseProposal,
     EventMsg,
     ReadingMsg,
+    VoteResult,
     ZoneStateMsg,
     device_address,
     readings_topic,
     zone_address,
 )
+from buildingd.agents.requests import record_refusal
 from buildingd.agents.runtime import Agent, RestartPolicy
 from buildingd.audit import audit_decision
 from buildingd.config.base import PointBase
@@ -84,11 +89,8 @@ from buildingd.control.trim_respond import (
 )
 from buildingd.coordinator import alerts_file, commitments, overrides
 from buildingd.coordinator.escalation import (
-    ALERTS_TOPIC,
     BUILDING,
     Action,
-    AlertActionMsg,
-    AlertMsg,
     Cause,
     Incident,
     IncidentBook,
@@ -108,8 +110,7 @@ from buildingd.coordinator.negotiation import (
     Negotiation,
     NegotiationState,
 )
-from buildingd.coordinator.requests import record_refusal
-from buildingd.coordinator.votes import VoteBox, VoteResult
+from buildingd.coordinator.votes import VoteBox
 from buildingd.coordinator.webhook import WebhookSender
 from buildingd.errors import RequestRefusedError
 from buildingd.points import PointKind
