@@ -50,16 +50,12 @@ from zoneinfo import ZoneInfo
 from buildingd.agents.bus import Envelope, Performative, new_conversation_id
 from buildingd.agents.context import AgentContext
 from buildingd.agents.messages import (
-    ALERTS_TOPIC,
     COORDINATOR,
     DEMAND_RESPONSE_TOPIC,
     EVENTS_TOPIC,
-    TELEMETRY,
     ZONE_STATE_TOPIC,
     AdjustmentsMsg,
     AlertActionMsg,
-    AlertMsg,
-    CommandMsg,
     CommandResultMsg,
     Content,
     DemandResponseAward,
@@ -69,47 +65,33 @@ from buildingd.agents.messages import (
     ReadingMsg,
     VoteResult,
     ZoneStateMsg,
-    device_address,
     readings_topic,
     zone_address,
 )
 from buildingd.agents.requests import record_refusal
-from buildingd.agents.runtime import Agent, RestartPolicy
+from buildingd.agents.runtime import Agent
 from buildingd.audit import audit_decision
 from buildingd.config.base import PointBase
 from buildingd.config.policies import Band, DemandResponseEvent, Policy, RecurringEvent
 from buildingd.control.contract_net import Award, Level, Offer, award
 from buildingd.control.recurrence import running_occurrence
 from buildingd.control.trim_respond import (
-    REQUEST_2_ABOVE_K,
-    REQUEST_3_ABOVE_K,
     TrimRespond,
-    TrimRespondParams,
-    cooling_requests,
 )
-from buildingd.coordinator import alerts_file, commitments, overrides
+from buildingd.coordinator import commitments, overrides
+from buildingd.coordinator.air_handlers import STATIC_PRESSURE, SUPPLY_AIR, AirHandlerDesk
+from buildingd.coordinator.break_glass import BreakGlassDesk
 from buildingd.coordinator.escalation import (
-    BUILDING,
-    Action,
-    Cause,
     Incident,
     IncidentBook,
-    IncidentKey,
-    SubjectKind,
-    agent_failed_story,
-    contact_names,
-    device_down_story,
-    journal_line,
     negotiation_story,
-    safety_band_story,
-    subject_payload,
-    telemetry_down_story,
 )
 from buildingd.coordinator.negotiation import (
     PARTICIPANT_PERFORMATIVES,
     Negotiation,
     NegotiationState,
 )
+from buildingd.coordinator.office import Office
 from buildingd.coordinator.votes import VoteBox
 from buildingd.coordinator.webhook import WebhookSender
 from buildingd.errors import RequestRefusedError
@@ -162,18 +144,15 @@ class CoordinatorAgent(Agent):
         # Where active commitments are kept across restarts (None: not kept, as in unit tests).
         self.commitments_path = state_dir / commitments.FILE_NAME if state_dir else None
         self._saved: commitments.CommitmentsFile | None = None
-        # Open alerts (with their acknowledgements) kept across restarts, SIGKILL included.
-        self.alerts_path = state_dir / alerts_file.FILE_NAME if state_dir else None
-        self._alerts_saved: alerts_file.AlertsFile | None = None
+        self.office = Office(ctx)
+        self.alarms = BreakGlassDesk(self.office, state_dir)
+        self.air = AirHandlerDesk(self.office)
         self.rejected: Counter[str] = Counter()  # negotiation messages rejected, by reason
         self._rejections_logged: Counter[str] = Counter()
-        self.zones: dict[str, ZoneStateMsg] = {}
+        self.zones = self.office.zones
         self.building_power_w: float | None = None
         self.negotiations: dict[str, DemandResponseRun] = {}
         self.finished: list[DemandResponseRun] = []
-        self.escalations = IncidentBook()  # the daemon hands it to a restarted coordinator
-        self.webhooks = WebhookSender(ctx.metrics)
-        self._finished_seen: set[str] = set()
         self.outcomes: dict[str, int] = {}
         rules = [p.negotiation for p in ctx.site.policies.values()]
         first = rules[0] if rules else None
@@ -184,14 +163,7 @@ class CoordinatorAgent(Agent):
             max_offset_k=first.vote_max_offset_k if first else 1.5,
             min_interval_s=VOTE_MIN_INTERVAL_S,
         )
-        self.supply_air: dict[str, TrimRespond] = {}
-        self.supply_air_sp: dict[str, float] = {}
-        self.static_pressure: dict[str, TrimRespond] = {}
-        self.static_pressure_sp: dict[str, float] = {}
-        self._requests: dict[str, int] = {}
-        self._hot_since: dict[str, tuple[float | None, float | None]] = {}
         self._scheduled_started: set[str] = set()  # keys of scheduled events opened
-        self._outbox: list[Envelope] = []
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -233,11 +205,12 @@ class CoordinatorAgent(Agent):
         await self._flush()
 
     async def _flush(self) -> None:
-        while self._outbox:
-            await self.ctx.send(self._outbox.pop(0))
+        outbox = self.office.outbox
+        while outbox:
+            await self.ctx.send(outbox.pop(0))
 
     def _send(self, env: Envelope) -> None:
-        self._outbox.append(env)
+        self.office.outbox.append(env)
 
     # -- input ---------------------------------------------------------------------------------
 
@@ -259,18 +232,11 @@ class CoordinatorAgent(Agent):
         elif env.ontology == CommandResultMsg.ontology:
             result = CommandResultMsg.parse(env)
             if not result.ok:
-                # Write again at the next step.
-                if result.kind is PointKind.DUCT_STATIC_PRESSURE_SETPOINT:
-                    self.static_pressure_sp.clear()
-                else:
-                    self.supply_air_sp.clear()
-                why = result.error or result.reason
-                log.warning("coordinator: %s.%s refused %s: %s",
-                            result.device_id, result.point_id, result.value, why)  # fmt: skip
+                self.air.refused(result)
         elif env.ontology == EventMsg.ontology:
-            self._observe_event(EventMsg.parse(env))
+            self.alarms.event(EventMsg.parse(env))
         elif env.ontology == AlertActionMsg.ontology:
-            self._alert_action(AlertActionMsg.parse(env), env.sender)
+            self.alarms.action(AlertActionMsg.parse(env), env.sender)
         elif env.ontology != DemandResponseCall.ontology:
             raise ValueError(f"unexpected ontology {env.ontology!r}")
         elif env.receiver == DEMAND_RESPONSE_TOPIC:
@@ -375,9 +341,8 @@ class CoordinatorAgent(Agent):
         for run in list(self.negotiations.values()):
             self._progress(run, now_s)
         self._settle_votes(now_s)
-        self._trim_and_respond(now_s)
-        self._watch(now_s)
-        self._remind(now_s)
+        self.air.tick(now_s)
+        self.alarms.tick(now_s)
 
     def _scheduled_events(self, now_s: float) -> None:
         dr = self.ctx.site.demand_response
@@ -518,6 +483,8 @@ class CoordinatorAgent(Agent):
             else:
                 self._transition(run, S.SETTLED, now_s, "all zones restored")
         if n.over:
+            if n.state is S.SETTLED and run.committed_w >= run.target_w:
+                self.alarms.negotiation_met(n.conversation_id, n.opened_s)
             self.negotiations.pop(n.conversation_id, None)
             self._rejections_logged.pop(n.conversation_id, None)
             self.finished = [*self.finished[-49:], run]
@@ -1024,166 +991,21 @@ class CoordinatorAgent(Agent):
                     )
                 )
 
-    def _trim_and_respond(self, now_s: float) -> None:
-        if self.ctx.ready_s is None:
-            return  # the air handlers' device agents may not be listening yet
-        for ahu_id, reset in self.supply_air.items():
-            requests = 0
-            for zone_id in self.ctx.site.air_handlers.get(ahu_id, []):
-                requests += self._zone_requests(zone_id, now_s)
-            setpoint = reset.step(now_s, requests)
-            if self.supply_air_sp.get(ahu_id) != setpoint:
-                self.supply_air_sp[ahu_id] = setpoint
-                reason = f"G36 trim & respond: {requests} cooling requests"
-                audit_decision("trim-respond", "setpoint", detail=reason, air_handler=ahu_id,
-                               setpoint_c=setpoint)  # fmt: skip
-                self._write_air_handler(
-                    ahu_id, PointKind.SUPPLY_AIR_TEMPERATURE_SETPOINT, setpoint, reason
-                )
-        for ahu_id, reset in self.static_pressure.items():
-            # The zones count their terminal units' requests (G36 5.6.8.2) in their summaries.
-            requests = sum(
-                state.pressure_requests
-                for zone_id in self.ctx.site.air_handlers.get(ahu_id, [])
-                if (state := self.zones.get(zone_id)) is not None
-            )
-            setpoint = reset.step(now_s, requests)
-            if self.static_pressure_sp.get(ahu_id) != setpoint:
-                self.static_pressure_sp[ahu_id] = setpoint
-                reason = f"G36 trim & respond: {requests} static pressure requests"
-                audit_decision("trim-respond", "setpoint", detail=reason, air_handler=ahu_id,
-                               setpoint_pa=setpoint)  # fmt: skip
-                self._write_air_handler(
-                    ahu_id, PointKind.DUCT_STATIC_PRESSURE_SETPOINT, setpoint, reason
-                )
+    @property
+    def supply_air(self) -> dict[str, TrimRespond]:
+        return self.air.loops(SUPPLY_AIR)
+
+    @property
+    def static_pressure(self) -> dict[str, TrimRespond]:
+        return self.air.loops(STATIC_PRESSURE)
 
     def start_resets(self, now_s: float) -> None:
-        """The air handlers' G36 resets start (held at SP0 through the delay): supply-air
-        temperature for each air handler; duct static pressure (section 5.16.1.2) for each
-        whose device file has a ``duct_static_pressure_setpoint`` point, its range the site
-        file's narrowed to every such point's write limits, so no step is ever refused as out
-        of range (the command path still checks each write)."""
-        for ahu_id, sat in self.ctx.site.supply_air_reset.items():
-            params = TrimRespondParams(
-                sp0=sat.sp0_c,
-                sp_min=sat.min_c,
-                sp_max=sat.max_c,
-                delay_s=sat.delay_s,
-                step_s=sat.step_s,
-                ignored=sat.ignored_requests,
-                trim=sat.trim_k,
-                respond=sat.respond_k,
-                respond_max=sat.respond_max_k,
-            )
-            self.supply_air[ahu_id] = TrimRespond(params, now_s)
-        for ahu_id, reset in self.ctx.site.static_pressure_reset.items():
-            points = self._air_handler_points(ahu_id, PointKind.DUCT_STATIC_PRESSURE_SETPOINT)
-            if not points:
-                continue
-            low, high = reset.min_pa, reset.max_pa
-            for _, point in points:
-                if point.limits is not None:
-                    low, high = max(low, point.limits.min), min(high, point.limits.max)
-            if low > high:
-                log.error("coordinator: no duct static pressure reset for %s: its range "
-                          "%g..%g Pa misses the setpoint points' limits", ahu_id,
-                          reset.min_pa, reset.max_pa)  # fmt: skip
-                continue
-            params = TrimRespondParams(
-                sp0=min(high, max(low, reset.sp0_pa)),
-                sp_min=low,
-                sp_max=high,
-                delay_s=reset.delay_s,
-                step_s=reset.step_s,
-                ignored=reset.ignored_requests,
-                trim=reset.trim_pa,
-                respond=reset.respond_pa,
-                respond_max=reset.respond_max_pa,
-            )
-            self.static_pressure[ahu_id] = TrimRespond(params, now_s)
-
-    def _zone_requests(self, zone_id: str, now_s: float) -> int:
-        state = self.zones.get(zone_id)
-        if state is None or state.temperature_c is None:
-            return 0
-        excess = state.temperature_c - state.cooling_sp_c
-        # G36's "for 2 minutes" timers: since when the zone is above sp + 3 K and sp + 2 K.
-        since3, since2 = self._hot_since.get(zone_id, (None, None))
-        since3 = (since3 if since3 is not None else now_s) if excess > REQUEST_3_ABOVE_K else None
-        since2 = (since2 if since2 is not None else now_s) if excess > REQUEST_2_ABOVE_K else None
-        self._hot_since[zone_id] = (since3, since2)
-        spec = self.ctx.site.zones[zone_id]
-        # No loop signal in the summary: full cooling 1 K above the setpoint (the terminal's
-        # proportional band), as the simulator's thermostat.
-        loop_pct = 100 * min(1.0, max(0.0, excess)) if spec.cooling_capacity_w else 0.0
-        count = cooling_requests(
-            state.temperature_c,
-            state.cooling_sp_c,
-            loop_pct,
-            above_3k_for_s=now_s - since3 if since3 is not None else 0.0,
-            above_2k_for_s=now_s - since2 if since2 is not None else 0.0,
-            previous=self._requests.get(zone_id, 0),
-        )
-        self._requests[zone_id] = count
-        return count
-
-    def _air_handler_points(self, ahu_id: str, kind: PointKind) -> list[tuple[str, PointBase]]:
-        """(device id, point) of each ``kind`` point of the air handler's devices (the device
-        named like it, or ``<ahu>-...``)."""
-        return [
-            (device.id, point)
-            for device in self.ctx.site.devices.values()
-            if device.id == ahu_id or device.id.startswith(f"{ahu_id}-")
-            for point in device.points_list()
-            if point.kind is kind
-        ]
-
-    def _write_air_handler(
-        self, ahu_id: str, kind: PointKind, setpoint: float, reason: str
-    ) -> None:
-        """The reset's new setpoint, through the device agents' command path (limits, write,
-        read-back); a refusal comes back as a failed command result."""
-        for device_id, point in self._air_handler_points(ahu_id, kind):
-            cmd = CommandMsg(point_id=point.id, value=setpoint, zone_id=None, reason=reason)
-            self._send(cmd.envelope(Performative.REQUEST, self.name, device_address(device_id)))
+        self.air.start(now_s)
 
     # -- break-glass escalation ----------------------------------------------------------------
 
-    def escalate(
-        self,
-        message: str,
-        now_s: float,
-        *,
-        subject: str = BUILDING,
-        kind: SubjectKind = SubjectKind.BUILDING,
-        cause: Cause = Cause.NEGOTIATION,
-        tried: str = "",
-        left_state: str = "",
-        ref: str | None = None,
-    ) -> Incident:
-        """Break-glass: the incident for (subject, cause). Only a new one is announced (journal,
-        alerts topic, webhooks); a repeat while it is open is folded into it."""
-        policies = self._policies_of(kind, subject)
-        incident, new = self.escalations.raise_incident(
-            IncidentKey(subject, cause),
-            kind=kind,
-            summary=message,
-            tried=tried,
-            left_state=left_state,
-            now_s=now_s,
-            at=self.ctx.clock.now(),
-            contacts=contact_names(
-                (c.name, c.email, c.phone) for p in policies for c in p.escalation.contacts
-            ),
-            reminder_interval_s=min(
-                (p.escalation.reminder_interval_s for p in policies), default=3600.0
-            ),
-            ref=ref,
-        )
-        if new:
-            self.ctx.metrics.inc("buildingd_escalations_total", cause=cause.value)
-            self._announce(incident, "raised", now_s)
-        return incident
+    def escalate(self, message: str, now_s: float, **kw: Any) -> Incident:
+        return self.alarms.escalate(message, now_s, **kw)
 
     def _escalate_negotiation(
         self, run: DemandResponseRun, message: str, now_s: float, cancelled: bool = False
@@ -1193,261 +1015,37 @@ class CoordinatorAgent(Agent):
             run.invited, run.offers, run.refused, awarded, run.committed_w, run.target_w, cancelled
         )
         conversation = run.negotiation.conversation_id
-        self.escalate(message, now_s, tried=tried, left_state=left, ref=conversation)
+        self.alarms.escalate(message, now_s, tried=tried, left_state=left, ref=conversation)
+
+    @property
+    def escalations(self) -> IncidentBook:
+        return self.alarms.book
+
+    @escalations.setter
+    def escalations(self, book: IncidentBook) -> None:
+        self.alarms.book = book  # a restarted coordinator keeps the open incidents
+
+    @property
+    def webhooks(self) -> WebhookSender:
+        return self.alarms.webhooks
 
     def acknowledge(self, esc_id: str, who: str) -> bool:
-        """A technician acknowledges an alert (HTTP or MQTT): its reminders stop, it stays open
-        until its cause goes away or it is cleared. False when there is nothing to acknowledge."""
-        now = self.ctx.clock.monotonic()
-        incident = self.escalations.acknowledge(esc_id, who, now, self.ctx.clock.now())
-        if incident is None:
-            return False
-        audit_decision("escalation", "acknowledged", detail=incident.summary, id=esc_id, by=who)
-        self._announce(incident, "acknowledged", now)
-        return True
+        return self.alarms.acknowledge(esc_id, who)
 
     def clear_alert(self, esc_id: str, who: str) -> bool:
-        """A technician clears an alert by hand (needed where the daemon cannot see the cause go
-        away: an agent given up on, a negotiation that fell short). A condition that persists
-        raises a new alert after its threshold. False when no such alert is open."""
-        now = self.ctx.clock.monotonic()
-        incident = self.escalations.clear(esc_id, now, self.ctx.clock.now(), by=who)
-        if incident is None:
-            return False
-        audit_decision("escalation", "cleared", detail=incident.summary, id=esc_id, by=who)
-        self._announce(incident, "cleared", now)
-        return True
+        return self.alarms.clear_alert(esc_id, who)
 
     def open_escalations(self) -> list[Incident]:
-        """Open alerts nobody has acknowledged yet: what needs a human now."""
-        return [i for i in self.escalations.open_incidents() if i.acknowledged_at is None]
+        return self.alarms.open_escalations()
 
     def incidents(self) -> list[Incident]:
-        """Every open incident, acknowledged or not."""
-        return self.escalations.open_incidents()
-
-    def _remind(self, now_s: float) -> None:
-        for incident in self.escalations.due_reminders(now_s):
-            self.ctx.metrics.inc("buildingd_escalation_reminders_total", cause=incident.cause)
-            self._announce(incident, "reminder", now_s)
-
-    def _watch(self, now_s: float) -> None:
-        """Every tick: raise what lasted long enough, clear what went away."""
-        site, book = self.ctx.site, self.escalations
-        for key in book.conditions(Cause.SAFETY_BAND):
-            if key.subject not in site.zones:
-                book.observe(key, False, now_s)
-        for key in [i.key for i in book.open_incidents() if i.kind is SubjectKind.ZONE]:
-            if key.subject not in site.zones:
-                self._resolve(key, now_s, "zone removed from the site")
-        for zone_id in site.zones:
-            state = self.zones.get(zone_id)
-            if state is None or state.temperature_c is None:
-                continue  # unknown is not "back in band"; a dead sensor is its device's alert
-            safety = site.policy_for(zone_id).safety
-            key = IncidentKey(zone_id, Cause.SAFETY_BAND)
-            outside = not safety.min_c <= state.temperature_c <= safety.max_c
-            condition = book.observe(key, outside, now_s)
-            if condition is None:
-                self._resolve(key, now_s, "back inside its safety band")
-            elif now_s - condition.since_s >= safety.max_outside_s:
-                outside_s = now_s - condition.since_s
-                summary, tried, left = safety_band_story(
-                    state, safety.min_c, safety.max_c, outside_s
-                )
-                self.escalate(summary, now_s, subject=zone_id, kind=SubjectKind.ZONE,
-                              cause=Cause.SAFETY_BAND, tried=tried, left_state=left)  # fmt: skip
-        for key, condition in book.conditions(Cause.DEVICE_DOWN).items():
-            device = site.devices.get(key.subject)
-            if device is None:
-                book.observe(key, False, now_s)
-                self._resolve(key, now_s, "device removed from the site")
-                continue
-            # A device agent restarted after a crash reports its first good poll only in its
-            # gauge, not as a "back" event: the gauge is the truth about this process's devices.
-            if self.ctx.metrics.gauges.get(f'buildingd_device_up{{device="{key.subject}"}}') == 1:
-                book.observe(key, False, now_s)
-                self._resolve(key, now_s, "device back")
-                continue
-            policies = self._policies_of(SubjectKind.DEVICE, key.subject)
-            limit_s = min((p.escalation.device_unavailable_s for p in policies), default=900.0)
-            down_s = now_s - condition.since_s
-            if down_s >= limit_s:
-                zone_ids = sorted({p.zone for p in device.points_list() if p.zone in site.zones})
-                zones = {z: self.zones.get(z) for z in zone_ids if z is not None}
-                summary, tried, left = device_down_story(
-                    key.subject, condition.detail, down_s, device.poll_interval_s, zones
-                )
-                self.escalate(summary, now_s, subject=key.subject, kind=SubjectKind.DEVICE,
-                              cause=Cause.DEVICE_DOWN, tried=tried, left_state=left)  # fmt: skip
-        for key, condition in book.conditions(Cause.TELEMETRY_DOWN).items():
-            limit_s = min(
-                (p.escalation.device_unavailable_s for p in site.policies.values()), default=900.0
-            )
-            if now_s - condition.since_s >= limit_s:
-                summary, tried, left = telemetry_down_story(
-                    condition.detail, now_s - condition.since_s
-                )
-                self.escalate(summary, now_s, subject=key.subject, kind=SubjectKind.AGENT,
-                              cause=Cause.TELEMETRY_DOWN, tried=tried, left_state=left)  # fmt: skip
-        self._negotiations_recovered(now_s)
-
-    def _negotiations_recovered(self, now_s: float) -> None:
-        """A negotiation opened after a shortfall alert and settled with its target met: the
-        building has its flexibility back, the alert clears."""
-        key = IncidentKey(BUILDING, Cause.NEGOTIATION)
-        for run in self.finished:
-            n = run.negotiation
-            if n.conversation_id in self._finished_seen:
-                continue
-            self._finished_seen.add(n.conversation_id)
-            incident = self.escalations.open_for(key)
-            if (
-                incident is not None
-                and n.state is S.SETTLED
-                and run.committed_w >= run.target_w
-                and n.opened_s > incident.since_s
-            ):
-                self._resolve(key, now_s, f"negotiation {n.conversation_id} met its target")
-        self._finished_seen &= {r.negotiation.conversation_id for r in self.finished}
-
-    def _observe_event(self, event: EventMsg) -> None:
-        """Device availability and the supervisor giving up on an agent, from the events."""
-        now = self.ctx.clock.monotonic()
-        if event.kind == "availability" and event.source.startswith("device["):
-            device_id = event.source.removeprefix("device[").removesuffix("]")
-            if device_id not in self.ctx.site.devices:
-                return  # another gateway's device
-            key = IncidentKey(device_id, Cause.DEVICE_DOWN)
-            down = event.severity != "info"  # "unavailable: why" is a warning, "back" is info
-            why = event.message.split(": ", 1)[-1]
-            self.escalations.observe(key, down, now, why)
-            if not down:
-                self._resolve(key, now, "device back")
-        elif event.kind == "availability" and event.source == TELEMETRY:
-            key = IncidentKey(TELEMETRY, Cause.TELEMETRY_DOWN)
-            down = event.severity != "info"
-            self.escalations.observe(key, down, now, event.message.split(": ", 1)[-1])
-            if not down:
-                self._resolve(key, now, "telemetry delivered again")
-        elif event.kind == "agent-failed":
-            # The supervisor's message: "agent <name> stopped after too many restarts: <error>".
-            head, _, error = event.message.partition(": ")
-            words = head.split()
-            name = words[1] if len(words) > 1 and words[0] == "agent" else event.source
-            if name.startswith("zone["):
-                subject, kind = name.removeprefix("zone[").removesuffix("]"), SubjectKind.ZONE
-            elif name.startswith("device["):
-                subject, kind = name.removeprefix("device[").removesuffix("]"), SubjectKind.DEVICE
-            else:
-                subject, kind = name, SubjectKind.AGENT
-            limits = RestartPolicy()  # what the daemon's supervisor runs with
-            summary, tried, left = agent_failed_story(
-                name, error or event.message, limits.max_restarts, limits.window_s
-            )
-            self.escalate(summary, now, subject=subject, kind=kind, cause=Cause.AGENT_FAILED,
-                          tried=tried, left_state=left)  # fmt: skip
-
-    def _alert_action(self, msg: AlertActionMsg, sender: str) -> None:
-        """Acknowledge or clear by message (the MQTT bridge), or send a snapshot of every
-        subject's open alerts (a bridge that starts re-publishes them)."""
-        if msg.action == "snapshot":
-            book = self.escalations
-            subjects = {s: subject_payload(s, book.of_subject(s)) for s in book.subjects()}
-            self._send(AlertMsg(action="snapshot", subjects=subjects).envelope(
-                Performative.INFORM, self.name, ALERTS_TOPIC))  # fmt: skip
-            return
-        if msg.alert_id is None:
-            raise ValueError(f"{msg.action} without an alert id")
-        done = (self.acknowledge if msg.action == "acknowledge" else self.clear_alert)(
-            msg.alert_id, msg.by
-        )
-        if not done:
-            raise ValueError(f"{msg.action}: no open alert {msg.alert_id!r} (from {sender})")
-
-    def _resolve(self, key: IncidentKey, now_s: float, why: str) -> None:
-        incident = self.escalations.clear(key, now_s, self.ctx.clock.now(), by=why)
-        if incident is not None:
-            self._announce(incident, "cleared", now_s)
-
-    def _policies_of(self, kind: SubjectKind, subject: str) -> list[Policy]:
-        """The policies whose contacts, intervals and webhooks apply: the zone's, the policies of
-        a device's zones, or every policy for the building and building-level devices."""
-        site = self.ctx.site
-        if kind is SubjectKind.ZONE and subject in site.zones:
-            return [site.policy_for(subject)]
-        if kind is SubjectKind.DEVICE and subject in site.devices:
-            zones = {p.zone for p in site.devices[subject].points_list() if p.zone in site.zones}
-            ids = sorted({site.zone_policy[z] for z in zones if z is not None})
-            if ids:
-                return [site.policies[i] for i in ids]
-        return list(site.policies.values())
-
-    def _announce(self, incident: Incident, action: Action, now_s: float) -> None:
-        """One step in an incident's life, delivered everywhere: the journal at error level (so
-        ``journalctl -p err`` tells the whole story, ack and clear included), an event, the
-        subject's open alerts on ALERTS_TOPIC (the MQTT bridge keeps them retained per subject)
-        and the policies' webhooks (posted by the owned webhook task, never waited for here)."""
-        log.error("%s", journal_line(incident, action, now_s))
-        alarm = "error" if action in ("raised", "reminder") else "info"
-        self._event("escalation", alarm, f"{incident.id} {action}: {incident.message}"[:2000])
-        subject = incident.subject
-        payload = subject_payload(subject, self.escalations.of_subject(subject))
-        alert = AlertMsg(action=action, alert_id=incident.id, subjects={subject: payload})
-        self._send(alert.envelope(Performative.INFORM, self.name, ALERTS_TOPIC))
-        body = {"event": action, "site": self.ctx.site.site_id, "alert": incident.to_json()}
-        policies = self._policies_of(incident.kind, subject)
-        for url in sorted({u for p in policies if (u := p.escalation.webhook_url)}):
-            self.webhooks.submit(url, body)
-        self._save_alerts()
-
-    def _save_alerts(self) -> None:
-        """Write the open incidents when they changed (raised, reminded, acknowledged, cleared)."""
-        if self.alerts_path is None:
-            return
-        data = alerts_file.to_file(self.escalations.open_incidents())
-        if data == self._alerts_saved:
-            return
-        try:
-            alerts_file.save(self.alerts_path, data)
-        except OSError as err:
-            # Not fatal: the alerts stay open here; only a restart would forget them.
-            log.error("coordinator: cannot write %s: %s", self.alerts_path, err)  # noqa: TRY400
-        self._alerts_saved = data
+        return self.alarms.incidents()
 
     def resume_alerts(self, now_s: float) -> None:
-        """At start: take up the alerts a previous run left open, acknowledged or not. They are
-        not raised again (no second page); the MQTT bridge's snapshot re-publishes them."""
-        path = self.alerts_path
-        if path is None:
-            return
-        try:
-            saved = alerts_file.load(path)
-        except alerts_file.AlertsFileError as err:
-            aside = set_aside_logged(path, str(err))
-            self.ctx.metrics.inc("buildingd_state_files_set_aside_total", file=path.name)
-            self._event("state-file", "error", f"unreadable {path}, moved to {aside}: {err}")
-            return
-        wall = self.ctx.clock.now()
-        restored = [
-            record.id
-            for record in saved.alerts
-            if self.escalations.restore(alerts_file.to_incident(record, now_s, wall))
-        ]
-        if restored:
-            log.warning("coordinator: %d open alerts taken up from %s: %s",
-                        len(restored), path, ", ".join(restored))  # fmt: skip
-        self._alerts_saved = saved
+        self.alarms.resume(now_s)
 
     def _event(self, kind: str, severity: str, message: str) -> None:
-        env = EventMsg(
-            kind=kind,
-            source=self.name,
-            severity=severity,
-            message=message,
-            timestamp=self.ctx.clock.now(),
-        )
-        self._send(env.envelope(Performative.INFORM, self.name, EVENTS_TOPIC))
+        self.office.event(kind, severity, message)
 
 
 def _zone_of(sender: str) -> str | None:

@@ -1,0 +1,279 @@
+"""The coordinator's desks alone, without the agent or an event loop: each is given messages and
+the time, and what it queued in the office's outbox is what it decided (break-glass, air-handler
+resets, votes and overrides, demand response). The agent-level behaviour is in
+test_coordinator_logic.py, test_static_pressure.py and test_escalation_daemon.py."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from buildingd.agents.bus import Envelope, InProcessBus
+from buildingd.agents.context import AgentContext
+from buildingd.agents.messages import (
+    ALERTS_TOPIC,
+    TELEMETRY,
+    AlertMsg,
+    CommandMsg,
+    CommandResultMsg,
+    EventMsg,
+    ZoneStateMsg,
+)
+from buildingd.config.loader import Site, load_site
+from buildingd.coordinator import alerts_file
+from buildingd.coordinator.air_handlers import STATIC_PRESSURE, SUPPLY_AIR, AirHandlerDesk
+from buildingd.coordinator.break_glass import BreakGlassDesk
+from buildingd.coordinator.escalation import BUILDING, Cause, IncidentKey
+from buildingd.coordinator.office import Office
+from buildingd.drivers.base import DriverContext
+from buildingd.points import PointKind
+from tests.conftest import REPO
+
+START = datetime(2026, 1, 12, 8, 0, tzinfo=UTC)  # a Monday, 09:00 in Berlin
+
+
+class Clock:
+    def __init__(self, start: datetime = START) -> None:
+        self.start, self.t = start, 0.0
+
+    def monotonic(self) -> float:
+        return self.t
+
+    def now(self) -> datetime:
+        return self.start + timedelta(seconds=self.t)
+
+    async def sleep(self, seconds: float) -> None:
+        self.t += seconds
+
+    def to_loop_seconds(self, seconds: float) -> float:
+        return seconds
+
+
+@functools.cache
+def demo_site() -> Site:
+    return load_site(REPO)
+
+
+def office(site: Site | None = None, start: datetime = START) -> Office:
+    clock = Clock(start)
+    ctx = AgentContext(
+        bus=InProcessBus(), clock=clock, site=site or demo_site(), drivers=DriverContext(clock)
+    )
+    return Office(ctx)
+
+
+def clock_of(o: Office) -> Clock:
+    assert isinstance(o.ctx.clock, Clock)
+    return o.ctx.clock
+
+
+def taken(o: Office) -> list[Envelope]:
+    """What the desks queued since last asked."""
+    out, o.outbox[:] = o.outbox[:], []
+    return out
+
+
+def alerts(envs: list[Envelope]) -> list[tuple[str, list[str]]]:
+    """(action, subjects) of each alert message queued."""
+    got: list[tuple[str, list[str]]] = []
+    for env in envs:
+        if env.receiver == ALERTS_TOPIC:
+            msg = AlertMsg.parse(env)
+            got.append((msg.action, sorted(msg.subjects)))
+    return got
+
+
+def zone_state(
+    zone_id: str, temperature_c: float | None = 22.0, pressure_requests: int = 0, **kw: Any
+) -> ZoneStateMsg:
+    fields: dict[str, Any] = {
+        "zone_id": zone_id, "mode": "occupied", "temperature_c": temperature_c,
+        "humidity_pct": 40.0, "occupied": True, "illuminance_lux": 300.0, "heating_sp_c": 21.0,
+        "cooling_sp_c": 24.0, "light_level_pct": 60.0, "dehumidifier_on": False,
+        "timestamp": START, "hvac_w": 1000.0, "lighting_w": 200.0,
+        "pressure_requests": pressure_requests,
+    }  # fmt: skip
+    return ZoneStateMsg.model_validate(fields | kw)
+
+
+def event(source: str, severity: str, message: str, kind: str = "availability") -> EventMsg:
+    return EventMsg(kind=kind, source=source, severity=severity, message=message, timestamp=START)
+
+
+def run(o: Office, desk: Any, seconds: float, step_s: float = 10.0) -> None:
+    clock = clock_of(o)
+    end = clock.t + seconds
+    while clock.t < end:
+        clock.t += step_s
+        desk.tick(clock.t)
+
+
+# --- break-glass ---------------------------------------------------------------------------------
+
+
+def test_a_shortfall_alert_clears_only_for_a_negotiation_opened_after_it() -> None:
+    o = office()
+    desk = BreakGlassDesk(o)
+    clock_of(o).t = 100.0
+    desk.escalate("demand response c1: zones can shed only 0 W", 100.0, ref="c1")
+    assert alerts(taken(o)) == [("raised", [BUILDING])]
+    desk.negotiation_met("c0", opened_s=50.0)  # opened before the shortfall: says nothing
+    run(o, desk, 10)
+    assert alerts(taken(o)) == [] and desk.incidents()
+    desk.negotiation_met("c2", opened_s=105.0)
+    run(o, desk, 10)
+    assert alerts(taken(o)) == [("cleared", [BUILDING])]
+    (cleared,) = desk.book.history
+    assert cleared.cleared_by == "negotiation c2 met its target"
+    assert desk.incidents() == []
+
+
+def test_telemetry_down_alerts_after_the_policy_limit_and_clears_when_delivered() -> None:
+    o = office()
+    desk = BreakGlassDesk(o)
+    desk.event(event(TELEMETRY, "warning", "telemetry unavailable: connection refused"))
+    run(o, desk, 890)
+    assert alerts(taken(o)) == []  # device_unavailable_s is 900 in every demo policy
+    run(o, desk, 20)
+    assert alerts(taken(o)) == [("raised", [TELEMETRY])]
+    (incident,) = desk.incidents()
+    assert incident.cause is Cause.TELEMETRY_DOWN and "connection refused" in incident.summary
+    desk.event(event(TELEMETRY, "info", "telemetry delivered again"))
+    assert alerts(taken(o)) == [("cleared", [TELEMETRY])]
+
+
+def test_another_gateways_device_is_not_watched() -> None:
+    o = office()
+    desk = BreakGlassDesk(o)
+    desk.event(event("device[elsewhere]", "warning", "device elsewhere unavailable: timeout"))
+    run(o, desk, 3600)
+    assert alerts(taken(o)) == [] and desk.book.conditions(Cause.DEVICE_DOWN) == {}
+
+
+def test_open_alerts_and_their_acknowledgement_are_kept_across_a_restart(tmp_path: Path) -> None:
+    first_office = office()
+    first = BreakGlassDesk(first_office, tmp_path)
+    failed = "agent telemetry stopped after too many restarts: OSError"
+    first.event(event("supervisor", "error", failed, kind="agent-failed"))
+    (incident,) = first.incidents()
+    assert first.acknowledge(incident.id, "Jo")
+    saved = json.loads((tmp_path / alerts_file.FILE_NAME).read_text())
+    assert [(a["id"], a["acknowledged_by"]) for a in saved["alerts"]] == [(incident.id, "Jo")]
+
+    later = office(start=START + timedelta(hours=1))
+    second = BreakGlassDesk(later, tmp_path)
+    second.resume(0.0)
+    (again,) = second.incidents()
+    assert (again.id, again.key, again.acknowledged_by) == (incident.id, incident.key, "Jo")
+    assert second.open_escalations() == []  # acknowledged: nobody is paged again
+    assert alerts(taken(later)) == []  # taken up, not raised a second time
+    run(later, second, 7200)
+    assert alerts(taken(later)) == []  # and no reminders for an acknowledged alert
+
+
+def test_an_unreadable_alerts_file_is_set_aside_counted_and_told(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / alerts_file.FILE_NAME).write_text('{"version": 1, "alerts": [{"id": 1}]}')
+    o = office()
+    desk = BreakGlassDesk(o, tmp_path)
+    with caplog.at_level(logging.ERROR, "buildingd.statefile"):
+        desk.resume(0.0)
+    assert f"{alerts_file.FILE_NAME} is unreadable" in caplog.text
+    assert list(tmp_path.glob(f"{alerts_file.FILE_NAME}.corrupt-*"))
+    counted = f'buildingd_state_files_set_aside_total{{file="{alerts_file.FILE_NAME}"}}'
+    assert o.metrics.counters[counted] == 1
+    (told,) = [EventMsg.parse(e) for e in taken(o)]
+    assert told.kind == "state-file" and told.severity == "error"
+    desk.escalate("still works", 1.0, subject="x", cause=Cause.AGENT_FAILED)
+    assert desk.book.open_for(IncidentKey("x", Cause.AGENT_FAILED)) is not None
+
+
+# --- air-handler resets -------------------------------------------------------------------------
+
+
+def writes(envs: list[Envelope]) -> list[tuple[str, float]]:
+    """(point, value) of each setpoint write queued, checking each names its requests."""
+    got = []
+    for env in envs:
+        cmd = CommandMsg.parse(env)
+        assert env.receiver == "device[ahu1-controller]" and "requests" in cmd.reason
+        got.append((cmd.point_id, cmd.value))
+    return got
+
+
+def air_desk(zones: dict[str, ZoneStateMsg]) -> tuple[Office, AirHandlerDesk]:
+    o = office()
+    o.ctx.ready_s = 0.0
+    o.zones.update(zones)
+    desk = AirHandlerDesk(o)
+    desk.start(0.0)
+    return o, desk
+
+
+def test_both_resets_run_in_one_loop_from_their_own_requests() -> None:
+    # Three zones of ahu1 are 4 K above their cooling setpoint (24 degC) and report 2 duct
+    # static pressure requests each; the server room, on no air handler, is hotter still.
+    hot = {z: zone_state(z, 28.0, 2) for z in ("f1-meeting", "f1-kitchen", "f2-office-a")}
+    o, desk = air_desk(hot | {"f2-server": zone_state("f2-server", 35.0, 9)})
+    sat, duct = desk.loops(SUPPLY_AIR)["ahu1"], desk.loops(STATIC_PRESSURE)["ahu1"]
+    run(o, desk, 10)
+    assert writes(taken(o)) == [("sat_sp", sat.params.sp0), ("duct_sp", duct.params.sp0)]
+    run(o, desk, 710)  # to Td + T: the first step of each
+    # G36: R = 3 zones x 3 cooling requests (held more than 2 min) and 3 x 2 static pressure
+    # requests; I = 2; the response is capped at SPres_max and added to the trim.
+    p, q = sat.params, duct.params
+    expected_sat = p.sp0 + p.trim + max(p.respond * (9 - p.ignored), p.respond_max)
+    expected_duct = q.sp0 + q.trim + min(q.respond * (6 - q.ignored), q.respond_max)
+    points, values = zip(*writes(taken(o)), strict=True)
+    assert points == ("sat_sp", "duct_sp")
+    assert values == pytest.approx((expected_sat, expected_duct))
+
+
+def test_a_zone_hot_for_less_than_two_minutes_sends_one_cooling_request() -> None:
+    o, desk = air_desk({})
+    run(o, desk, 600)  # through the delay at SP0
+    taken(o)
+    zones = ("f1-meeting", "f1-kitchen", "f2-office-a")
+    o.zones.update({z: zone_state(z, 28.0) for z in zones})  # hot only from now
+    run(o, desk, 120)  # seen hot at 610 s, 110 s by the step at Td + T: only the loop request
+    p = desk.loops(SUPPLY_AIR)["ahu1"].params
+    (value,) = [v for point, v in writes(taken(o)) if point == "sat_sp"]
+    assert value == pytest.approx(p.sp0 + p.trim + p.respond * (3 - p.ignored))
+
+
+def test_a_refused_write_is_sent_again_for_that_setpoint_only() -> None:
+    o, desk = air_desk({})
+    run(o, desk, 10)
+    assert len(writes(taken(o))) == 2
+    desk.refused(
+        CommandResultMsg(
+            device_id="ahu1-controller",
+            point_id="sat_sp",
+            zone_id=None,
+            kind=PointKind.SUPPLY_AIR_TEMPERATURE_SETPOINT,
+            value=18.0,
+            read_back=None,
+            ok=False,
+            reason="write failed",
+            error="timeout",
+            timestamp=START,
+        )  # fmt: skip
+    )
+    run(o, desk, 10)
+    assert writes(taken(o)) == [("sat_sp", 18.0)]
+    run(o, desk, 10)
+    assert writes(taken(o)) == []
+
+
+def test_no_reset_writes_before_every_agent_has_started() -> None:
+    o, desk = air_desk({})
+    o.ctx.ready_s = None
+    run(o, desk, 1800)
+    assert taken(o) == []
