@@ -19,6 +19,7 @@ from buildingd.agents.context import AgentContext
 from buildingd.agents.messages import (
     ALERTS_TOPIC,
     TELEMETRY,
+    AdjustmentsMsg,
     AlertMsg,
     CommandMsg,
     CommandResultMsg,
@@ -30,6 +31,7 @@ from buildingd.coordinator import alerts_file
 from buildingd.coordinator.air_handlers import STATIC_PRESSURE, SUPPLY_AIR, AirHandlerDesk
 from buildingd.coordinator.break_glass import BreakGlassDesk
 from buildingd.coordinator.escalation import BUILDING, Cause, IncidentKey
+from buildingd.coordinator.occupants import VOTE_MIN_INTERVAL_S, OccupantDesk
 from buildingd.coordinator.office import Office
 from buildingd.drivers.base import DriverContext
 from buildingd.points import PointKind
@@ -277,3 +279,78 @@ def test_no_reset_writes_before_every_agent_has_started() -> None:
     o.ctx.ready_s = None
     run(o, desk, 1800)
     assert taken(o) == []
+
+
+# --- occupants: votes and overrides --------------------------------------------------------------
+
+
+def adjustments(envs: list[Envelope]) -> list[tuple[str, dict[str, Any]]]:
+    """(zone address, the adjustments set) of each message queued."""
+    return [
+        (e.receiver, AdjustmentsMsg.parse(e).model_dump(exclude_none=True, mode="json"))
+        for e in envs
+    ]
+
+
+def test_two_cold_votes_warm_the_zone_one_step_at_the_next_tick_and_no_faster() -> None:
+    o = office()
+    o.zones["f1-meeting"] = zone_state("f1-meeting")
+    desk = OccupantDesk(o)
+    step_k = o.site.policy_for("f1-meeting").negotiation.vote_step_k
+    assert desk.vote("f1-meeting", "cold").accepted
+    run(o, desk, 10)
+    assert adjustments(taken(o)) == []  # one vote is no majority
+    assert desk.vote("f1-meeting", "cold").accepted
+    assert taken(o) == []  # a vote is counted, the zone moves only when the desk settles
+    run(o, desk, 10)
+    assert adjustments(taken(o)) == [("zone[f1-meeting]", {"vote_offset_k": step_k})]
+    moved_s = clock_of(o).t
+    run(o, desk, 400)
+    desk.vote("f1-meeting", "cold")
+    desk.vote("f1-meeting", "cold")
+    run(o, desk, moved_s + VOTE_MIN_INTERVAL_S - clock_of(o).t - 10)
+    assert adjustments(taken(o)) == []  # rate limited
+    run(o, desk, 10)
+    assert adjustments(taken(o)) == [("zone[f1-meeting]", {"vote_offset_k": 2 * step_k})]
+
+
+def test_a_refused_override_sends_nothing_and_is_counted() -> None:
+    o = office()
+    o.zones["f1-meeting"] = zone_state("f1-meeting")  # heating 21, cooling 24 degC
+    desk = OccupantDesk(o)
+    limit_k = o.site.policy_for("f1-meeting").negotiation.vote_max_offset_k
+    too_far = desk.override("f1-meeting", "heating_sp", 21.0 + limit_k + 0.5, source="http")
+    assert too_far == {
+        "accepted": False,
+        "reason": f"more than {limit_k} K from the scheduled band",
+    }
+    unknown = desk.override("nowhere", "heating_sp", 21.0, source="mqtt")
+    assert not unknown["accepted"]
+    assert taken(o) == []
+    counters = o.metrics.counters
+    assert counters['buildingd_requests_refused_total{kind="override",source="http"}'] == 1
+    assert counters['buildingd_requests_refused_total{kind="override",source="mqtt"}'] == 1
+    ok = desk.override("f1-meeting", "heating_sp", 21.5)
+    assert ok["accepted"] and adjustments(taken(o)) == [
+        ("zone[f1-meeting]", {"vote_offset_k": 0.5})
+    ]
+    assert desk.votes.offset("f1-meeting") == 0.5  # votes start from the setpoint set by hand
+
+
+def test_a_mode_set_by_hand_lasts_the_policys_time_and_schedule_ends_it() -> None:
+    o = office()
+    o.zones["f1-meeting"] = zone_state("f1-meeting")
+    desk = OccupantDesk(o)
+    hold_s = o.site.policy_for("f1-meeting").negotiation.mode_override_s
+    assert desk.override_mode("f1-meeting", "standby")["accepted"]
+    until = (START + timedelta(seconds=hold_s)).isoformat().replace("+00:00", "Z")
+    assert adjustments(taken(o)) == [
+        ("zone[f1-meeting]", {"mode_override": "standby", "mode_until": until})
+    ]
+    assert desk.override_mode("f1-meeting", "schedule")["accepted"]
+    (sent,) = adjustments(taken(o))
+    assert sent[1]["mode_override"] == ""
+    refused = desk.override_mode("f1-meeting", "party")
+    assert not refused["accepted"] and taken(o) == []
+    o.zones["f1-meeting"] = zone_state("f1-meeting", mode="hold")
+    assert "safe hold" in str(desk.override_mode("f1-meeting", "occupied")["reason"])

@@ -54,7 +54,6 @@ from buildingd.agents.messages import (
     DEMAND_RESPONSE_TOPIC,
     EVENTS_TOPIC,
     ZONE_STATE_TOPIC,
-    AdjustmentsMsg,
     AlertActionMsg,
     CommandResultMsg,
     Content,
@@ -71,14 +70,13 @@ from buildingd.agents.messages import (
 from buildingd.agents.requests import record_refusal
 from buildingd.agents.runtime import Agent
 from buildingd.audit import audit_decision
-from buildingd.config.base import PointBase
 from buildingd.config.policies import Band, DemandResponseEvent, Policy, RecurringEvent
 from buildingd.control.contract_net import Award, Level, Offer, award
 from buildingd.control.recurrence import running_occurrence
 from buildingd.control.trim_respond import (
     TrimRespond,
 )
-from buildingd.coordinator import commitments, overrides
+from buildingd.coordinator import commitments
 from buildingd.coordinator.air_handlers import STATIC_PRESSURE, SUPPLY_AIR, AirHandlerDesk
 from buildingd.coordinator.break_glass import BreakGlassDesk
 from buildingd.coordinator.escalation import (
@@ -91,6 +89,7 @@ from buildingd.coordinator.negotiation import (
     Negotiation,
     NegotiationState,
 )
+from buildingd.coordinator.occupants import OccupantDesk
 from buildingd.coordinator.office import Office
 from buildingd.coordinator.votes import VoteBox
 from buildingd.coordinator.webhook import WebhookSender
@@ -103,8 +102,6 @@ CONTRACT_NET = "fipa-contract-net"  # the FIPA protocol name every negotiation m
 
 TICK_S = 10.0  # simulated seconds between coordinator decisions
 CONFIRM_S = 60.0  # awarded zones must confirm an award, and a restore, within this
-VOTE_MIN_VOTES = 2  # a side must lead by this many votes to move a zone
-VOTE_MIN_INTERVAL_S = 900.0  # at most one vote-driven move per zone in this long
 REJECTIONS_LOGGED = 20  # per conversation; further rejected messages are only counted
 S = NegotiationState
 Answers = tuple[frozenset[tuple[str, tuple[tuple[str, float, float], ...]]], frozenset[str]]
@@ -147,6 +144,7 @@ class CoordinatorAgent(Agent):
         self.office = Office(ctx)
         self.alarms = BreakGlassDesk(self.office, state_dir)
         self.air = AirHandlerDesk(self.office)
+        self.occupants = OccupantDesk(self.office)
         self.rejected: Counter[str] = Counter()  # negotiation messages rejected, by reason
         self._rejections_logged: Counter[str] = Counter()
         self.zones = self.office.zones
@@ -154,15 +152,6 @@ class CoordinatorAgent(Agent):
         self.negotiations: dict[str, DemandResponseRun] = {}
         self.finished: list[DemandResponseRun] = []
         self.outcomes: dict[str, int] = {}
-        rules = [p.negotiation for p in ctx.site.policies.values()]
-        first = rules[0] if rules else None
-        self.votes = VoteBox(
-            window_s=first.vote_window_s if first else 900.0,
-            min_votes=VOTE_MIN_VOTES,
-            step_k=first.vote_step_k if first else 0.5,
-            max_offset_k=first.vote_max_offset_k if first else 1.5,
-            min_interval_s=VOTE_MIN_INTERVAL_S,
-        )
         self._scheduled_started: set[str] = set()  # keys of scheduled events opened
 
     # -- the loop ------------------------------------------------------------------------------
@@ -340,7 +329,7 @@ class CoordinatorAgent(Agent):
         self._power_cap(now_s)
         for run in list(self.negotiations.values()):
             self._progress(run, now_s)
-        self._settle_votes(now_s)
+        self.occupants.tick(now_s)
         self.air.tick(now_s)
         self.alarms.tick(now_s)
 
@@ -807,189 +796,28 @@ class CoordinatorAgent(Agent):
             self._event("negotiation", "info", f"demand response {record.conversation_id}: {why}")
         self._save_commitments()
 
-    # -- votes, air handlers, escalation --------------------------------------------------------
+    # -- occupants, air handlers, escalation: their desks -----------------------------------------
 
     def vote(self, zone_id: str, vote: str, source: str = "api") -> VoteResult:
-        """An occupant's vote (HTTP or MQTT); refused with a reason when it cannot count: not
-        hot or cold, or the zone already as far that way as its policy allows (audited)."""
-        result = self._vote(zone_id, vote)
-        if not result.accepted:
-            record_refusal(self.ctx.metrics, "vote", result.reason, source=source,
-                           zone=zone_id if zone_id in self.ctx.site.zones else None)  # fmt: skip
-        return result
-
-    def _vote(self, zone_id: str, vote: str) -> VoteResult:
-        if zone_id not in self.ctx.site.zones:
-            return VoteResult(False, f"unknown zone {zone_id!r}", 0.0)
-        low, high, setpoint = self._vote_band(zone_id)
-        result = self.votes.cast(
-            zone_id,
-            vote,
-            self.ctx.clock.monotonic(),
-            band_low_c=low,
-            band_high_c=high,
-            setpoint_c=setpoint,
-        )
-        self.ctx.metrics.inc("buildingd_votes_total", accepted=str(result.accepted).lower())
-        return result
-
-    def _vote_band(self, zone_id: str) -> tuple[float, float, float]:
-        """What the VoteBox needs: (low, high, setpoint before any vote offset). A vote offset
-        moves heating and cooling setpoints together, so it must keep heating >= the safety
-        band's minimum and cooling <= its maximum: the heating setpoint's band is
-        [min_c, max_c - (cooling - heating)]. The setpoints are those of the zone's current mode
-        in its policy (not the reported ones, which already carry the offset)."""
-        policy = self.ctx.site.policy_for(zone_id)
-        state = self.zones.get(zone_id)
-        comfort = policy.comfort
-        mode = state.mode if state is not None else "occupied"
-        base = {"standby": comfort.standby, "unoccupied": comfort.unoccupied}.get(
-            mode, comfort.occupied
-        )
-        low = policy.safety.min_c
-        high = max(low, policy.safety.max_c - (base.cooling_c - base.heating_c))
-        return low, high, min(high, max(low, base.heating_c))
+        return self.occupants.vote(zone_id, vote, source)
 
     def override(
         self, zone_id: str, what: str, wanted_c: float, source: str = "api"
     ) -> dict[str, object]:
-        """A setpoint asked for by hand (HTTP override, Home Assistant): applied as a band offset
-        within the same limits as votes (``vote_max_offset_k``, the safety band) or refused
-        (audited with its reason)."""
-        result = self._override(zone_id, what, wanted_c)
-        if not result["accepted"]:
-            zone = zone_id if zone_id in self.ctx.site.zones else None
-            record_refusal(self.ctx.metrics, "override", f"{what}={wanted_c:g}: {result['reason']}",
-                           source=source, zone=zone)  # fmt: skip
-        return result
-
-    def _override(self, zone_id: str, what: str, wanted_c: float) -> dict[str, object]:
-        if zone_id not in self.ctx.site.zones:
-            return {"accepted": False, "reason": f"unknown zone {zone_id!r}"}
-        if what not in ("heating_sp", "cooling_sp"):
-            return {"accepted": False, "reason": "only heating_sp and cooling_sp can be set"}
-        policy = self.ctx.site.policy_for(zone_id)
-        if not policy.safety.min_c <= wanted_c <= policy.safety.max_c:
-            return {"accepted": False, "reason": f"{wanted_c} °C is outside the safety band"}
-        state = self.zones.get(zone_id)
-        if state is None:
-            return {"accepted": False, "reason": "zone state not known yet"}
-        current = state.heating_sp_c if what == "heating_sp" else state.cooling_sp_c
-        offset = round(self.votes.offset(zone_id) + wanted_c - current, 2)
-        limit = policy.negotiation.vote_max_offset_k
-        if abs(offset) > limit:
-            return {"accepted": False, "reason": f"more than {limit} K from the scheduled band"}
-        self.votes.override(zone_id, offset, self.ctx.clock.monotonic())
-        audit_decision("override", "offset", zone=zone_id, detail=f"{what}={wanted_c}")
-        self._send(AdjustmentsMsg(vote_offset_k=offset).envelope(
-            Performative.REQUEST, self.name, zone_address(zone_id)))  # fmt: skip
-        return {"accepted": True, "reason": f"band moved {offset:+.1f} K", "offset_k": offset}
+        return self.occupants.override(zone_id, what, wanted_c, source)
 
     def override_band(self, zone_id: str, heating_c: float, cooling_c: float) -> dict[str, object]:
-        """Both setpoints asked for together (Home Assistant's range control): one request,
-        checked against the policy (each end within ``vote_max_offset_k`` of the scheduled band,
-        inside the safety band, at least 0.5 K apart), applied once, answered with the band."""
-        checked = self._override_target(zone_id)
-        if isinstance(checked, dict):
-            return checked
-        policy, state = checked
-        heating, cooling = round(heating_c, 1), round(cooling_c, 1)
-        base = self._scheduled_band(policy, state.mode)
-        refused = overrides.check_band(heating, cooling, base, policy)
-        if refused:
-            return {"accepted": False, "reason": refused}
-        vote_k = round(heating - base.heating_c, 2)
-        extra_k = round(cooling - base.cooling_c - vote_k, 2)
-        self.votes.override(zone_id, vote_k, self.ctx.clock.monotonic())
-        detail = f"heating_sp={heating} cooling_sp={cooling}"
-        audit_decision("override", "band", zone=zone_id, detail=detail)
-        self._send(AdjustmentsMsg(vote_offset_k=vote_k, cooling_extra_k=extra_k).envelope(
-            Performative.REQUEST, self.name, zone_address(zone_id)))  # fmt: skip
-        return {"accepted": True, "reason": f"band set to {heating:g}..{cooling:g} °C",
-                "heating_sp_c": heating, "cooling_sp_c": cooling}  # fmt: skip
+        return self.occupants.override_band(zone_id, heating_c, cooling_c)
 
     def override_mode(self, zone_id: str, mode: str) -> dict[str, object]:
-        """A zone mode asked for by hand: occupied, standby or unoccupied for the policy's
-        ``mode_override_s`` (then the zone returns to its schedule by itself); "schedule" ends
-        it now."""
-        checked = self._override_target(zone_id)
-        if isinstance(checked, dict):
-            return checked
-        policy, _ = checked
-        refused = overrides.check_mode(mode)
-        if refused:
-            return {"accepted": False, "reason": refused}
-        wanted = "" if mode == "schedule" else mode
-        until = self.ctx.clock.now() + timedelta(seconds=policy.negotiation.mode_override_s)
-        audit_decision("override", "mode", zone=zone_id, detail=mode)
-        self._send(AdjustmentsMsg(mode_override=wanted, mode_until=until).envelope(
-            Performative.REQUEST, self.name, zone_address(zone_id)))  # fmt: skip
-        if not wanted:
-            return {"accepted": True, "reason": "back to the schedule"}
-        return {"accepted": True, "mode": mode, "until": until.isoformat(),
-                "reason": f"{mode} until {until.isoformat(timespec='minutes')}"}  # fmt: skip
+        return self.occupants.override_mode(zone_id, mode)
 
     def override_light(self, zone_id: str, level_pct: float) -> dict[str, object]:
-        """A light level asked for by hand: kept while people are there, ended by the vacancy
-        timeout like any lighting."""
-        checked = self._override_target(zone_id, in_hold=True)  # lights work in a safe hold
-        if isinstance(checked, dict):
-            return checked
-        kinds = {p.kind for p in self._zone_points(zone_id)}
-        policy, state = checked
-        # Lights off and nobody there: past the vacancy timeout (or daylight is enough, which
-        # reads the same here); a level set now would be dropped at once, so it is refused.
-        vacant = state.occupied is False and state.light_level_pct == 0
-        vacant = vacant and not policy.lighting.on_through_schedule
-        refused = overrides.check_light(level_pct, kinds, vacant=vacant)
-        if refused:
-            return {"accepted": False, "reason": refused}
-        level = round(level_pct)
-        audit_decision("override", "light", zone=zone_id, detail=f"{level}%")
-        self._send(AdjustmentsMsg(light_override_pct=level).envelope(
-            Performative.REQUEST, self.name, zone_address(zone_id)))  # fmt: skip
-        return {"accepted": True, "light_level_pct": level,
-                "reason": f"lights {level} % until the vacancy timeout"}  # fmt: skip
+        return self.occupants.override_light(zone_id, level_pct)
 
-    def _override_target(
-        self, zone_id: str, in_hold: bool = False
-    ) -> tuple[Policy, ZoneStateMsg] | dict[str, object]:
-        """The zone's policy and state, or the refusal (unknown zone, no state yet, a safe hold
-        unless ``in_hold``)."""
-        if zone_id not in self.ctx.site.zones:
-            return {"accepted": False, "reason": f"unknown zone {zone_id!r}"}
-        state = self.zones.get(zone_id)
-        if state is None:
-            return {"accepted": False, "reason": "zone state not known yet"}
-        if state.mode == "hold" and not in_hold:
-            return {"accepted": False, "reason": "safe hold (no usable temperature sensor)"}
-        return self.ctx.site.policy_for(zone_id), state
-
-    def _zone_points(self, zone_id: str) -> list[PointBase]:
-        return [p for d in self.ctx.site.devices.values() if d.enabled
-                for p in d.points_list() if p.zone == zone_id]  # fmt: skip
-
-    @staticmethod
-    def _scheduled_band(policy: Policy, mode: str) -> Band:
-        comfort = policy.comfort
-        return {"standby": comfort.standby, "unoccupied": comfort.unoccupied}.get(
-            mode, comfort.occupied
-        )
-
-    def _settle_votes(self, now_s: float) -> None:
-        for zone_id in self.votes.zones():
-            if zone_id not in self.ctx.site.zones:
-                continue  # removed by a reload
-            low, high, setpoint = self._vote_band(zone_id)
-            settled = self.votes.settle(zone_id, now_s, low, high, setpoint_c=setpoint)
-            if settled.moved:
-                detail = f"{settled.offset_k:+.1f} K: {settled.reason}"
-                audit_decision("vote", "offset", zone=zone_id, detail=detail)
-                self._send(
-                    AdjustmentsMsg(vote_offset_k=settled.offset_k).envelope(
-                        Performative.REQUEST, self.name, zone_address(zone_id)
-                    )
-                )
+    @property
+    def votes(self) -> VoteBox:
+        return self.occupants.votes
 
     @property
     def supply_air(self) -> dict[str, TrimRespond]:
