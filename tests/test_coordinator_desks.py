@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from buildingd.agents.bus import Envelope, InProcessBus
+from buildingd.agents.bus import Envelope, InProcessBus, Performative
 from buildingd.agents.context import AgentContext
 from buildingd.agents.messages import (
     ALERTS_TOPIC,
@@ -23,19 +23,24 @@ from buildingd.agents.messages import (
     AlertMsg,
     CommandMsg,
     CommandResultMsg,
+    DemandResponseCall,
     EventMsg,
     ZoneStateMsg,
 )
 from buildingd.config.loader import Site, load_site
-from buildingd.coordinator import alerts_file
+from buildingd.coordinator import alerts_file, commitments
 from buildingd.coordinator.air_handlers import STATIC_PRESSURE, SUPPLY_AIR, AirHandlerDesk
 from buildingd.coordinator.break_glass import BreakGlassDesk
+from buildingd.coordinator.demand_response import DemandResponseDesk
 from buildingd.coordinator.escalation import BUILDING, Cause, IncidentKey
+from buildingd.coordinator.negotiation import NegotiationState
 from buildingd.coordinator.occupants import VOTE_MIN_INTERVAL_S, OccupantDesk
 from buildingd.coordinator.office import Office
 from buildingd.drivers.base import DriverContext
+from buildingd.errors import RequestRefusedError
 from buildingd.points import PointKind
 from tests.conftest import REPO
+from tests.test_coordinator_logic import answer, proposal
 
 START = datetime(2026, 1, 12, 8, 0, tzinfo=UTC)  # a Monday, 09:00 in Berlin
 
@@ -354,3 +359,100 @@ def test_a_mode_set_by_hand_lasts_the_policys_time_and_schedule_ends_it() -> Non
     assert not refused["accepted"] and taken(o) == []
     o.zones["f1-meeting"] = zone_state("f1-meeting", mode="hold")
     assert "safe hold" in str(desk.override_mode("f1-meeting", "occupied")["reason"])
+
+
+# --- demand response -----------------------------------------------------------------------------
+
+
+class Alarm:
+    """The break-glass desk's side of the seam, recorded."""
+
+    def __init__(self) -> None:
+        self.raised: list[tuple[str, str, str | None]] = []  # (message, tried, ref)
+        self.met: list[tuple[str, float]] = []
+
+    def escalate(
+        self, message: str, now_s: float, *, tried: str = "", left_state: str = "",
+        ref: str | None = None,
+    ) -> object:  # fmt: skip
+        self.raised.append((message, tried, ref))
+        return None
+
+    def negotiation_met(self, conversation_id: str, opened_s: float) -> None:
+        self.met.append((conversation_id, opened_s))
+
+
+def dr_desk(state_dir: Path | None = None) -> tuple[Office, DemandResponseDesk, Alarm]:
+    o = office()
+    alarm = Alarm()
+    return o, DemandResponseDesk(o, alarm, state_dir), alarm
+
+
+def sent(o: Office, performative: Performative) -> list[Envelope]:
+    return [e for e in taken(o) if e.performative is performative]
+
+
+def test_a_negotiation_that_meets_its_target_tells_break_glass_when_it_settles() -> None:
+    o, desk, alarm = dr_desk()
+    clock_of(o).t = 5.0
+    conversation = desk.open(400.0, 600.0, "test")
+    cfps = sent(o, Performative.CFP)
+    assert len(cfps) == len(o.site.zones)
+    for cfp in cfps[:2]:
+        desk.reply(answer(cfp, Performative.PROPOSE, proposal((1.0, 0.0, 200.0, 1.0))))
+    run(o, desk, 40)  # the others are silent: refusals at reply_by
+    awards = sent(o, Performative.ACCEPT_PROPOSAL)
+    assert {e.receiver for e in awards} == {e.receiver for e in cfps[:2]}
+    for accept in awards:
+        desk.reply(answer(accept, Performative.INFORM_DONE, {"level": "shift-1K"}))
+    run(o, desk, 600)
+    for cancel in sent(o, Performative.CANCEL):
+        desk.reply(answer(cancel, Performative.INFORM_DONE, {"restored": True}))
+    run(o, desk, 10)
+    (done,) = desk.finished
+    assert done.negotiation.state is NegotiationState.SETTLED
+    assert alarm.raised == [] and alarm.met == [(conversation, 5.0)]
+
+
+def test_a_shortfall_is_told_to_break_glass_with_what_was_tried() -> None:
+    o, desk, alarm = dr_desk()
+    conversation = desk.open(5000.0, 600.0, "grid operator")
+    cfps = sent(o, Performative.CFP)
+    first, second = cfps[0].receiver, cfps[1].receiver
+    rounds = 0
+    while cfps:  # each round one zone offers 300 W, one refuses, the others stay silent
+        rounds += 1
+        by_zone = {e.receiver: e for e in cfps}
+        offer = proposal((1.0, 0.0, 300.0, 1.0))
+        desk.reply(answer(by_zone[first], Performative.PROPOSE, offer))
+        desk.reply(answer(by_zone[second], Performative.REFUSE, {"reason": "too warm already"}))
+        run(o, desk, 40)
+        cfps = sent(o, Performative.CFP)
+    assert rounds == 2  # round 2 was answered like round 1: a clarification loop
+    (message, tried, ref) = alarm.raised[0]
+    assert ref == conversation and "300 W of the 5000 W" in message
+    assert "1 offered" in tried and "too warm already" in tried
+    assert alarm.met == []
+
+
+def test_a_request_beyond_the_site_limits_is_refused_counted_and_opens_nothing() -> None:
+    o, desk, _ = dr_desk()
+    limit_w = o.site.demand_response.max_target_w
+    with pytest.raises(RequestRefusedError):
+        desk.request(DemandResponseCall(target_w=limit_w * 2, window_s=600, reason="x"), "mqtt")
+    assert taken(o) == [] and desk.negotiations == {}
+    counted = 'buildingd_requests_refused_total{kind="demand-response",source="mqtt"}'
+    assert o.metrics.counters[counted] == 1
+
+
+def test_only_awards_in_force_are_kept() -> None:
+    o, desk, _ = dr_desk()
+    desk.open(400.0, 600.0, "kept")
+    cfps = sent(o, Performative.CFP)
+    desk.reply(answer(cfps[0], Performative.PROPOSE, proposal((1.0, 0.0, 500.0, 1.0))))
+    desk.open(400.0, 600.0, "still collecting")
+    run(o, desk, 40)
+    kept = commitments.to_file([*desk.negotiations.values(), *desk.finished], ["k1"])
+    assert [c.reason for c in kept.commitments] == ["kept"]
+    assert list(kept.commitments[0].awarded) == [cfps[0].receiver[5:-1]]
+    assert kept.scheduled_started == ["k1"]

@@ -22,6 +22,7 @@ from buildingd.statefile import set_aside_logged
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+TICK_S = 10.0  # simulated seconds between the agent's ticks of every desk
 
 
 @dataclass
