@@ -296,7 +296,8 @@ class BreakGlassDesk:
         policies = self._policies_of(incident.kind, subject)
         for url in sorted({u for p in policies if (u := p.escalation.webhook_url)}):
             self.webhooks.submit(url, body)
-        self.file.save(alerts_file.to_file(self.book.open_incidents()))
+        if self.file.path is not None:
+            self.file.save(alerts_file.to_file(self.book.open_incidents()))
 
     def resume(self, now_s: float) -> None:
         """At start: take up the alerts a previous run left open, acknowledged or not. They are
