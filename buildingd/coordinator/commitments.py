@@ -1,7 +1,8 @@
 """Active demand-response commitments, kept in ``<state_dir>/commitments.json`` so that a daemon
 restart during an event neither forgets them (zones shed again until the window ends, then
 restore) nor doubles them (no second award on top, no scheduled event opened twice). Owns the
-file's format and its atomic write; what is committed is the coordinator's decision.
+file's format, its atomic write and the conversion to and from runs; what is committed is the
+demand-response desk's decision.
 
 The file is small (one entry per running event) and written only when it changes: written to a
 temporary file, fsynced and renamed over the old one, so a power cut leaves the old or the new

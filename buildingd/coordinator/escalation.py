@@ -1,6 +1,6 @@
 """Break-glass incidents, the pure part: one incident per (subject, cause), repeats folded into it,
 reminders on the policy's interval, acknowledgement and clearing. No I/O and no clock reads: every
-call is given ``now``; delivery (journal, MQTT, webhook) is the coordinator's.
+call is given ``now``; delivery (journal, MQTT, webhook) is the break-glass desk's.
 
 An incident names its subject (a zone, a device, an agent or the building), its cause, what was
 tried, the state the zone was left in, since when, its severity and who acknowledged it. An
