@@ -9,8 +9,9 @@ to the desk that owns the job, ticks every desk, and sends what they queued. The
 * break-glass (``break_glass``): one alert per incident, reminded until acknowledged.
 
 The desks share the zones' latest summaries and one outbox (``office``); each keeps its own state
-and state file. Listens to zone summaries (``zone-state``: mode, temperature vs band, occupancy,
-demand and flexibility), never raw readings, plus building-level power readings.
+(demand response and break-glass also their state files). Listens to zone summaries
+(``zone-state``: mode, temperature vs band, occupancy, demand and flexibility), never raw
+readings, plus building-level power readings.
 """
 
 from __future__ import annotations
