@@ -15,8 +15,7 @@ from buildingd.agents.bus import Envelope, Mailbox, Performative
 from buildingd.agents.messages import DEMAND_RESPONSE_TOPIC, DemandResponseCall, zone_address
 from buildingd.control.contract_net import SHIFT_LEVELS_K, Offer
 from buildingd.control.zone import band_for
-from buildingd.coordinator.agent import DemandResponseRun
-from buildingd.coordinator.negotiation import NegotiationState
+from buildingd.coordinator.negotiation import DemandResponseRun, NegotiationState
 from buildingd.service.app import Daemon
 from buildingd.sim.building import COP_COOLING, COP_HEATING, Building
 from tests.conftest import run_virtual

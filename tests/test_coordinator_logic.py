@@ -44,15 +44,17 @@ from buildingd.control.contract_net import (
 )
 from buildingd.control.trim_respond import TrimRespond, TrimRespondParams, cooling_requests
 from buildingd.coordinator import commitments
-from buildingd.coordinator.agent import TICK_S, CoordinatorAgent, DemandResponseRun
+from buildingd.coordinator.agent import CoordinatorAgent
 from buildingd.coordinator.negotiation import (
     ACCEPTS,
     TERMINAL,
     TRANSITIONS,
+    DemandResponseRun,
     IllegalTransition,
     Negotiation,
     NegotiationState,
 )
+from buildingd.coordinator.office import TICK_S
 from buildingd.coordinator.votes import VoteBox
 from buildingd.drivers.base import DriverContext
 from buildingd.errors import BuildingdError
@@ -849,7 +851,7 @@ def test_a_proposal_after_the_award_is_out_of_order(caplog: pytest.LogCaptureFix
     run = c.run(conversation)
     assert run.negotiation.state is S.AWARDING
     late = answer(cfps[0], Performative.PROPOSE, proposal((1.0, 0.0, 5000.0, 0.0)))
-    with caplog.at_level(logging.WARNING, "buildingd.coordinator.agent"):
+    with caplog.at_level(logging.WARNING, "buildingd.coordinator.demand_response"):
         rejected_as(c, "out_of_order", late)
     assert cfps[0].receiver.removeprefix("zone[").removesuffix("]") not in run.offers
     line = next(r.getMessage() for r in caplog.records if "rejected" in r.getMessage())

@@ -25,20 +25,17 @@ import pytest
 from buildingd.agents.bus import Envelope, InProcessBus, Mailbox, Performative
 from buildingd.agents.context import AgentContext
 from buildingd.agents.messages import (
+    ALERTS_TOPIC,
     COORDINATOR,
     EVENTS_TOPIC,
+    AlertActionMsg,
+    AlertMsg,
     EventMsg,
     ZoneStateMsg,
 )
 from buildingd.config.loader import Site, load_site
 from buildingd.coordinator.agent import CoordinatorAgent
-from buildingd.coordinator.escalation import (
-    ALERTS_TOPIC,
-    AlertActionMsg,
-    AlertMsg,
-    Cause,
-    IncidentKey,
-)
+from buildingd.coordinator.escalation import Cause, IncidentKey
 from buildingd.coordinator.webhook import WebhookSender
 from buildingd.drivers.base import DriverContext
 from buildingd.metrics import Metrics

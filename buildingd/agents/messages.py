@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar, Literal, Self
 
@@ -205,6 +206,36 @@ class EventMsg(Content):
     timestamp: datetime
 
 
+class AlertMsg(Content):
+    """Coordinator to ``ALERTS_TOPIC``: the open alerts of each subject that changed (None: the
+    subject has none left, its retained topic is removed). ``snapshot`` carries every subject
+    with open alerts (for a bridge that starts or restarts)."""
+
+    ontology: ClassVar[str] = "alert"
+    action: Literal["raised", "reminder", "acknowledged", "cleared", "snapshot"]
+    alert_id: str | None = Field(default=None, max_length=64)
+    subjects: dict[str, dict[str, Any] | None]
+
+
+class AlertActionMsg(Content):
+    """To the coordinator (from MQTT or another gateway): acknowledge or clear an alert by id,
+    or ask for a ``snapshot`` of the open ones."""
+
+    ontology: ClassVar[str] = "alert-action"
+    action: Literal["acknowledge", "clear", "snapshot"]
+    alert_id: str | None = Field(default=None, max_length=64)
+    by: str = Field(default="technician", max_length=100)
+
+
+@dataclass(frozen=True)
+class VoteResult:
+    """The coordinator's answer to an occupant's vote (HTTP, MQTT)."""
+
+    accepted: bool
+    reason: str
+    offset_k: float = 0.0  # the zone's current offset (K, + warmer), for the voter
+
+
 def device_address(device_id: str) -> str:
     return f"device[{device_id}]"
 
@@ -224,4 +255,5 @@ ZONE_STATE_TOPIC = "zone-state"
 ZONE_LEARNING_TOPIC = "zone-learning"
 NEGOTIATIONS_TOPIC = "negotiations"
 EVENTS_TOPIC = "events"
+ALERTS_TOPIC = "alerts"  # AlertMsg (the MQTT bridge makes the retained topics)
 COMMANDS_TOPIC = "command-results"

@@ -1,37 +1,17 @@
-"""The coordinator agent: settles what zones compete for, within hard limits, and calls a human
-when it cannot.
+"""The coordinator agent: takes in what the building-level jobs listen to and routes each message
+to the desk that owns the job, ticks every desk, and sends what they queued. The jobs are:
 
-* Listens to zone summaries (``zone-state``: mode, temperature vs band, occupancy, demand and
-  flexibility), never raw readings, plus building-level power readings.
-* Demand response by Contract Net: an event (scheduled in the policy file, requested on the
-  ``demand-response`` topic from MQTT/HTTP, or the building meter above ``power_cap_w``) sends a
-  cfp to every zone; proposals and refusals are collected until ``reply_by`` (silence counts as a
-  refusal). When the offers fall short, another cfp round asks again, up to the policies'
-  ``max_rounds``; a round answered exactly like the one before (a clarification loop) stops the
-  asking. Then the cheapest set meeting the target (or, short of it, shedding the most, with a
-  break-glass alert) is accepted, the rest rejected; awarded zones apply and confirm
-  (inform-done); at the end of the window, fixed when the event opens, every awarded zone gets
-  ``cancel`` and restores (and restores by itself at the award's ``ends_at`` if no cancel comes).
-  Each negotiation is a ``Negotiation`` state machine with guardrails; a message its state does
-  not accept, or from a zone that was not asked, is rejected, logged and counted
-  (``buildingd_negotiation_rejected_total{reason}``). Awards in force are persisted in
-  ``<state_dir>/commitments.json`` and taken up again after a restart, never awarded twice.
-* G36 trim & respond of each air handler's supply-air temperature setpoint from the zones'
-  cooling requests, written to the air handler's setpoint point when the site has one; and of
-  its duct static pressure setpoint from the static pressure requests the zones count in their
-  summaries (their terminal units' dampers and airflow), where the device file has a
-  ``duct_static_pressure_setpoint`` point.
-* Occupant votes nudge a zone's band (``VoteBox``), sent to the zone as an adjustment.
-* Break-glass (``escalation.IncidentBook``): one alert per incident, keyed by subject and cause,
-  for a negotiation that cannot meet its target in its limits, a zone outside its safety band for
-  longer than ``max_outside_s``, a device unavailable for longer than ``device_unavailable_s``
-  (its availability events) and an agent past its restart limit (the supervisor's
-  ``agent-failed`` event). Each goes to the journal at error level, to ``ALERTS_TOPIC`` (the MQTT
-  bridge keeps a retained topic per subject) and to the policies' webhooks; it is re-announced
-  every reminder interval until acknowledged (HTTP, or an ``alert-action`` message from MQTT) and
-  stays open until its cause goes away or a technician clears it.
+* demand response (``demand_response``): Contract Net rounds with the zones, awards, and the
+  commitments kept across restarts;
+* air-handler resets (``air_handlers``): G36 trim & respond of the supply-air temperature and
+  duct static pressure setpoints;
+* occupants (``occupants``): votes, and setpoints, modes and light levels set by hand;
+* break-glass (``break_glass``): one alert per incident, reminded until acknowledged.
 
-Every decision is logged as an audit line and published as an event.
+The desks share the zones' latest summaries and one outbox (``office``); each keeps its own state
+(demand response and break-glass also their state files). Listens to zone summaries
+(``zone-state``: mode, temperature vs band, occupancy, demand and flexibility), never raw
+readings, plus building-level power readings.
 """
 
 from __future__ import annotations
@@ -41,114 +21,38 @@ import contextlib
 import logging
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
-from zoneinfo import ZoneInfo
 
-from buildingd.agents.bus import Envelope, Performative, new_conversation_id
+from buildingd.agents.bus import Envelope
 from buildingd.agents.context import AgentContext
 from buildingd.agents.messages import (
     COORDINATOR,
     DEMAND_RESPONSE_TOPIC,
     EVENTS_TOPIC,
-    TELEMETRY,
     ZONE_STATE_TOPIC,
-    AdjustmentsMsg,
-    CommandMsg,
+    AlertActionMsg,
     CommandResultMsg,
-    Content,
-    DemandResponseAward,
     DemandResponseCall,
-    DemandResponseProposal,
     EventMsg,
     ReadingMsg,
+    VoteResult,
     ZoneStateMsg,
-    device_address,
     readings_topic,
-    zone_address,
 )
-from buildingd.agents.runtime import Agent, RestartPolicy
-from buildingd.audit import audit_decision
-from buildingd.config.base import PointBase
-from buildingd.config.policies import Band, DemandResponseEvent, Policy, RecurringEvent
-from buildingd.control.contract_net import Award, Level, Offer, award
-from buildingd.control.recurrence import running_occurrence
-from buildingd.control.trim_respond import (
-    REQUEST_2_ABOVE_K,
-    REQUEST_3_ABOVE_K,
-    TrimRespond,
-    TrimRespondParams,
-    cooling_requests,
-)
-from buildingd.coordinator import alerts_file, commitments, overrides
-from buildingd.coordinator.escalation import (
-    ALERTS_TOPIC,
-    BUILDING,
-    Action,
-    AlertActionMsg,
-    AlertMsg,
-    Cause,
-    Incident,
-    IncidentBook,
-    IncidentKey,
-    SubjectKind,
-    agent_failed_story,
-    contact_names,
-    device_down_story,
-    journal_line,
-    negotiation_story,
-    safety_band_story,
-    subject_payload,
-    telemetry_down_story,
-)
-from buildingd.coordinator.negotiation import (
-    PARTICIPANT_PERFORMATIVES,
-    Negotiation,
-    NegotiationState,
-)
-from buildingd.coordinator.requests import record_refusal
-from buildingd.coordinator.votes import VoteBox, VoteResult
+from buildingd.agents.runtime import Agent
+from buildingd.control.trim_respond import TrimRespond
+from buildingd.coordinator.air_handlers import STATIC_PRESSURE, SUPPLY_AIR, AirHandlerDesk
+from buildingd.coordinator.break_glass import BreakGlassDesk
+from buildingd.coordinator.demand_response import DemandResponseDesk
+from buildingd.coordinator.escalation import Incident, IncidentBook
+from buildingd.coordinator.negotiation import DemandResponseRun
+from buildingd.coordinator.occupants import OccupantDesk
+from buildingd.coordinator.office import TICK_S, Office
+from buildingd.coordinator.votes import VoteBox
 from buildingd.coordinator.webhook import WebhookSender
 from buildingd.errors import RequestRefusedError
-from buildingd.points import PointKind
-from buildingd.statefile import set_aside_logged
 
 log = logging.getLogger(__name__)
-CONTRACT_NET = "fipa-contract-net"  # the FIPA protocol name every negotiation message carries
-
-TICK_S = 10.0  # simulated seconds between coordinator decisions
-CONFIRM_S = 60.0  # awarded zones must confirm an award, and a restore, within this
-VOTE_MIN_VOTES = 2  # a side must lead by this many votes to move a zone
-VOTE_MIN_INTERVAL_S = 900.0  # at most one vote-driven move per zone in this long
-REJECTIONS_LOGGED = 20  # per conversation; further rejected messages are only counted
-S = NegotiationState
-Answers = tuple[frozenset[tuple[str, tuple[tuple[str, float, float], ...]]], frozenset[str]]
-
-
-@dataclass
-class DemandResponseRun:
-    negotiation: Negotiation
-    target_w: float
-    window_s: float
-    reason: str
-    ends_s: float  # monotonic: the window ends (fixed when the event opens)
-    ends_at: datetime  # the same instant on the wall clock (UTC), for the zones and the file
-    max_rounds: int = 1
-    round: int = 0  # cfp rounds sent so far
-    round_id: str = ""  # reply_with of this round's cfps: an answer must carry it
-    reply_by_s: float = 0.0
-    invited: set[str] = field(default_factory=set)  # asked in this round
-    offers: dict[str, list[Offer]] = field(default_factory=dict)  # this round's proposals
-    refused: dict[str, str] = field(default_factory=dict)  # each zone's latest refusal
-    last_answers: Answers | None = None  # the previous round's, to spot a clarification loop
-    awarded: dict[str, Offer] = field(default_factory=dict)
-    confirmed: set[str] = field(default_factory=set)
-    restored: set[str] = field(default_factory=set)
-    committed_w: float = 0.0
-    confirm_by_s: float = 0.0
-    restore_by_s: float = 0.0
 
 
 class CoordinatorAgent(Agent):
@@ -158,39 +62,12 @@ class CoordinatorAgent(Agent):
     def __init__(self, ctx: AgentContext, state_dir: Path | None = None) -> None:
         super().__init__(COORDINATOR)
         self.ctx = ctx
-        # Where active commitments are kept across restarts (None: not kept, as in unit tests).
-        self.commitments_path = state_dir / commitments.FILE_NAME if state_dir else None
-        self._saved: commitments.CommitmentsFile | None = None
-        # Open alerts (with their acknowledgements) kept across restarts, SIGKILL included.
-        self.alerts_path = state_dir / alerts_file.FILE_NAME if state_dir else None
-        self._alerts_saved: alerts_file.AlertsFile | None = None
-        self.rejected: Counter[str] = Counter()  # negotiation messages rejected, by reason
-        self._rejections_logged: Counter[str] = Counter()
-        self.zones: dict[str, ZoneStateMsg] = {}
-        self.building_power_w: float | None = None
-        self.negotiations: dict[str, DemandResponseRun] = {}
-        self.finished: list[DemandResponseRun] = []
-        self.escalations = IncidentBook()  # the daemon hands it to a restarted coordinator
-        self.webhooks = WebhookSender(ctx.metrics)
-        self._finished_seen: set[str] = set()
-        self.outcomes: dict[str, int] = {}
-        rules = [p.negotiation for p in ctx.site.policies.values()]
-        first = rules[0] if rules else None
-        self.votes = VoteBox(
-            window_s=first.vote_window_s if first else 900.0,
-            min_votes=VOTE_MIN_VOTES,
-            step_k=first.vote_step_k if first else 0.5,
-            max_offset_k=first.vote_max_offset_k if first else 1.5,
-            min_interval_s=VOTE_MIN_INTERVAL_S,
-        )
-        self.supply_air: dict[str, TrimRespond] = {}
-        self.supply_air_sp: dict[str, float] = {}
-        self.static_pressure: dict[str, TrimRespond] = {}
-        self.static_pressure_sp: dict[str, float] = {}
-        self._requests: dict[str, int] = {}
-        self._hot_since: dict[str, tuple[float | None, float | None]] = {}
-        self._scheduled_started: set[str] = set()  # keys of scheduled events opened
-        self._outbox: list[Envelope] = []
+        self.office = Office(ctx)
+        self.zones = self.office.zones
+        self.alarms = BreakGlassDesk(self.office, state_dir)
+        self.demand = DemandResponseDesk(self.office, self.alarms, state_dir)
+        self.air = AirHandlerDesk(self.office)
+        self.occupants = OccupantDesk(self.office)
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -204,9 +81,9 @@ class CoordinatorAgent(Agent):
             self.ctx.bus.subscribe(topic, self.inbox)
         started()
         now = self.ctx.clock.monotonic()
-        self.start_resets(now)
-        self.resume_commitments(now)
-        self.resume_alerts(now)
+        self.air.start(now)
+        self.demand.resume(now)
+        self.alarms.resume(now)
         try:
             self.webhooks.start()  # owned: stopped in the finally below
             next_tick = now
@@ -221,1236 +98,142 @@ class CoordinatorAgent(Agent):
                 if now >= next_tick:
                     self.tick(now)
                     next_tick = now + TICK_S
-                await self._flush()
+                await self.flush()
         finally:
             for topic in self.topics():
                 self.ctx.bus.unsubscribe(topic, self.inbox)
             await self.webhooks.stop()
 
     async def flush(self) -> None:
-        """Send what decisions queued (the loop does this after every step)."""
-        await self._flush()
+        """Send what the desks queued (the loop does this after every step)."""
+        outbox = self.office.outbox
+        while outbox:
+            await self.ctx.send(outbox.pop(0))
 
-    async def _flush(self) -> None:
-        while self._outbox:
-            await self.ctx.send(self._outbox.pop(0))
+    def tick(self, now_s: float) -> None:
+        """Every desk's timers. Demand response first: a negotiation that met its target there
+        clears a shortfall alert at break-glass's turn in the same tick."""
+        self.demand.tick(now_s)
+        self.occupants.tick(now_s)
+        self.air.tick(now_s)
+        self.alarms.tick(now_s)
 
-    def _send(self, env: Envelope) -> None:
-        self._outbox.append(env)
-
-    # -- input ---------------------------------------------------------------------------------
+    # -- routing -------------------------------------------------------------------------------
 
     def take(self, env: Envelope) -> None:
         """Take in one message; a malformed or unexpected one is counted and logged. No content
         may crash the coordinator (an overflow included): it would stop every building job."""
         try:
-            self._take(env)
+            self._route(env)
         except (ValueError, ArithmeticError) as err:
             self.ctx.metrics.inc("buildingd_messages_rejected_total", agent="coordinator")
             log.warning("coordinator: rejected %s from %s: %s", env.performative, env.sender, err)
 
-    def _take(self, env: Envelope) -> None:
+    def _route(self, env: Envelope) -> None:
         if env.ontology == ZoneStateMsg.ontology:
             msg = ZoneStateMsg.parse(env)
             self.zones[msg.zone_id] = msg
         elif env.ontology == ReadingMsg.ontology:
-            self._building_reading(ReadingMsg.parse(env))
+            self.demand.reading(ReadingMsg.parse(env))
         elif env.ontology == CommandResultMsg.ontology:
             result = CommandResultMsg.parse(env)
             if not result.ok:
-                # Write again at the next step.
-                if result.kind is PointKind.DUCT_STATIC_PRESSURE_SETPOINT:
-                    self.static_pressure_sp.clear()
-                else:
-                    self.supply_air_sp.clear()
-                why = result.error or result.reason
-                log.warning("coordinator: %s.%s refused %s: %s",
-                            result.device_id, result.point_id, result.value, why)  # fmt: skip
+                self.air.refused(result)
         elif env.ontology == EventMsg.ontology:
-            self._observe_event(EventMsg.parse(env))
+            self.alarms.event(EventMsg.parse(env))
         elif env.ontology == AlertActionMsg.ontology:
-            self._alert_action(AlertActionMsg.parse(env), env.sender)
+            self.alarms.action(AlertActionMsg.parse(env), env.sender)
         elif env.ontology != DemandResponseCall.ontology:
             raise ValueError(f"unexpected ontology {env.ontology!r}")
         elif env.receiver == DEMAND_RESPONSE_TOPIC:
             with contextlib.suppress(RequestRefusedError):  # audited, counted and logged
-                self.request_demand_response(DemandResponseCall.parse(env), source=env.sender)
+                self.demand.request(DemandResponseCall.parse(env), source=env.sender)
         else:
-            self._participant_reply(env)
+            self.demand.reply(env)
 
-    def _building_reading(self, msg: ReadingMsg) -> None:
-        meter = self.ctx.site.demand_response.meter
-        if msg.kind is not PointKind.POWER or not msg.quality.usable:
-            return
-        if meter is None or meter == f"{msg.device_id}.{msg.point_id}":
-            self.building_power_w = msg.value
-
-    def _participant_reply(self, env: Envelope) -> None:
-        """A zone's answer in a negotiation. Each state accepts only its own performatives, from
-        the zones it concerns (asked in this round, or awarded); anything else is rejected."""
-        run = self.negotiations.get(env.conversation_id or "")
-        if run is None:
-            self._reject(env, "unknown_conversation", "no open negotiation")
-            return
-        n, performative = run.negotiation, env.performative
-        if performative not in PARTICIPANT_PERFORMATIVES:
-            self._reject(env, "unexpected_performative", f"a zone does not send {performative}")
-            return
-        if not n.accepts(performative):
-            self._reject(env, "out_of_order", f"{performative} while {n.state}")
-            return
-        zone_id = _zone_of(env.sender)
-        offers: list[Offer] = []
-        if performative in (Performative.PROPOSE, Performative.REFUSE):
-            if zone_id is None or zone_id not in run.invited:
-                self._reject(env, "not_invited", f"round {run.round} did not ask {env.sender}")
-                return
-            if env.in_reply_to != run.round_id:
-                self._reject(env, "stale_round", f"answers {env.in_reply_to!r}, not round "
-                                                 f"{run.round} ({run.round_id})")  # fmt: skip
-                return
-            if zone_id in run.offers or zone_id in run.refused:
-                self._reject(env, "duplicate", f"{zone_id} already answered round {run.round}")
-                return
-        elif zone_id is None or zone_id not in run.awarded:
-            self._reject(env, "not_awarded", f"{env.sender} has no award in this negotiation")
-            return
-        try:
-            if performative is Performative.PROPOSE:
-                proposal = DemandResponseProposal.parse(env)
-                offers = [
-                    Offer(zone_id, Level(o.shift_k, o.dim_pct), o.shed_w, o.comfort_cost)
-                    for o in proposal.offers
-                ]
-            reason = str(env.content.get("reason") or performative)[:200]
-        except ValueError as err:
-            self._reject(env, "malformed", str(err).splitlines()[0])
-            return
-        n.count_message()
-        if performative is Performative.PROPOSE:
-            if offers:
-                run.offers[zone_id] = offers
-            else:
-                run.refused[zone_id] = "proposed nothing"
-        elif performative is Performative.REFUSE:
-            run.refused[zone_id] = reason
-        elif performative is Performative.INFORM_DONE:
-            (run.restored if env.content.get("restored") else run.confirmed).add(zone_id)
-        elif n.state is S.RESTORING:  # failure to restore: it stays missing, the timer escalates
-            run.refused[zone_id] = reason
-        else:  # failure: the zone withdraws from its award
-            run.refused[zone_id] = reason
-            run.awarded.pop(zone_id, None)
-            run.confirmed.discard(zone_id)
-            run.committed_w = sum(o.shed_w for o in run.awarded.values())
-            audit_decision("demand-response", "withdrawn", conversation=n.conversation_id,
-                           zone=zone_id, detail=reason)  # fmt: skip
-            self._save_commitments()
-
-    def _reject(self, env: Envelope, reason: str, detail: str) -> None:
-        """A negotiation message that is refused: counted by reason, logged with its
-        conversation and sender (the first few per conversation: a flood is only counted)."""
-        self.rejected[reason] += 1
-        self.ctx.metrics.inc(
-            "buildingd_negotiation_rejected_total", agent="coordinator", reason=reason
-        )
-        key = env.conversation_id or "-"
-        if len(self._rejections_logged) > 1000:
-            self._rejections_logged.clear()  # bounded: forgotten conversations log again
-        self._rejections_logged[key] += 1
-        seen = self._rejections_logged[key]
-        if seen <= REJECTIONS_LOGGED:
-            log.warning("coordinator: rejected %s from %s in conversation %s (%s): %s",
-                        env.performative, env.sender, key, reason, detail)  # fmt: skip
-        if seen == REJECTIONS_LOGGED:
-            log.warning("coordinator: conversation %s: further rejected messages are only "
-                        "counted (buildingd_negotiation_rejected_total)", key)  # fmt: skip
-
-    # -- decisions -----------------------------------------------------------------------------
-
-    def tick(self, now_s: float) -> None:
-        self._scheduled_events(now_s)
-        self._power_cap(now_s)
-        for run in list(self.negotiations.values()):
-            self._progress(run, now_s)
-        self._settle_votes(now_s)
-        self._trim_and_respond(now_s)
-        self._watch(now_s)
-        self._remind(now_s)
-
-    def _scheduled_events(self, now_s: float) -> None:
-        dr = self.ctx.site.demand_response
-        tz = ZoneInfo(self.ctx.site.timezone)
-        wall = self.ctx.clock.now()
-        live: set[str] = set()
-        windows: list[tuple[datetime, DemandResponseEvent | RecurringEvent, str]] = [
-            (e.start if e.start.tzinfo else e.start.replace(tzinfo=tz), e, f"scheduled event {i}")
-            for i, e in enumerate(dr.events, 1)
-        ]
-        for i, rec in enumerate(dr.recurring, 1):
-            begun = running_occurrence(rec.cron, rec.duration_s, wall, tz)
-            if begun is not None:
-                windows.append((begun, rec, f"recurring event {i} ({rec.cron})"))
-        for start, event, reason in windows:
-            end = start + timedelta(seconds=event.duration_s)
-            key = f"{start.astimezone(UTC).isoformat()}+{event.duration_s:g}s:{event.target_w:g}W"
-            if wall < end:
-                live.add(key)
-            # Opened once, ever: the key is persisted, so a restart inside the window does not
-            # open the event again (its award, if any, was taken up from the commitments).
-            if key not in self._scheduled_started and start <= wall < end:
-                self._scheduled_started.add(key)
-                left = (end - wall).total_seconds()
-                self.open_demand_response(event.target_w, left, reason)
-        if self._scheduled_started - live:
-            self._scheduled_started &= live  # ended events need no memory
-            self._save_commitments()
-
-    def _power_cap(self, now_s: float) -> None:
-        dr = self.ctx.site.demand_response
-        power = self.building_power_w
-        if dr.power_cap_w is None or power is None or power <= dr.power_cap_w:
-            return
-        if any(not r.negotiation.over for r in self.negotiations.values()):
-            return
-        why = f"building power {power:.0f} W above the cap {dr.power_cap_w:.0f} W"
-        # A meter gone mad (1e12 W) asks for no more than the building can shed.
-        self.open_demand_response(min(power - dr.power_cap_w, dr.max_target_w), dr.window_s, why)
+    # -- what the service, the API and the MQTT bridge call: each desk's own ----------------------
 
     def request_demand_response(self, call: DemandResponseCall, source: str) -> str:
-        """A demand-response request from outside (MQTT, HTTP): opened (its conversation id)
-        when it is within the site's ``max_target_w`` and ``max_window_s``, else refused:
-        audited, counted, and ``RequestRefusedError`` raised with the reason."""
-        problem = self.ctx.site.demand_response.request_problem(call.target_w, call.window_s)
-        if problem is not None:
-            record_refusal(self.ctx.metrics, "demand-response", problem, source=source)
-            log.warning("coordinator: demand-response request from %s refused: %s", source, problem)
-            raise RequestRefusedError("demand-response", problem)
-        return self.open_demand_response(call.target_w, call.window_s, call.reason)
+        """Opened (its conversation id), or ``RequestRefusedError`` with the reason."""
+        return self.demand.request(call, source)
 
     def open_demand_response(self, target_w: float, window_s: float, reason: str) -> str:
-        """Open a demand-response event: shed ``target_w`` for ``window_s`` from now. Returns
-        the conversation id."""
-        now = self.ctx.clock.monotonic()
-        dr = self.ctx.site.demand_response
-        limits = [p.negotiation for p in self.ctx.site.policies.values()]
-        max_rounds = min((n.max_rounds for n in limits), default=3)
-        max_messages = min((n.max_messages for n in limits), default=10_000)
-        conversation = new_conversation_id()
-        ends_s = now + window_s
-        # Every step has its own limit: rounds by reply_s, the award's confirmation and the
-        # restore by CONFIRM_S, each seen at a tick. The deadline is their sum, plus two ticks:
-        # a negotiation still running then is stuck, and the guardrail calls a human.
-        collected_s = max_rounds * (dr.reply_s + TICK_S)
-        deadline = max(ends_s, now + collected_s + CONFIRM_S + TICK_S) + CONFIRM_S + 3 * TICK_S
-        negotiation = Negotiation(
-            conversation,
-            "demand-response",
-            now,
-            deadline_s=deadline,
-            # The straight path takes 5 turns; each extra round 2 (back to OPEN, COLLECTING).
-            max_turns=5 + 2 * (max_rounds - 1),
-            max_messages=max_messages,
-        )
-        ends_at = self.ctx.clock.now().astimezone(UTC) + timedelta(seconds=window_s)
-        run = DemandResponseRun(
-            negotiation, target_w, window_s, reason, ends_s, ends_at, max_rounds=max_rounds
-        )
-        self.negotiations[conversation] = run
-        self._cfp(run, now, sorted(self.ctx.site.zones))
-        return conversation
-
-    def _cfp(self, run: DemandResponseRun, now_s: float, zones: list[str]) -> None:
-        """Send one round's calls for proposals to ``zones`` and start collecting."""
-        dr = self.ctx.site.demand_response
-        conversation = run.negotiation.conversation_id
-        run.round += 1
-        run.round_id = f"{conversation}.{run.round}"
-        run.invited = set(zones)
-        for zone_id in zones:  # a new round: earlier answers of the zones asked do not count
-            run.offers.pop(zone_id, None)
-            run.refused.pop(zone_id, None)
-        run.reply_by_s = now_s + dr.reply_s
-        call = DemandResponseCall(
-            target_w=round(run.target_w, 1),
-            window_s=max(1.0, run.ends_s - now_s),
-            reason=run.reason,
-            round=run.round,
-        )
-        reply_by = self.ctx.clock.now() + timedelta(seconds=dr.reply_s)
-        for zone_id in zones:
-            self._send(
-                self._to_zone(
-                    run, zone_id, Performative.CFP, call, reply_with=run.round_id, reply_by=reply_by
-                )
-            )
-        why = (
-            f"round {run.round}: cfp to {len(zones)} zones: shed {run.target_w:.0f} W "
-            f"({run.reason})"
-        )
-        self._transition(run, S.COLLECTING, now_s, why)
-
-    def _progress(self, run: DemandResponseRun, now_s: float) -> None:
-        n = run.negotiation
-        breach = n.breach(now_s)
-        if breach is not None:
-            self._transition(run, S.ESCALATED, now_s, breach)
-        elif n.state is S.COLLECTING and (
-            now_s >= run.reply_by_s or set(run.offers) | set(run.refused) >= run.invited
-        ):
-            self._round_over(run, now_s)
-        elif n.state is S.AWARDING and (
-            run.confirmed >= set(run.awarded) or now_s >= run.confirm_by_s
-        ):
-            self._confirmed(run, now_s)
-        elif n.state is S.EXECUTING and now_s >= run.ends_s:
-            self._cancel_all(run)
-            run.restore_by_s = now_s + CONFIRM_S
-            self._transition(run, S.RESTORING, now_s, "window over: restoring")
-        elif n.state is S.RESTORING and (
-            run.restored >= set(run.awarded) or now_s >= run.restore_by_s
-        ):
-            missing = sorted(set(run.awarded) - run.restored)
-            if missing:
-                # The zones restore by themselves at ends_at; a human should still look.
-                self._transition(run, S.FAILED, now_s, f"no restore confirmation from {missing}")
-            else:
-                self._transition(run, S.SETTLED, now_s, "all zones restored")
-        if n.over:
-            self.negotiations.pop(n.conversation_id, None)
-            self._rejections_logged.pop(n.conversation_id, None)
-            self.finished = [*self.finished[-49:], run]
-
-    def _round_over(self, run: DemandResponseRun, now_s: float) -> None:
-        """A round's answers are in (or its reply_by passed): award, or ask again."""
-        dr = self.ctx.site.demand_response
-        silent = run.invited - set(run.offers) - set(run.refused)
-        for zone_id in silent:  # unanswered cfps count as refusals at reply_by
-            run.refused[zone_id] = "no answer by reply_by"
-        result = award(self._admissible_offers(run), run.target_w, self._exempt_zones())
-        answers: Answers = (
-            frozenset(
-                (z, tuple(sorted((str(o.level), o.shed_w, o.comfort_cost) for o in offers)))
-                for z, offers in run.offers.items()
-            ),
-            frozenset(run.refused),
-        )
-        looping = answers == run.last_answers
-        no_time = now_s + dr.reply_s + TICK_S >= run.ends_s
-        if result.met or looping or no_time or run.round >= run.max_rounds:
-            if result.met:
-                why = ""
-            elif looping:
-                why = (
-                    f"clarification loop: round {run.round} was answered exactly like round "
-                    f"{run.round - 1}"
-                )
-            elif no_time:
-                why = "no time left in the window for another round"
-            else:
-                why = f"after {run.round} of {run.max_rounds} rounds"
-            self._award(run, now_s, result, why)
-            return
-        run.last_answers = answers
-        self._transition(
-            run,
-            S.OPEN,
-            now_s,
-            f"round {run.round}: offers reach {result.committed_w:.0f} W of "
-            f"{run.target_w:.0f} W: asking again",
-        )
-        if run.negotiation.state is S.OPEN:  # the guardrail may have stopped it instead
-            exempt = set(self._exempt_zones())
-            self._cfp(run, now_s, sorted(z for z in self.ctx.site.zones if z not in exempt))
-
-    def _exempt_zones(self) -> list[str]:
-        site = self.ctx.site
-        return [z for z in site.zones if site.policy_for(z).negotiation.exempt]
-
-    def _admissible_offers(self, run: DemandResponseRun) -> list[Offer]:
-        """This round's offers that keep the zone inside its policy: not exempt, within its
-        ``max_shift_k`` and ``max_dim_pct``, and no setpoint pushed out of its safety band. A
-        zone only offers such; anything else is wrong or forged and is rejected here."""
-        site, admissible = self.ctx.site, []
-        for zone_id, offers in sorted(run.offers.items()):
-            if zone_id not in site.zones:
-                continue
-            policy = site.policy_for(zone_id)
-            limits, safety = policy.negotiation, policy.safety
-            band = self._current_band(zone_id, policy)
-            for offer in offers:
-                level = offer.level
-                if not limits.exempt and (
-                    level.shift_k <= limits.max_shift_k
-                    and level.dim_pct <= limits.max_dim_pct
-                    and band.heating_c - level.shift_k >= safety.min_c
-                    and band.cooling_c + level.shift_k <= safety.max_c
-                ):
-                    admissible.append(offer)
-                else:
-                    self.rejected["outside_limits"] += 1
-                    self.ctx.metrics.inc("buildingd_negotiation_rejected_total",
-                                         agent="coordinator", reason="outside_limits")  # fmt: skip
-                    log.warning("coordinator: %s offered %s in %s, outside its policy's limits",
-                                zone_id, level, run.negotiation.conversation_id)  # fmt: skip
-        return admissible
-
-    def _current_band(self, zone_id: str, policy: Policy) -> Band:
-        """The zone's setpoints as it last reported them, or its policy's occupied band."""
-        state = self.zones.get(zone_id)
-        if state is None:
-            return policy.comfort.occupied
-        return Band(heating_c=state.heating_sp_c, cooling_c=state.cooling_sp_c)
-
-    def _award(self, run: DemandResponseRun, now_s: float, result: Award, short_why: str) -> None:
-        conversation = run.negotiation.conversation_id
-        run.awarded = {o.zone_id: o for o in result.accepted}
-        run.committed_w = result.committed_w
-        if not run.awarded or now_s >= run.ends_s:
-            for zone_id in run.offers:
-                self._reject_proposal(run, zone_id)
-            run.awarded = {}
-            run.committed_w = 0.0
-            why = "the window ended before an award" if now_s >= run.ends_s else short_why
-            self._transition(
-                run,
-                S.FAILED,
-                now_s,
-                f"zones can shed only 0 W of the {run.target_w:.0f} W asked ({run.reason}); "
-                f"{len(run.refused)} refused; {why}",
-            )
-            return
-        for zone_id in run.offers:
-            chosen = run.awarded.get(zone_id)
-            if chosen is None:
-                self._reject_proposal(run, zone_id)
-            else:
-                self._send_award(run, zone_id, chosen)
-        run.confirm_by_s = now_s + CONFIRM_S
-        awarded = sorted(run.awarded.items())
-        levels = ", ".join(f"{z}:{o.level}" for z, o in awarded[:10]) or "none"
-        if len(awarded) > 10:  # a reason is for a human to read, and events are bounded
-            levels += f" and {len(awarded) - 10} more"
-        self._transition(
-            run,
-            S.AWARDING,
-            now_s,
-            f"round {run.round}: awarded {levels} = {result.committed_w:.0f} W of "
-            f"{run.target_w:.0f} W ({len(run.refused)} refused)",
-        )
-        if not result.met:
-            self._escalate_negotiation(
-                run,
-                f"demand response {conversation}: zones can shed only "
-                f"{result.committed_w:.0f} W of the {run.target_w:.0f} W asked ({run.reason}); "
-                f"{short_why}",
-                now_s,
-            )
-
-    def _send_award(self, run: DemandResponseRun, zone_id: str, offer: Offer) -> None:
-        accept = DemandResponseAward(
-            level=str(offer.level),
-            shift_k=offer.level.shift_k,
-            dim_pct=offer.level.dim_pct,
-            ends_at=run.ends_at,
-        )
-        self._send(self._to_zone(run, zone_id, Performative.ACCEPT_PROPOSAL, accept))
-
-    def _reject_proposal(self, run: DemandResponseRun, zone_id: str) -> None:
-        reject = DemandResponseProposal(reason="not needed")
-        self._send(self._to_zone(run, zone_id, Performative.REJECT_PROPOSAL, reject))
-
-    def _to_zone(
-        self,
-        run: DemandResponseRun,
-        zone_id: str,
-        performative: Performative,
-        content: Content | None = None,
-        **kw: Any,
-    ) -> Envelope:
-        """A contract-net message to one zone in ``run``'s conversation."""
-        kw |= {"conversation_id": run.negotiation.conversation_id, "protocol": CONTRACT_NET}
-        receiver = zone_address(zone_id)
-        if content is not None:
-            return content.envelope(performative, self.name, receiver, **kw)
-        ontology = DemandResponseCall.ontology  # a cancel carries no content
-        return Envelope(
-            performative=performative, sender=self.name, receiver=receiver, ontology=ontology, **kw
-        )
-
-    def _confirmed(self, run: DemandResponseRun, now_s: float) -> None:
-        """The award's confirmation time is over: a zone that did not confirm is treated as a
-        refusal (told to restore, in case it applied late); the others shed."""
-        missing = sorted(set(run.awarded) - run.confirmed)
-        for zone_id in missing:
-            run.refused[zone_id] = "no confirmation of the award"
-            self._send(self._cancel(run, zone_id))
-            del run.awarded[zone_id]
-        run.committed_w = sum(o.shed_w for o in run.awarded.values())
-        if not run.awarded:
-            self._transition(run, S.FAILED, now_s, f"no confirmation from {missing}")
-            return
-        why = f"{len(run.awarded)} zones shedding {run.committed_w:.0f} W"
-        if missing:
-            why += f" (no confirmation from {missing})"
-        self._transition(run, S.EXECUTING, now_s, why)
-        if missing and run.committed_w < run.target_w and run.negotiation.state is S.EXECUTING:
-            self._escalate_negotiation(
-                run,
-                f"demand response {run.negotiation.conversation_id}: zones shed only "
-                f"{run.committed_w:.0f} W of the {run.target_w:.0f} W asked ({run.reason}); "
-                f"no confirmation from {missing}",
-                now_s,
-            )
-
-    def _cancel(self, run: DemandResponseRun, zone_id: str) -> Envelope:
-        return self._to_zone(run, zone_id, Performative.CANCEL)
-
-    def _cancel_all(self, run: DemandResponseRun) -> None:
-        for zone_id in run.awarded:
-            self._send(self._cancel(run, zone_id))
-
-    def _transition(
-        self, run: DemandResponseRun, to: NegotiationState, now_s: float, reason: str
-    ) -> None:
-        n = run.negotiation
-        state = n.advance(to, now_s, reason)
-        if state in (S.ESCALATED, S.FAILED):
-            self._cancel_all(run)  # nobody stays shed after a failed negotiation
-            message = f"negotiation {n.conversation_id} {state}: {n.reason}"
-            self._escalate_negotiation(run, message, now_s, cancelled=True)
-        if n.over:
-            self.outcomes[state.value] = self.outcomes.get(state.value, 0) + 1
-            self.ctx.metrics.inc("buildingd_negotiations_total", outcome=state.value)
-        audit_decision(
-            "demand-response", state.value, conversation=n.conversation_id, detail=n.reason
-        )
-        self._event(
-            "negotiation",
-            "warning" if state in (S.FAILED, S.ESCALATED) else "info",
-            f"demand response {n.conversation_id}: {state} ({n.reason})"[:2000],
-        )
-        self._save_commitments()
-
-    # -- commitments across restarts -------------------------------------------------------------
-
-    def _save_commitments(self) -> None:
-        """Write the awards in force (and the scheduled events opened) when they changed."""
-        if self.commitments_path is None:
-            return
-        records = [
-            commitments.Commitment(
-                conversation_id=run.negotiation.conversation_id,
-                reason=run.reason[:200],
-                target_w=run.target_w,
-                window_s=run.window_s,
-                ends_at=run.ends_at,
-                committed_w=run.committed_w,
-                awarded={
-                    z: commitments.CommittedOffer(
-                        shift_k=o.level.shift_k,
-                        dim_pct=o.level.dim_pct,
-                        shed_w=o.shed_w,
-                        comfort_cost=o.comfort_cost,
-                    )
-                    for z, o in sorted(run.awarded.items())
-                },
-            )
-            for run in self.negotiations.values()
-            if run.negotiation.state in (S.AWARDING, S.EXECUTING) and run.awarded
-        ]
-        data = commitments.CommitmentsFile(
-            commitments=records, scheduled_started=sorted(self._scheduled_started)
-        )
-        if data == self._saved:
-            return
-        try:
-            commitments.save(self.commitments_path, data)
-        except OSError as err:
-            # Not fatal: the event goes on; only a restart would forget it. Said once per change.
-            log.error("coordinator: cannot write %s: %s", self.commitments_path, err)  # noqa: TRY400
-        self._saved = data
+        return self.demand.open(target_w, window_s, reason)
 
     def resume_commitments(self, now_s: float) -> None:
-        """At start: take up the awards a previous run left in force. Their zones are told
-        again (the same conversation: applying it twice is applying it once) and shed until the
-        window's end, then restore; nothing is awarded on top. Ended ones are dropped."""
-        path = self.commitments_path
-        if path is None:
-            return
-        try:
-            saved = commitments.load(path)
-        except commitments.CommitmentsFileError as err:
-            aside = set_aside_logged(path, str(err))
-            self.ctx.metrics.inc("buildingd_state_files_set_aside_total", file=path.name)
-            self._event("state-file", "error", f"unreadable {path}, moved to {aside}: {err}")
-            return
-        self._scheduled_started |= set(saved.scheduled_started)
-        wall = self.ctx.clock.now()
-        limits = [p.negotiation for p in self.ctx.site.policies.values()]
-        max_messages = min((n.max_messages for n in limits), default=10_000)
-        for record in saved.commitments:
-            left_s = (record.ends_at - wall).total_seconds()
-            if left_s <= 0:
-                log.info("coordinator: demand response %s ended at %s while stopped",
-                         record.conversation_id, record.ends_at.isoformat())  # fmt: skip
-                continue
-            # A wall clock set back (a Pi without RTC before NTP) cannot stretch the window.
-            left_s = min(left_s, record.window_s)
-            awarded = {
-                z: Offer(z, Level(o.shift_k, o.dim_pct), o.shed_w, o.comfort_cost)
-                for z, o in record.awarded.items()
-                if z in self.ctx.site.zones
-            }
-            if not awarded:
-                continue
-            why = (
-                f"resumed after a restart: {len(awarded)} zones shedding "
-                f"{sum(o.shed_w for o in awarded.values()):.0f} W until {record.ends_at}"
-            )
-            negotiation = Negotiation.resumed(
-                record.conversation_id,
-                "demand-response",
-                S.EXECUTING,
-                now_s,
-                now_s + left_s + 2 * CONFIRM_S + 3 * TICK_S,
-                why,
-                max_turns=3,  # to RESTORING, SETTLED, and one spare
-                max_messages=max_messages,
-            )
-            run = DemandResponseRun(
-                negotiation,
-                record.target_w,
-                record.window_s,
-                record.reason,
-                now_s + left_s,
-                record.ends_at,
-                round=1,
-                awarded=awarded,
-                committed_w=sum(o.shed_w for o in awarded.values()),
-            )
-            run.invited = set(awarded)
-            self.negotiations[record.conversation_id] = run
-            for zone_id, offer in sorted(awarded.items()):
-                self._send_award(run, zone_id, offer)
-            log.info("coordinator: demand response %s %s", record.conversation_id, why)
-            audit_decision("demand-response", "resumed", conversation=record.conversation_id,
-                           detail=why)  # fmt: skip
-            self._event("negotiation", "info", f"demand response {record.conversation_id}: {why}")
-        self._save_commitments()
+        self.demand.resume(now_s)
 
-    # -- votes, air handlers, escalation --------------------------------------------------------
+    @property
+    def negotiations(self) -> dict[str, DemandResponseRun]:
+        return self.demand.negotiations
+
+    @property
+    def finished(self) -> list[DemandResponseRun]:
+        return self.demand.finished
+
+    @property
+    def outcomes(self) -> dict[str, int]:
+        return self.demand.outcomes
+
+    @property
+    def rejected(self) -> Counter[str]:
+        return self.demand.rejected
 
     def vote(self, zone_id: str, vote: str, source: str = "api") -> VoteResult:
-        """An occupant's vote (HTTP or MQTT); refused with a reason when it cannot count: not
-        hot or cold, or the zone already as far that way as its policy allows (audited)."""
-        result = self._vote(zone_id, vote)
-        if not result.accepted:
-            record_refusal(self.ctx.metrics, "vote", result.reason, source=source,
-                           zone=zone_id if zone_id in self.ctx.site.zones else None)  # fmt: skip
-        return result
-
-    def _vote(self, zone_id: str, vote: str) -> VoteResult:
-        if zone_id not in self.ctx.site.zones:
-            return VoteResult(False, f"unknown zone {zone_id!r}", 0.0)
-        low, high, setpoint = self._vote_band(zone_id)
-        result = self.votes.cast(
-            zone_id,
-            vote,
-            self.ctx.clock.monotonic(),
-            band_low_c=low,
-            band_high_c=high,
-            setpoint_c=setpoint,
-        )
-        self.ctx.metrics.inc("buildingd_votes_total", accepted=str(result.accepted).lower())
-        return result
-
-    def _vote_band(self, zone_id: str) -> tuple[float, float, float]:
-        """What the VoteBox needs: (low, high, setpoint before any vote offset). A vote offset
-        moves heating and cooling setpoints together, so it must keep heating >= the safety
-        band's minimum and cooling <= its maximum: the heating setpoint's band is
-        [min_c, max_c - (cooling - heating)]. The setpoints are those of the zone's current mode
-        in its policy (not the reported ones, which already carry the offset)."""
-        policy = self.ctx.site.policy_for(zone_id)
-        state = self.zones.get(zone_id)
-        comfort = policy.comfort
-        mode = state.mode if state is not None else "occupied"
-        base = {"standby": comfort.standby, "unoccupied": comfort.unoccupied}.get(
-            mode, comfort.occupied
-        )
-        low = policy.safety.min_c
-        high = max(low, policy.safety.max_c - (base.cooling_c - base.heating_c))
-        return low, high, min(high, max(low, base.heating_c))
+        return self.occupants.vote(zone_id, vote, source)
 
     def override(
         self, zone_id: str, what: str, wanted_c: float, source: str = "api"
     ) -> dict[str, object]:
-        """A setpoint asked for by hand (HTTP override, Home Assistant): applied as a band offset
-        within the same limits as votes (``vote_max_offset_k``, the safety band) or refused
-        (audited with its reason)."""
-        result = self._override(zone_id, what, wanted_c)
-        if not result["accepted"]:
-            zone = zone_id if zone_id in self.ctx.site.zones else None
-            record_refusal(self.ctx.metrics, "override", f"{what}={wanted_c:g}: {result['reason']}",
-                           source=source, zone=zone)  # fmt: skip
-        return result
-
-    def _override(self, zone_id: str, what: str, wanted_c: float) -> dict[str, object]:
-        if zone_id not in self.ctx.site.zones:
-            return {"accepted": False, "reason": f"unknown zone {zone_id!r}"}
-        if what not in ("heating_sp", "cooling_sp"):
-            return {"accepted": False, "reason": "only heating_sp and cooling_sp can be set"}
-        policy = self.ctx.site.policy_for(zone_id)
-        if not policy.safety.min_c <= wanted_c <= policy.safety.max_c:
-            return {"accepted": False, "reason": f"{wanted_c} °C is outside the safety band"}
-        state = self.zones.get(zone_id)
-        if state is None:
-            return {"accepted": False, "reason": "zone state not known yet"}
-        current = state.heating_sp_c if what == "heating_sp" else state.cooling_sp_c
-        offset = round(self.votes.offset(zone_id) + wanted_c - current, 2)
-        limit = policy.negotiation.vote_max_offset_k
-        if abs(offset) > limit:
-            return {"accepted": False, "reason": f"more than {limit} K from the scheduled band"}
-        self.votes.override(zone_id, offset, self.ctx.clock.monotonic())
-        audit_decision("override", "offset", zone=zone_id, detail=f"{what}={wanted_c}")
-        self._send(AdjustmentsMsg(vote_offset_k=offset).envelope(
-            Performative.REQUEST, self.name, zone_address(zone_id)))  # fmt: skip
-        return {"accepted": True, "reason": f"band moved {offset:+.1f} K", "offset_k": offset}
+        return self.occupants.override(zone_id, what, wanted_c, source)
 
     def override_band(self, zone_id: str, heating_c: float, cooling_c: float) -> dict[str, object]:
-        """Both setpoints asked for together (Home Assistant's range control): one request,
-        checked against the policy (each end within ``vote_max_offset_k`` of the scheduled band,
-        inside the safety band, at least 0.5 K apart), applied once, answered with the band."""
-        checked = self._override_target(zone_id)
-        if isinstance(checked, dict):
-            return checked
-        policy, state = checked
-        heating, cooling = round(heating_c, 1), round(cooling_c, 1)
-        base = self._scheduled_band(policy, state.mode)
-        refused = overrides.check_band(heating, cooling, base, policy)
-        if refused:
-            return {"accepted": False, "reason": refused}
-        vote_k = round(heating - base.heating_c, 2)
-        extra_k = round(cooling - base.cooling_c - vote_k, 2)
-        self.votes.override(zone_id, vote_k, self.ctx.clock.monotonic())
-        detail = f"heating_sp={heating} cooling_sp={cooling}"
-        audit_decision("override", "band", zone=zone_id, detail=detail)
-        self._send(AdjustmentsMsg(vote_offset_k=vote_k, cooling_extra_k=extra_k).envelope(
-            Performative.REQUEST, self.name, zone_address(zone_id)))  # fmt: skip
-        return {"accepted": True, "reason": f"band set to {heating:g}..{cooling:g} °C",
-                "heating_sp_c": heating, "cooling_sp_c": cooling}  # fmt: skip
+        return self.occupants.override_band(zone_id, heating_c, cooling_c)
 
     def override_mode(self, zone_id: str, mode: str) -> dict[str, object]:
-        """A zone mode asked for by hand: occupied, standby or unoccupied for the policy's
-        ``mode_override_s`` (then the zone returns to its schedule by itself); "schedule" ends
-        it now."""
-        checked = self._override_target(zone_id)
-        if isinstance(checked, dict):
-            return checked
-        policy, _ = checked
-        refused = overrides.check_mode(mode)
-        if refused:
-            return {"accepted": False, "reason": refused}
-        wanted = "" if mode == "schedule" else mode
-        until = self.ctx.clock.now() + timedelta(seconds=policy.negotiation.mode_override_s)
-        audit_decision("override", "mode", zone=zone_id, detail=mode)
-        self._send(AdjustmentsMsg(mode_override=wanted, mode_until=until).envelope(
-            Performative.REQUEST, self.name, zone_address(zone_id)))  # fmt: skip
-        if not wanted:
-            return {"accepted": True, "reason": "back to the schedule"}
-        return {"accepted": True, "mode": mode, "until": until.isoformat(),
-                "reason": f"{mode} until {until.isoformat(timespec='minutes')}"}  # fmt: skip
+        return self.occupants.override_mode(zone_id, mode)
 
     def override_light(self, zone_id: str, level_pct: float) -> dict[str, object]:
-        """A light level asked for by hand: kept while people are there, ended by the vacancy
-        timeout like any lighting."""
-        checked = self._override_target(zone_id, in_hold=True)  # lights work in a safe hold
-        if isinstance(checked, dict):
-            return checked
-        kinds = {p.kind for p in self._zone_points(zone_id)}
-        policy, state = checked
-        # Lights off and nobody there: past the vacancy timeout (or daylight is enough, which
-        # reads the same here); a level set now would be dropped at once, so it is refused.
-        vacant = state.occupied is False and state.light_level_pct == 0
-        vacant = vacant and not policy.lighting.on_through_schedule
-        refused = overrides.check_light(level_pct, kinds, vacant=vacant)
-        if refused:
-            return {"accepted": False, "reason": refused}
-        level = round(level_pct)
-        audit_decision("override", "light", zone=zone_id, detail=f"{level}%")
-        self._send(AdjustmentsMsg(light_override_pct=level).envelope(
-            Performative.REQUEST, self.name, zone_address(zone_id)))  # fmt: skip
-        return {"accepted": True, "light_level_pct": level,
-                "reason": f"lights {level} % until the vacancy timeout"}  # fmt: skip
+        return self.occupants.override_light(zone_id, level_pct)
 
-    def _override_target(
-        self, zone_id: str, in_hold: bool = False
-    ) -> tuple[Policy, ZoneStateMsg] | dict[str, object]:
-        """The zone's policy and state, or the refusal (unknown zone, no state yet, a safe hold
-        unless ``in_hold``)."""
-        if zone_id not in self.ctx.site.zones:
-            return {"accepted": False, "reason": f"unknown zone {zone_id!r}"}
-        state = self.zones.get(zone_id)
-        if state is None:
-            return {"accepted": False, "reason": "zone state not known yet"}
-        if state.mode == "hold" and not in_hold:
-            return {"accepted": False, "reason": "safe hold (no usable temperature sensor)"}
-        return self.ctx.site.policy_for(zone_id), state
-
-    def _zone_points(self, zone_id: str) -> list[PointBase]:
-        return [p for d in self.ctx.site.devices.values() if d.enabled
-                for p in d.points_list() if p.zone == zone_id]  # fmt: skip
-
-    @staticmethod
-    def _scheduled_band(policy: Policy, mode: str) -> Band:
-        comfort = policy.comfort
-        return {"standby": comfort.standby, "unoccupied": comfort.unoccupied}.get(
-            mode, comfort.occupied
-        )
-
-    def _settle_votes(self, now_s: float) -> None:
-        for zone_id in self.votes.zones():
-            if zone_id not in self.ctx.site.zones:
-                continue  # removed by a reload
-            low, high, setpoint = self._vote_band(zone_id)
-            settled = self.votes.settle(zone_id, now_s, low, high, setpoint_c=setpoint)
-            if settled.moved:
-                detail = f"{settled.offset_k:+.1f} K: {settled.reason}"
-                audit_decision("vote", "offset", zone=zone_id, detail=detail)
-                self._send(
-                    AdjustmentsMsg(vote_offset_k=settled.offset_k).envelope(
-                        Performative.REQUEST, self.name, zone_address(zone_id)
-                    )
-                )
-
-    def _trim_and_respond(self, now_s: float) -> None:
-        if self.ctx.ready_s is None:
-            return  # the air handlers' device agents may not be listening yet
-        for ahu_id, reset in self.supply_air.items():
-            requests = 0
-            for zone_id in self.ctx.site.air_handlers.get(ahu_id, []):
-                requests += self._zone_requests(zone_id, now_s)
-            setpoint = reset.step(now_s, requests)
-            if self.supply_air_sp.get(ahu_id) != setpoint:
-                self.supply_air_sp[ahu_id] = setpoint
-                reason = f"G36 trim & respond: {requests} cooling requests"
-                audit_decision("trim-respond", "setpoint", detail=reason, air_handler=ahu_id,
-                               setpoint_c=setpoint)  # fmt: skip
-                self._write_air_handler(
-                    ahu_id, PointKind.SUPPLY_AIR_TEMPERATURE_SETPOINT, setpoint, reason
-                )
-        for ahu_id, reset in self.static_pressure.items():
-            # The zones count their terminal units' requests (G36 5.6.8.2) in their summaries.
-            requests = sum(
-                state.pressure_requests
-                for zone_id in self.ctx.site.air_handlers.get(ahu_id, [])
-                if (state := self.zones.get(zone_id)) is not None
-            )
-            setpoint = reset.step(now_s, requests)
-            if self.static_pressure_sp.get(ahu_id) != setpoint:
-                self.static_pressure_sp[ahu_id] = setpoint
-                reason = f"G36 trim & respond: {requests} static pressure requests"
-                audit_decision("trim-respond", "setpoint", detail=reason, air_handler=ahu_id,
-                               setpoint_pa=setpoint)  # fmt: skip
-                self._write_air_handler(
-                    ahu_id, PointKind.DUCT_STATIC_PRESSURE_SETPOINT, setpoint, reason
-                )
+    @property
+    def votes(self) -> VoteBox:
+        return self.occupants.votes
 
     def start_resets(self, now_s: float) -> None:
-        """The air handlers' G36 resets start (held at SP0 through the delay): supply-air
-        temperature for each air handler; duct static pressure (section 5.16.1.2) for each
-        whose device file has a ``duct_static_pressure_setpoint`` point, its range the site
-        file's narrowed to every such point's write limits, so no step is ever refused as out
-        of range (the command path still checks each write)."""
-        for ahu_id, sat in self.ctx.site.supply_air_reset.items():
-            params = TrimRespondParams(
-                sp0=sat.sp0_c,
-                sp_min=sat.min_c,
-                sp_max=sat.max_c,
-                delay_s=sat.delay_s,
-                step_s=sat.step_s,
-                ignored=sat.ignored_requests,
-                trim=sat.trim_k,
-                respond=sat.respond_k,
-                respond_max=sat.respond_max_k,
-            )
-            self.supply_air[ahu_id] = TrimRespond(params, now_s)
-        for ahu_id, reset in self.ctx.site.static_pressure_reset.items():
-            points = self._air_handler_points(ahu_id, PointKind.DUCT_STATIC_PRESSURE_SETPOINT)
-            if not points:
-                continue
-            low, high = reset.min_pa, reset.max_pa
-            for _, point in points:
-                if point.limits is not None:
-                    low, high = max(low, point.limits.min), min(high, point.limits.max)
-            if low > high:
-                log.error("coordinator: no duct static pressure reset for %s: its range "
-                          "%g..%g Pa misses the setpoint points' limits", ahu_id,
-                          reset.min_pa, reset.max_pa)  # fmt: skip
-                continue
-            params = TrimRespondParams(
-                sp0=min(high, max(low, reset.sp0_pa)),
-                sp_min=low,
-                sp_max=high,
-                delay_s=reset.delay_s,
-                step_s=reset.step_s,
-                ignored=reset.ignored_requests,
-                trim=reset.trim_pa,
-                respond=reset.respond_pa,
-                respond_max=reset.respond_max_pa,
-            )
-            self.static_pressure[ahu_id] = TrimRespond(params, now_s)
+        self.air.start(now_s)
 
-    def _zone_requests(self, zone_id: str, now_s: float) -> int:
-        state = self.zones.get(zone_id)
-        if state is None or state.temperature_c is None:
-            return 0
-        excess = state.temperature_c - state.cooling_sp_c
-        # G36's "for 2 minutes" timers: since when the zone is above sp + 3 K and sp + 2 K.
-        since3, since2 = self._hot_since.get(zone_id, (None, None))
-        since3 = (since3 if since3 is not None else now_s) if excess > REQUEST_3_ABOVE_K else None
-        since2 = (since2 if since2 is not None else now_s) if excess > REQUEST_2_ABOVE_K else None
-        self._hot_since[zone_id] = (since3, since2)
-        spec = self.ctx.site.zones[zone_id]
-        # No loop signal in the summary: full cooling 1 K above the setpoint (the terminal's
-        # proportional band), as the simulator's thermostat.
-        loop_pct = 100 * min(1.0, max(0.0, excess)) if spec.cooling_capacity_w else 0.0
-        count = cooling_requests(
-            state.temperature_c,
-            state.cooling_sp_c,
-            loop_pct,
-            above_3k_for_s=now_s - since3 if since3 is not None else 0.0,
-            above_2k_for_s=now_s - since2 if since2 is not None else 0.0,
-            previous=self._requests.get(zone_id, 0),
-        )
-        self._requests[zone_id] = count
-        return count
+    @property
+    def supply_air(self) -> dict[str, TrimRespond]:
+        return self.air.loops(SUPPLY_AIR)
 
-    def _air_handler_points(self, ahu_id: str, kind: PointKind) -> list[tuple[str, PointBase]]:
-        """(device id, point) of each ``kind`` point of the air handler's devices (the device
-        named like it, or ``<ahu>-...``)."""
-        return [
-            (device.id, point)
-            for device in self.ctx.site.devices.values()
-            if device.id == ahu_id or device.id.startswith(f"{ahu_id}-")
-            for point in device.points_list()
-            if point.kind is kind
-        ]
+    @property
+    def static_pressure(self) -> dict[str, TrimRespond]:
+        return self.air.loops(STATIC_PRESSURE)
 
-    def _write_air_handler(
-        self, ahu_id: str, kind: PointKind, setpoint: float, reason: str
-    ) -> None:
-        """The reset's new setpoint, through the device agents' command path (limits, write,
-        read-back); a refusal comes back as a failed command result."""
-        for device_id, point in self._air_handler_points(ahu_id, kind):
-            cmd = CommandMsg(point_id=point.id, value=setpoint, zone_id=None, reason=reason)
-            self._send(cmd.envelope(Performative.REQUEST, self.name, device_address(device_id)))
+    @property
+    def escalations(self) -> IncidentBook:
+        return self.alarms.book
 
-    # -- break-glass escalation ----------------------------------------------------------------
+    @escalations.setter
+    def escalations(self, book: IncidentBook) -> None:
+        self.alarms.book = book  # a restarted coordinator keeps the open incidents
 
-    def escalate(
-        self,
-        message: str,
-        now_s: float,
-        *,
-        subject: str = BUILDING,
-        kind: SubjectKind = SubjectKind.BUILDING,
-        cause: Cause = Cause.NEGOTIATION,
-        tried: str = "",
-        left_state: str = "",
-        ref: str | None = None,
-    ) -> Incident:
-        """Break-glass: the incident for (subject, cause). Only a new one is announced (journal,
-        alerts topic, webhooks); a repeat while it is open is folded into it."""
-        policies = self._policies_of(kind, subject)
-        incident, new = self.escalations.raise_incident(
-            IncidentKey(subject, cause),
-            kind=kind,
-            summary=message,
-            tried=tried,
-            left_state=left_state,
-            now_s=now_s,
-            at=self.ctx.clock.now(),
-            contacts=contact_names(
-                (c.name, c.email, c.phone) for p in policies for c in p.escalation.contacts
-            ),
-            reminder_interval_s=min(
-                (p.escalation.reminder_interval_s for p in policies), default=3600.0
-            ),
-            ref=ref,
-        )
-        if new:
-            self.ctx.metrics.inc("buildingd_escalations_total", cause=cause.value)
-            self._announce(incident, "raised", now_s)
-        return incident
-
-    def _escalate_negotiation(
-        self, run: DemandResponseRun, message: str, now_s: float, cancelled: bool = False
-    ) -> None:
-        awarded = {z: str(o.level) for z, o in run.awarded.items()}
-        tried, left = negotiation_story(
-            run.invited, run.offers, run.refused, awarded, run.committed_w, run.target_w, cancelled
-        )
-        conversation = run.negotiation.conversation_id
-        self.escalate(message, now_s, tried=tried, left_state=left, ref=conversation)
+    @property
+    def webhooks(self) -> WebhookSender:
+        return self.alarms.webhooks
 
     def acknowledge(self, esc_id: str, who: str) -> bool:
-        """A technician acknowledges an alert (HTTP or MQTT): its reminders stop, it stays open
-        until its cause goes away or it is cleared. False when there is nothing to acknowledge."""
-        now = self.ctx.clock.monotonic()
-        incident = self.escalations.acknowledge(esc_id, who, now, self.ctx.clock.now())
-        if incident is None:
-            return False
-        audit_decision("escalation", "acknowledged", detail=incident.summary, id=esc_id, by=who)
-        self._announce(incident, "acknowledged", now)
-        return True
+        return self.alarms.acknowledge(esc_id, who)
 
     def clear_alert(self, esc_id: str, who: str) -> bool:
-        """A technician clears an alert by hand (needed where the daemon cannot see the cause go
-        away: an agent given up on, a negotiation that fell short). A condition that persists
-        raises a new alert after its threshold. False when no such alert is open."""
-        now = self.ctx.clock.monotonic()
-        incident = self.escalations.clear(esc_id, now, self.ctx.clock.now(), by=who)
-        if incident is None:
-            return False
-        audit_decision("escalation", "cleared", detail=incident.summary, id=esc_id, by=who)
-        self._announce(incident, "cleared", now)
-        return True
+        return self.alarms.clear_alert(esc_id, who)
 
     def open_escalations(self) -> list[Incident]:
-        """Open alerts nobody has acknowledged yet: what needs a human now."""
-        return [i for i in self.escalations.open_incidents() if i.acknowledged_at is None]
+        return self.alarms.open_escalations()
 
     def incidents(self) -> list[Incident]:
-        """Every open incident, acknowledged or not."""
-        return self.escalations.open_incidents()
-
-    def _remind(self, now_s: float) -> None:
-        for incident in self.escalations.due_reminders(now_s):
-            self.ctx.metrics.inc("buildingd_escalation_reminders_total", cause=incident.cause)
-            self._announce(incident, "reminder", now_s)
-
-    def _watch(self, now_s: float) -> None:
-        """Every tick: raise what lasted long enough, clear what went away."""
-        site, book = self.ctx.site, self.escalations
-        for key in book.conditions(Cause.SAFETY_BAND):
-            if key.subject not in site.zones:
-                book.observe(key, False, now_s)
-        for key in [i.key for i in book.open_incidents() if i.kind is SubjectKind.ZONE]:
-            if key.subject not in site.zones:
-                self._resolve(key, now_s, "zone removed from the site")
-        for zone_id in site.zones:
-            state = self.zones.get(zone_id)
-            if state is None or state.temperature_c is None:
-                continue  # unknown is not "back in band"; a dead sensor is its device's alert
-            safety = site.policy_for(zone_id).safety
-            key = IncidentKey(zone_id, Cause.SAFETY_BAND)
-            outside = not safety.min_c <= state.temperature_c <= safety.max_c
-            condition = book.observe(key, outside, now_s)
-            if condition is None:
-                self._resolve(key, now_s, "back inside its safety band")
-            elif now_s - condition.since_s >= safety.max_outside_s:
-                outside_s = now_s - condition.since_s
-                summary, tried, left = safety_band_story(
-                    state, safety.min_c, safety.max_c, outside_s
-                )
-                self.escalate(summary, now_s, subject=zone_id, kind=SubjectKind.ZONE,
-                              cause=Cause.SAFETY_BAND, tried=tried, left_state=left)  # fmt: skip
-        for key, condition in book.conditions(Cause.DEVICE_DOWN).items():
-            device = site.devices.get(key.subject)
-            if device is None:
-                book.observe(key, False, now_s)
-                self._resolve(key, now_s, "device removed from the site")
-                continue
-            # A device agent restarted after a crash reports its first good poll only in its
-            # gauge, not as a "back" event: the gauge is the truth about this process's devices.
-            if self.ctx.metrics.gauges.get(f'buildingd_device_up{{device="{key.subject}"}}') == 1:
-                book.observe(key, False, now_s)
-                self._resolve(key, now_s, "device back")
-                continue
-            policies = self._policies_of(SubjectKind.DEVICE, key.subject)
-            limit_s = min((p.escalation.device_unavailable_s for p in policies), default=900.0)
-            down_s = now_s - condition.since_s
-            if down_s >= limit_s:
-                zone_ids = sorted({p.zone for p in device.points_list() if p.zone in site.zones})
-                zones = {z: self.zones.get(z) for z in zone_ids if z is not None}
-                summary, tried, left = device_down_story(
-                    key.subject, condition.detail, down_s, device.poll_interval_s, zones
-                )
-                self.escalate(summary, now_s, subject=key.subject, kind=SubjectKind.DEVICE,
-                              cause=Cause.DEVICE_DOWN, tried=tried, left_state=left)  # fmt: skip
-        for key, condition in book.conditions(Cause.TELEMETRY_DOWN).items():
-            limit_s = min(
-                (p.escalation.device_unavailable_s for p in site.policies.values()), default=900.0
-            )
-            if now_s - condition.since_s >= limit_s:
-                summary, tried, left = telemetry_down_story(
-                    condition.detail, now_s - condition.since_s
-                )
-                self.escalate(summary, now_s, subject=key.subject, kind=SubjectKind.AGENT,
-                              cause=Cause.TELEMETRY_DOWN, tried=tried, left_state=left)  # fmt: skip
-        self._negotiations_recovered(now_s)
-
-    def _negotiations_recovered(self, now_s: float) -> None:
-        """A negotiation opened after a shortfall alert and settled with its target met: the
-        building has its flexibility back, the alert clears."""
-        key = IncidentKey(BUILDING, Cause.NEGOTIATION)
-        for run in self.finished:
-            n = run.negotiation
-            if n.conversation_id in self._finished_seen:
-                continue
-            self._finished_seen.add(n.conversation_id)
-            incident = self.escalations.open_for(key)
-            if (
-                incident is not None
-                and n.state is S.SETTLED
-                and run.committed_w >= run.target_w
-                and n.opened_s > incident.since_s
-            ):
-                self._resolve(key, now_s, f"negotiation {n.conversation_id} met its target")
-        self._finished_seen &= {r.negotiation.conversation_id for r in self.finished}
-
-    def _observe_event(self, event: EventMsg) -> None:
-        """Device availability and the supervisor giving up on an agent, from the events."""
-        now = self.ctx.clock.monotonic()
-        if event.kind == "availability" and event.source.startswith("device["):
-            device_id = event.source.removeprefix("device[").removesuffix("]")
-            if device_id not in self.ctx.site.devices:
-                return  # another gateway's device
-            key = IncidentKey(device_id, Cause.DEVICE_DOWN)
-            down = event.severity != "info"  # "unavailable: why" is a warning, "back" is info
-            why = event.message.split(": ", 1)[-1]
-            self.escalations.observe(key, down, now, why)
-            if not down:
-                self._resolve(key, now, "device back")
-        elif event.kind == "availability" and event.source == TELEMETRY:
-            key = IncidentKey(TELEMETRY, Cause.TELEMETRY_DOWN)
-            down = event.severity != "info"
-            self.escalations.observe(key, down, now, event.message.split(": ", 1)[-1])
-            if not down:
-                self._resolve(key, now, "telemetry delivered again")
-        elif event.kind == "agent-failed":
-            # The supervisor's message: "agent <name> stopped after too many restarts: <error>".
-            head, _, error = event.message.partition(": ")
-            words = head.split()
-            name = words[1] if len(words) > 1 and words[0] == "agent" else event.source
-            if name.startswith("zone["):
-                subject, kind = name.removeprefix("zone[").removesuffix("]"), SubjectKind.ZONE
-            elif name.startswith("device["):
-                subject, kind = name.removeprefix("device[").removesuffix("]"), SubjectKind.DEVICE
-            else:
-                subject, kind = name, SubjectKind.AGENT
-            limits = RestartPolicy()  # what the daemon's supervisor runs with
-            summary, tried, left = agent_failed_story(
-                name, error or event.message, limits.max_restarts, limits.window_s
-            )
-            self.escalate(summary, now, subject=subject, kind=kind, cause=Cause.AGENT_FAILED,
-                          tried=tried, left_state=left)  # fmt: skip
-
-    def _alert_action(self, msg: AlertActionMsg, sender: str) -> None:
-        """Acknowledge or clear by message (the MQTT bridge), or send a snapshot of every
-        subject's open alerts (a bridge that starts re-publishes them)."""
-        if msg.action == "snapshot":
-            book = self.escalations
-            subjects = {s: subject_payload(s, book.of_subject(s)) for s in book.subjects()}
-            self._send(AlertMsg(action="snapshot", subjects=subjects).envelope(
-                Performative.INFORM, self.name, ALERTS_TOPIC))  # fmt: skip
-            return
-        if msg.alert_id is None:
-            raise ValueError(f"{msg.action} without an alert id")
-        done = (self.acknowledge if msg.action == "acknowledge" else self.clear_alert)(
-            msg.alert_id, msg.by
-        )
-        if not done:
-            raise ValueError(f"{msg.action}: no open alert {msg.alert_id!r} (from {sender})")
-
-    def _resolve(self, key: IncidentKey, now_s: float, why: str) -> None:
-        incident = self.escalations.clear(key, now_s, self.ctx.clock.now(), by=why)
-        if incident is not None:
-            self._announce(incident, "cleared", now_s)
-
-    def _policies_of(self, kind: SubjectKind, subject: str) -> list[Policy]:
-        """The policies whose contacts, intervals and webhooks apply: the zone's, the policies of
-        a device's zones, or every policy for the building and building-level devices."""
-        site = self.ctx.site
-        if kind is SubjectKind.ZONE and subject in site.zones:
-            return [site.policy_for(subject)]
-        if kind is SubjectKind.DEVICE and subject in site.devices:
-            zones = {p.zone for p in site.devices[subject].points_list() if p.zone in site.zones}
-            ids = sorted({site.zone_policy[z] for z in zones if z is not None})
-            if ids:
-                return [site.policies[i] for i in ids]
-        return list(site.policies.values())
-
-    def _announce(self, incident: Incident, action: Action, now_s: float) -> None:
-        """One step in an incident's life, delivered everywhere: the journal at error level (so
-        ``journalctl -p err`` tells the whole story, ack and clear included), an event, the
-        subject's open alerts on ALERTS_TOPIC (the MQTT bridge keeps them retained per subject)
-        and the policies' webhooks (posted by the owned webhook task, never waited for here)."""
-        log.error("%s", journal_line(incident, action, now_s))
-        alarm = "error" if action in ("raised", "reminder") else "info"
-        self._event("escalation", alarm, f"{incident.id} {action}: {incident.message}"[:2000])
-        subject = incident.subject
-        payload = subject_payload(subject, self.escalations.of_subject(subject))
-        alert = AlertMsg(action=action, alert_id=incident.id, subjects={subject: payload})
-        self._send(alert.envelope(Performative.INFORM, self.name, ALERTS_TOPIC))
-        body = {"event": action, "site": self.ctx.site.site_id, "alert": incident.to_json()}
-        policies = self._policies_of(incident.kind, subject)
-        for url in sorted({u for p in policies if (u := p.escalation.webhook_url)}):
-            self.webhooks.submit(url, body)
-        self._save_alerts()
-
-    def _save_alerts(self) -> None:
-        """Write the open incidents when they changed (raised, reminded, acknowledged, cleared)."""
-        if self.alerts_path is None:
-            return
-        data = alerts_file.to_file(self.escalations.open_incidents())
-        if data == self._alerts_saved:
-            return
-        try:
-            alerts_file.save(self.alerts_path, data)
-        except OSError as err:
-            # Not fatal: the alerts stay open here; only a restart would forget them.
-            log.error("coordinator: cannot write %s: %s", self.alerts_path, err)  # noqa: TRY400
-        self._alerts_saved = data
+        return self.alarms.incidents()
 
     def resume_alerts(self, now_s: float) -> None:
-        """At start: take up the alerts a previous run left open, acknowledged or not. They are
-        not raised again (no second page); the MQTT bridge's snapshot re-publishes them."""
-        path = self.alerts_path
-        if path is None:
-            return
-        try:
-            saved = alerts_file.load(path)
-        except alerts_file.AlertsFileError as err:
-            aside = set_aside_logged(path, str(err))
-            self.ctx.metrics.inc("buildingd_state_files_set_aside_total", file=path.name)
-            self._event("state-file", "error", f"unreadable {path}, moved to {aside}: {err}")
-            return
-        wall = self.ctx.clock.now()
-        restored = [
-            record.id
-            for record in saved.alerts
-            if self.escalations.restore(alerts_file.to_incident(record, now_s, wall))
-        ]
-        if restored:
-            log.warning("coordinator: %d open alerts taken up from %s: %s",
-                        len(restored), path, ", ".join(restored))  # fmt: skip
-        self._alerts_saved = saved
-
-    def _event(self, kind: str, severity: str, message: str) -> None:
-        env = EventMsg(
-            kind=kind,
-            source=self.name,
-            severity=severity,
-            message=message,
-            timestamp=self.ctx.clock.now(),
-        )
-        self._send(env.envelope(Performative.INFORM, self.name, EVENTS_TOPIC))
-
-
-def _zone_of(sender: str) -> str | None:
-    """The zone id of a zone agent's address (``zone[f1-meeting]``), else None."""
-    if sender.startswith("zone[") and sender.endswith("]") and len(sender) > 6:
-        return sender[5:-1]
-    return None
+        self.alarms.resume(now_s)

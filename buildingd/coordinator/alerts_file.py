@@ -1,7 +1,7 @@
 """Open break-glass alerts, kept in ``<state_dir>/alerts.json`` so that a restart (SIGKILL too)
 neither forgets an alert nor its acknowledgement. Owns the file's format (versioned) and its
 conversion to and from incidents; the atomic write is ``statefile``'s, the decisions the
-coordinator's. Monotonic times are not kept: they are rebuilt from wall-clock times on load."""
+break-glass desk's. Monotonic times are not kept: they are rebuilt from wall-clock times on load."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Active demand-response commitments, kept in ``<state_dir>/commitments.json`` so that a daemon
 restart during an event neither forgets them (zones shed again until the window ends, then
 restore) nor doubles them (no second award on top, no scheduled event opened twice). Owns the
-file's format and its atomic write; what is committed is the coordinator's decision.
+file's format, its atomic write and the conversion to and from runs; what is committed is the
+demand-response desk's decision.
 
 The file is small (one entry per running event) and written only when it changes: written to a
 temporary file, fsynced and renamed over the old one, so a power cut leaves the old or the new
@@ -11,11 +12,14 @@ version, never half of one.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
+from buildingd.control.contract_net import Level, Offer
+from buildingd.coordinator.negotiation import DemandResponseRun, NegotiationState
 from buildingd.errors import BuildingdError
 from buildingd.statefile import write_atomic
 
@@ -84,3 +88,41 @@ def load(path: Path) -> CommitmentsFile:
 def save(path: Path, data: CommitmentsFile) -> None:
     """Replace ``path`` with ``data`` atomically (temporary file, fsync, rename)."""
     write_atomic(path, json.dumps(data.model_dump(mode="json"), indent=1, sort_keys=True) + "\n")
+
+
+def to_file(runs: Iterable[DemandResponseRun], scheduled_started: Iterable[str]) -> CommitmentsFile:
+    """What to keep: every run past its award and before its restore, with the zones awarded."""
+    records = [
+        Commitment(
+            conversation_id=run.negotiation.conversation_id,
+            reason=run.reason[:200],
+            target_w=run.target_w,
+            window_s=run.window_s,
+            ends_at=run.ends_at,
+            committed_w=run.committed_w,
+            awarded={
+                z: CommittedOffer(
+                    shift_k=o.level.shift_k,
+                    dim_pct=o.level.dim_pct,
+                    shed_w=o.shed_w,
+                    comfort_cost=o.comfort_cost,
+                )
+                for z, o in sorted(run.awarded.items())
+            },
+        )
+        for run in runs
+        if run.negotiation.state in _IN_FORCE and run.awarded
+    ]
+    return CommitmentsFile(commitments=records, scheduled_started=sorted(scheduled_started))
+
+
+_IN_FORCE = (NegotiationState.AWARDING, NegotiationState.EXECUTING)
+
+
+def awarded_offers(record: Commitment, zones: Collection[str]) -> dict[str, Offer]:
+    """The offers of a kept commitment, for the zones the site still has."""
+    return {
+        z: Offer(z, Level(o.shift_k, o.dim_pct), o.shed_w, o.comfort_cost)
+        for z, o in record.awarded.items()
+        if z in zones
+    }

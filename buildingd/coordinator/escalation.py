@@ -1,6 +1,6 @@
 """Break-glass incidents, the pure part: one incident per (subject, cause), repeats folded into it,
 reminders on the policy's interval, acknowledgement and clearing. No I/O and no clock reads: every
-call is given ``now``; delivery (journal, MQTT, webhook) is the coordinator's.
+call is given ``now``; delivery (journal, MQTT, webhook) is the break-glass desk's.
 
 An incident names its subject (a zone, a device, an agent or the building), its cause, what was
 tried, the state the zone was left in, since when, its severity and who acknowledged it. An
@@ -17,13 +17,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, ClassVar, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
-from pydantic import Field
+from buildingd.agents.messages import ZoneStateMsg
 
-from buildingd.agents.messages import Content, ZoneStateMsg
-
-ALERTS_TOPIC = "alerts"  # bus topic of AlertMsg (the MQTT bridge makes the retained topics)
 BUILDING = "building"  # subject of building-level incidents (a demand-response negotiation)
 HISTORY = 100  # cleared incidents kept for look-up
 
@@ -463,27 +460,3 @@ def negotiation_story(
     else:
         left = f"{len(awarded)} zones shedding {committed_w:.0f} W until the window ends"
     return tried, left
-
-
-# -- bus messages ------------------------------------------------------------------------------
-
-
-class AlertMsg(Content):
-    """Coordinator to ``ALERTS_TOPIC``: the open alerts of each subject that changed (None: the
-    subject has none left, its retained topic is removed). ``snapshot`` carries every subject
-    with open alerts (for a bridge that starts or restarts)."""
-
-    ontology: ClassVar[str] = "alert"
-    action: Literal["raised", "reminder", "acknowledged", "cleared", "snapshot"]
-    alert_id: str | None = Field(default=None, max_length=64)
-    subjects: dict[str, dict[str, Any] | None]
-
-
-class AlertActionMsg(Content):
-    """To the coordinator (from MQTT or another gateway): acknowledge or clear an alert by id,
-    or ask for a ``snapshot`` of the open ones."""
-
-    ontology: ClassVar[str] = "alert-action"
-    action: Literal["acknowledge", "clear", "snapshot"]
-    alert_id: str | None = Field(default=None, max_length=64)
-    by: str = Field(default="technician", max_length=100)

@@ -20,8 +20,10 @@ negotiation loops forever. SETTLED, FAILED, ESCALATED and CANCELLED are terminal
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 
+from buildingd.control.contract_net import Offer
 from buildingd.errors import BuildingdError
 
 
@@ -179,3 +181,33 @@ class Negotiation:
             self.history.append((now_s, self.state, S.ESCALATED, breach))
             self.state = S.ESCALATED
         return self.state
+
+
+# Each zone's offers (level, shed, cost) and who refused: two rounds answered alike are a loop.
+Answers = tuple[frozenset[tuple[str, tuple[tuple[str, float, float], ...]]], frozenset[str]]
+
+
+@dataclass
+class DemandResponseRun:
+    """One demand-response event: its negotiation and what the zones answered and were awarded."""
+
+    negotiation: Negotiation
+    target_w: float
+    window_s: float
+    reason: str
+    ends_s: float  # monotonic: the window ends (fixed when the event opens)
+    ends_at: datetime  # the same instant on the wall clock (UTC), for the zones and the file
+    max_rounds: int = 1
+    round: int = 0  # cfp rounds sent so far
+    round_id: str = ""  # reply_with of this round's cfps: an answer must carry it
+    reply_by_s: float = 0.0
+    invited: set[str] = field(default_factory=set)  # asked in this round
+    offers: dict[str, list[Offer]] = field(default_factory=dict)  # this round's proposals
+    refused: dict[str, str] = field(default_factory=dict)  # each zone's latest refusal
+    last_answers: Answers | None = None  # the previous round's, to spot a clarification loop
+    awarded: dict[str, Offer] = field(default_factory=dict)
+    confirmed: set[str] = field(default_factory=set)
+    restored: set[str] = field(default_factory=set)
+    committed_w: float = 0.0
+    confirm_by_s: float = 0.0
+    restore_by_s: float = 0.0

@@ -21,15 +21,12 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
+from buildingd.agents.messages import VoteResult
+
 Vote = Literal["hot", "cold"]
+__all__ = ["Settlement", "VoteBox", "VoteResult"]  # VoteResult: for service/ until it moves
+
 MAX_VOTES_KEPT = 1000  # per zone: a flood of votes drops the oldest, memory stays bounded
-
-
-@dataclass(frozen=True)
-class VoteResult:
-    accepted: bool
-    reason: str
-    offset_k: float = 0.0  # the zone's current offset (K, + warmer), for the voter
 
 
 @dataclass(frozen=True)

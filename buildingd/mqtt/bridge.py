@@ -44,20 +44,22 @@ from typing import Any, Protocol
 from buildingd.agents.bus import Performative
 from buildingd.agents.context import AgentContext
 from buildingd.agents.messages import (
+    ALERTS_TOPIC,
     COORDINATOR,
     DEMAND_RESPONSE_TOPIC,
     EVENTS_TOPIC,
     ZONE_STATE_TOPIC,
+    AlertActionMsg,
+    AlertMsg,
     DemandResponseCall,
     EventMsg,
     ReadingMsg,
+    VoteResult,
     ZoneStateMsg,
     readings_topic,
 )
+from buildingd.agents.requests import RETAINED_METRIC, record_refusal, request_error
 from buildingd.agents.runtime import Agent
-from buildingd.coordinator.escalation import ALERTS_TOPIC, AlertActionMsg, AlertMsg
-from buildingd.coordinator.requests import RETAINED_METRIC, record_refusal, request_error
-from buildingd.coordinator.votes import VoteResult
 from buildingd.mqtt import payload as strict_json
 from buildingd.mqtt.connection import MqttConnection
 from buildingd.mqtt.ha_discovery import (
