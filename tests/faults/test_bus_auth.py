@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.mosquitto, pytest.mark.slow]
 
 BUS = "buildingd/demo-office/bus/"
 THERMOSTAT = "device[f1-meeting-thermostat]"
-FORGED_C = 27.5  # what the attacker asks for; the zone's hand-set heating setpoint is 21 °C
+FORGED_C = 27.5  # what the attacker asks for: above any band of the demo policy
 
 
 class Observer:
@@ -117,11 +117,18 @@ def test_forged_commands_never_reach_the_thermostat(
         topic = BUS + THERMOSTAT
         daemon.wait_for(lambda: observer.heating_readings(0), "a thermostat reading on the bus")
         modbus_port = int(daemon.extra["BUILDINGD_SIM__MODBUS_PORT"])
-        # What the zone asks for depends on the hour and on who is in; a setpoint set by hand
-        # through the API (the legitimate path) makes it the same whenever the suite runs.
-        status, result = daemon.post("/api/zones/f1-meeting/override", {"heating_sp_c": 21.0})
+
+        # What the zone asks for depends on the hour and on who is in: it is pinned where it is
+        # by a setpoint set by hand through the API (the legitimate path; a hand setpoint far
+        # from the hour's band would be refused), so nothing but a forgery could move it.
+        def written() -> bool:
+            wanted_c = daemon.get("/api/zones/f1-meeting")["heating_sp_c"]
+            return thermostat_heating_c(modbus_port) == wanted_c
+
+        daemon.wait_for(written, "the zone's setpoint on the thermostat")
+        held_c = thermostat_heating_c(modbus_port)
+        status, result = daemon.post("/api/zones/f1-meeting/override", {"heating_sp_c": held_c})
         assert status == 200 and result["accepted"], result
-        daemon.wait_for(lambda: thermostat_heating_c(modbus_port) == 21.0, "the hand setpoint")
 
         # The row: a made-up zone, no seal at all (50 times: logged once, counted 50).
         unsealed = json.dumps({"origin": "evil", "envelope": command("zone[attacker]", FORGED_C)})
@@ -152,8 +159,8 @@ def test_forged_commands_never_reach_the_thermostat(
         daemon.wait_for(lambda: refused(daemon, "replayed") == 1, "the replay refused")
         assert refused(daemon, "forged sender") == 2
 
-        # The thermostat, read over Modbus, holds the hand-set 21 °C; no forged write was audited.
-        assert thermostat_heating_c(modbus_port) == 21.0
+        # The thermostat, read over Modbus, holds the hand setpoint; no forged write was audited.
+        assert thermostat_heating_c(modbus_port) == held_c
         assert not [line for line in daemon.lines if f"value={FORGED_C}" in line]
         logged = [line for line in daemon.lines if f"invalid message on {topic}" in line]
         assert 0 < len(logged) <= 8, logged  # once per change of reason, not per message
