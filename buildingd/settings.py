@@ -148,6 +148,24 @@ class GatewaySettings(Section):
     id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
 
+class NatsSettings(Section):
+    """The NATS JetStream cluster carrying the bus between the site's gateways
+    (``buildingd/nats``). Each gateway has its own NATS user, limited to the site's subjects
+    (``buildingd.nats.subjects.gateway_permissions``); the bus key (``[mqtt] bus_key_file``)
+    seals the envelopes on top."""
+
+    enabled: bool = False
+    servers: list[str] = Field(default_factory=lambda: ["nats://127.0.0.1:4222"], min_length=1)
+    user: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    replicas: int = Field(default=3, ge=1, le=5)  # of the site's command stream
+    # Commands wait in the stream this long at most for their gateway (those with a reply_by
+    # are refused once it has passed); publishes repeated within the window are de-duplicated.
+    command_max_age_s: float = Field(default=24 * 3600.0, gt=0)
+    duplicate_window_s: float = Field(default=120.0, gt=0)
+
+
 def bus_key_path(settings: Settings) -> Path:
     return settings.mqtt.bus_key_file or settings.state_dir / "bus.key"
 
@@ -172,6 +190,7 @@ class Settings(BaseSettings):
     bacnet: BacnetSettings = BacnetSettings()
     sim: SimSettings = SimSettings()
     gateway: GatewaySettings = GatewaySettings()
+    nats: NatsSettings = NatsSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -4,6 +4,7 @@ temporary folder, free ports (clients, routes, monitoring), one account with a u
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -103,6 +104,28 @@ class NatsCluster:
         for i in range(self.size):
             self.start_node(i)
         self.wait_meta_leader()
+        if self.users:
+            asyncio.run(self.wait_jetstream_api(self.users[0]))
+
+    async def wait_jetstream_api(self, user: NatsUser, timeout_s: float = START_TIMEOUT_S) -> None:
+        """Until the account's JetStream API answers (right after the meta leader is elected,
+        the first requests can go unanswered)."""
+        import nats
+        import nats.errors
+
+        nc = await nats.connect(servers=self.urls, user=user.name, password=user.password)
+        try:
+            js = nc.jetstream(timeout=2)
+            deadline = time.monotonic() + timeout_s
+            while True:
+                try:
+                    await js.account_info()
+                    return
+                except nats.errors.Error:
+                    if time.monotonic() > deadline:
+                        raise
+        finally:
+            await nc.close()
 
     def start_node(self, i: int) -> None:
         node = self.nodes[i]

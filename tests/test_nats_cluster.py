@@ -32,8 +32,8 @@ async def test_a_replicated_stream_keeps_its_messages_when_its_leader_is_killed(
         # The first publishes may wait for the stream's new leader (a Raft election, seconds).
         for i in range(50, 100):
             await publish_retrying(js, i)
-        failed_over = (await js.stream_info("R3")).cluster.leader  # type: ignore[union-attr]
-        assert failed_over not in (None, leader)
+        # The stream has a new leader (its info may lag behind the election for a moment).
+        await until_new_leader(js, leader)
         nats_cluster.restart(index)
         nats_cluster.wait_meta_leader()
         sub = await js.pull_subscribe("r3.x", durable="reader", stream="R3")
@@ -67,3 +67,17 @@ async def publish_retrying(js: nats.js.JetStreamContext, i: int) -> None:
         except nats.errors.Error:  # no responders, timeouts: the stream is electing a leader
             await asyncio.sleep(0.2)  # backoff between tries
     pytest.fail(f"message {i} not stored within 60 s")
+
+
+async def until_new_leader(js: nats.js.JetStreamContext, old: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    while loop.time() < deadline:
+        try:
+            info = await js.stream_info("R3")
+        except nats.errors.Error:
+            info = None
+        if info is not None and info.cluster is not None and info.cluster.leader not in (None, old):
+            return
+        await asyncio.sleep(0.2)
+    pytest.fail(f"the stream still has no leader but {old} after 60 s")

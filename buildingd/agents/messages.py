@@ -205,6 +205,15 @@ class EventMsg(Content):
     timestamp: datetime
 
 
+class RefusalMsg(Content):
+    """Why a message never reached its receiver (a command whose ``reply_by`` passed while it
+    waited for its gateway), sent back to its sender with ``in_reply_to``."""
+
+    ontology: ClassVar[str] = "refusal"
+    reason: str = Field(max_length=500)
+    refused_ontology: str = Field(max_length=100)
+
+
 def device_address(device_id: str) -> str:
     return f"device[{device_id}]"
 
