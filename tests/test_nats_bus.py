@@ -49,9 +49,8 @@ async def gateway(
     """Gateway ``gateway_id`` of site hq: its bus on the cluster, its agents' mailboxes
     subscribed, taking its commands until the block ends (the gateway going down)."""
     settings = nats_settings(cluster, f"hq-{gateway_id}")
-    nc = await connect(settings, f"gw-{gateway_id}", NatsErrors())
     local = [a for a, g in ROUTE.items() if g == gateway_id]
-    bus = NatsBus(nc, settings, "hq", gateway_id, ROUTE.get, local.__contains__, KEY,
+    bus = NatsBus(settings, "hq", gateway_id, ROUTE.get, local.__contains__, KEY,
                   clock=clock, metrics=Metrics())  # fmt: skip
     await bus.start()
     for address, box in (boxes or {}).items():
@@ -63,7 +62,6 @@ async def gateway(
             runner.cancel()
     finally:
         await bus.stop()
-        await nc.close()
 
 
 def command(value: float, reply_by: datetime | None = None) -> Envelope:
@@ -121,6 +119,7 @@ async def test_a_publish_repeated_with_its_message_id_is_delivered_once(
         subject = subjects.command_subject("hq", "b", THERMOSTAT)
         body = a.sealer.seal(subject, command(19.0).model_dump(mode="json"))
         msg_id = {"Nats-Msg-Id": f"{a.origin}-{a.sealer.counter}"}
+        assert a.js is not None
         acks = [await a.js.publish(subject, body, headers=dict(msg_id)) for _ in range(3)]
         assert [bool(ack.duplicate) for ack in acks] == [False, True, True]
         assert len({ack.seq for ack in acks}) == 1

@@ -41,6 +41,7 @@ from buildingd.mqtt import payload as strict_json
 from buildingd.mqtt.bus import COMMAND_SENDERS, content_problem
 from buildingd.mqtt.bus_auth import BusSealer, BusVerifier
 from buildingd.nats import subjects
+from buildingd.nats.connection import NatsErrors, connect
 from buildingd.settings import NatsSettings
 
 if TYPE_CHECKING:
@@ -81,7 +82,6 @@ class NatsBus(InProcessBus):
 
     def __init__(
         self,
-        nc: nats.aio.client.Client,
         settings: NatsSettings,
         site_id: str,
         gateway_id: str,
@@ -93,8 +93,10 @@ class NatsBus(InProcessBus):
         metrics: Metrics | None = None,
     ) -> None:
         super().__init__()
-        self.nc, self.settings = nc, settings
-        self.js: nats.js.JetStreamContext = nc.jetstream(timeout=PUBLISH_TIMEOUT_S)
+        self.settings = settings
+        self.errors = NatsErrors(metrics)
+        self.nc: nats.aio.client.Client | None = None  # connected by ``start``
+        self.js: nats.js.JetStreamContext | None = None
         self.site_id, self.gateway_id = site_id, gateway_id
         self.route, self.is_local, self.may_hear = route, is_local, may_hear
         self.clock, self.metrics = clock, metrics
@@ -128,7 +130,11 @@ class NatsBus(InProcessBus):
         )
         from nats.js.errors import NotFoundError
 
-        self._sub = await self.nc.subscribe(self._agent_prefix + "*", cb=self._on_core)
+        self.nc = nc = await connect(
+            self.settings, f"buildingd-{self.site_id}-{self.gateway_id}", self.errors
+        )
+        self.js = nc.jetstream(timeout=PUBLISH_TIMEOUT_S)
+        self._sub = await nc.subscribe(self._agent_prefix + "*", cb=self._on_core)
         config = StreamConfig(
             name=self.stream,
             subjects=[f"{subjects.site_root(self.site_id)}.cmd.>"],
@@ -138,7 +144,7 @@ class NatsBus(InProcessBus):
             max_age=self.settings.command_max_age_s,
             duplicate_window=self.settings.duplicate_window_s,
         )
-        api = self.nc.jetstream(timeout=API_TIMEOUT_S)
+        api = nc.jetstream(timeout=API_TIMEOUT_S)
         try:
             await api.stream_info(self.stream)
         except NotFoundError:
@@ -183,10 +189,13 @@ class NatsBus(InProcessBus):
                 await self._take(msg)
 
     async def stop(self) -> None:
+        """Unsubscribe and close the connection (unacknowledged commands stay in the stream)."""
         for sub in (self._sub, self._pull):
             if sub is not None:
                 await sub.unsubscribe()
         self._sub = self._pull = None
+        if self.nc is not None:
+            await self.nc.close()
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -208,6 +217,8 @@ class NatsBus(InProcessBus):
 
         subject = subjects.agent_subject(self.site_id, env.receiver)
         body = self.sealer.seal(subject, env.model_dump(mode="json"))
+        if self.nc is None:
+            return self._unpublished(env, "not connected yet")
         try:
             await self.nc.publish(subject, body)
         except nats.errors.Error as err:  # the client closed, its buffer full: counted
@@ -219,8 +230,9 @@ class NatsBus(InProcessBus):
         subject = subjects.command_subject(self.site_id, gateway, env.receiver)
         body = self.sealer.seal(subject, env.model_dump(mode="json"))
         headers = {"Nats-Msg-Id": f"{self.origin}-{self.sealer.counter}"}
-        problem = "not tried"
-        for _ in range(PUBLISH_TRIES):
+        problem = "not connected yet"
+        for _ in range(PUBLISH_TRIES if self.js is not None else 0):
+            assert self.js is not None
             try:
                 ack = await self.js.publish(subject, body, headers=dict(headers),
                                             stream=self.stream)  # fmt: skip
