@@ -226,4 +226,11 @@ def gateway_user(site_id: str, gateway_id: str) -> NatsUser:
 
 
 ADMIN = NatsUser("admin", "pw-admin")  # the whole account: the tests' own checks
-TEST_USERS = [ADMIN, gateway_user("hq", "a"), gateway_user("hq", "b"), gateway_user("other", "x")]
+TEST_USERS = [
+    ADMIN,
+    gateway_user("hq", "a"),
+    gateway_user("hq", "b"),
+    gateway_user("other", "x"),
+    gateway_user("demo-office", "devices"),
+    gateway_user("demo-office", "zones"),
+]

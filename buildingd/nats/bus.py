@@ -17,7 +17,8 @@ HMAC) and goes one of two ways (``subjects``):
 What arrives is checked as on the MQTT bus (``mqtt.bus``): the seal (a durable message's
 timestamp against the time the stream stored it, so a command that waited an hour is not
 "stale", and a replay stored later is), the counter (no replays), the envelope, the sender
-(not one of ours; commands only from zones and the coordinator; ``may_hear``), the content.
+(not one assigned to this gateway; commands only from zones and the coordinator;
+``may_hear``), the content.
 Refusals are counted by reason (``invalid_by_reason``, ``buildingd_bus_refused_total``) and
 logged once per reason; a refused durable message is terminated, never redelivered.
 """
@@ -35,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from buildingd.agents.bus import Envelope, InProcessBus, Performative
-from buildingd.agents.messages import RefusalMsg
+from buildingd.agents.messages import COORDINATOR, RefusalMsg
 from buildingd.metrics import Metrics
 from buildingd.mqtt import payload as strict_json
 from buildingd.mqtt.bus import COMMAND_SENDERS, content_problem
@@ -335,7 +336,9 @@ class NatsBus(InProcessBus):
             raise Refused("invalid envelope", str(err.errors()[0]["msg"])) from err
         if subjects.address_token(env.receiver) != subject.rsplit(".", 1)[-1]:
             raise Refused("receiver mismatch", f"envelope is for {env.receiver}")
-        if self.is_local(env.sender):
+        # An agent assigned to this gateway speaks from here only; service agents every
+        # gateway runs (mqtt-bridge, telemetry, supervisor) have no gateway of their own.
+        if self.is_local(env.sender) and self.route(env.sender) == self.gateway_id:
             raise Refused("forged sender", f"{env.sender} is a local agent")
         if env.ontology == "command" and not env.sender.startswith(COMMAND_SENDERS):
             raise Refused("forged sender", f"{env.sender} may not command devices")
@@ -357,16 +360,21 @@ class NatsBus(InProcessBus):
             log.warning("bus: refused (%s): %s; further ones are only counted", reason, detail)
 
 
-def gateway_route(gateway_of_device: Callable[[str], str | None],
-                  gateway_of_zone: Callable[[str], str | None]) -> Route:  # fmt: skip
+def gateway_route(
+    gateway_of_device: Callable[[str], str | None],
+    gateway_of_zone: Callable[[str], str | None],
+    coordinator_gateway: str | None = None,
+) -> Route:
     """A ``Route`` from the site's assignment (``config.gateways.GatewayMap``): ``device[x]``
-    and ``zone[x]`` where they run; anything else (topics, the coordinator) has no gateway."""
+    and ``zone[x]`` where they run, the coordinator where it runs; topics have no gateway."""
 
     def route(address: str) -> str | None:
         if address.startswith("device[") and address.endswith("]"):
             return gateway_of_device(address[7:-1])
         if address.startswith("zone[") and address.endswith("]"):
             return gateway_of_zone(address[5:-1])
+        if address == COORDINATOR:
+            return coordinator_gateway
         return None
 
     return route
