@@ -237,11 +237,14 @@ def load_settings(config: Path | None = None, **overrides: object) -> Settings:
 
 
 def secret_file_problems(settings: Settings, config: Path | None) -> list[ConfigProblem]:
-    """Secret files the settings name (the HTTP token, the InfluxDB token) that cannot be read,
-    located like any settings problem (environment variable, else the file's line)."""
+    """Secret files the settings name (the HTTP token, the InfluxDB token, the NATS password)
+    that cannot be read, located like any settings problem (environment variable, else the
+    file's line)."""
     wanted = [(("http", "token_file"), settings.http.token_file)]
     if settings.influx.enabled:
         wanted.append((("influx", "token_file"), settings.influx.token_file))
+    if settings.nats.enabled:
+        wanted.append((("nats", "password_file"), settings.nats.password_file))
     out: list[ConfigProblem] = []
     for loc, secret in wanted:
         if secret is None:
@@ -259,7 +262,11 @@ def gateway_id_problems(
 ) -> list[ConfigProblem]:
     """``[gateway] id`` against the site's gateways (site.yaml ``gateways:``)."""
     why = gateways.problem_with(settings.gateway.id)
-    return [] if why is None else [located_problem(config, ("gateway", "id"), why)]
+    out = [] if why is None else [located_problem(config, ("gateway", "id"), why)]
+    if not gateways.single and not settings.nats.enabled:
+        why = "the site runs on several gateways: their bus needs [nats] enabled = true"
+        out.append(located_problem(config, ("nats", "enabled"), why))
+    return out
 
 
 def located_problem(config: Path | None, loc: tuple[str, ...], message: str) -> ConfigProblem:

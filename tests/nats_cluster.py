@@ -5,6 +5,7 @@ temporary folder, free ports (clients, routes, monitoring), one account with a u
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import os
 import signal
@@ -44,11 +45,19 @@ class NatsNode:
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
-    def jsz(self) -> dict[str, Any]:
+    def jsz(self, query: str = "") -> dict[str, Any]:
         """The node's JetStream monitoring page (``/jsz``), raising OSError when it is down."""
-        url = f"http://127.0.0.1:{self.http_port}/jsz"
+        url = f"http://127.0.0.1:{self.http_port}/jsz{query}"
         with urllib.request.urlopen(url, timeout=5) as response:
             return dict(json.loads(response.read()))
+
+    def stored(self, stream: str) -> int | None:
+        """Messages in this node's own replica of ``stream`` (None: it holds none)."""
+        for account in self.jsz("?streams=true").get("account_details") or []:
+            for detail in account.get("stream_detail") or []:
+                if detail.get("name") == stream:
+                    return int(detail["state"]["messages"])
+        return None
 
 
 @dataclass
@@ -104,8 +113,9 @@ class NatsCluster:
         for i in range(self.size):
             self.start_node(i)
         self.wait_meta_leader()
-        if self.users:
-            asyncio.run(self.wait_jetstream_api(self.users[0]))
+        if self.users:  # in a thread of its own: the caller may be running an event loop
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                pool.submit(asyncio.run, self.wait_jetstream_api(self.users[0])).result()
 
     async def wait_jetstream_api(self, user: NatsUser, timeout_s: float = START_TIMEOUT_S) -> None:
         """Until the account's JetStream API answers (right after the meta leader is elected,

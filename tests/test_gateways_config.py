@@ -140,9 +140,12 @@ def test_check_wants_this_process_s_gateway_to_be_one_of_the_site_s(
 ) -> None:
     root = write_site(tmp_path / "site")
     monkeypatch.delenv("BUILDINGD_GATEWAY__ID", raising=False)
+    monkeypatch.delenv("BUILDINGD_NATS__ENABLED", raising=False)
     rc, out = check(root, capsys)
     assert rc == 1
     assert "gateway.id: the site runs on gateways gw-a, gw-b: set this one's id" in out
+    assert "nats.enabled: the site runs on several gateways: their bus needs [nats]" in out
+    monkeypatch.setenv("BUILDINGD_NATS__ENABLED", "true")
     monkeypatch.setenv("BUILDINGD_GATEWAY__ID", "gw-z")
     rc, out = check(root, capsys)
     assert rc == 1
@@ -152,9 +155,10 @@ def test_check_wants_this_process_s_gateway_to_be_one_of_the_site_s(
     rc, out = check(root, capsys)
     assert rc == 0, out
     config = tmp_path / "buildingd.toml"
-    config.write_text('[gateway]\nid = "gw-q"\n')
+    config.write_text('[gateway]\nid = "gw-q"\n\n[nats]\npassword_file = "/nonexistent/pw"\n')
     monkeypatch.delenv("BUILDINGD_GATEWAY__ID")
     rc = main(["check", "--config", str(config), "--site", str(root)])
     out = "".join(capsys.readouterr())
     assert rc == 1
     assert f"{config}:2: gateway.id: gateway 'gw-q' is not declared" in out
+    assert f"{config}:5: nats.password_file: cannot read /nonexistent/pw" in out
