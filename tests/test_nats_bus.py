@@ -6,6 +6,7 @@ forged or replayed one is refused and counted; a gateway's NATS user cannot reac
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -209,3 +210,24 @@ async def test_a_gateway_of_one_site_cannot_reach_another_site_s_subjects(
             assert len(box) == 0 and b.stats.invalid == 0
     finally:
         await other.close()
+
+
+async def test_no_command_is_lost_or_doubled_when_the_stream_leader_is_killed(
+    nats_cluster: NatsCluster,
+) -> None:
+    box = Mailbox(THERMOSTAT, maxsize=10_000, overflow="block")
+    async with gateway(nats_cluster, "a") as a, gateway(nats_cluster, "b", {THERMOSTAT: box}):
+        assert a.js is not None
+        for i in range(300):
+            if i == 100:  # SIGKILL the node leading the site's stream, mid-stream
+                info = await a.js.stream_info(subjects.stream_name("hq"))
+                leader = info.cluster.leader if info.cluster is not None else None
+                killed = [n.name for n in nats_cluster.nodes].index(leader)
+                nats_cluster.kill(killed)
+            await a.send(command(float(i)))
+        assert a.stats.unpublished == 0
+        values = await values_until_sentinel(a, box)
+        doubled = sorted(v for v, n in collections.Counter(values).items() if n > 1)
+        lost = sorted(set(map(float, range(300))) - set(values))
+        assert (lost, doubled, len(values)) == ([], [], 300)  # each exactly once
+        nats_cluster.restart(killed)

@@ -54,8 +54,11 @@ log = logging.getLogger(__name__)
 
 REFUSED_METRIC = "buildingd_bus_refused_total"
 UNPUBLISHED_METRIC = "buildingd_bus_unpublished_total"
-PUBLISH_TRIES = 5  # per durable envelope, same Nats-Msg-Id each time
-PUBLISH_TIMEOUT_S = 2.0
+PUBLISH_TIMEOUT_S = 2.0  # one try of a durable publish
+# A durable publish is tried again (same Nats-Msg-Id) until this long has passed: a stream
+# leader's election takes 4-9 s (its Raft timeouts); the sending agent waits meanwhile.
+PUBLISH_DEADLINE_S = 30.0
+RETRY_FIRST_S, RETRY_MAX_S = 0.1, 1.0
 API_TIMEOUT_S = 10.0  # stream and consumer set-up (a cluster may be electing a leader)
 FETCH_BATCH = 100
 FETCH_WAIT_S = 5.0  # a pull request waits this long for commands, then is renewed
@@ -172,7 +175,7 @@ class NatsBus(InProcessBus):
         while True:
             try:
                 msgs = await self._pull.fetch(FETCH_BATCH, timeout=FETCH_WAIT_S)
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nats' and asyncio's (fetch raises either): none waiting
                 continue
             except nats.errors.Error as err:  # the cluster away, the consumer electing its
                 self.fetch_errors += 1  # leader (503 right after it is created): again soon
@@ -232,13 +235,19 @@ class NatsBus(InProcessBus):
         body = self.sealer.seal(subject, env.model_dump(mode="json"))
         headers = {"Nats-Msg-Id": f"{self.origin}-{self.sealer.counter}"}
         problem = "not connected yet"
-        for _ in range(PUBLISH_TRIES if self.js is not None else 0):
-            assert self.js is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + PUBLISH_DEADLINE_S
+        delay_s = RETRY_FIRST_S
+        while self.js is not None:
             try:
                 ack = await self.js.publish(subject, body, headers=dict(headers),
                                             stream=self.stream)  # fmt: skip
-            except nats.errors.Error as err:  # no ack: send the same message id again
+            except nats.errors.Error as err:  # no ack: the same message id again, soon
                 problem = str(err) or type(err).__name__
+                if loop.time() + delay_s > deadline:
+                    break
+                await asyncio.sleep(delay_s)  # backoff: the stream may be electing a leader
+                delay_s = min(2 * delay_s, RETRY_MAX_S)
                 continue
             if ack.duplicate:
                 self.duplicates += 1
