@@ -190,7 +190,12 @@ class NatsBus(InProcessBus):
                 if self.fetch_errors:
                     log.info("bus: taking commands again")
             for msg in msgs:
-                await self._take(msg)
+                try:
+                    await self._take(msg)
+                except nats.errors.Error as err:  # its ack lost: redelivered after ack_wait,
+                    self.fetch_errors += 1  # then refused as a replay if it was delivered
+                    log.warning("bus: acknowledging a command failed (%s: %s)",
+                                type(err).__name__, err)  # fmt: skip
 
     async def stop(self) -> None:
         """Unsubscribe and close the connection (unacknowledged commands stay in the stream)."""
