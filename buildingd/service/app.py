@@ -500,11 +500,13 @@ class Daemon:
             await sup.stop(f"zone[{zone_id}]")
             self.zone_agents.pop(zone_id, None)
         for zone_id in plan.zones_start:
-            await self.start_zone(zone_id)
+            if runs_zone(site, self.settings, zone_id):  # this gateway's share (service/gateway)
+                await self.start_zone(zone_id)
         for agent in self.zone_agents.values():
             agent.rebind()
         for device_id in plan.devices_start:
-            await self.start_device(device_id)
+            if runs_device(site, self.settings, device_id):
+                await self.start_device(device_id)
         self.reloads["ok"] += 1
         self.metrics.inc("buildingd_reloads_total", result="ok")
         self.metrics.set("buildingd_config_reload_ok", 1.0)

@@ -47,12 +47,16 @@ def nats_bus(
     from buildingd.nats.bus import NatsBus, gateway_route
 
     gateway_id = settings.gateway.id or "main"
-    gmap = site.gateways
-    route = gateway_route(
-        lambda d: gmap.device_gateway.get(d, gateway_id if gmap.single else None),
-        lambda z: gmap.zone_gateway.get(z, gateway_id if gmap.single else None),
-        coordinator_gateway(site) or gateway_id,
-    )
+
+    def device_gateway(device_id: str) -> str | None:
+        gmap = current_site().gateways  # as reloaded
+        return gateway_id if gmap.single else gmap.device_gateway.get(device_id)
+
+    def zone_gateway(zone_id: str) -> str | None:
+        gmap = current_site().gateways
+        return gateway_id if gmap.single else gmap.zone_gateway.get(zone_id)
+
+    route = gateway_route(device_gateway, zone_gateway, coordinator_gateway(site) or gateway_id)
     key = load_or_create_key(bus_key_path(settings))
 
     def may_hear(env: Envelope) -> str | None:
