@@ -232,7 +232,7 @@ def gateway_user(site_id: str, gateway_id: str) -> NatsUser:
     from buildingd.nats.subjects import gateway_permissions
 
     name = f"{site_id}-{gateway_id}"
-    return NatsUser(name, f"pw-{name}", gateway_permissions(site_id))
+    return NatsUser(name, f"pw-{name}", gateway_permissions(site_id, gateway_id))
 
 
 ADMIN = NatsUser("admin", "pw-admin")  # the whole account: the tests' own checks

@@ -231,3 +231,32 @@ async def test_no_command_is_lost_or_doubled_when_the_stream_leader_is_killed(
         lost = sorted(set(map(float, range(300))) - set(values))
         assert (lost, doubled, len(values)) == ([], [], 300)  # each exactly once
         nats_cluster.restart(killed)
+
+
+async def test_a_gateway_cannot_take_another_gateway_s_commands(
+    nats_cluster: NatsCluster,
+) -> None:
+    """Gateway a's NATS user may pull only from its own consumer: b's commands stay b's."""
+    box = Mailbox(THERMOSTAT, overflow="block")
+    async with gateway(nats_cluster, "b", {THERMOSTAT: box}):
+        pass  # b's consumer exists; b is down
+    errors = NatsErrors()
+    thief = await connect(nats_settings(nats_cluster, "hq-a"), "thief", errors)
+    try:
+        async with gateway(nats_cluster, "a") as a:
+            await a.send(command(23.0))
+            stream = subjects.stream_name("hq")
+            with pytest.raises(nats.errors.Error):  # pulling from b's consumer
+                sub = await thief.jetstream(timeout=2).pull_subscribe_bind(
+                    durable=subjects.consumer_name("b"), stream=stream
+                )
+                await sub.fetch(1, timeout=2)
+            with pytest.raises(nats.errors.Error):  # a consumer of its own on b's commands
+                await thief.jetstream(timeout=2).pull_subscribe(
+                    subjects.gateway_commands("hq", "b"), durable="gw_a2", stream=stream
+                )
+            assert errors.by_kind.get("permissions", 0) >= 1
+            async with gateway(nats_cluster, "b", {THERMOSTAT: box}):
+                assert await values_until_sentinel(a, box) == [23.0]
+    finally:
+        await thief.close()

@@ -58,11 +58,13 @@ def consumer_name(gateway_id: str) -> str:
     return "gw_" + STREAM_NAME_BAD.sub("_", gateway_id)
 
 
-def gateway_permissions(site_id: str) -> dict[str, Any]:
+def gateway_permissions(site_id: str, gateway_id: str) -> dict[str, Any]:
     """The ``permissions`` block of a gateway's NATS user (nats-server configuration): the
-    site's subjects, the JetStream API for the site's stream and its consumers only, and reply
-    inboxes. Another site's subjects and streams are refused by the server."""
-    stream = stream_name(site_id)
+    site's subjects, the site's stream, and of its consumers only the gateway's own (create it
+    with its own filter, pull from it, acknowledge), plus reply inboxes. Another site's
+    subjects and another gateway's commands are refused by the server."""
+    stream, consumer = stream_name(site_id), consumer_name(gateway_id)
+    own = gateway_commands(site_id, gateway_id)  # the filter its consumer must have
     api = "$JS.API"
     return {
         "publish": {
@@ -72,11 +74,12 @@ def gateway_permissions(site_id: str) -> dict[str, Any]:
                 f"{api}.STREAM.INFO.{stream}",
                 f"{api}.STREAM.CREATE.{stream}",
                 f"{api}.STREAM.UPDATE.{stream}",
-                f"{api}.CONSUMER.INFO.{stream}.>",
-                f"{api}.CONSUMER.CREATE.{stream}.>",
-                f"{api}.CONSUMER.DURABLE.CREATE.{stream}.>",
-                f"{api}.CONSUMER.MSG.NEXT.{stream}.>",
-                f"$JS.ACK.{stream}.>",
+                f"{api}.CONSUMER.INFO.{stream}.{consumer}",
+                f"{api}.CONSUMER.CREATE.{stream}.{consumer}",
+                f"{api}.CONSUMER.CREATE.{stream}.{consumer}.{own}",
+                f"{api}.CONSUMER.DURABLE.CREATE.{stream}.{consumer}",
+                f"{api}.CONSUMER.MSG.NEXT.{stream}.{consumer}",
+                f"$JS.ACK.{stream}.{consumer}.>",
             ]
         },
         "subscribe": {"allow": [f"{site_root(site_id)}.>", "_INBOX.>"]},
