@@ -9,7 +9,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import (
@@ -20,6 +20,9 @@ from pydantic_settings import (
 )
 
 from buildingd.errors import ConfigError, ConfigProblem
+
+if TYPE_CHECKING:
+    from buildingd.config.gateways import GatewayMap
 
 DEFAULT_CONFIG = Path("/etc/buildingd/buildingd.toml")
 # The demo building shipped in the repository (site.yaml, devices/, policies/).
@@ -138,6 +141,31 @@ class SimSettings(Section):
     protocols: bool = True
 
 
+class GatewaySettings(Section):
+    """Which of the site's gateways (site.yaml ``gateways:``) this process is; unset on a site
+    that declares none (one process runs everything)."""
+
+    id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+
+
+class NatsSettings(Section):
+    """The NATS JetStream cluster carrying the bus between the site's gateways
+    (``buildingd/nats``). Each gateway has its own NATS user, limited to the site's subjects
+    (``buildingd.nats.subjects.gateway_permissions``); the bus key (``[mqtt] bus_key_file``)
+    seals the envelopes on top."""
+
+    enabled: bool = False
+    servers: list[str] = Field(default_factory=lambda: ["nats://127.0.0.1:4222"], min_length=1)
+    user: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    replicas: int = Field(default=3, ge=1, le=5)  # of the site's command stream
+    # Commands wait in the stream this long at most for their gateway (those with a reply_by
+    # are refused once it has passed); publishes repeated within the window are de-duplicated.
+    command_max_age_s: float = Field(default=24 * 3600.0, gt=0)
+    duplicate_window_s: float = Field(default=120.0, gt=0)
+
+
 def bus_key_path(settings: Settings) -> Path:
     return settings.mqtt.bus_key_file or settings.state_dir / "bus.key"
 
@@ -161,6 +189,8 @@ class Settings(BaseSettings):
     ble: BleSettings = BleSettings()
     bacnet: BacnetSettings = BacnetSettings()
     sim: SimSettings = SimSettings()
+    gateway: GatewaySettings = GatewaySettings()
+    nats: NatsSettings = NatsSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -207,14 +237,14 @@ def load_settings(config: Path | None = None, **overrides: object) -> Settings:
 
 
 def secret_file_problems(settings: Settings, config: Path | None) -> list[ConfigProblem]:
-    """Secret files the settings name (the HTTP token, the InfluxDB token) that cannot be read,
-    located like any settings problem (environment variable, else the file's line)."""
+    """Secret files the settings name (the HTTP token, the InfluxDB token, the NATS password)
+    that cannot be read, located like any settings problem (environment variable, else the
+    file's line)."""
     wanted = [(("http", "token_file"), settings.http.token_file)]
     if settings.influx.enabled:
         wanted.append((("influx", "token_file"), settings.influx.token_file))
-    path = config if config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
-    lines = toml_key_lines(_read_text(path) or "")
-    env = {k.upper(): k for k in os.environ}
+    if settings.nats.enabled:
+        wanted.append((("nats", "password_file"), settings.nats.password_file))
     out: list[ConfigProblem] = []
     for loc, secret in wanted:
         if secret is None:
@@ -223,16 +253,34 @@ def secret_file_problems(settings: Settings, config: Path | None) -> list[Config
             secret.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as err:
             why = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
-            message = f"cannot read {secret}: {why}"
-            var = _env_var_for(loc, env)
-            key = ".".join(loc)
-            if var is not None:
-                out.append(SourcedProblem(f"environment {var}", None, key, message))
-            elif path is not None:
-                out.append(ConfigProblem(str(path), _line_of(lines, loc), key, message))
-            else:
-                out.append(SourcedProblem("settings", None, key, message))
+            out.append(located_problem(config, loc, f"cannot read {secret}: {why}"))
     return out
+
+
+def gateway_id_problems(
+    settings: Settings, gateways: GatewayMap, config: Path | None
+) -> list[ConfigProblem]:
+    """``[gateway] id`` against the site's gateways (site.yaml ``gateways:``)."""
+    why = gateways.problem_with(settings.gateway.id)
+    out = [] if why is None else [located_problem(config, ("gateway", "id"), why)]
+    if not gateways.single and not settings.nats.enabled:
+        why = "the site runs on several gateways: their bus needs [nats] enabled = true"
+        out.append(located_problem(config, ("nats", "enabled"), why))
+    return out
+
+
+def located_problem(config: Path | None, loc: tuple[str, ...], message: str) -> ConfigProblem:
+    """A problem with the setting at ``loc``, located like a validation error: the environment
+    variable that set it, else its line in the settings file."""
+    path = config if config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    key = ".".join(loc)
+    var = _env_var_for(loc, {k.upper(): k for k in os.environ})
+    if var is not None:
+        return SourcedProblem(f"environment {var}", None, key, message)
+    if path is not None:
+        lines = toml_key_lines(_read_text(path) or "")
+        return ConfigProblem(str(path), _line_of(lines, loc), key, message)
+    return SourcedProblem("settings", None, key, message)
 
 
 def _read_text(path: Path | None) -> str | None:

@@ -1,5 +1,6 @@
 """Shared test fixtures: the demo site, editable site copies, one-room sites, free ports, a
-mosquitto broker, virtual-time loops, and ``until`` for conditions no event announces."""
+mosquitto broker, a 3-node NATS cluster, virtual-time loops, and ``until`` for conditions no
+event announces."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pytest
 
 if TYPE_CHECKING:
+    from tests.nats_cluster import NatsCluster
     from tests.servers import Mosquitto
 
 REPO = Path(__file__).resolve().parent.parent
@@ -119,3 +121,17 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     broker.start()
     yield broker
     broker.stop()
+
+
+@pytest.fixture
+def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    """A 3-node NATS JetStream cluster on 127.0.0.1 with a meta leader elected, users for the
+    test sites' gateways (``tests.nats_cluster.TEST_USERS``); stopped and removed afterwards."""
+    from tests.nats_cluster import TEST_USERS, NatsCluster
+
+    cluster = NatsCluster(tmp_path / "nats", users=TEST_USERS)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()

@@ -236,6 +236,15 @@ class VoteResult:
     offset_k: float = 0.0  # the zone's current offset (K, + warmer), for the voter
 
 
+class RefusalMsg(Content):
+    """Why a message never reached its receiver (a command whose ``reply_by`` passed while it
+    waited for its gateway), sent back to its sender with ``in_reply_to``."""
+
+    ontology: ClassVar[str] = "refusal"
+    reason: str = Field(max_length=500)
+    refused_ontology: str = Field(max_length=100)
+
+
 def device_address(device_id: str) -> str:
     return f"device[{device_id}]"
 

@@ -81,6 +81,8 @@ class DeviceBase(Strict):
     retries: int = Field(default=2, ge=0, le=10)
     # How long without a fresh value before points are STALE; default 3 poll intervals.
     stale_after_s: float | None = Field(default=None, gt=0)
+    # The gateway (site.yaml ``gateways:``) the device is attached to; default: its file's.
+    gateway: Id | None = None
 
     def stale_after(self, point: PointBase) -> float:
         if point.stale_after_s is not None:

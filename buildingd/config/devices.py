@@ -12,7 +12,7 @@ from pydantic import Field
 from buildingd.config.bacnet import BacnetDevice
 from buildingd.config.base import DeviceBase, PointBase
 from buildingd.config.ble import BleDevice
-from buildingd.config.common import Strict
+from buildingd.config.common import Id, Strict
 from buildingd.config.modbus import ModbusRtuDevice, ModbusTcpDevice
 from buildingd.config.mqtt import MqttDevice
 
@@ -38,3 +38,4 @@ class DeviceFile(Strict):
     """One file in ``devices/``: a list of devices (and, optionally, reusable profiles)."""
 
     devices: list[DeviceSpec] = Field(default_factory=list)
+    gateway: Id | None = None  # the gateway of the file's devices that name none themselves

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from buildingd.config.devices import DeviceFile, DeviceSpec
+from buildingd.config.gateways import GatewayMap, assign_gateways
 from buildingd.config.policies import DemandResponse, Policy, PolicyFile
 from buildingd.config.site import SiteFile, StaticPressureReset, SupplyAirReset, Zone
 from buildingd.config.yamlfile import ConfigFileError, LocatedDoc, load_yaml, validate
@@ -33,6 +34,7 @@ class Site:
     supply_air_reset: dict[str, SupplyAirReset] = field(default_factory=dict)  # by air handler
     static_pressure_reset: dict[str, StaticPressureReset] = field(default_factory=dict)
     demand_response: DemandResponse = field(default_factory=DemandResponse)
+    gateways: GatewayMap = field(default_factory=GatewayMap)  # who runs what (config/gateways)
 
     def policy_for(self, zone_id: str) -> Policy:
         return self.policies[self.zone_policy[zone_id]]
@@ -98,6 +100,7 @@ def _load_site(root: Path) -> Site:
 
     devices: dict[str, DeviceSpec] = {}
     device_docs: dict[str, tuple[LocatedDoc, tuple[Any, ...]]] = {}
+    file_gateway: dict[str, str | None] = {}  # each device's file's default gateway
     for path in _yaml_files(root / "devices"):
         doc = parse(path)
         if doc is None:
@@ -114,6 +117,7 @@ def _load_site(root: Path) -> Site:
                 continue
             devices[device.id] = device
             device_docs[device.id] = (doc, ("devices", i))
+            file_gateway[device.id] = parsed.gateway
 
     policies: dict[str, Policy] = {}
     demand_response: DemandResponse | None = None
@@ -218,6 +222,11 @@ def _load_site(root: Path) -> Site:
                         doc.problem(where, f"zone {point.zone!r} is covered by no policy")
                     )
 
+    gateways = GatewayMap()
+    if site_file is not None and site_doc is not None:
+        gateways, found = assign_gateways(site_file, site_doc, devices, device_docs, file_gateway)
+        problems += found
+
     from buildingd.drivers.checks import check_device  # protocol-specific checks (addresses, ...)
 
     for device_id, device in devices.items():
@@ -241,4 +250,5 @@ def _load_site(root: Path) -> Site:
         supply_air_reset=supply_air_reset,
         static_pressure_reset=static_pressure_reset,
         demand_response=demand_response or DemandResponse(),
+        gateways=gateways,
     )

@@ -80,11 +80,24 @@ class AirHandler(Strict):
     static_pressure_reset: StaticPressureReset = StaticPressureReset()
 
 
+class Gateway(Strict):
+    """One buildingd process of a site spread over several machines (``config/gateways.py``):
+    the zones whose agents it runs (ids or globs; zones nobody lists go where most of their
+    devices are) and whether it may run the site's coordinator."""
+
+    id: Id
+    name: str | None = None
+    zones: list[str] = Field(default_factory=list)
+    coordinator: bool = False
+
+
 class SiteFile(Strict):
     site: Id = "site"
     timezone: str = "UTC"
     zones: list[Zone] = Field(min_length=1)
     air_handlers: list[AirHandler] = Field(default_factory=list)
+    # Empty (the default): one gateway runs everything, as a single Pi does.
+    gateways: list[Gateway] = Field(default_factory=list)
 
     @field_validator("timezone")
     @classmethod

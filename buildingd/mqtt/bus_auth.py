@@ -81,7 +81,11 @@ class BusVerifier:
         self.key, self.clock = key, clock
         self._seen: dict[str, tuple[int, set[int], float]] = {}  # origin: highest, window, last
 
-    def problem(self, topic: str, data: dict[str, Any]) -> tuple[str, str] | None:
+    def problem(
+        self, topic: str, data: dict[str, Any], now: float | None = None
+    ) -> tuple[str, str] | None:
+        """``now``: the time to judge the timestamp against; default this gateway's clock (a
+        message kept in a stream is judged against the time the stream stored it)."""
         origin, counter, ts = data.get("origin"), data.get("counter"), data.get("ts")
         seal = data.get("mac")
         if not (isinstance(origin, str) and 0 < len(origin) <= 64 and type(counter) is int
@@ -90,7 +94,7 @@ class BusVerifier:
         expected = mac(self.key, topic, origin, counter, ts, data.get("envelope"))
         if not hmac.compare_digest(expected, seal):
             return "unauthenticated", f"wrong seal from origin {origin[:64]}"
-        now = self.clock()
+        now = self.clock() if now is None else now
         if abs(now - ts) > MAX_SKEW_S:
             return "stale", f"timestamp {now - ts:+.0f} s from this gateway's clock"
         highest, window, _ = self._seen.get(origin, (0, set(), now))

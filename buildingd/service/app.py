@@ -31,6 +31,7 @@ from buildingd.config.loader import Site, load_site
 from buildingd.drivers.base import BacnetClient, DriverContext
 from buildingd.errors import ConfigError, StartupError
 from buildingd.metrics import Metrics
+from buildingd.service.gateway import runs_coordinator, runs_device, runs_zone
 from buildingd.service.http import HttpServer
 from buildingd.service.reload import diff_settings, plan_reload
 from buildingd.service.sdnotify import Notifier, WatchdogGuard
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from buildingd.coordinator.agent import CoordinatorAgent
     from buildingd.mqtt.broker import EmbeddedBroker
     from buildingd.mqtt.connection import MqttConnection
+    from buildingd.nats.bus import NatsBus
 from buildingd.telemetry.sink import TelemetrySink
 
 log = logging.getLogger(__name__)
@@ -171,6 +173,7 @@ class Daemon:
         self.sim_gateways: dict[tuple[str, int], int] = {}
         self.mqtt: MqttConnection | None = None
         self.bus: InProcessBus = InProcessBus()
+        self.nats: NatsBus | None = None  # the bus between gateways, when [nats] is enabled
         self.metrics = Metrics()
         self.metrics.set("buildingd_config_reload_ok", 1.0)
         if mqtt_needed(settings, site):
@@ -190,6 +193,12 @@ class Daemon:
                     load_or_create_key(bus_key_path(settings)),
                     lambda env: hearing_problem(env, self.ctx.site),
                 )
+        if settings.nats.enabled:  # the bus between the site's gateways (service/gateway)
+            from buildingd.service.gateway import nats_bus
+
+            self.nats = nats_bus(settings, site, self._is_local_agent, lambda: self.ctx.site,
+                                 self.metrics)  # fmt: skip
+            self.bus = self.nats
         self.ctx = AgentContext(
             bus=self.bus,
             clock=self.clock,
@@ -353,6 +362,9 @@ class Daemon:
             async with BoundedExitStack() as services:
                 self._services = services
                 await self._start_mqtt(services)
+                if self.nats is not None:
+                    await self.nats.start()
+                    services.push_async_callback(self.nats.stop)
                 await self._start_simulator_servers(services)
                 async with (
                     Supervisor(self.clock, RestartPolicy(), on_give_up=self._give_up) as sup,
@@ -360,15 +372,20 @@ class Daemon:
                 ):
                     self.supervisor = sup
                     await sup.start("telemetry", lambda: TelemetryAgent(self.ctx, sink))
-                    # Zones first, so they hear the devices' first readings.
+                    # Zones first, so they hear the devices' first readings; on a site over
+                    # several gateways, only this one's (service/gateway).
                     for zone_id in self.site.zones:
-                        await self.start_zone(zone_id)
-                    if not self.baseline:
+                        if runs_zone(self.site, self.settings, zone_id):
+                            await self.start_zone(zone_id)
+                    if not self.baseline and runs_coordinator(self.site, self.settings):
                         await self._start_coordinator(sup)
                     if self.mqtt is not None:
                         await self._start_mqtt_bridge(sup, self.mqtt)
                     for device_id in self.site.devices:
-                        await self.start_device(device_id)
+                        if runs_device(self.site, self.settings, device_id):
+                            await self.start_device(device_id)
+                    if self.nats is not None:  # commands once the agents listen
+                        tasks.create_task(self.nats.run(), name="nats-bus")
                     await self._start_http()
                     self.ctx.ready_s = self.clock.monotonic()
                     self.ready.set()
@@ -483,11 +500,13 @@ class Daemon:
             await sup.stop(f"zone[{zone_id}]")
             self.zone_agents.pop(zone_id, None)
         for zone_id in plan.zones_start:
-            await self.start_zone(zone_id)
+            if runs_zone(site, self.settings, zone_id):  # this gateway's share (service/gateway)
+                await self.start_zone(zone_id)
         for agent in self.zone_agents.values():
             agent.rebind()
         for device_id in plan.devices_start:
-            await self.start_device(device_id)
+            if runs_device(site, self.settings, device_id):
+                await self.start_device(device_id)
         self.reloads["ok"] += 1
         self.metrics.inc("buildingd_reloads_total", result="ok")
         self.metrics.set("buildingd_config_reload_ok", 1.0)

@@ -79,7 +79,7 @@ def _print_problems(err: ConfigError) -> None:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from buildingd.config.loader import load_site
-    from buildingd.settings import secret_file_problems
+    from buildingd.settings import gateway_id_problems, secret_file_problems
 
     try:
         settings = _settings(args)
@@ -91,6 +91,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         site = load_site(settings.site_dir)
     except ConfigError as err:
         problems += err.problems
+    else:
+        problems += gateway_id_problems(settings, site.gateways, args.config)
     if problems:  # every problem of every file, settings first
         _print_problems(ConfigError(problems))
         return 1

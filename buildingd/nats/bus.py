@@ -1,0 +1,394 @@
+"""``NatsBus``: the agent bus between the gateways of one site, over NATS JetStream.
+
+Every envelope is sealed with the site's key (``mqtt.bus_auth``: origin, counter, timestamp,
+HMAC) and goes one of two ways (``subjects``):
+
+- a request, call, proposal, award, refusal (any performative but ``inform``) whose receiver
+  lives on another gateway is *durable*: published into the site's command stream on
+  ``buildingd.<site>.cmd.<gateway>.<address>`` with ``Nats-Msg-Id`` = origin-counter (a publish
+  repeated after a lost acknowledgement is stored once), and taken by that gateway's durable
+  consumer, acknowledged after delivery to the local mailbox. A gateway that is down finds its
+  commands when it comes back; one whose ``reply_by`` has passed by then is not delivered, but
+  refused back to its sender (``RefusalMsg``) and counted (``expired``).
+- the rest (readings, states, informs, and whatever has no known gateway) is delivered locally
+  and published on core NATS, ``buildingd.<site>.agent.<address>``; gateways keep only what
+  their own agents subscribe to.
+
+What arrives is checked as on the MQTT bus (``mqtt.bus``): the seal (a durable message's
+timestamp against the time the stream stored it, so a command that waited an hour is not
+"stale", and a replay stored later is), the counter (no replays), the envelope, the sender
+(not one assigned to this gateway; commands only from zones and the coordinator;
+``may_hear``), the content.
+Refusals are counted by reason (``invalid_by_reason``, ``buildingd_bus_refused_total``) and
+logged once per reason; a refused durable message is terminated, never redelivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from buildingd.agents.bus import Envelope, InProcessBus, Performative
+from buildingd.agents.messages import COORDINATOR, RefusalMsg
+from buildingd.metrics import Metrics
+from buildingd.mqtt import payload as strict_json
+from buildingd.mqtt.bus import COMMAND_SENDERS, content_problem
+from buildingd.mqtt.bus_auth import BusSealer, BusVerifier
+from buildingd.nats import subjects
+from buildingd.nats.connection import NatsErrors, connect
+from buildingd.settings import NatsSettings
+
+if TYPE_CHECKING:
+    import nats.aio.client
+    import nats.aio.msg
+    import nats.js
+
+log = logging.getLogger(__name__)
+
+REFUSED_METRIC = "buildingd_bus_refused_total"
+UNPUBLISHED_METRIC = "buildingd_bus_unpublished_total"
+PUBLISH_TIMEOUT_S = 2.0  # one try of a durable publish
+# A durable publish is tried again (same Nats-Msg-Id) until this long has passed: a stream
+# leader's election takes 4-9 s (its Raft timeouts); the sending agent waits meanwhile.
+PUBLISH_DEADLINE_S = 30.0
+RETRY_FIRST_S, RETRY_MAX_S = 0.1, 1.0
+API_TIMEOUT_S = 10.0  # stream and consumer set-up (a cluster may be electing a leader)
+FETCH_BATCH = 100
+FETCH_WAIT_S = 5.0  # a pull request waits this long for commands, then is renewed
+NOT_YET_DELAY_S = 1.0  # a command for an agent not started yet comes back after this
+NOT_YET_TRIES = 60  # ... this many times, then it is terminated as undeliverable
+Route = Callable[[str], str | None]  # agent address -> the gateway it lives on (None: unknown)
+
+
+class Refused(Exception):
+    """An incoming message refused: ``reason`` is the metric label, ``detail`` for the log."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+def is_durable(env: Envelope) -> bool:
+    return env.performative is not Performative.INFORM
+
+
+class NatsBus(InProcessBus):
+    """``route``: on which gateway an agent address lives (``gateway_route``); ``is_local``:
+    whether a sender is one of this process's agents; ``key``: the site's bus key;
+    ``may_hear``: why a receiver may not hear from a sender (``agents.hearing``), or None."""
+
+    def __init__(
+        self,
+        settings: NatsSettings,
+        site_id: str,
+        gateway_id: str,
+        route: Route,
+        is_local: Callable[[str], bool],
+        key: bytes,
+        may_hear: Callable[[Envelope], str | None] | None = None,
+        clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
+    ) -> None:
+        super().__init__()
+        self.settings = settings
+        self.errors = NatsErrors(metrics)
+        self.nc: nats.aio.client.Client | None = None  # connected by ``start``
+        self.js: nats.js.JetStreamContext | None = None
+        self.site_id, self.gateway_id = site_id, gateway_id
+        self.route, self.is_local, self.may_hear = route, is_local, may_hear
+        self.clock, self.metrics = clock, metrics
+        self.origin = uuid.uuid4().hex[:12]
+        self.sealer = BusSealer(key, self.origin, clock)
+        self.verifier = BusVerifier(key, clock)
+        self.stream = subjects.stream_name(site_id)
+        self.invalid_by_reason: collections.Counter[str] = collections.Counter()
+        self.expired = 0
+        self.duplicates = 0  # durable publishes the stream had already stored
+        self.fetch_errors = 0  # failed pulls of this gateway's commands (logged once a run)
+        self._fetch_ok = True
+        self._logged: set[str] = set()  # refusal reasons logged (then: counted only)
+        self._agent_prefix = subjects.agent_subject(site_id, "")
+        self._sub: Any = None  # the core subscription
+        self._pull: Any = None  # the durable consumer's pull subscription
+
+    # -- start, run, stop ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Subscribe to the site's core subjects, make sure the command stream and this
+        gateway's consumer exist. Commands are taken only once ``run`` runs (after the local
+        agents have subscribed)."""
+        from nats.js.api import (
+            AckPolicy,
+            ConsumerConfig,
+            DeliverPolicy,
+            RetentionPolicy,
+            StorageType,
+            StreamConfig,
+        )
+        from nats.js.errors import NotFoundError
+
+        self.nc = nc = await connect(
+            self.settings, f"buildingd-{self.site_id}-{self.gateway_id}", self.errors
+        )
+        self.js = nc.jetstream(timeout=PUBLISH_TIMEOUT_S)
+        self._sub = await nc.subscribe(self._agent_prefix + "*", cb=self._on_core)
+        config = StreamConfig(
+            name=self.stream,
+            subjects=[f"{subjects.site_root(self.site_id)}.cmd.>"],
+            retention=RetentionPolicy.WORK_QUEUE,  # a command is gone once its gateway took it
+            storage=StorageType.FILE,
+            num_replicas=self.settings.replicas,
+            max_age=self.settings.command_max_age_s,
+            duplicate_window=self.settings.duplicate_window_s,
+        )
+        api = nc.jetstream(timeout=API_TIMEOUT_S)
+        try:
+            await api.stream_info(self.stream)
+        except NotFoundError:
+            await api.add_stream(config)
+        durable = subjects.consumer_name(self.gateway_id)
+        consumer = ConsumerConfig(
+            durable_name=durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=30.0,
+            max_ack_pending=1000,
+        )
+        self._pull = await api.pull_subscribe(
+            subjects.gateway_commands(self.site_id, self.gateway_id),
+            durable=durable,
+            stream=self.stream,
+            config=consumer,
+        )
+
+    async def run(self) -> None:
+        """Take this gateway's commands until cancelled."""
+        import nats.errors
+
+        while True:
+            try:
+                msgs = await self._pull.fetch(FETCH_BATCH, timeout=FETCH_WAIT_S)
+            except TimeoutError:  # nats' and asyncio's (fetch raises either): none waiting
+                continue
+            except nats.errors.Error as err:  # the cluster away, the consumer electing its
+                self.fetch_errors += 1  # leader (503 right after it is created): again soon
+                if self.fetch_errors == 1 or self._fetch_ok:
+                    log.warning("bus: taking commands failed (%s: %s); trying again",
+                                type(err).__name__, err)  # fmt: skip
+                self._fetch_ok = False
+                await asyncio.sleep(NOT_YET_DELAY_S)
+                continue
+            if not self._fetch_ok:
+                self._fetch_ok = True
+                if self.fetch_errors:
+                    log.info("bus: taking commands again")
+            for msg in msgs:
+                try:
+                    await self._take(msg)
+                except nats.errors.Error as err:  # its ack lost: redelivered after ack_wait,
+                    self.fetch_errors += 1  # then refused as a replay if it was delivered
+                    log.warning("bus: acknowledging a command failed (%s: %s)",
+                                type(err).__name__, err)  # fmt: skip
+
+    async def stop(self) -> None:
+        """Unsubscribe and close the connection (unacknowledged commands stay in the stream)."""
+        for sub in (self._sub, self._pull):
+            if sub is not None:
+                await sub.unsubscribe()
+        self._sub = self._pull = None
+        if self.nc is not None:
+            await self.nc.close()
+
+    # -- sending ---------------------------------------------------------------------------
+
+    async def send(self, env: Envelope) -> None:
+        gateway = self.route(env.receiver)
+        if gateway is not None and gateway != self.gateway_id:  # it lives elsewhere
+            self.stats.count(env)
+            if is_durable(env):
+                await self._publish_durable(env, gateway)
+            else:
+                await self._publish_core(env)
+            return
+        await super().send(env)
+        if gateway is None:  # a topic, or an agent of no known gateway: whoever listens
+            await self._publish_core(env)
+
+    async def _publish_core(self, env: Envelope) -> None:
+        import nats.errors
+
+        subject = subjects.agent_subject(self.site_id, env.receiver)
+        body = self.sealer.seal(subject, env.model_dump(mode="json"))
+        if self.nc is None:
+            return self._unpublished(env, "not connected yet")
+        try:
+            await self.nc.publish(subject, body)
+        except nats.errors.Error as err:  # the client closed, its buffer full: counted
+            self._unpublished(env, str(err) or type(err).__name__)
+
+    async def _publish_durable(self, env: Envelope, gateway: str) -> None:
+        import nats.errors
+
+        subject = subjects.command_subject(self.site_id, gateway, env.receiver)
+        body = self.sealer.seal(subject, env.model_dump(mode="json"))
+        headers = {"Nats-Msg-Id": f"{self.origin}-{self.sealer.counter}"}
+        problem = "not connected yet"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + PUBLISH_DEADLINE_S
+        delay_s = RETRY_FIRST_S
+        while self.js is not None:
+            try:
+                ack = await self.js.publish(subject, body, headers=dict(headers),
+                                            stream=self.stream)  # fmt: skip
+            except nats.errors.Error as err:  # no ack: the same message id again, soon
+                problem = str(err) or type(err).__name__
+                if loop.time() + delay_s > deadline:
+                    break
+                await asyncio.sleep(delay_s)  # backoff: the stream may be electing a leader
+                delay_s = min(2 * delay_s, RETRY_MAX_S)
+                continue
+            if ack.duplicate:
+                self.duplicates += 1
+            return
+        self._unpublished(env, problem)
+
+    def _unpublished(self, env: Envelope, problem: str) -> None:
+        kind = f"{env.performative.value}/{env.ontology}"
+        self.stats.unpublished += 1
+        if self.metrics is not None:
+            self.metrics.inc(UNPUBLISHED_METRIC, kind=kind)
+        log.warning("bus: %s to %s not published (%s)", kind, env.receiver, problem)
+
+    # -- receiving -------------------------------------------------------------------------
+
+    async def _on_core(self, msg: nats.aio.msg.Msg) -> None:
+        address = subjects.token_address(msg.subject[len(self._agent_prefix) :])
+        if not self.subscribers(address):
+            return  # not for an agent of ours
+        try:
+            env = self._check(msg.subject, msg.data, None)
+        except Refused as why:
+            self._count(why.reason, why.detail)
+            return
+        if env is not None:
+            self.deliver_nowait(env)
+
+    async def _take(self, msg: nats.aio.msg.Msg) -> None:
+        """One durable message: delivered and acknowledged, refused and terminated, or (its
+        agent not subscribed yet, at start-up) handed back for later."""
+        address = subjects.token_address(msg.subject.rsplit(".", 1)[-1])
+        meta = msg.metadata
+        if not self.subscribers(address):
+            if meta.num_delivered < NOT_YET_TRIES:
+                await msg.nak(delay=NOT_YET_DELAY_S)
+                return
+            await msg.term()
+            self._count("undeliverable", f"no agent {address} on gateway {self.gateway_id}")
+            return
+        stored = meta.timestamp.timestamp()
+        try:
+            env = self._check(msg.subject, msg.data, stored)
+        except Refused as why:
+            await msg.term()
+            self._count(why.reason, why.detail)
+            return
+        if env is None:
+            await msg.term()
+            return
+        if env.reply_by is not None and env.reply_by.timestamp() < self.clock():
+            await msg.term()
+            await self._refuse_expired(env)
+            return
+        await InProcessBus.send(self, env)  # waits for room in a blocking mailbox
+        await msg.ack()
+
+    async def _refuse_expired(self, env: Envelope) -> None:
+        self.expired += 1
+        reply_by = env.reply_by.isoformat() if env.reply_by is not None else "?"
+        self._count("expired", f"{env.ontology} from {env.sender} to {env.receiver}, "
+                               f"reply by {reply_by}")  # fmt: skip
+        refusal = RefusalMsg(
+            reason=f"expired: not delivered before its reply-by time {reply_by}",
+            refused_ontology=env.ontology,
+        )
+        await self.send(
+            Envelope(
+                performative=Performative.REFUSE,
+                sender=env.receiver,
+                receiver=env.sender,
+                ontology=refusal.ontology,
+                content=refusal.model_dump(mode="json"),
+                conversation_id=env.conversation_id,
+                in_reply_to=env.reply_with,
+                protocol=env.protocol,
+            )
+        )
+
+    def _check(self, subject: str, data: bytes, stored: float | None) -> Envelope | None:
+        """The envelope, None for an echo of our own, or ``Refused`` (why)."""
+        try:
+            body = strict_json.loads(data)
+        except ValueError as err:
+            raise Refused("not JSON", str(err)) from err
+        if not isinstance(body, dict) or not isinstance(body.get("envelope"), dict):
+            raise Refused("wrong shape", "expected {origin, envelope}")
+        if body.get("origin") == self.origin:
+            return None
+        problem = self.verifier.problem(subject, body, now=stored)
+        if problem is not None:
+            raise Refused(*problem)
+        try:
+            env = Envelope.model_validate(body["envelope"])
+        except ValidationError as err:
+            raise Refused("invalid envelope", str(err.errors()[0]["msg"])) from err
+        if subjects.address_token(env.receiver) != subject.rsplit(".", 1)[-1]:
+            raise Refused("receiver mismatch", f"envelope is for {env.receiver}")
+        # An agent assigned to this gateway speaks from here only; service agents every
+        # gateway runs (mqtt-bridge, telemetry, supervisor) have no gateway of their own.
+        if self.is_local(env.sender) and self.route(env.sender) == self.gateway_id:
+            raise Refused("forged sender", f"{env.sender} is a local agent")
+        if env.ontology == "command" and not env.sender.startswith(COMMAND_SENDERS):
+            raise Refused("forged sender", f"{env.sender} may not command devices")
+        forbidden = self.may_hear(env) if self.may_hear is not None else None
+        if forbidden is not None:
+            raise Refused("forbidden sender", f"from {env.sender}: {forbidden}")
+        problem_text = content_problem(env)
+        if problem_text is not None:
+            raise Refused("invalid content", f"{env.ontology}: {problem_text}")
+        return env
+
+    def _count(self, reason: str, detail: str) -> None:
+        self.stats.invalid += 1
+        self.invalid_by_reason[reason] += 1
+        if self.metrics is not None:
+            self.metrics.inc(REFUSED_METRIC, reason=reason)
+        if reason not in self._logged:
+            self._logged.add(reason)
+            log.warning("bus: refused (%s): %s; further ones are only counted", reason, detail)
+
+
+def gateway_route(
+    gateway_of_device: Callable[[str], str | None],
+    gateway_of_zone: Callable[[str], str | None],
+    coordinator_gateway: str | None = None,
+) -> Route:
+    """A ``Route`` from the site's assignment (``config.gateways.GatewayMap``): ``device[x]``
+    and ``zone[x]`` where they run, the coordinator where it runs; topics have no gateway."""
+
+    def route(address: str) -> str | None:
+        if address.startswith("device[") and address.endswith("]"):
+            return gateway_of_device(address[7:-1])
+        if address.startswith("zone[") and address.endswith("]"):
+            return gateway_of_zone(address[5:-1])
+        if address == COORDINATOR:
+            return coordinator_gateway
+        return None
+
+    return route

@@ -1,0 +1,86 @@
+"""Names on the NATS side of one site, pure: agent subjects, the site's command stream and its
+per-gateway consumers, and the permissions a gateway's NATS user needs (nothing outside its site).
+
+Subjects: ``buildingd.<site>.agent.<address>`` (core NATS: readings, states, negotiation) and
+``buildingd.<site>.cmd.<gateway>.<address>`` (kept in the site's stream until the gateway that
+hosts the receiver takes and acknowledges them). An address token is the agent address with
+``%``, ``.``, ``*``, ``>``, whitespace and non-ASCII percent-encoded (NATS splits on ``.`` and
+reads ``*`` and ``>`` as wildcards).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import quote, unquote
+
+ROOT = "buildingd"
+SAFE = "[]/:@!$&'()+,;=-_"  # kept as is; quote() always keeps letters, digits and "_.-~"
+STREAM_NAME_BAD = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def address_token(address: str) -> str:
+    return quote(address, safe=SAFE).replace(".", "%2E")
+
+
+def token_address(token: str) -> str:
+    return unquote(token)
+
+
+def site_token(site_id: str) -> str:
+    return address_token(site_id)
+
+
+def site_root(site_id: str) -> str:
+    """Every subject of the site starts with this (``buildingd.<site>``)."""
+    return f"{ROOT}.{site_token(site_id)}"
+
+
+def agent_subject(site_id: str, address: str) -> str:
+    return f"{site_root(site_id)}.agent.{address_token(address)}"
+
+
+def command_subject(site_id: str, gateway_id: str, address: str) -> str:
+    return f"{site_root(site_id)}.cmd.{address_token(gateway_id)}.{address_token(address)}"
+
+
+def gateway_commands(site_id: str, gateway_id: str) -> str:
+    """The filter of a gateway's consumer: the commands for the agents it hosts."""
+    return f"{site_root(site_id)}.cmd.{address_token(gateway_id)}.>"
+
+
+def stream_name(site_id: str) -> str:
+    """The site's command stream (stream names allow no ``.``, ``*``, ``>`` or ``/``)."""
+    return "BUILDINGD_" + STREAM_NAME_BAD.sub("_", site_id) + "_CMD"
+
+
+def consumer_name(gateway_id: str) -> str:
+    return "gw_" + STREAM_NAME_BAD.sub("_", gateway_id)
+
+
+def gateway_permissions(site_id: str, gateway_id: str) -> dict[str, Any]:
+    """The ``permissions`` block of a gateway's NATS user (nats-server configuration): the
+    site's subjects, the site's stream, and of its consumers only the gateway's own (create it
+    with its own filter, pull from it, acknowledge), plus reply inboxes. Another site's
+    subjects and another gateway's commands are refused by the server."""
+    stream, consumer = stream_name(site_id), consumer_name(gateway_id)
+    own = gateway_commands(site_id, gateway_id)  # the filter its consumer must have
+    api = "$JS.API"
+    return {
+        "publish": {
+            "allow": [
+                f"{site_root(site_id)}.>",
+                f"{api}.INFO",
+                f"{api}.STREAM.INFO.{stream}",
+                f"{api}.STREAM.CREATE.{stream}",
+                f"{api}.STREAM.UPDATE.{stream}",
+                f"{api}.CONSUMER.INFO.{stream}.{consumer}",
+                f"{api}.CONSUMER.CREATE.{stream}.{consumer}",
+                f"{api}.CONSUMER.CREATE.{stream}.{consumer}.{own}",
+                f"{api}.CONSUMER.DURABLE.CREATE.{stream}.{consumer}",
+                f"{api}.CONSUMER.MSG.NEXT.{stream}.{consumer}",
+                f"$JS.ACK.{stream}.{consumer}.>",
+            ]
+        },
+        "subscribe": {"allow": [f"{site_root(site_id)}.>", "_INBOX.>"]},
+    }

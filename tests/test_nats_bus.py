@@ -1,0 +1,262 @@
+"""The agent bus between gateways over a real 3-node NATS JetStream cluster: a command for a
+gateway that is down waits in the site's stream and is delivered once when it is back (an hour
+later too); a repeated publish is stored once; an expired command is refused to its sender; a
+forged or replayed one is refused and counted; a gateway's NATS user cannot reach another site."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+
+import nats
+import nats.errors
+import pytest
+
+from buildingd.agents.bus import Envelope, Mailbox, Performative
+from buildingd.agents.messages import CommandMsg, RefusalMsg
+from buildingd.metrics import Metrics
+from buildingd.mqtt.bus_auth import BusSealer
+from buildingd.nats import subjects
+from buildingd.nats.bus import NatsBus
+from buildingd.nats.connection import NatsErrors, connect
+from buildingd.settings import NatsSettings
+from tests.conftest import until
+from tests.nats_cluster import NatsCluster
+
+pytestmark = pytest.mark.nats
+
+KEY = b"0123456789abcdef0123456789abcdef"  # the test site's bus key
+ROUTE = {"device[t1]": "b", "zone[z1]": "a"}  # the thermostat on gateway b, its zone on a
+THERMOSTAT, ZONE = "device[t1]", "zone[z1]"
+WAIT_S = 30.0  # a bound for a loaded machine, not a speed requirement
+
+
+def nats_settings(cluster: NatsCluster, user: str) -> NatsSettings:
+    return NatsSettings(enabled=True, servers=cluster.urls, user=user, password=f"pw-{user}")
+
+
+@asynccontextmanager
+async def gateway(
+    cluster: NatsCluster,
+    gateway_id: str,
+    boxes: dict[str, Mailbox] | None = None,
+    clock: Callable[[], float] = time.time,
+) -> AsyncIterator[NatsBus]:
+    """Gateway ``gateway_id`` of site hq: its bus on the cluster, its agents' mailboxes
+    subscribed, taking its commands until the block ends (the gateway going down)."""
+    settings = nats_settings(cluster, f"hq-{gateway_id}")
+    local = [a for a, g in ROUTE.items() if g == gateway_id]
+    bus = NatsBus(settings, "hq", gateway_id, ROUTE.get, local.__contains__, KEY,
+                  clock=clock, metrics=Metrics())  # fmt: skip
+    await bus.start()
+    for address, box in (boxes or {}).items():
+        bus.subscribe(address, box)
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            runner = tasks.create_task(bus.run(), name=f"nats-bus[{gateway_id}]")
+            yield bus
+            runner.cancel()
+    finally:
+        await bus.stop()
+
+
+def command(value: float, reply_by: datetime | None = None) -> Envelope:
+    msg = CommandMsg(point_id="heating_sp", value=value, zone_id="z1", reason="test")
+    return msg.envelope(Performative.REQUEST, ZONE, THERMOSTAT, reply_with=f"c{value}",
+                        reply_by=reply_by)  # fmt: skip
+
+
+async def received(box: Mailbox) -> Envelope:
+    return await asyncio.wait_for(box.get(), WAIT_S)
+
+
+async def values_until_sentinel(bus: NatsBus, box: Mailbox) -> list[float]:
+    """Every command value in ``box`` up to a sentinel command sent now: what arrived before it
+    is all that arrived (the stream delivers a consumer's messages in order)."""
+    await bus.send(command(-1.0))
+    values: list[float] = []
+    while True:
+        env = await received(box)
+        value = CommandMsg.parse(env).value
+        if value == -1.0:
+            return values
+        values.append(value)
+
+
+async def test_a_command_for_a_gateway_that_is_down_is_delivered_once_when_it_is_back(
+    nats_cluster: NatsCluster,
+) -> None:
+    async with gateway(nats_cluster, "b"):
+        pass  # b has run once (its consumer exists) and is down now
+    async with gateway(nats_cluster, "a") as a:
+        await a.send(command(21.5, reply_by=datetime.now(UTC) + timedelta(hours=2)))
+        await a.send(command(22.0))
+        assert a.stats.unpublished == 0
+        # b comes back an hour later (its clock says so): the commands waited in the stream;
+        # their seals are judged against the time the stream stored them, not as stale.
+        box = Mailbox(THERMOSTAT, overflow="block")
+        later = lambda: time.time() + 3600  # noqa: E731
+        async with gateway(nats_cluster, "b", {THERMOSTAT: box}, clock=later) as b:
+            first, second = await received(box), await received(box)
+            assert [CommandMsg.parse(e).value for e in (first, second)] == [21.5, 22.0]
+            assert first.sender == ZONE and first.reply_with == "c21.5"
+            assert await values_until_sentinel(a, box) == []  # nothing delivered twice
+            assert b.stats.invalid == 0
+    # Acknowledged: not delivered again when b restarts once more.
+    async with gateway(nats_cluster, "b", {THERMOSTAT: box}), gateway(nats_cluster, "a") as a:
+        assert await values_until_sentinel(a, box) == []
+
+
+async def test_a_publish_repeated_with_its_message_id_is_delivered_once(
+    nats_cluster: NatsCluster,
+) -> None:
+    box = Mailbox(THERMOSTAT, overflow="block")
+    async with gateway(nats_cluster, "a") as a, gateway(nats_cluster, "b", {THERMOSTAT: box}):
+        subject = subjects.command_subject("hq", "b", THERMOSTAT)
+        body = a.sealer.seal(subject, command(19.0).model_dump(mode="json"))
+        msg_id = {"Nats-Msg-Id": f"{a.origin}-{a.sealer.counter}"}
+        assert a.js is not None
+        acks = [await a.js.publish(subject, body, headers=dict(msg_id)) for _ in range(3)]
+        assert [bool(ack.duplicate) for ack in acks] == [False, True, True]
+        assert len({ack.seq for ack in acks}) == 1
+        assert await values_until_sentinel(a, box) == [19.0]
+
+
+async def test_a_command_past_its_reply_by_is_refused_to_its_sender(
+    nats_cluster: NatsCluster,
+) -> None:
+    zone_box, box = Mailbox(ZONE, overflow="block"), Mailbox(THERMOSTAT, overflow="block")
+    async with gateway(nats_cluster, "a", {ZONE: zone_box}) as a:
+        # Sent while b is down; its reply-by time passes before b is back.
+        await a.send(command(30.0, reply_by=datetime.now(UTC) - timedelta(seconds=1)))
+        async with gateway(nats_cluster, "b", {THERMOSTAT: box}) as b:
+            refusal = await received(zone_box)
+            assert refusal.performative is Performative.REFUSE
+            assert (refusal.sender, refusal.in_reply_to) == (THERMOSTAT, "c30.0")
+            content = RefusalMsg.parse(refusal)
+            assert content.refused_ontology == "command"
+            assert content.reason.startswith("expired")
+            assert await values_until_sentinel(a, box) == []  # never written
+            assert b.expired == 1 and b.invalid_by_reason["expired"] == 1
+            assert b.metrics is not None
+            assert b.metrics.counters['buildingd_bus_refused_total{reason="expired"}'] == 1
+
+
+async def test_forged_and_replayed_commands_are_refused_and_counted(
+    nats_cluster: NatsCluster,
+) -> None:
+    box = Mailbox(THERMOSTAT, overflow="block")
+    # The intruder holds a gateway's NATS password, not the site's bus key.
+    intruder = await nats.connect(servers=nats_cluster.urls, user="hq-a", password="pw-hq-a")
+    js = intruder.jetstream()
+    subject = subjects.command_subject("hq", "b", THERMOSTAT)
+    captured: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def capture(msg: nats.aio.msg.Msg) -> None:
+        captured.put_nowait(msg.data)
+
+    await intruder.subscribe(subject, cb=capture)
+    try:
+        async with (
+            gateway(nats_cluster, "a") as a,
+            gateway(nats_cluster, "b", {THERMOSTAT: box}) as b,
+        ):
+            forger = BusSealer(b"not the site key, but long enough", "intruder")
+            forged = forger.seal(subject, command(35.0).model_dump(mode="json"))
+            await js.publish(subject, forged, headers={"Nats-Msg-Id": "forged-1"})
+            await a.send(command(20.0))
+            genuine = await asyncio.wait_for(captured.get(), WAIT_S)
+            while json.loads(genuine)["origin"] != a.origin:  # the forged one went by first
+                genuine = await asyncio.wait_for(captured.get(), WAIT_S)
+            assert json.loads(genuine)["envelope"]["content"]["value"] == 20.0
+            await js.publish(subject, genuine, headers={"Nats-Msg-Id": "replay-1"})
+            assert await values_until_sentinel(a, box) == [20.0]
+            assert b.invalid_by_reason == {"unauthenticated": 1, "replayed": 1}
+            assert b.stats.invalid == 2
+    finally:
+        await intruder.close()
+
+
+async def test_a_gateway_of_one_site_cannot_reach_another_site_s_subjects(
+    nats_cluster: NatsCluster,
+) -> None:
+    box = Mailbox("readings/z1")
+    errors = NatsErrors()
+    other = await connect(nats_settings(nats_cluster, "other-x"), "other-x", errors)
+    try:
+        async with (
+            gateway(nats_cluster, "a") as a,
+            gateway(nats_cluster, "b", {"readings/z1": box}) as b,
+        ):
+            subject = subjects.agent_subject("hq", "readings/z1")
+            sealed = BusSealer(KEY, "other-site").seal(subject, {"forged": True})
+            await other.publish(subject, sealed)
+            await other.flush()
+            await until(lambda: errors.by_kind.get("permissions", 0) >= 1,
+                        "the server's permissions violation")  # fmt: skip
+            with pytest.raises(nats.errors.Error):  # the stream's API is closed to it too
+                await other.jetstream(timeout=2).stream_info(subjects.stream_name("hq"))
+            # Only hq's own message reaches hq's agents.
+            reading = Envelope(performative=Performative.INFORM, sender="daemon",
+                               receiver="readings/z1", ontology="test")  # fmt: skip
+            await a.send(reading)
+            got = await received(box)
+            assert (got.sender, got.ontology) == ("daemon", "test")
+            assert len(box) == 0 and b.stats.invalid == 0
+    finally:
+        await other.close()
+
+
+async def test_no_command_is_lost_or_doubled_when_the_stream_leader_is_killed(
+    nats_cluster: NatsCluster,
+) -> None:
+    box = Mailbox(THERMOSTAT, maxsize=10_000, overflow="block")
+    async with gateway(nats_cluster, "a") as a, gateway(nats_cluster, "b", {THERMOSTAT: box}):
+        assert a.js is not None
+        for i in range(300):
+            if i == 100:  # SIGKILL the node leading the site's stream, mid-stream
+                info = await a.js.stream_info(subjects.stream_name("hq"))
+                leader = info.cluster.leader if info.cluster is not None else None
+                killed = [n.name for n in nats_cluster.nodes].index(leader)
+                nats_cluster.kill(killed)
+            await a.send(command(float(i)))
+        assert a.stats.unpublished == 0
+        values = await values_until_sentinel(a, box)
+        doubled = sorted(v for v, n in collections.Counter(values).items() if n > 1)
+        lost = sorted(set(map(float, range(300))) - set(values))
+        assert (lost, doubled, len(values)) == ([], [], 300)  # each exactly once
+        nats_cluster.restart(killed)
+
+
+async def test_a_gateway_cannot_take_another_gateway_s_commands(
+    nats_cluster: NatsCluster,
+) -> None:
+    """Gateway a's NATS user may pull only from its own consumer: b's commands stay b's."""
+    box = Mailbox(THERMOSTAT, overflow="block")
+    async with gateway(nats_cluster, "b", {THERMOSTAT: box}):
+        pass  # b's consumer exists; b is down
+    errors = NatsErrors()
+    thief = await connect(nats_settings(nats_cluster, "hq-a"), "thief", errors)
+    try:
+        async with gateway(nats_cluster, "a") as a:
+            await a.send(command(23.0))
+            stream = subjects.stream_name("hq")
+            with pytest.raises(nats.errors.Error):  # pulling from b's consumer
+                sub = await thief.jetstream(timeout=2).pull_subscribe_bind(
+                    durable=subjects.consumer_name("b"), stream=stream
+                )
+                await sub.fetch(1, timeout=2)
+            with pytest.raises(nats.errors.Error):  # a consumer of its own on b's commands
+                await thief.jetstream(timeout=2).pull_subscribe(
+                    subjects.gateway_commands("hq", "b"), durable="gw_a2", stream=stream
+                )
+            assert errors.by_kind.get("permissions", 0) >= 1
+            async with gateway(nats_cluster, "b", {THERMOSTAT: box}):
+                assert await values_until_sentinel(a, box) == [23.0]
+    finally:
+        await thief.close()
