@@ -453,7 +453,7 @@ def _withholds_pings_while_stuck(d: InProcess, name: str, wedge: Callable[[], No
 def test_daemon_withholds_pings_while_a_poll_never_returns(
     in_process: Callable[..., InProcess], caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="buildingd.service.app")
+    caplog.set_level(logging.INFO, logger="buildingd.service.health")
     d = in_process(speed=30, poll_slack_s=1.0)
     device_id = "f1-reception-presence"
     first = d.call(lambda: d.daemon.device_agents[device_id])
@@ -493,7 +493,7 @@ def test_daemon_withholds_pings_while_a_poll_never_returns(
         d.loop.call_soon_threadsafe(release.set)
     assert d.pings_within(2.0) >= 3  # the read returned: pings again
     assert d.call(d.daemon.stuck_agents) == {}
-    said = [r.getMessage() for r in caplog.records if r.name == "buildingd.service.app"]
+    said = [r.getMessage() for r in caplog.records if r.name == "buildingd.service.health"]
     assert sum(f"watchdog: device[{device_id}] stuck" in m for m in said) == 1  # once, not per tick
     assert f"watchdog: device[{device_id}] is making progress again" in said
 
