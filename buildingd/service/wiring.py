@@ -1,5 +1,6 @@
 """Wiring: builds the daemon's parts (clock, simulated building, MQTT connection, bus, agent
-context) from validated settings and site. Constructors only: nothing here does I/O or starts."""
+context) from validated settings and site. Constructors only: nothing here connects or starts
+(the one file touched is the MQTT bus key, read or created when the bus runs over MQTT)."""
 
 from __future__ import annotations
 
