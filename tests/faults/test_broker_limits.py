@@ -118,7 +118,7 @@ def test_the_daemons_embedded_broker_takes_a_password_and_bounds_retained_bytes(
         "BUILDINGD_MQTT__PASSWORD": "s3cret",
         "BUILDINGD_MQTT__BROKER_PASSWORD_FILE": str(users),
     }
-    daemon = start_daemon(site_copy, tmp_path, env=env)
+    daemon = start_daemon(site_copy, tmp_path, env=env, speed=1.0)
     daemon.wait_ready()
     try:
         assert daemon.metric("buildingd_mqtt_connected") == 1.0  # it logged in to its broker

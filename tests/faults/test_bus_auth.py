@@ -76,7 +76,8 @@ def daemon(site_copy: Path, tmp_path: Path, mosquitto: Mosquitto) -> Iterator[Ru
         "BUILDINGD_MQTT__BUS": "true",
         "BUILDINGD_SIM__MODBUS_PORT": str(free_port()),
     }
-    live = start_daemon(site_copy, tmp_path, env=env)
+    # Real time (speed 1), as the hand setpoint must hold while the forgeries are refused.
+    live = start_daemon(site_copy, tmp_path, env=env, speed=1.0)
     try:
         live.wait_ready()
         yield live

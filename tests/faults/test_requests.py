@@ -38,7 +38,7 @@ def live(site_copy: Path, tmp_path: Path, mosquitto: Mosquitto) -> Iterator[Star
     started: list[Running] = []
 
     def start() -> Running:
-        running = start_daemon(site_copy, tmp_path, env=env)
+        running = start_daemon(site_copy, tmp_path, env=env, speed=1.0)
         started.append(running)
         running.wait_ready()
         return running
