@@ -1,12 +1,13 @@
 """Shared test fixtures: the demo site, editable site copies, one-room sites, free ports, a
-mosquitto broker, a 3-node NATS cluster, virtual-time loops, and ``until`` for conditions no
-event announces."""
+mosquitto broker, a 3-node NATS cluster, virtual-time loops, and ``until`` / ``until_sync`` for
+conditions no event announces."""
 
 from __future__ import annotations
 
 import asyncio
 import shutil
 import socket
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -31,6 +32,20 @@ async def until(predicate: Callable[[], object], what: str, timeout_s: float = 3
         if loop.time() >= deadline:
             pytest.fail(f"not in time ({timeout_s:g} s): {what}")
         await asyncio.sleep(0.02)
+
+
+def until_sync(predicate: Callable[[], T], what: str, timeout_s: float = 60.0) -> T:
+    """``until`` where there is no event loop to wait on (a daemon in another process, a server
+    in a thread): poll ``predicate()`` until it returns something true and return that; fail
+    naming ``what`` after ``timeout_s`` (a bound for a broken test, not a speed requirement)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            pytest.fail(f"not in time ({timeout_s:g} s): {what}")
+        time.sleep(0.1)
 
 
 @pytest.fixture

@@ -1,5 +1,7 @@
-"""The daemon as systemd runs it, in a subprocess: its notify socket, its journal (stdout), its
-HTTP API. ``start_daemon`` starts one on a site directory; ``Running.close`` kills it."""
+"""The one helper for a real ``buildingd run`` in a subprocess, as systemd runs it: its notify
+socket, its journal (stdout), its HTTP API with the write token, its metrics. ``start_daemon``
+starts one on a site directory; ``Running.stop`` stops it with SIGTERM, ``Running.close`` kills
+it (a crash)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import itertools
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -18,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import free_port
+from tests.conftest import free_port, until_sync
 
 TOKEN = "s3cret-token"
 _sockets = itertools.count()
@@ -33,6 +36,7 @@ class Running:
     state: Path
     token: str
     config: Path
+    env: dict[str, str] = field(default_factory=dict)  # the overrides it was started with
     messages: list[str] = field(default_factory=list)
     output: list[str] = field(default_factory=list)  # the daemon's log lines (its journal)
     reader: threading.Thread | None = None
@@ -71,6 +75,46 @@ class Running:
                 return data
         raise AssertionError(f"no matching notification; got {self.messages[-10:]}")
 
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        """Until the daemon has told systemd READY=1."""
+        if not any("READY=1" in m for m in self.messages):
+            self.wait_for(lambda m: "READY=1" in m, timeout_s)
+
+    def until(self, predicate: Any, what: str, timeout_s: float = 60.0) -> Any:
+        """``until_sync`` on the daemon, failing at once with its log if it has exited."""
+
+        def alive_and() -> Any:
+            assert self.proc.poll() is None, "\n".join(self.output[-50:])
+            return predicate()
+
+        return until_sync(alive_and, f"{what}; last log lines: {self.output[-5:]}", timeout_s)
+
+    def json(self, path: str) -> Any:
+        """The body of a GET that must succeed."""
+        status, body = self.get(path)
+        assert status == 200, (path, status, body)
+        return body
+
+    def post_json(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+        """A write with the token."""
+        return self.post(path, self.token, json.dumps(body).encode())
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of the samples of ``name`` whose labels include ``labels`` (0 if none)."""
+        total = 0.0
+        for line in self.json("/metrics").splitlines():
+            if not line.startswith(name) or line.startswith("#"):
+                continue
+            key, _, value = line.rpartition(" ")
+            if key.split("{", 1)[0] != name:
+                continue
+            if all(f'{k}="{v}"' in key for k, v in labels.items()):
+                total += float(value)
+        return total
+
+    def agent(self, name: str) -> dict[str, Any]:
+        return next(a for a in self.json("/api/agents") if a["name"] == name)
+
     def get(self, path: str) -> tuple[int, Any]:
         try:
             with urllib.request.urlopen(self.base + path, timeout=10) as r:
@@ -88,6 +132,17 @@ class Running:
                 return r.status, json.loads(r.read())
         except urllib.error.HTTPError as err:
             return err.code, json.loads(err.read() or b"null")
+
+    def stop(self) -> str:
+        """SIGTERM, as systemd stops it; the whole log."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.close()
+        return "\n".join(self.output)
 
     def close(self) -> None:
         """Kill the daemon if it still runs (like a crash) and release its socket."""
@@ -143,7 +198,7 @@ def start_daemon(
         stderr=subprocess.STDOUT,
         text=True,
     )
-    running = Running(proc, notify, port, site, state, TOKEN, config)
+    running = Running(proc, notify, port, site, state, TOKEN, config, dict(env or {}))
     running.reader = threading.Thread(target=running.read_output, daemon=True)
     running.reader.start()
     return running

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from pymodbus.client import ModbusTcpClient
 
 from buildingd.config.loader import load_site
 from buildingd.mqtt.ha_discovery import setpoint_limits
-from tests.conftest import free_port
+from tests.conftest import free_port, until_sync
 from tests.ha.server import HomeAssistant
 from tests.servers import Mosquitto
 
@@ -131,16 +130,6 @@ def entity_id(states: dict[str, dict[str, Any]], domain: str, name: str) -> str:
     return by_name(states, domain)[name]["entity_id"]  # type: ignore[no-any-return]
 
 
-def wait_until(what: str, predicate: Any, timeout_s: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"{what} not seen within {timeout_s} s")
-
-
 @pytest.fixture
 def stack(mosquitto: Mosquitto, site_copy: Path, tmp_path: Path) -> Iterator[
     tuple[Buildingd, HomeAssistant]
@@ -200,7 +189,7 @@ def test_every_zone_usable_from_home_assistant(stack: tuple[Buildingd, HomeAssis
     ha.call("climate", "set_preset_mode", {"entity_id": meeting, "preset_mode": "occupied"})
     occupied = policy.comfort.occupied
     wanted = [round(occupied.heating_c * 10), round(occupied.cooling_c * 10)]
-    wait_until("occupied band on the thermostat", lambda: daemon.registers(1, 2) == wanted)
+    until_sync(lambda: daemon.registers(1, 2) == wanted, "occupied band on the thermostat")
     # -- a range: one request for both ends, narrowed, written once ----------------------------
     writes = 'buildingd_commands_total{device="f1-meeting-thermostat"}'
     writes_before = daemon.counter(writes)
@@ -208,7 +197,7 @@ def test_every_zone_usable_from_home_assistant(stack: tuple[Buildingd, HomeAssis
     ha.call("climate", "set_temperature",
             {"entity_id": meeting, "target_temp_low": low, "target_temp_high": high})  # fmt: skip
     wanted = [round(low * 10), round(high * 10)]
-    wait_until("narrowed band on the thermostat", lambda: daemon.registers(1, 2) == wanted)
+    until_sync(lambda: daemon.registers(1, 2) == wanted, "narrowed band on the thermostat")
     ha.wait_for("the band in Home Assistant", lambda s: (
         s[meeting]["attributes"]["target_temp_low"], s[meeting]["attributes"]["target_temp_high"]
     ) == (low, high))  # fmt: skip
@@ -234,11 +223,11 @@ def test_every_zone_usable_from_home_assistant(stack: tuple[Buildingd, HomeAssis
     # -- the meeting room's lights from Home Assistant: on the Modbus dimmer -------------------
     light = entity_id(ha.states(), "light", "Meeting room Lights")
     ha.call("light", "turn_on", {"entity_id": light, "brightness_pct": 40})
-    wait_until("dimmer at 40 %", lambda: daemon.registers(2, 1) == [40])
+    until_sync(lambda: daemon.registers(2, 1) == [40], "dimmer at 40 %")
     on = ha.wait_for("light at 40 %", lambda s: s[light]["attributes"].get("brightness") == 102)
     assert on[light]["state"] == "on"
     ha.call("light", "turn_off", {"entity_id": light})
-    wait_until("dimmer off", lambda: daemon.registers(2, 1) == [0])
+    until_sync(lambda: daemon.registers(2, 1) == [0], "dimmer off")
 
     # -- Home Assistant restarts; only buildingd's answer to its birth message brings the ----
     # -- entities back (the retained configs are gone from the broker meanwhile) --------------

@@ -25,6 +25,7 @@ from buildingd.agents.zone import ZoneAgent
 from buildingd.config.loader import load_site
 from buildingd.service.app import Daemon
 from buildingd.settings import HttpSettings, MqttSettings, Settings, SimSettings
+from tests.conftest import until_sync
 from tests.daemon_proc import Running, start_daemon
 
 pytestmark = pytest.mark.slow
@@ -113,12 +114,11 @@ def test_votes_demand_response_and_acknowledgement_over_http(daemon: Running) ->
     )
     assert code == 202
     conversation = body["conversation_id"]
-    deadline = time.monotonic() + 30
-    alerts: list[dict[str, Any]] = []
-    while time.monotonic() < deadline and not alerts:
-        alerts = [a for a in daemon.get("/api/alerts")[1] if "escalation" in a]
-        time.sleep(0.5)
-    assert alerts and conversation in alerts[0]["escalation"]
+    alerts = until_sync(
+        lambda: [a for a in daemon.get("/api/alerts")[1] if "escalation" in a],
+        "an escalation among the alerts",
+    )
+    assert conversation in alerts[0]["escalation"]
     code, runs = daemon.get("/api/negotiations")
     assert code == 200 and any(r["conversation_id"] == conversation for r in runs)
     ack = f"/api/alerts/{alerts[0]['id']}/ack"
@@ -191,9 +191,8 @@ def test_sighup_applies_a_valid_change_to_exactly_what_changed(daemon: Running) 
     daemon.wait_for(lambda m: "READY=1" in m)
     # Let every zone drive its actuators first, so a rewrite after the reload would show.
     daemon.wait_for_output(r"device=f2-server-thermostat .*point=heating_sp\] command value=18")
-    deadline = time.monotonic() + 20
-    while len({(d, p) for d, p, _ in writes(daemon.output)}) < 10 and time.monotonic() < deadline:
-        time.sleep(0.2)
+    until_sync(lambda: len({(d, p) for d, p, _ in writes(daemon.output)}) >= 10,
+               "ten actuator points written")  # fmt: skip
     assert zone(daemon, "f2-server")["heating_sp_c"] == 18.0
     _, before = daemon.get("/api/agents")
     # The policy of one zone, the poll interval of one actuator device, and one device added.
@@ -222,10 +221,7 @@ def test_sighup_applies_a_valid_change_to_exactly_what_changed(daemon: Running) 
     assert "devices started: f1-reception-lights, lobby-co2" in reloaded
     assert "policies changed: server-room" in reloaded
     # The new band is in force: the zone decides with it and its thermostat gets it.
-    deadline = time.monotonic() + 20
-    while zone(daemon, "f2-server")["heating_sp_c"] != 17.0 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert zone(daemon, "f2-server")["heating_sp_c"] == 17.0
+    until_sync(lambda: zone(daemon, "f2-server")["heating_sp_c"] == 17.0, "the new band in force")
     daemon.wait_for_output(
         r"device=f2-server-thermostat .*point=heating_sp\] command value=17", mark
     )
@@ -438,9 +434,7 @@ def _withholds_pings_while_stuck(d: InProcess, name: str, wedge: Callable[[], No
     module-level release event is set; the loop itself keeps running."""
     assert d.pings_within(1.0) >= 3
     d.call(wedge)
-    deadline = time.monotonic() + 20
-    while name not in d.call(d.daemon.stuck_agents) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    until_sync(lambda: name in d.call(d.daemon.stuck_agents), f"{name} counted as stuck")
     stuck = d.call(d.daemon.stuck_agents)
     assert list(stuck) == [name], stuck  # only the wedged agent
     # The guard lets the last heartbeat age out (three control intervals), then stops.
@@ -453,7 +447,7 @@ def _withholds_pings_while_stuck(d: InProcess, name: str, wedge: Callable[[], No
 def test_daemon_withholds_pings_while_a_poll_never_returns(
     in_process: Callable[..., InProcess], caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="buildingd.service.app")
+    caplog.set_level(logging.INFO, logger="buildingd.service.health")
     d = in_process(speed=30, poll_slack_s=1.0)
     device_id = "f1-reception-presence"
     first = d.call(lambda: d.daemon.device_agents[device_id])
@@ -470,10 +464,8 @@ def test_daemon_withholds_pings_while_a_poll_never_returns(
         driver.read = broken_read  # type: ignore[method-assign]
 
     d.call(crash_once)
-    deadline = time.monotonic() + 20
-    while d.call(lambda: d.daemon.device_agents[device_id]) is first:
-        assert time.monotonic() < deadline, "the device agent was not restarted"
-        time.sleep(0.1)
+    until_sync(lambda: d.call(lambda: d.daemon.device_agents[device_id]) is not first,
+               "the device agent restarted")  # fmt: skip
 
     def hang_reads() -> None:  # like a driver waiting on a socket with no timeout
         driver = d.daemon.device_agents[device_id].driver
@@ -493,7 +485,7 @@ def test_daemon_withholds_pings_while_a_poll_never_returns(
         d.loop.call_soon_threadsafe(release.set)
     assert d.pings_within(2.0) >= 3  # the read returned: pings again
     assert d.call(d.daemon.stuck_agents) == {}
-    said = [r.getMessage() for r in caplog.records if r.name == "buildingd.service.app"]
+    said = [r.getMessage() for r in caplog.records if r.name == "buildingd.service.health"]
     assert sum(f"watchdog: device[{device_id}] stuck" in m for m in said) == 1  # once, not per tick
     assert f"watchdog: device[{device_id}] is making progress again" in said
 
@@ -594,10 +586,8 @@ def test_an_agent_past_its_restart_limit_leaves_its_device_down_and_its_zone_deg
     monkeypatch.setattr(DeviceAgent, "poll", buggy_poll)
     monkeypatch.setattr(ZoneAgent, "control", buggy_control)
     d = in_process(speed=60)  # restart backoffs are simulated seconds: 1 + 2 + ... + 16
-    deadline = time.monotonic() + 30
-    while d.call(lambda: d.daemon.metrics.counters["buildingd_agents_failed_total"]) < 2:
-        assert time.monotonic() < deadline, "the supervisor did not give up"
-        time.sleep(0.1)
+    until_sync(lambda: d.call(lambda: d.daemon.metrics.counters["buildingd_agents_failed_total"])
+               >= 2, "the supervisor gave up on both agents")  # fmt: skip
     assert d.call(lambda: d.daemon.device_agents[device_id].available) is False
     gauge = f'buildingd_device_up{{device="{device_id}"}}'
     assert d.call(lambda: d.daemon.metrics.gauges[gauge]) == 0.0

@@ -69,8 +69,11 @@ class CommandResultMsg(Content):
     timestamp: datetime
 
 
-class ZoneStateMsg(Content):
-    ontology: ClassVar[str] = "zone-state"
+class ZoneSummary(BaseModel):
+    """What a zone is doing now, as the bus (``ZoneStateMsg``), the HTTP API and Home Assistant
+    show it. Built in one place: ``agents.zone_summary.zone_summary``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
     zone_id: str
     mode: str
     temperature_c: float | None
@@ -82,6 +85,12 @@ class ZoneStateMsg(Content):
     light_level_pct: float
     dehumidifier_on: bool
     degraded: list[str] = Field(default_factory=list)
+
+
+class ZoneStateMsg(ZoneSummary, Content):
+    """A zone's summary on the bus, with what only the coordinator and telemetry need."""
+
+    ontology: ClassVar[str] = "zone-state"
     timestamp: datetime
     # Flexibility, for the coordinator: current HVAC electrical power and lighting power (W),
     # and whether daylight alone meets the lighting target.

@@ -31,11 +31,13 @@ from buildingd.agents.messages import (
     ReadingMsg,
     ZoneLearningMsg,
     ZoneStateMsg,
+    ZoneSummary,
     device_address,
     readings_topic,
     zone_address,
 )
 from buildingd.agents.runtime import Agent
+from buildingd.agents.zone_summary import zone_summary
 from buildingd.control.contract_net import Offer, zone_offers
 from buildingd.control.thermal_response import Regime
 from buildingd.control.trim_respond import PressureRequestTimer, update_pressure_requests
@@ -518,6 +520,12 @@ class ZoneAgent(Agent):
     def set_adjustments(self, adjustments: Adjustments) -> None:
         self.state = replace(self.state, adjustments=adjustments)
 
+    def summary(self) -> ZoneSummary | None:
+        """What the zone is doing now (None until its first decision)."""
+        if self.decision is None:
+            return None
+        return zone_summary(self.zone_id, self.inputs(), self.decision, self.degraded)
+
     def inputs(self) -> ZoneInputs:
         def good(kind: PointKind) -> list[float]:
             return [s.value for k, s in self.sensors.values() if k is kind and s.quality.usable]
@@ -663,17 +671,7 @@ class ZoneAgent(Agent):
         self._last_state_msg = key
         self._last_state_s = now_s
         msg = ZoneStateMsg(
-            zone_id=self.zone_id,
-            mode=decision.state.mode.value,
-            temperature_c=inputs.temperature_c,
-            humidity_pct=inputs.humidity_pct,
-            occupied=inputs.occupied,
-            illuminance_lux=inputs.illuminance_lux,
-            heating_sp_c=decision.band.heating_c,
-            cooling_sp_c=decision.band.cooling_c,
-            light_level_pct=decision.state.light_level_pct,
-            dehumidifier_on=decision.state.dehumidifier_on,
-            degraded=sorted(self.degraded),
+            **dict(zone_summary(self.zone_id, inputs, decision, self.degraded)),
             timestamp=self.ctx.clock.now(),
             hvac_w=hvac_w,
             lighting_w=lighting_w,

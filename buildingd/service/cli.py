@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import sys
@@ -159,6 +160,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     async def main() -> None:
         daemon = Daemon(settings, site, settings_loader=lambda: _settings(args, **overrides))
         daemon.on_stopping.append(watchdog.arm)
+        # What start-up built (modules, site, agents) lives as long as the process: out of the
+        # cyclic collector's full passes, which otherwise stall the loop for 100s of ms when a
+        # reload's parsing triggers one on a large site (bench/bench_reload.py).
+        daemon.on_ready.append(gc.freeze)
+        daemon.on_stopping.append(gc.unfreeze)
         async with asyncio.TaskGroup() as tg:
             view = tg.create_task(
                 show(daemon, sys.stdout if console else _NullTTY()), name="console"

@@ -24,9 +24,12 @@ from buildingd.errors import BuildingdError
 
 log = logging.getLogger(__name__)
 
-MAX_HEADER_BYTES = 8192
+MAX_HEADER_BYTES = 8192  # per request or header line; longer ones get 400 from aiohttp's parser
 MAX_BODY_BYTES = 65536
-READ_TIMEOUT_S = 10.0
+READ_TIMEOUT_S = 10.0  # to read a body, once the headers are in
+# From accepting a connection to having its request line and headers: a client trickling
+# headers (or sending nothing) is disconnected after this, instead of holding a connection.
+HEADER_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -93,8 +96,11 @@ class _ParserLog:
 
 
 class HttpServer:
-    def __init__(self, bind: str, port: int, token: str | None) -> None:
+    def __init__(
+        self, bind: str, port: int, token: str | None, header_timeout_s: float = HEADER_TIMEOUT_S
+    ) -> None:
         self.bind = bind
+        self.header_timeout_s = header_timeout_s
         self.port = port
         self.token = token
         self.routes: list[Route] = []
@@ -114,6 +120,11 @@ class HttpServer:
                 "max_line_size": MAX_HEADER_BYTES,
                 "max_field_size": MAX_HEADER_BYTES,
                 "logger": _ParserLog(self),
+                # aiohttp has no header-read timeout, but its keep-alive timer starts when a
+                # connection is accepted and closes it if no complete request (line and
+                # headers) has arrived by then; bytes trickling in do not move it. Every
+                # response closes its connection, so it bounds nothing else.
+                "keepalive_timeout": self.header_timeout_s,
             },
         )
         app.router.add_route("*", "/{tail:.*}", self._handle)

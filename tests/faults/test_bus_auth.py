@@ -19,7 +19,7 @@ from buildingd.agents.bus import Performative
 from buildingd.agents.messages import CommandMsg
 from buildingd.mqtt.bus_auth import BusSealer
 from tests.conftest import free_port
-from tests.faults.live import LiveDaemon
+from tests.daemon_proc import Running, start_daemon
 from tests.servers import Mosquitto
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.slow]
@@ -68,19 +68,21 @@ class Observer:
 
 
 @pytest.fixture
-def daemon(site_copy: Path, tmp_path: Path, mosquitto: Mosquitto) -> Iterator[LiveDaemon]:
-    live = LiveDaemon(
-        site_copy,
-        tmp_path / "state",
-        BUILDINGD_MQTT__ENABLED="true",
-        BUILDINGD_MQTT__HOST=mosquitto.host,
-        BUILDINGD_MQTT__PORT=str(mosquitto.port),
-        BUILDINGD_MQTT__BUS="true",
-        BUILDINGD_SIM__MODBUS_PORT=str(free_port()),
-    )
-    live.start()
-    yield live
-    live.stop()
+def daemon(site_copy: Path, tmp_path: Path, mosquitto: Mosquitto) -> Iterator[Running]:
+    env = {
+        "BUILDINGD_MQTT__ENABLED": "true",
+        "BUILDINGD_MQTT__HOST": mosquitto.host,
+        "BUILDINGD_MQTT__PORT": str(mosquitto.port),
+        "BUILDINGD_MQTT__BUS": "true",
+        "BUILDINGD_SIM__MODBUS_PORT": str(free_port()),
+    }
+    # Real time (speed 1), as the hand setpoint must hold while the forgeries are refused.
+    live = start_daemon(site_copy, tmp_path, env=env, speed=1.0)
+    try:
+        live.wait_ready()
+        yield live
+    finally:
+        live.stop()
 
 
 def command(sender: str, value_c: float) -> dict[str, object]:
@@ -102,32 +104,32 @@ def thermostat_heating_c(port: int) -> float:
         client.close()
 
 
-def refused(daemon: LiveDaemon, reason: str) -> float:
+def refused(daemon: Running, reason: str) -> float:
     return daemon.metric("buildingd_bus_refused_total", reason=reason)
 
 
-def test_forged_commands_never_reach_the_thermostat(
-    daemon: LiveDaemon, mosquitto: Mosquitto
-) -> None:
+def test_forged_commands_never_reach_the_thermostat(daemon: Running, mosquitto: Mosquitto) -> None:
     key_file = daemon.state / "bus.key"
     assert key_file.stat().st_mode & 0o777 == 0o600  # created at the first start, private
     key = key_file.read_bytes().strip()
     observer = Observer(mosquitto)
     try:
         topic = BUS + THERMOSTAT
-        daemon.wait_for(lambda: observer.heating_readings(0), "a thermostat reading on the bus")
-        modbus_port = int(daemon.extra["BUILDINGD_SIM__MODBUS_PORT"])
+        daemon.until(lambda: observer.heating_readings(0), "a thermostat reading on the bus")
+        modbus_port = int(daemon.env["BUILDINGD_SIM__MODBUS_PORT"])
 
         # What the zone asks for depends on the hour and on who is in: it is pinned where it is
         # by a setpoint set by hand through the API (the legitimate path; a hand setpoint far
         # from the hour's band would be refused), so nothing but a forgery could move it.
         def written() -> bool:
-            wanted_c = daemon.get("/api/zones/f1-meeting")["heating_sp_c"]
+            wanted_c = daemon.json("/api/zones/f1-meeting")["heating_sp_c"]
             return thermostat_heating_c(modbus_port) == wanted_c
 
-        daemon.wait_for(written, "the zone's setpoint on the thermostat")
+        daemon.until(written, "the zone's setpoint on the thermostat")
         held_c = thermostat_heating_c(modbus_port)
-        status, result = daemon.post("/api/zones/f1-meeting/override", {"heating_sp_c": held_c})
+        status, result = daemon.post_json(
+            "/api/zones/f1-meeting/override", {"heating_sp_c": held_c}
+        )
         assert status == 200 and result["accepted"], result
 
         # The row: a made-up zone, no seal at all (50 times: logged once, counted 50).
@@ -146,23 +148,23 @@ def test_forged_commands_never_reach_the_thermostat(
         old = BusSealer(key, "old", clock=lambda: time.time() - 600)
         observer.publish(topic, old.seal(topic, command("zone[f1-meeting]", FORGED_C)))
 
-        daemon.wait_for(lambda: refused(daemon, "unauthenticated") == 51, "51 unauthenticated")
-        daemon.wait_for(lambda: refused(daemon, "forbidden sender") == 1, "the made-up sender")
+        daemon.until(lambda: refused(daemon, "unauthenticated") == 51, "51 unauthenticated")
+        daemon.until(lambda: refused(daemon, "forbidden sender") == 1, "the made-up sender")
         # (zone[f2-office-a] runs in this daemon: a remote message in its name is forged)
-        daemon.wait_for(lambda: refused(daemon, "forged sender") == 1, "the other zone")
-        daemon.wait_for(lambda: refused(daemon, "stale") == 1, "1 stale")
+        daemon.until(lambda: refused(daemon, "forged sender") == 1, "the other zone")
+        daemon.until(lambda: refused(daemon, "stale") == 1, "1 stale")
         # A sealed message is refused once for what it says (the zone runs in this daemon) and,
         # played again, as a replay.
         genuine = insider.seal(topic, command("zone[f1-meeting]", FORGED_C))
         observer.publish(topic, genuine)
         observer.publish(topic, genuine)
-        daemon.wait_for(lambda: refused(daemon, "replayed") == 1, "the replay refused")
+        daemon.until(lambda: refused(daemon, "replayed") == 1, "the replay refused")
         assert refused(daemon, "forged sender") == 2
 
         # The thermostat, read over Modbus, holds the hand setpoint; no forged write was audited.
         assert thermostat_heating_c(modbus_port) == held_c
-        assert not [line for line in daemon.lines if f"value={FORGED_C}" in line]
-        logged = [line for line in daemon.lines if f"invalid message on {topic}" in line]
+        assert not [line for line in daemon.output if f"value={FORGED_C}" in line]
+        logged = [line for line in daemon.output if f"invalid message on {topic}" in line]
         assert 0 < len(logged) <= 8, logged  # once per change of reason, not per message
     finally:
         observer.stop()

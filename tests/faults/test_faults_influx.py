@@ -5,28 +5,17 @@ back, and every line produced meanwhile reaches it exactly once."""
 from __future__ import annotations
 
 import signal
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.conftest import until_sync
 from tests.daemon_proc import Running, start_daemon
 from tests.servers import VictoriaMetrics, WriteRecorder
 
 pytestmark = [pytest.mark.influx, pytest.mark.slow]
-
-
-def wait_until(what: str, check: Callable[[], Any], timeout_s: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.2)
-    raise AssertionError(f"not within {timeout_s:.0f} s: {what}")
 
 
 def telemetry_alerts(daemon: Running) -> list[dict[str, Any]]:
@@ -70,15 +59,15 @@ def test_influx_outage_with_restart_raises_one_alert_and_loses_nothing(
     daemon = start_daemon(site_copy, tmp_path, env=env)
     try:
         daemon.wait_for(lambda m: "READY=1" in m)
-        wait_until("lines reach InfluxDB", server.lines)
+        until_sync(server.lines, "lines reach InfluxDB")
         assert telemetry_alerts(daemon) == []
         server.stop()  # InfluxDB goes away: connections are refused
         vm.stop()
         before = decisions(daemon)
-        (alert,) = wait_until("one telemetry alert", lambda: telemetry_alerts(daemon))
+        (alert,) = until_sync(lambda: telemetry_alerts(daemon), "one telemetry alert")
         assert "undeliverable" in alert["escalation"] and "InfluxDB" in alert["escalation"]
         assert "left: control unaffected" in alert["escalation"]
-        wait_until("zones still commanded", lambda: decisions(daemon) > before)
+        until_sync(lambda: decisions(daemon) > before, "zones still commanded")
 
         # Restarted during the outage: the alert is still open, not raised a second time.
         daemon.proc.send_signal(signal.SIGTERM)
@@ -91,16 +80,16 @@ def test_influx_outage_with_restart_raises_one_alert_and_loses_nothing(
             site_copy, tmp_path, env={**env, "BUILDINGD_SIM__START": later.isoformat()}
         )
         daemon.wait_for(lambda m: "READY=1" in m)
-        (again,) = wait_until("the alert kept", lambda: telemetry_alerts(daemon))
+        (again,) = until_sync(lambda: telemetry_alerts(daemon), "the alert kept")
         assert again["id"] == alert["id"]
 
         vm.start()
         server.start()
-        wait_until("the alert cleared", lambda: not telemetry_alerts(daemon))
+        until_sync(lambda: not telemetry_alerts(daemon), "the alert cleared")
         drained = 'buildingd_telemetry{figure="buffer_points"} 0.0'
-        wait_until(
-            "the buffer drained",
+        until_sync(
             lambda: f"{drained}\n" in daemon.get("/metrics")[1],
+            "the buffer drained",
         )
         accepted = server.lines()
         doubled = sorted({line for line in accepted if accepted.count(line) > 1})

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from buildingd.telemetry.buffer import DiskBuffer
-from tests.conftest import free_port
+from tests.conftest import free_port, until_sync
 from tests.daemon_proc import Running, start_daemon
 
 pytestmark = pytest.mark.slow
@@ -30,15 +29,6 @@ def truncated(path: Path) -> None:
 
 def overwritten(path: Path) -> None:
     path.write_bytes(b"\x00\xffnot a database" * 4096)
-
-
-def wait_until(predicate: Callable[[], object], what: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"not within {timeout_s} s: {what}")
 
 
 def control_goes_on(daemon: Running, since: int) -> None:
@@ -81,7 +71,7 @@ def test_a_corrupt_telemetry_buffer_is_set_aside_and_control_goes_on(
             with sqlite3.connect(buffer) as db:
                 return int(db.execute("SELECT total(points) FROM batch").fetchone()[0])
 
-        wait_until(lambda: buffered() > 0, "telemetry buffered in the new database")
+        until_sync(lambda: buffered() > 0, "telemetry buffered in the new database")
         assert daemon.proc.poll() is None
     finally:
         daemon.close()
@@ -97,7 +87,7 @@ def test_commitments_with_non_utf8_bytes_are_set_aside_and_the_coordinator_runs(
     try:
         daemon.wait_for(lambda m: "READY=1" in m, timeout_s=60)
         ready_at = len(daemon.output)
-        wait_until(lambda: list(state.glob("commitments.json.corrupt-*")), "commitments set aside")
+        until_sync(lambda: list(state.glob("commitments.json.corrupt-*")), "commitments set aside")
         said_once(daemon, "commitments.json is unreadable")
         # The coordinator takes a demand-response request: it runs, it was not given up on.
         code, body = daemon.post(
@@ -121,7 +111,7 @@ def test_an_unreadable_alerts_file_is_set_aside_and_alerts_work(
     daemon = start_daemon(site_copy, tmp_path, state=state)
     try:
         daemon.wait_for(lambda m: "READY=1" in m, timeout_s=60)
-        wait_until(lambda: list(state.glob("alerts.json.corrupt-*")), "alerts file set aside")
+        until_sync(lambda: list(state.glob("alerts.json.corrupt-*")), "alerts file set aside")
         said_once(daemon, "alerts.json is unreadable")
         code, metrics = daemon.get("/metrics")
         assert 'buildingd_state_files_set_aside_total{file="alerts.json"} 1' in metrics
@@ -135,6 +125,6 @@ def test_an_unreadable_alerts_file_is_set_aside_and_alerts_work(
             path = state / "alerts.json"
             return path.exists() and len(json.loads(path.read_text())["alerts"]) == 1
 
-        wait_until(kept, "the new alert written to alerts.json")
+        until_sync(kept, "the new alert written to alerts.json")
     finally:
         daemon.close()

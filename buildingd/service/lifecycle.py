@@ -1,0 +1,289 @@
+"""Run and stop order: start telemetry, MQTT, simulator servers, zones, the coordinator, the
+bridge, devices and HTTP in that order; wait for a stop; stop zones (after their safe states),
+then devices, then the rest, each within its deadline. Also how one agent is (re)started."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import signal
+import socket
+from typing import TYPE_CHECKING
+
+from buildingd.agents.bus import Performative
+from buildingd.agents.device import DeviceAgent
+from buildingd.agents.messages import EVENTS_TOPIC, EventMsg
+from buildingd.agents.runtime import RestartPolicy, Supervisor
+from buildingd.agents.telemetry import TelemetryAgent
+from buildingd.agents.zone import ZoneAgent
+from buildingd.errors import StartupError
+from buildingd.service.gateway import runs_coordinator, runs_device, runs_zone
+from buildingd.service.http import HttpServer
+from buildingd.service.reloading import read_token
+from buildingd.service.stopping import SERVICE_STOP_DEADLINE_S, BoundedExitStack, bounded
+
+if TYPE_CHECKING:
+    from buildingd.coordinator.agent import CoordinatorAgent
+    from buildingd.mqtt.connection import MqttConnection
+    from buildingd.service.app import Daemon
+
+log = logging.getLogger(__name__)
+
+
+async def run(daemon: Daemon, duration_s: float | None) -> None:
+    """Start everything in order, wait for a stop request (or ``duration_s``), stop in reverse."""
+    daemon.settings.state_dir.mkdir(parents=True, exist_ok=True)
+    sink = daemon.sink = daemon.make_sink()
+    await sink.start()
+    loop = asyncio.get_running_loop()
+    daemon.loop_started = loop.time()
+    installed: list[signal.Signals] = []
+    handlers = {
+        signal.SIGTERM: daemon.request_stop,
+        signal.SIGINT: daemon.request_stop,
+        signal.SIGHUP: daemon.request_reload,
+    }
+    for sig, handler in handlers.items():
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, handler)
+            installed.append(sig)
+    try:
+        async with BoundedExitStack() as services:
+            await _start_mqtt(daemon, services)
+            if daemon.nats is not None:
+                await daemon.nats.start()
+                services.push_async_callback(daemon.nats.stop)
+            await _start_simulator_servers(daemon, services)
+            async with (
+                Supervisor(daemon.clock, RestartPolicy(), on_give_up=daemon.give_up) as sup,
+                asyncio.TaskGroup() as tasks,
+            ):
+                daemon.supervisor = sup
+                await sup.start("telemetry", lambda: TelemetryAgent(daemon.ctx, sink))
+                # Zones first, so they hear the devices' first readings; on a site over
+                # several gateways, only this one's (service/gateway).
+                site, settings = daemon.site, daemon.settings
+                for zone_id in site.zones:
+                    if runs_zone(site, settings, zone_id):
+                        await start_zone(daemon, zone_id)
+                if not daemon.baseline and runs_coordinator(site, settings):
+                    await _start_coordinator(daemon, sup)
+                if daemon.mqtt is not None:
+                    await _start_mqtt_bridge(daemon, sup, daemon.mqtt)
+                for device_id in site.devices:
+                    if runs_device(site, settings, device_id):
+                        await start_device(daemon, device_id)
+                if daemon.nats is not None:  # commands once the agents listen
+                    tasks.create_task(daemon.nats.run(), name="nats-bus")
+                await _start_http(daemon)
+                daemon.ctx.ready_s = daemon.clock.monotonic()
+                daemon.ready.set()
+                for callback in daemon.on_ready:
+                    callback()
+                log.info("%s; running", daemon.site.summary())
+                await _report_set_aside(daemon)
+                daemon.notifier.ready(daemon.status_summary())
+                housekeeping = tasks.create_task(
+                    daemon.healthcheck.housekeeping(), name="housekeeping"
+                )
+                reloader = tasks.create_task(daemon.reloading.serve(), name="reloader")
+                # A run of ``duration_s`` ends by the timeout as a requested stop does.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(duration_s):
+                        await daemon.stop_requested.wait()
+                daemon.notifier.stopping()
+                log.info("stopping")
+                for callback in daemon.on_stopping:
+                    callback()
+                housekeeping.cancel()
+                reloader.cancel()
+                await _shutdown(daemon, sup)
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        if daemon.http is not None:
+            await bounded("http", daemon.http.stop, SERVICE_STOP_DEADLINE_S)
+        await bounded("drivers", daemon.ctx.drivers.resources.close_all, SERVICE_STOP_DEADLINE_S)
+        # Telemetry last, so what the stop did is flushed too (to disk or the server).
+        await bounded("telemetry", sink.stop, SERVICE_STOP_DEADLINE_S * 2)
+
+
+async def _shutdown(daemon: Daemon, sup: Supervisor) -> None:
+    """Graceful stop: safe states where the policy asks, then zones, then devices (each
+    finishing its in-flight write), then the rest."""
+    daemon.accepting_external_commands = False
+    await _apply_shutdown_states(daemon)
+    # Each group at once: every agent has its own stop deadline, and a slow one must not
+    # add its deadline to every other's.
+    await sup.stop_many([f"zone[{zone_id}]" for zone_id in daemon.site.zones])
+    daemon.ctx.accepting_commands = False
+    await sup.stop_many([f"device[{device_id}]" for device_id in daemon.site.devices])
+    await sup.stop_all()
+
+
+async def _apply_shutdown_states(daemon: Daemon) -> None:
+    site = daemon.site
+    agents = [
+        a
+        for z, a in daemon.zone_agents.items()
+        if z in site.zones and site.policy_for(z).shutdown.action == "safe"
+    ]
+    for agent in agents:
+        await agent.drive_safe_state()
+    deadline = daemon.clock.monotonic() + 10.0
+    while any(a.pending_commands() for a in agents) and daemon.clock.monotonic() < deadline:
+        await daemon.clock.sleep(0.1)
+
+
+async def start_device(daemon: Daemon, device_id: str) -> None:
+    assert daemon.supervisor is not None
+    device = daemon.ctx.site.devices[device_id]
+
+    def make() -> DeviceAgent:
+        # A restart after a crash makes a new agent: the API, STATUS= and the watchdog
+        # must look at that one, not at the one that crashed.
+        agent = DeviceAgent(device, daemon.ctx)
+        daemon.device_agents[device_id] = agent
+        return agent
+
+    await daemon.supervisor.start(f"device[{device_id}]", make)
+
+
+async def start_zone(daemon: Daemon, zone_id: str) -> None:
+    assert daemon.supervisor is not None
+
+    def make() -> ZoneAgent:
+        agent = ZoneAgent(
+            zone_id, daemon.ctx, baseline=daemon.baseline, state_dir=daemon.settings.state_dir
+        )
+        old = daemon.zone_agents.get(zone_id)
+        if old is not None:  # a restarted zone keeps its adjustments and commitments
+            agent.set_adjustments(old.state.adjustments)
+            agent.commitments = old.commitments  # so it still restores at their window end
+            agent.stats = old.stats
+        daemon.zone_agents[zone_id] = agent
+        return agent
+
+    await daemon.supervisor.start(f"zone[{zone_id}]", make)
+
+
+async def give_up(daemon: Daemon, name: str, err: BaseException) -> None:
+    """The supervisor stopped restarting ``name``: what it owned is degraded for STATUS=,
+    /metrics and the API until a reload, and an event says so."""
+    daemon.metrics.inc("buildingd_agents_failed_total")
+    inner = name[name.find("[") + 1 : -1]
+    if name.startswith("zone[") and inner in daemon.zone_agents:
+        daemon.zone_agents[inner].degraded.add("agent")
+    elif name.startswith("device[") and inner in daemon.device_agents:
+        daemon.device_agents[inner].available = False
+        daemon.metrics.set("buildingd_device_up", 0.0, device=inner)
+    env = EventMsg(
+        kind="agent-failed",
+        source="supervisor",
+        zone_id=name[5:-1] if name.startswith("zone[") else None,
+        severity="error",
+        message=f"agent {name} stopped after too many restarts: {err}",
+        timestamp=daemon.clock.now(),
+    ).envelope(Performative.INFORM, "supervisor", EVENTS_TOPIC)
+    await daemon.bus.send(env)
+
+
+async def _start_coordinator(daemon: Daemon, sup: Supervisor) -> None:
+    from buildingd.coordinator.agent import CoordinatorAgent
+
+    def make() -> CoordinatorAgent:
+        # Commitments in force are kept in the state directory across restarts.
+        agent = CoordinatorAgent(daemon.ctx, state_dir=daemon.settings.state_dir)
+        if daemon.coordinator is not None:  # a restarted coordinator keeps open escalations
+            agent.escalations = daemon.coordinator.escalations
+        daemon.coordinator = agent
+        return agent
+
+    await sup.start("coordinator", make)
+
+
+async def _start_mqtt_bridge(daemon: Daemon, sup: Supervisor, conn: MqttConnection) -> None:
+    from buildingd.coordinator.votes import VoteResult
+    from buildingd.mqtt.bridge import MqttBridgeAgent
+
+    def vote(zone_id: str, vote: str) -> VoteResult:
+        if daemon.coordinator is None:
+            return VoteResult(False, "the coordinator is not running", 0.0)
+        return daemon.coordinator.vote(zone_id, vote, "mqtt")
+
+    async def flush() -> None:
+        if daemon.coordinator is not None:
+            await daemon.coordinator.flush()
+
+    http = daemon.settings.http
+    host = socket.gethostname() if http.bind in ("0.0.0.0", "::") else http.bind
+    url = f"http://{host}:{http.port}" if http.enabled else None
+    await sup.start(
+        "mqtt-bridge",
+        lambda: MqttBridgeAgent(daemon.ctx, conn, vote, lambda: daemon.coordinator, flush, url),
+    )
+
+
+async def _start_mqtt(daemon: Daemon, services: contextlib.AsyncExitStack) -> None:
+    """The broker connection (and the embedded broker when no host is configured)."""
+    if daemon.mqtt is None:
+        return
+    if daemon.settings.mqtt.host is None:
+        from buildingd.mqtt.broker import EmbeddedBroker
+
+        mqtt = daemon.settings.mqtt
+        broker = EmbeddedBroker(
+            mqtt.port,
+            mqtt.broker_password_file,
+            mqtt.broker_max_payload_bytes,
+            mqtt.broker_max_retained_bytes,
+        )
+        await broker.start()
+        daemon.broker = broker
+        services.push_async_callback(broker.stop)
+        daemon.mqtt.host, daemon.mqtt.port = broker.host, broker.port
+    await daemon.mqtt.start()
+    services.push_async_callback(daemon.mqtt.stop)
+    if not await daemon.mqtt.wait_connected(10.0):
+        log.warning("mqtt: not connected yet; MQTT devices stay unavailable until it is")
+
+
+async def _start_simulator_servers(daemon: Daemon, services: contextlib.AsyncExitStack) -> None:
+    if daemon.building is None:
+        return
+    from buildingd.sim.servers import start_simulator_servers
+
+    daemon.sim_gateways = await start_simulator_servers(
+        daemon.building, daemon.clock, daemon.site, daemon.settings.sim, daemon.mqtt, services
+    )
+
+
+async def _start_http(daemon: Daemon) -> None:
+    http = daemon.settings.http
+    if not http.enabled:
+        return
+    from buildingd.service.api import install_routes
+
+    server = HttpServer(http.bind, http.port, read_token(daemon.settings))
+    install_routes(server, daemon)
+    try:
+        await server.start()
+    except OSError as err:
+        why = "already in use" if err.errno == errno.EADDRINUSE else (err.strerror or str(err))
+        raise StartupError(
+            f"HTTP port {http.bind}:{http.port}: {why} (set [http] port in the settings "
+            "or BUILDINGD_HTTP__PORT; another buildingd running?)"
+        ) from err
+    daemon.http = server
+
+
+async def _report_set_aside(daemon: Daemon) -> None:
+    """Once, at start: telemetry state files that were unreadable and set aside."""
+    assert daemon.sink is not None
+    count = daemon.sink.stats().get("state_files_set_aside", 0.0)
+    if count:
+        daemon.metrics.inc("buildingd_state_files_set_aside_total", count, file="telemetry")
+        message = f"{count:.0f} unreadable telemetry state file(s) set aside (*.corrupt-*)"
+        await daemon.event("state-file", "error", message)

@@ -1,0 +1,126 @@
+"""Wiring: builds the daemon's parts (clock, simulated building, MQTT connection, bus, the bus
+between gateways, agent context) from validated settings and site. Constructors only: nothing
+here connects or starts (the one file touched is the MQTT bus key, read or created when the bus
+runs over MQTT)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from buildingd.agents.bus import InProcessBus
+from buildingd.agents.context import AgentContext
+from buildingd.clock import Clock, ScaledClock, SystemClock
+from buildingd.config.loader import Site
+from buildingd.drivers.base import BacnetClient, DriverContext
+from buildingd.metrics import Metrics
+from buildingd.settings import Settings, bus_key_path
+from buildingd.sim.building import Building
+
+if TYPE_CHECKING:
+    from buildingd.mqtt.connection import MqttConnection
+    from buildingd.nats.bus import NatsBus
+
+
+@dataclass
+class Parts:
+    """What the daemon is made of, before anything runs."""
+
+    clock: Clock
+    building: Building | None
+    mqtt: MqttConnection | None
+    bus: InProcessBus
+    nats: NatsBus | None  # the bus between gateways, when [nats] is enabled
+    metrics: Metrics
+    ctx: AgentContext
+
+
+def mqtt_needed(settings: Settings, site: Site) -> bool:
+    """MQTT runs when configured, or when the site has MQTT devices that need a broker (the
+    embedded one when no host is set)."""
+    if settings.mqtt.enabled:
+        return True
+    direct = not settings.sim.protocols
+    return any(d.driver == "mqtt" and not (d.simulated and direct) for d in site.devices.values())
+
+
+def uses_simulator(site: Site) -> bool:
+    from buildingd.sim.servers import site_needs_simulator
+
+    return site_needs_simulator(site)
+
+
+def sim_start(settings: Settings, site: Site) -> datetime:
+    from buildingd.sim.servers import resolve_start
+
+    return resolve_start(settings.sim.start, site.timezone)
+
+
+def wire(
+    settings: Settings,
+    site: Site,
+    clock: Clock | None,
+    is_local_agent: Callable[[str], bool],
+    running_site: Callable[[], Site],
+) -> Parts:
+    """The parts for ``site``. ``is_local_agent`` tells the MQTT bus which agents run in this
+    process; ``running_site`` gives the site in force (it changes on reload)."""
+    building: Building | None = None
+    if uses_simulator(site):
+        # A given scaled clock (tests, evaluate) says when the simulation starts.
+        start = clock.start if isinstance(clock, ScaledClock) else sim_start(settings, site)
+        clock = clock or ScaledClock(start, settings.speed)
+        building = Building(
+            list(site.zones.values()),
+            start,
+            site.timezone,
+            seed=settings.sim.seed,
+            scenario=settings.sim.weather,
+        )
+    else:
+        clock = clock or SystemClock()
+    metrics = Metrics()
+    metrics.set("buildingd_config_reload_ok", 1.0)
+    mqtt: MqttConnection | None = None
+    bus = InProcessBus()
+    if mqtt_needed(settings, site):
+        from buildingd.mqtt.connection import MqttConnection
+
+        conf = settings.mqtt
+        host = conf.host or "127.0.0.1"
+        mqtt = MqttConnection(conf, site.site_id, host, conf.port, metrics=metrics)
+        if conf.bus:
+            from buildingd.agents.hearing import hearing_problem
+            from buildingd.mqtt.bus import MqttBus
+            from buildingd.mqtt.bus_auth import load_or_create_key
+
+            bus = MqttBus(
+                mqtt,
+                is_local_agent,
+                load_or_create_key(bus_key_path(settings)),
+                lambda env: hearing_problem(env, running_site()),
+            )
+    nats: NatsBus | None = None
+    if settings.nats.enabled:  # the bus between the site's gateways (service/gateway)
+        from buildingd.service.gateway import nats_bus
+
+        nats = nats_bus(settings, site, is_local_agent, running_site, metrics)
+        bus = nats
+    ctx = AgentContext(
+        bus=bus,
+        clock=clock,
+        site=site,
+        drivers=DriverContext(
+            clock=clock,
+            building=building,
+            mqtt=mqtt,
+            metrics=metrics,
+            serve_protocols=settings.sim.protocols,
+            ble_scanning=settings.ble.scanning,
+            bacnet=BacnetClient(**settings.bacnet.model_dump()),
+        ),
+        metrics=metrics,
+    )
+    return Parts(clock, building, mqtt, bus, nats, metrics, ctx)
