@@ -221,12 +221,21 @@ def test_occupant_votes_nudge_the_band_within_limits(tmp_path: Path) -> None:
         out["after"] = zone.decision.band.heating_c
         out["offset"] = zone.state.adjustments.vote_offset_k
         out["refused"] = coordinator.vote("f1-meeting", "sauna")
+
+        def crash(now_s: float) -> None:
+            raise RuntimeError("coordinator crashed")
+
+        coordinator.occupants.tick = crash  # type: ignore[method-assign]
+        await asyncio.sleep(120)  # the supervisor restarts it
+        assert daemon.coordinator is not coordinator
+        out["restarted"] = daemon.coordinator.occupants.votes.offset("f1-meeting")
         daemon.request_stop()
         await task
 
     run_virtual(main())
     assert out["offset"] == 0.5
     assert out["after"] == out["before"] + 0.5  # type: ignore[operator]
+    assert out["restarted"] == 0.5  # a restarted coordinator remembers what the votes decided
     refused = out["refused"]
     assert not refused.accepted and "unknown vote" in refused.reason  # type: ignore[attr-defined]
 

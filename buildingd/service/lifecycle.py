@@ -196,8 +196,11 @@ async def _start_coordinator(daemon: Daemon, sup: Supervisor) -> None:
     def make() -> CoordinatorAgent:
         # Commitments in force are kept in the state directory across restarts.
         agent = CoordinatorAgent(daemon.ctx, state_dir=daemon.settings.state_dir)
-        if daemon.coordinator is not None:  # a restarted coordinator keeps open escalations
+        if daemon.coordinator is not None:
+            # A restarted coordinator keeps the open escalations and the occupants' votes (the
+            # zones keep the offsets they were sent; a new vote box would start from zero).
             agent.escalations = daemon.coordinator.escalations
+            agent.occupants.votes = daemon.coordinator.occupants.votes
         daemon.coordinator = agent
         return agent
 
