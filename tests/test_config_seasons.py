@@ -155,6 +155,7 @@ def test_the_daemon_crosses_into_winter_on_virtual_time(
     start = datetime(2026, 9, 30, 23, 30, tzinfo=TZ)
     daemon, _ = make_daemon(tmp_path, start, site_dir=site_copy)
     seen: list[tuple[float, float]] = []
+    summaries: list[dict[str, object] | None] = []
 
     async def night() -> None:
         task = await run_for(daemon, 3600)
@@ -165,6 +166,8 @@ def test_the_daemon_crosses_into_winter_on_virtual_time(
         seen.append((zone.heating_sp_c, zone.cooling_sp_c))
         await task
         seen.append((zone.heating_sp_c, zone.cooling_sp_c))
+        # Shown with the learned state (``buildingd status``, GET /api/zones).
+        summaries.append(daemon.zone_agents["f1-open-office"].learning_summary())
 
     with caplog.at_level(logging.INFO, logger="buildingd.agents.zone"):
         run_virtual(night())
@@ -172,3 +175,4 @@ def test_the_daemon_crosses_into_winter_on_virtual_time(
     assert seen[0] == (policy.safety.min_c, policy.comfort.unoccupied.cooling_c)
     assert seen[1] == (policy.comfort.unoccupied.heating_c, policy.safety.max_c)
     assert "zone f1-open-office: season summer -> winter" in caplog.text
+    assert summaries[0] is not None and summaries[0]["season"] == "winter"

@@ -224,7 +224,9 @@ class ZoneAgent(Agent):
             return None
         policy = self.policy
         local = self.ctx.clock.now().astimezone(_tz(policy.timezone or self.ctx.site.timezone))
-        return learning_summary(self.learning, self.outlook, local, policy)
+        season = season_at(policy, local)
+        summary = learning_summary(self.learning, self.outlook, local, in_season(policy, season))
+        return {**summary, "season": season.name if season else None}
 
     def reset_learning(self) -> None:
         """Forget what the zone learned (after a refurbishment, a change of use)."""
