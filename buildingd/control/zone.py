@@ -87,6 +87,13 @@ COAST_MARGIN = 1.5
 TRIM_GAIN_PER_H = 1.0
 TRIM_MAX_K = 1.0
 TRIM_MAX_STEP_S = 600.0  # a longer gap between decisions (a restart) counts as this long
+# The setpoints move in steps of this much (a room thermostat's resolution): not a write on every
+# decision as the trim integrates, and the device's read-back matches what was written.
+TRIM_STEP_K = 0.1
+
+
+def _applied(trim_k: float) -> float:
+    return math.floor(trim_k / TRIM_STEP_K + 1e-6) * TRIM_STEP_K
 
 
 def trimmed(state: ZoneState, inputs: ZoneInputs, band: Band, now_s: float) -> ZoneState:
@@ -278,8 +285,8 @@ def decide(
     if trim:
         state = trimmed(state, inputs, effective_band(base, adjustments, policy), now_s)
         base = Band.model_construct(
-            heating_c=base.heating_c + state.heating_trim_k,
-            cooling_c=base.cooling_c - state.cooling_trim_k,
+            heating_c=base.heating_c + _applied(state.heating_trim_k),
+            cooling_c=base.cooling_c - _applied(state.cooling_trim_k),
         )
     band = effective_band(base, adjustments, policy)
     state = replace(state, mode=mode, last_occupied_s=last_occupied, decided_s=now_s)
