@@ -93,7 +93,7 @@ TRIM_STEP_K = 0.1
 
 
 def _applied(trim_k: float) -> float:
-    return math.floor(trim_k / TRIM_STEP_K + 1e-6) * TRIM_STEP_K
+    return round(trim_k / TRIM_STEP_K) * TRIM_STEP_K
 
 
 def trimmed(state: ZoneState, inputs: ZoneInputs, band: Band, now_s: float) -> ZoneState:
