@@ -149,15 +149,12 @@ class ZoneAgent(Agent):
     def _bind(self) -> None:
         old = {(a.device_id, a.point_id): a for acts in self.actuators.values() for a in acts}
         self.actuators = {}
-        for device in self.ctx.site.devices.values():
-            for point in device.points_list():
-                if point.zone == self.zone_id and point.writable and point.kind.is_actuator:
-                    # Keep what the device already confirmed: no actuator is rewritten on a
-                    # reload unless its target changes.
-                    act = old.get((device.id, point.id)) or _Actuator(
-                        device.id, point.id, point.kind
-                    )
-                    self.actuators.setdefault(point.kind, []).append(act)
+        for device, point in self.ctx.site.points_in(self.zone_id):
+            if point.writable and point.kind.is_actuator:
+                # Keep what the device already confirmed: no actuator is rewritten on a reload
+                # unless its target changes.
+                act = old.get((device.id, point.id)) or _Actuator(device.id, point.id, point.kind)
+                self.actuators.setdefault(point.kind, []).append(act)
 
     def rebind(self) -> None:
         """Re-read which actuators serve the zone (after a reload)."""
