@@ -16,7 +16,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,16 @@ class Envelope(BaseModel):
     in_reply_to: str | None = Field(default=None, max_length=100)
     reply_by: datetime | None = None
     protocol: str | None = Field(default=None, max_length=100)
+    # The content model this envelope was made from in this process (already validated when it
+    # was built): receivers in the same process take it instead of validating ``content`` again.
+    # Never set on an envelope that came from outside (a broker, the network).
+    _model: Any = PrivateAttr(default=None)
+
+    def __eq__(self, other: object) -> bool:
+        # The same message whether or not it carries its model.
+        return isinstance(other, Envelope) and self.__dict__ == other.__dict__
+
+    __hash__ = None  # type: ignore[assignment]  # content is a dict: never hashable
 
     def reply(
         self,
@@ -121,6 +131,14 @@ class Mailbox:
         self._items.append(env)
         self._not_empty.set()
         return True
+
+    def get_nowait(self) -> Envelope | None:
+        """The oldest envelope, or None when the box is empty."""
+        if not self._items:
+            return None
+        env = self._items.popleft()
+        self._not_full.set()
+        return env
 
     async def get(self) -> Envelope:
         while not self._items:

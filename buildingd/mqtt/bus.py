@@ -63,18 +63,30 @@ def _first_error(err: ValidationError) -> str:
     return f"{where}: {first['msg']}"
 
 
+_MODELS: dict[str, list[type[Content]]] = {}  # content_models(), read again on an unknown one
+
+
 def content_problem(env: Envelope) -> str | None:
     """Why the content does not fit its ontology's model, or None (also for an unknown ontology:
     the receiving agent refuses what it does not understand)."""
+    return checked_content(env)[1]
+
+
+def checked_content(env: Envelope) -> tuple[Content | None, str | None]:
+    """The content validated into the first model of its ontology it fits, or why it fits none
+    (``None, None`` for an unknown ontology)."""
+    models = _MODELS.get(env.ontology)
+    if models is None:
+        _MODELS.clear()
+        _MODELS.update(content_models())
+        models = _MODELS.get(env.ontology, [])
     problem = None
-    for model in content_models().get(env.ontology, []):
+    for model in models:
         try:
-            model.model_validate(env.content)
+            return model.model_validate(env.content), None
         except ValidationError as err:
             problem = problem or _first_error(err)
-        else:
-            return None
-    return problem
+    return None, problem
 
 
 class MqttBus(InProcessBus):
@@ -144,9 +156,10 @@ class MqttBus(InProcessBus):
         forbidden = self.may_hear(env) if self.may_hear is not None else None
         if forbidden is not None:
             return self._invalid(topic, "forbidden sender", f"from {env.sender}: {forbidden}")
-        problem = content_problem(env)
+        content, problem = checked_content(env)
         if problem is not None:  # an agent would fail parsing it (a zone agent would crash)
             return self._invalid(topic, "invalid content", f"{env.ontology}: {problem}")
+        env._model = content  # validated just now: receivers need not validate it again
         if self._logged.pop(topic, None) is not None:
             log.info("bus: messages on %s accepted again", topic)
         self.deliver_nowait(env)
