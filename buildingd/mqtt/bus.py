@@ -119,10 +119,16 @@ class MqttBus(InProcessBus):
         topic = self.prefix + env.receiver
         body = self.sealer.seal(topic, env.model_dump(mode="json"))
         qos = 1 if env.performative in RELIABLE else 0
-        if await self.conn.publish(topic, body, qos=qos):
+        kind = f"{env.performative.value}/{env.ontology}"
+        # Pipelined: the next envelope goes out before this one's acknowledgement is back.
+        if await self.conn.publish_pipelined(
+            topic, body, qos, lambda: self._unpublished(kind, env)
+        ):
             self._unpublished_logged = False
             return
-        kind = f"{env.performative.value}/{env.ontology}"
+        self._unpublished(kind, env)
+
+    def _unpublished(self, kind: str, env: Envelope) -> None:
         self.stats.unpublished += 1
         if self.conn.metrics is not None:
             self.conn.metrics.inc(UNPUBLISHED_METRIC, kind=kind)
