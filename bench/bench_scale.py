@@ -190,10 +190,10 @@ def child(zones: int, speed: float) -> dict[str, Any]:
     return result
 
 
-def main() -> None:
+def main(sizes: tuple[int, ...] = ZONES) -> None:
     rate = loop_rate()
     load = os.getloadavg()[0]
-    runs = [child(zones, speed) for zones in ZONES for speed in SPEEDS]
+    runs = [child(zones, speed) for zones in sizes for speed in SPEEDS]
     ok = [r for r in runs if "error" not in r]
     per_zone = {r["zones"]: r["load_ms_per_zone"] for r in ok if r["speed"] == SPEEDS[0]}
     slowdown = PI4["slowdown_vs_this_core"]
@@ -236,5 +236,5 @@ if __name__ == "__main__":
         print(json.dumps(asyncio.run(one(int(sys.argv[2]), float(sys.argv[3])))))
     elif sys.argv[1:2] == ["--loop-rate"]:
         print(json.dumps({"loop_rate_per_s": round(loop_rate(3.0))}))
-    else:
-        main()
+    else:  # ``python bench/bench_scale.py 200 1000``: only those sizes
+        main(tuple(int(a) for a in sys.argv[1:]) or ZONES)

@@ -99,3 +99,11 @@ def test_a_model_of_another_kind_is_not_taken_for_the_one_asked() -> None:
     # Checked as it would be off a broker: the model it fits is the one attached.
     content, problem = checked_content(from_outside(env))
     assert problem is None and content == award
+
+
+def test_a_trusted_envelope_takes_only_envelope_fields() -> None:
+    msg = ReadingMsg(**reading())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="unknown envelope fields"):
+        msg.envelope(Performative.INFORM, "device[t1]", "readings/z1", colour="red")
+    with pytest.raises(TypeError, match="required"):
+        Envelope.trusted(msg, performative=Performative.INFORM, sender="device[t1]")
