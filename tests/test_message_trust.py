@@ -107,3 +107,13 @@ def test_a_trusted_envelope_takes_only_envelope_fields() -> None:
         msg.envelope(Performative.INFORM, "device[t1]", "readings/z1", colour="red")
     with pytest.raises(TypeError, match="required"):
         Envelope.trusted(msg, performative=Performative.INFORM, sender="device[t1]")
+
+
+def test_a_copy_with_other_content_is_validated_as_that_content() -> None:
+    msg = ReadingMsg(**reading())  # type: ignore[arg-type]
+    env = msg.envelope(Performative.INFORM, "device[t1]", "readings/z1")
+    relabelled = env.model_copy(update={"sender": "device[t2]"})
+    assert ReadingMsg.parse(relabelled) is msg
+    emptied = env.model_copy(update={"content": {}})
+    with pytest.raises(ValidationError):
+        ReadingMsg.parse(emptied)

@@ -11,10 +11,10 @@ import collections
 import itertools
 import logging
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, Self
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
@@ -76,6 +76,12 @@ class Envelope(BaseModel):
         object.__setattr__(env, "__pydantic_extra__", None)
         object.__setattr__(env, "__pydantic_private__", {"_model": model})
         return env
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        copy = super().model_copy(update=update, deep=deep)
+        if update and ("content" in update or "ontology" in update):
+            copy._model = None  # the model no longer describes the content
+        return copy
 
     def __eq__(self, other: object) -> bool:
         # The same message whether or not it carries its model.

@@ -63,7 +63,7 @@ def _first_error(err: ValidationError) -> str:
     return f"{where}: {first['msg']}"
 
 
-_MODELS: dict[str, list[type[Content]]] = {}  # content_models(), read again on an unknown one
+_MODELS: dict[str, list[type[Content]]] = {}  # content_models(), read again on a miss
 
 
 def content_problem(env: Envelope) -> str | None:
@@ -75,11 +75,15 @@ def content_problem(env: Envelope) -> str | None:
 def checked_content(env: Envelope) -> tuple[Content | None, str | None]:
     """The content validated into the first model of its ontology it fits, or why it fits none
     (``None, None`` for an unknown ontology)."""
-    models = _MODELS.get(env.ontology)
-    if models is None:
+    content, problem = _fit(env, _MODELS.get(env.ontology, []))
+    if content is None:  # perhaps a model imported since the table was made: look again
         _MODELS.clear()
         _MODELS.update(content_models())
-        models = _MODELS.get(env.ontology, [])
+        content, problem = _fit(env, _MODELS.get(env.ontology, []))
+    return content, problem
+
+
+def _fit(env: Envelope, models: list[type[Content]]) -> tuple[Content | None, str | None]:
     problem = None
     for model in models:
         try:
