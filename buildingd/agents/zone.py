@@ -154,15 +154,12 @@ class ZoneAgent(Agent):
     def _bind(self) -> None:
         old = {(a.device_id, a.point_id): a for acts in self.actuators.values() for a in acts}
         self.actuators = {}
-        for device in self.ctx.site.devices.values():
-            for point in device.points_list():
-                if point.zone == self.zone_id and point.writable and point.kind.is_actuator:
-                    # Keep what the device already confirmed: no actuator is rewritten on a
-                    # reload unless its target changes.
-                    act = old.get((device.id, point.id)) or _Actuator(
-                        device.id, point.id, point.kind
-                    )
-                    self.actuators.setdefault(point.kind, []).append(act)
+        for device, point in self.ctx.site.points_in(self.zone_id):
+            if point.writable and point.kind.is_actuator:
+                # Keep what the device already confirmed: no actuator is rewritten on a reload
+                # unless its target changes.
+                act = old.get((device.id, point.id)) or _Actuator(device.id, point.id, point.kind)
+                self.actuators.setdefault(point.kind, []).append(act)
 
     def rebind(self) -> None:
         """Re-read which actuators serve the zone (after a reload)."""
@@ -271,12 +268,15 @@ class ZoneAgent(Agent):
         try:
             next_tick = self.ctx.clock.monotonic()
             while True:
+                # A busy zone takes what is waiting without setting up a timer per message.
+                env = self.inbox.get_nowait()
                 wait_s = max(0.0, next_tick - self.ctx.clock.monotonic())
-                try:
-                    async with asyncio.timeout(self.ctx.clock.to_loop_seconds(wait_s)):
-                        env = await self.inbox.get()
-                except TimeoutError:
-                    env = None
+                if env is None and wait_s > 0:
+                    try:
+                        async with asyncio.timeout(self.ctx.clock.to_loop_seconds(wait_s)):
+                            env = await self.inbox.get()
+                    except TimeoutError:
+                        env = None
                 changed = self._handle(env) if env is not None else False
                 now = self.ctx.clock.monotonic()
                 while self._pending_replies:

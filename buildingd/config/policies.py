@@ -26,7 +26,10 @@ class Weekday(StrEnum):
     @property
     def number(self) -> int:
         """Monday is 0, as ``datetime.weekday()``."""
-        return list(Weekday).index(self)
+        return _WEEKDAY_NUMBER[self]
+
+
+_WEEKDAY_NUMBER = {day: n for n, day in enumerate(Weekday)}  # read at every zone decision
 
 
 class OccupiedHours(Strict):
