@@ -4,9 +4,10 @@ generated site, one demand-response event from the cfp to every awarded zone con
 
 - in-process: one daemon, its coordinator and zones on the ``InProcessBus``;
 - mqtt: the bus carried over MQTT (``MqttBus`` on an ``MqttConnection``, ``[mqtt] bus = true``),
-  split as two gateways would be: a daemon with the zones and devices but no coordinator, and a
-  coordinator on its own connection, so every negotiation message crosses the broker (in one
-  process, like ``tests/test_mqtt_bus.py``: both sides share one event loop and one CPU).
+  split over two gateways as site.yaml ``gateways:`` puts them (bench/sitegen.py): a daemon with
+  the zones and devices (gateway ``zones``), and the coordinator (gateway ``plant``) on its own
+  connection, so every negotiation message crosses the broker (in one process, like
+  ``tests/test_mqtt_bus.py``: both sides share one event loop and one CPU).
 
 Both run the same way, in real time (the clock at speed 1). Before the round each zone has sent
 its first commands and had them confirmed and the bus is quiet (over MQTT the broker and the
@@ -61,7 +62,6 @@ from buildingd.agents.messages import (
     DemandResponseCall,
     zone_address,
 )
-from buildingd.agents.runtime import Supervisor
 from buildingd.clock import ScaledClock
 from buildingd.config.loader import Site, load_site
 from buildingd.control.contract_net import Level, Offer, award
@@ -74,7 +74,7 @@ from buildingd.mqtt.bus import MqttBus, content_problem
 from buildingd.mqtt.bus_auth import load_or_create_key
 from buildingd.mqtt.connection import MqttConnection
 from buildingd.service.app import Daemon
-from buildingd.settings import MqttSettings
+from buildingd.settings import GatewaySettings, MqttSettings
 from tests.servers import Mosquitto
 
 SIZES = (10, 100, 1000)
@@ -148,14 +148,6 @@ async def settle(daemon: Daemon, coordinator: CoordinatorAgent) -> None:
 
     await until(settled, 60, "zones settled")
     await asyncio.sleep(0.2)  # the last zone states are taken in
-
-
-class ZonesGateway(Daemon):
-    """The daemon without its coordinator: the zones' gateway when the coordinator runs on
-    another one (there is no setting for that yet)."""
-
-    async def _start_coordinator(self, sup: Supervisor) -> None:
-        return None
 
 
 def dr_kinds(by_kind: Counter[str]) -> Counter[str]:
@@ -298,9 +290,12 @@ async def over_mqtt(site: Site, site_dir: Path, state: Path, broker: Mosquitto) 
     await started.wait()
 
     base = settings_for(site_dir, state / "zones")
-    settings = base.model_copy(update={"mqtt": mqtt_settings().model_copy(
-        update={"host": broker.host, "port": broker.port, "bus_key_file": key_file})})  # fmt: skip
-    daemon = ZonesGateway(settings, site, clock=clock, sink_factory=NullSink)
+    settings = base.model_copy(update={
+        "mqtt": mqtt_settings().model_copy(
+            update={"host": broker.host, "port": broker.port, "bus_key_file": key_file}),
+        "gateway": GatewaySettings(id="zones"),
+    })  # fmt: skip
+    daemon = Daemon(settings, site, clock=clock, sink_factory=NullSink)
     assert isinstance(daemon.bus, MqttBus) and daemon.mqtt is not None
     task = asyncio.ensure_future(daemon.run())
     try:
@@ -401,7 +396,8 @@ async def bench(broker: Mosquitto, tmp: Path, sizes: tuple[int, ...]) -> Figures
         site_dir = generate(tmp / f"site-{zones}", zones, poll_interval_s=POLL_S)
         site = load_site(site_dir)  # once: both transports run the same site
         local = await in_process(site, site_dir, tmp / f"state-{zones}-local")
-        mqtt = await over_mqtt(site, site_dir, tmp / f"state-{zones}-mqtt", broker)
+        apart = generate(tmp / f"site-{zones}-apart", zones, POLL_S, coordinator_apart=True)
+        mqtt = await over_mqtt(load_site(apart), apart, tmp / f"state-{zones}-mqtt", broker)
         for figures, rate, name in ((local, bus_rate, "bus"), (mqtt, mqtt_rate, "mqtt")):
             raw = figures["messages"] / rate
             figures[f"baseline_raw_{name}_s_for_same_messages"] = raw

@@ -6,7 +6,11 @@ import sys
 from pathlib import Path
 
 
-def generate(folder: Path, zones: int, poll_interval_s: float = 10.0) -> Path:
+def generate(
+    folder: Path, zones: int, poll_interval_s: float = 10.0, coordinator_apart: bool = False
+) -> Path:
+    """A site of ``zones`` identical rooms in ``folder``. ``coordinator_apart``: two gateways,
+    ``zones`` with every zone and device and ``plant`` running the coordinator."""
     (folder / "devices").mkdir(parents=True, exist_ok=True)
     (folder / "policies").mkdir(parents=True, exist_ok=True)
     ids = [f"z{n:04d}" for n in range(zones)]
@@ -17,8 +21,11 @@ def generate(folder: Path, zones: int, poll_interval_s: float = 10.0) -> Path:
             f"  - {{id: {z}, floor: {i // 20}, area_m2: 25, design_occupants: 3, "
             f"windows: {{area_m2: 5, orientation: south}}, neighbours: [{', '.join(nb)}]}}"
         )
-    (folder / "site.yaml").write_text("\n".join(site) + "\n")
     dev = ["devices:"]
+    if coordinator_apart:
+        site += ["gateways:", "  - {id: zones, zones: ['*']}", "  - {id: plant, coordinator: true}"]
+        dev.insert(0, "gateway: zones")
+    (folder / "site.yaml").write_text("\n".join(site) + "\n")
     p = poll_interval_s
     for z in ids:
         dev += [
