@@ -53,10 +53,13 @@ async def device_until(
 
 def policy(site: Path, action: str, mode_override_s: float | None = None) -> None:
     path = site / "policies" / "office.yaml"
-    text = path.read_text().replace("      action: hold ", f"      action: {action} ")
+    before = path.read_text()
+    text = before.replace("      action: hold\n", f"      action: {action}\n", 1)
+    assert text != before or action == "hold", "the office policy's shutdown action moved"
     if mode_override_s is not None:
         line = "      reply_timeout_s: 10\n"
-        text = text.replace(line, f"{line}      mode_override_s: {mode_override_s}\n")
+        assert line in text, "the office policy's negotiation section moved"
+        text = text.replace(line, f"{line}      mode_override_s: {mode_override_s}\n", 1)
     path.write_text(text)
 
 
