@@ -169,3 +169,35 @@ async def test_a_device_removed_by_a_reload_gives_its_points_back(
     finally:
         daemon.request_stop()
         await task
+
+
+async def test_points_commanded_before_a_reload_changed_the_device_are_released_at_stop(
+    site_copy: Path, tmp_path: Path, vav: SimulatedBacnetDevice
+) -> None:
+    """The reload restarts the device's agent; the new agent still knows what buildingd holds."""
+    from buildingd.service.app import Daemon
+    from buildingd.settings import Settings
+
+    policy(site_copy, "release")
+    settings = Settings.model_validate(
+        {"site_dir": site_copy, "state_dir": tmp_path / "state", "http": {"enabled": False},
+         "mqtt": {"port": 0}, "sim": {"start": "2027-01-11T09:00:00"},
+         "bacnet": {"address": f"127.0.0.1:{free_udp_port()}"}}
+    )  # fmt: skip
+    daemon = Daemon(settings, load_site(site_copy))
+    task = asyncio.create_task(daemon.run(600))
+    try:
+        await asyncio.wait_for(daemon.ready.wait(), 60)
+        await device_until(vav, lambda: slot(vav) is not None, "the zone commands heat_sp")
+        first = daemon.device_agents["f2-office-b-vav"]
+        path = site_copy / "devices" / "vav.yaml"
+        path.write_text(path.read_text().replace("poll_interval_s: 10", "poll_interval_s: 15"))
+        await daemon.reload()
+        assert daemon.device_agents["f2-office-b-vav"] is not first
+        assert slot(vav) is not None  # a changed device is still buildingd's: nothing given back
+    finally:
+        daemon.request_stop()
+        await task
+    assert slot(vav) is None
+    value, default = present(vav)
+    assert value == default

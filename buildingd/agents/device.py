@@ -3,9 +3,10 @@ exception, and executes commands (limits checked, written, read back) before the
 
 Giving points back (drivers with ``relinquishes``, BACnet): a command with ``release`` (a zone's
 hand override ended) relinquishes the point instead of writing it; at stop, ``release`` gives
-back what this agent commanded in the zones whose policy says ``shutdown: {action: release}``
-(lifecycle calls it), and a device removed from the site by a reload gives back everything.
-Other drivers write the command's value, and hold their points at stop (logged once)."""
+back what was commanded (``AgentContext.commanded``, kept across agent restarts) in the zones
+whose policy says ``shutdown: {action: release}`` (lifecycle calls it); a device removed from
+the site by a reload gives back everything. Other drivers write the command's value, and hold
+their points at stop (logged once)."""
 
 from __future__ import annotations
 
@@ -95,7 +96,8 @@ class DeviceAgent(Agent):
         self._poll_started_s: float | None = None  # set while a read is in flight
         self._writing = asyncio.Lock()  # held while a command is executed
         self._point_faults: dict[str, str] = {}  # reported by the driver, as last reported on
-        self.commanded: set[str] = set()  # points written by this agent and not given back
+        # Points written and not given back (shared with this device's earlier agents).
+        self.commanded: set[str] = ctx.commanded.setdefault(device.id, set())
 
     async def run(self, started: Callable[[], None]) -> None:
         self.ctx.bus.subscribe(self.name, self.inbox)
@@ -155,6 +157,7 @@ class DeviceAgent(Agent):
             self.ctx.bus.unsubscribe(self.name, self.inbox)
             if self.device.id not in self.ctx.site.devices:  # removed by a reload
                 await self.release(set(self.commanded), "device removed from the site")
+                self.ctx.commanded.pop(self.device.id, None)
             await self.driver.close()
 
     async def _open(self) -> bool:
@@ -210,7 +213,7 @@ class DeviceAgent(Agent):
         """Give back the commanded points among ``point_ids`` (stop, removal); a driver that
         cannot relinquish holds them (logged once). A failure is logged, the others go on."""
         assert self.driver is not None
-        wanted = sorted(point_ids & self.commanded)
+        wanted = sorted(point_ids & self.commanded & self.points.keys())
         if not wanted:
             return
         if not self.driver.relinquishes:
