@@ -54,7 +54,7 @@ async def device_until(
 def policy(site: Path, action: str, mode_override_s: float | None = None) -> None:
     path = site / "policies" / "office.yaml"
     before = path.read_text()
-    text = before.replace("      action: hold\n", f"      action: {action}\n", 1)
+    text = before.replace("      action: hold ", f"      action: {action} ", 1)
     assert text != before or action == "hold", "the office policy's shutdown action moved"
     if mode_override_s is not None:
         line = "      reply_timeout_s: 10\n"

@@ -47,8 +47,10 @@ class MemorySink:
         return {"lines": float(len(self.lines))}
 
 
-def make_daemon(tmp_path: Path, start: datetime, seed: int = 7) -> tuple[Daemon, MemorySink]:
-    settings = Settings(state_dir=tmp_path / "state", site_dir=REPO)
+def make_daemon(
+    tmp_path: Path, start: datetime, seed: int = 7, site_dir: Path = REPO
+) -> tuple[Daemon, MemorySink]:
+    settings = Settings(state_dir=tmp_path / "state", site_dir=site_dir)
     settings = settings.model_copy(
         update={
             "sim": settings.sim.model_copy(
@@ -59,7 +61,7 @@ def make_daemon(tmp_path: Path, start: datetime, seed: int = 7) -> tuple[Daemon,
     )
     sink = MemorySink()
     clock = ScaledClock(start, 1.0)
-    return Daemon(settings, load_site(REPO), clock=clock, sink_factory=lambda: sink), sink
+    return Daemon(settings, load_site(site_dir), clock=clock, sink_factory=lambda: sink), sink
 
 
 async def run_for(daemon: Daemon, seconds: float) -> asyncio.Task[object]:

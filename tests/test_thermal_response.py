@@ -116,6 +116,9 @@ def test_time_to_reach_hand_worked_exponential() -> None:
 def test_start_lead_uses_default_until_learned_then_the_model() -> None:
     response = ZoneResponse()
     assert start_lead_s(response, 17.0, 21.0, 24.0, 0.0, default_s=3600) == 3600
+    # Until learned, a zone just outside its band needs no more than the prior rate says:
+    # 0.6 K above the cooling setpoint at the prior 2 K/h is 18 minutes, not the default hour.
+    assert start_lead_s(response, 24.6, 21.0, 24.0, None, default_s=3600) == pytest.approx(1080)
     response = teach(response, Regime.HEATING, 4.0, 0.0, MIN_SAMPLES + 20, random.Random(5))
     # 4 K at 4 K/h with no losses: one hour.
     assert start_lead_s(response, 17.0, 21.0, 24.0, 0.0, default_s=600) == pytest.approx(

@@ -17,7 +17,14 @@ from buildingd.agents import learning_file
 from buildingd.config.loader import load_site
 from buildingd.control.occupancy_forecast import Prediction
 from buildingd.control.thermal_response import Regime
-from buildingd.control.zone import ZoneInputs, ZoneMode, ZoneState, decide
+from buildingd.control.zone import (
+    TRIM_GAIN_PER_H,
+    TRIM_MAX_K,
+    ZoneInputs,
+    ZoneMode,
+    ZoneState,
+    decide,
+)
 from buildingd.control.zone_learning import BIAS_WEIGHT, ZoneLearning, ZoneOutlook, observe, outlook
 from buildingd.points import PointKind
 from buildingd.sim.building import Building
@@ -87,6 +94,38 @@ def test_early_setback_only_when_the_zone_coasts_to_the_end_of_the_day(policy) -
     assert not decide(ZoneState(), inputs, policy, at(15, 0), 0.0, coasting).coasting
     short = ZoneOutlook(occupied_lead_s=0, standby_lead_s=0, arrival=UNSURE, coast_s=2 * 3600)
     assert not decide(ZoneState(), inputs, policy, at(17, 0), 0.0, short).coasting
+
+
+def test_trim_brings_a_thermostat_that_settles_short_up_to_the_band(policy) -> None:  # type: ignore[no-untyped-def]
+    """Hand-worked: a zone held 0.3 K under its occupied heating setpoint (21.0) for an hour
+    raises its setpoint by 0.3 K · 1 h x TRIM_GAIN_PER_H; the baseline (no outlook) does not;
+    the trim is bounded and winds down once the zone is warm."""
+    look = ZoneOutlook(occupied_lead_s=0, standby_lead_s=0, arrival=UNSURE, coast_s=0)
+    cold = ZoneInputs(20.7, occupied=True)
+    ours, base = ZoneState(), ZoneState()
+    for minute in range(61):
+        now_s = minute * 60.0
+        d = decide(ours, cold, policy, at(10, minute // 60), now_s, look)
+        ours = d.state
+        base_d = decide(base, cold, policy, at(10, minute // 60), now_s, None)
+        base = base_d.state
+    # 0.3 K of trim integrated; the setpoint moves in whole 0.1 K steps (0.2 or 0.3 K).
+    assert ours.heating_trim_k == pytest.approx(0.3 * TRIM_GAIN_PER_H, abs=0.01)
+    assert d.band.heating_c in (21.2, 21.3)
+    assert d.band.cooling_c == policy.comfort.occupied.cooling_c
+    assert base_d.band.heating_c == policy.comfort.occupied.heating_c
+    for minute in range(61, 24 * 60):  # a whole day short: never more than TRIM_MAX_K
+        ours = decide(ours, ZoneInputs(19.0, occupied=True), policy, at(11), minute * 60.0,
+                      look).state  # fmt: skip
+    assert ours.heating_trim_k == TRIM_MAX_K
+    for minute in range(24 * 60, 26 * 60):  # two hours 1 K inside the band: back to none
+        d = decide(ours, ZoneInputs(22.0, occupied=True), policy, at(12), minute * 60.0, look)
+        ours = d.state
+    assert ours.heating_trim_k == 0.0
+    assert d.band.heating_c == policy.comfort.occupied.heating_c
+    # Outside occupied mode the trim is not applied: a setback stays the setback.
+    night = decide(ours, ZoneInputs(19.0, occupied=False), policy, at(23), 27 * 3600.0, look)
+    assert night.band.heating_c == policy.comfort.unoccupied.heating_c
 
 
 def test_start_error_corrects_the_next_start(policy) -> None:  # type: ignore[no-untyped-def]

@@ -11,12 +11,12 @@ import collections
 import itertools
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,41 @@ class Envelope(BaseModel):
     in_reply_to: str | None = Field(default=None, max_length=100)
     reply_by: datetime | None = None
     protocol: str | None = Field(default=None, max_length=100)
+    # The content model this envelope was made from in this process (already validated when it
+    # was built): receivers in the same process take it instead of validating ``content`` again.
+    # Never set on an envelope that came from outside (a broker, the network).
+    _model: Any = PrivateAttr(default=None)
+
+    @classmethod
+    def trusted(cls, model: Any, **values: Any) -> Envelope:
+        """An envelope this process's own agents make from ``model``, a content model validated
+        when it was built, and typed values: not validated again (pydantic's ``model_construct``
+        costs more than validating; this about half as much). Never for outside input."""
+        unknown = values.keys() - _ENVELOPE_FIELDS.keys()
+        if unknown:
+            raise TypeError(f"unknown envelope fields: {sorted(unknown)}")
+        env = cls.__new__(cls)
+        fields = {
+            name: values[name] if name in values else default()
+            for name, default in _ENVELOPE_FIELDS.items()
+        }
+        object.__setattr__(env, "__dict__", fields)
+        object.__setattr__(env, "__pydantic_fields_set__", set(values))
+        object.__setattr__(env, "__pydantic_extra__", None)
+        object.__setattr__(env, "__pydantic_private__", {"_model": model})
+        return env
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        copy = super().model_copy(update=update, deep=deep)
+        if update and ("content" in update or "ontology" in update):
+            copy._model = None  # the model no longer describes the content
+        return copy
+
+    def __eq__(self, other: object) -> bool:
+        # The same message whether or not it carries its model.
+        return isinstance(other, Envelope) and self.__dict__ == other.__dict__
+
+    __hash__ = None  # type: ignore[assignment]  # content is a dict: never hashable
 
     def reply(
         self,
@@ -71,6 +106,28 @@ class Envelope(BaseModel):
             in_reply_to=self.reply_with,
             protocol=self.protocol,
         )
+
+
+def _required(name: str) -> Callable[[], Any]:
+    def missing() -> Any:
+        raise TypeError(f"envelope field {name} is required")
+
+    return missing
+
+
+def _default_of(name: str) -> Callable[[], Any]:
+    info = Envelope.model_fields[name]
+    if info.default_factory is not None:
+        return info.default_factory  # type: ignore[return-value]
+    value = info.default
+    return lambda: value
+
+
+# Field name -> its default (made anew each time), in declaration order; required ones raise.
+_ENVELOPE_FIELDS: dict[str, Callable[[], Any]] = {
+    name: _default_of(name) if not info.is_required() else _required(name)
+    for name, info in Envelope.model_fields.items()
+}
 
 
 def new_conversation_id() -> str:
@@ -121,6 +178,14 @@ class Mailbox:
         self._items.append(env)
         self._not_empty.set()
         return True
+
+    def get_nowait(self) -> Envelope | None:
+        """The oldest envelope, or None when the box is empty."""
+        if not self._items:
+            return None
+        env = self._items.popleft()
+        self._not_full.set()
+        return env
 
     async def get(self) -> Envelope:
         while not self._items:

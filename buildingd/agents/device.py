@@ -96,12 +96,14 @@ class DeviceAgent(Agent):
         self._poll_started_s: float | None = None  # set while a read is in flight
         self._writing = asyncio.Lock()  # held while a command is executed
         self._point_faults: dict[str, str] = {}  # reported by the driver, as last reported on
+        self._reports_point_faults = False  # the driver is a PointFaultDriver (set once: slow)
         # Points written and not given back (shared with this device's earlier agents).
         self.commanded: set[str] = ctx.commanded.setdefault(device.id, set())
 
     async def run(self, started: Callable[[], None]) -> None:
         self.ctx.bus.subscribe(self.name, self.inbox)
         self.driver = create_driver(self.device, self.ctx.drivers)
+        self._reports_point_faults = isinstance(self.driver, PointFaultDriver)
         started_at = self.ctx.clock.monotonic()
         for pid in self.points:
             self._last_good_s[pid] = started_at
@@ -250,8 +252,8 @@ class DeviceAgent(Agent):
             await self._set_available(True)
         finally:
             self._poll_started_s = None
-        if isinstance(self.driver, PointFaultDriver):
-            await self._report_point_faults(self.driver.point_faults)
+        if self._reports_point_faults:
+            await self._report_point_faults(self.driver.point_faults)  # type: ignore[attr-defined]
         now = self.ctx.clock.monotonic()
         for n, (pid, point) in enumerate(self.points.items(), 1):
             if n % YIELD_EVERY_POINTS == 0:

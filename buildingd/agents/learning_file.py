@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from buildingd.control.nightly_refit import KEEP_WINDOWS, WindowSample
 from buildingd.control.occupancy_forecast import OccupancyProfile, SlotMean
 from buildingd.control.thermal_response import Regime, RegimeModel, ZoneResponse
 from buildingd.control.zone_learning import JudgedStart, ZoneLearning
@@ -50,6 +51,11 @@ class LearningFile(_Frozen):
     by_day_type: list[_Slot]
     start_bias_s: float = Field(ge=-3600, le=3600)
     starts: list[tuple[date, float]] = Field(default_factory=list, max_length=100)
+    # Window slopes kept for the nightly refit (regime, K/h, zone degC, outdoor degC or null).
+    windows: list[tuple[Regime, float, float, float | None]] = Field(
+        default_factory=list, max_length=len(Regime) * KEEP_WINDOWS
+    )
+    refit_at: datetime | None = None
 
 
 class LearningFileError(BuildingdError):
@@ -83,6 +89,8 @@ def dump(zone_id: str, learning: ZoneLearning) -> str:
         ],
         start_bias_s=learning.start_bias_s,
         starts=[(s.day, s.error_s) for s in learning.starts],
+        windows=[(w.regime, w.rate_k_per_h, w.zone_c, w.outdoor_c) for w in learning.windows],
+        refit_at=learning.refit_at,
     )
     return json.dumps(data.model_dump(mode="json"), sort_keys=True) + "\n"
 
@@ -113,6 +121,8 @@ def parse(text: str) -> ZoneLearning:
         ),
         start_bias_s=data.start_bias_s,
         starts=tuple(JudgedStart(day, error_s) for day, error_s in data.starts),
+        windows=tuple(WindowSample(*w) for w in data.windows),
+        refit_at=data.refit_at,
     )
 
 

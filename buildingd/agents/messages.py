@@ -19,7 +19,11 @@ class Content(BaseModel):
     def envelope(
         self, performative: Performative, sender: str, receiver: str, **kw: Any
     ) -> Envelope:
-        return Envelope(
+        # Built here from a validated model by this process's own agents: trusted, so not
+        # validated again. Envelopes from a broker are validated in full where they come in
+        # (``mqtt.bus``).
+        return Envelope.trusted(
+            self,
             performative=performative,
             sender=sender,
             receiver=receiver,
@@ -30,8 +34,13 @@ class Content(BaseModel):
 
     @classmethod
     def parse(cls, env: Envelope) -> Self:
+        """The content as ``cls``: the model the envelope was made from when it was made in this
+        process (frozen, shared by every receiver), else ``content`` validated."""
         if env.ontology != cls.ontology:
             raise ValueError(f"expected ontology {cls.ontology}, got {env.ontology}")
+        model = env._model
+        if type(model) is cls:
+            return model
         return cls.model_validate(env.content)
 
 

@@ -45,7 +45,9 @@ from buildingd.agents.messages import (
 )
 from buildingd.agents.runtime import Agent
 from buildingd.agents.zone_summary import zone_summary
+from buildingd.config.policies import Policy, Season
 from buildingd.control.contract_net import Offer, zone_offers
+from buildingd.control.seasons import in_season, season_at
 from buildingd.control.thermal_response import Regime
 from buildingd.control.trim_respond import PressureRequestTimer, update_pressure_requests
 from buildingd.control.zone import (
@@ -137,6 +139,7 @@ class ZoneAgent(Agent):
         self.state_dir = state_dir
         self.learning = ZoneLearning()
         self.outlook: ZoneOutlook | None = None
+        self.season: Season | None = None  # the policy's season in force (summer, winter)
         self._learning_saved_s: float | None = None
         self.state = ZoneState()
         self.decision: ZoneDecision | None = None
@@ -161,27 +164,29 @@ class ZoneAgent(Agent):
     def _bind(self) -> None:
         old = {(a.device_id, a.point_id): a for acts in self.actuators.values() for a in acts}
         self.actuators = {}
-        for device in self.ctx.site.devices.values():
-            for point in device.points_list():
-                if point.zone == self.zone_id and point.writable and point.kind.is_actuator:
-                    # Keep what the device already confirmed: no actuator is rewritten on a
-                    # reload unless its target changes.
-                    act = old.get((device.id, point.id)) or _Actuator(
-                        device.id, point.id, point.kind
-                    )
-                    self.actuators.setdefault(point.kind, []).append(act)
+        for device, point in self.ctx.site.points_in(self.zone_id):
+            if point.writable and point.kind.is_actuator:
+                # Keep what the device already confirmed: no actuator is rewritten on a reload
+                # unless its target changes.
+                act = old.get((device.id, point.id)) or _Actuator(device.id, point.id, point.kind)
+                self.actuators.setdefault(point.kind, []).append(act)
 
     def rebind(self) -> None:
         """Re-read which actuators serve the zone (after a reload)."""
         self._bind()
 
     async def _learn(
-        self, now_s: float, local: datetime, inputs: ZoneInputs, decision: ZoneDecision
+        self,
+        now_s: float,
+        local: datetime,
+        inputs: ZoneInputs,
+        decision: ZoneDecision,
+        policy: Policy,
     ) -> None:
         mornings = len(self.learning.starts)
         self.learning = observe(
             self.learning, now_s, local, inputs.temperature_c, inputs.occupied, decision.band,
-            self.policy,
+            policy,
         )  # fmt: skip
         judged = len(self.learning.starts) != mornings
         if self._learning_saved_s is None:
@@ -228,7 +233,9 @@ class ZoneAgent(Agent):
             return None
         policy = self.policy
         local = self.ctx.clock.now().astimezone(_tz(policy.timezone or self.ctx.site.timezone))
-        return learning_summary(self.learning, self.outlook, local, policy)
+        season = season_at(policy, local)
+        summary = learning_summary(self.learning, self.outlook, local, in_season(policy, season))
+        return {**summary, "season": season.name if season else None}
 
     def reset_learning(self) -> None:
         """Forget what the zone learned (after a refurbishment, a change of use)."""
@@ -271,12 +278,15 @@ class ZoneAgent(Agent):
         try:
             next_tick = self.ctx.clock.monotonic()
             while True:
+                # A busy zone takes what is waiting without setting up a timer per message.
+                env = self.inbox.get_nowait()
                 wait_s = max(0.0, next_tick - self.ctx.clock.monotonic())
-                try:
-                    async with asyncio.timeout(self.ctx.clock.to_loop_seconds(wait_s)):
-                        env = await self.inbox.get()
-                except TimeoutError:
-                    env = None
+                if env is None and wait_s > 0:
+                    try:
+                        async with asyncio.timeout(self.ctx.clock.to_loop_seconds(wait_s)):
+                            env = await self.inbox.get()
+                    except TimeoutError:
+                        env = None
                 changed = self._handle(env) if env is not None else False
                 now = self.ctx.clock.monotonic()
                 while self._pending_replies:
@@ -564,6 +574,12 @@ class ZoneAgent(Agent):
             return
         policy = self.policy
         local = self.ctx.clock.now().astimezone(_tz(policy.timezone or self.ctx.site.timezone))
+        season = season_at(policy, local)
+        if season != self.season:
+            was, now_in = (s.name if s else "none" for s in (self.season, season))
+            log.info("zone %s: season %s -> %s", self.zone_id, was, now_in)
+            self.season = season
+        policy = in_season(policy, season)
         previous_mode = self.state.mode
         if not self.baseline and inputs.temperature_c is not None:
             self.outlook = outlook(self.learning, local, inputs.temperature_c, policy)
@@ -571,7 +587,7 @@ class ZoneAgent(Agent):
         self.state = decision.state
         self.decision = decision
         if not self.baseline:
-            await self._learn(now_s, local, inputs, decision)
+            await self._learn(now_s, local, inputs, decision, policy)
         self._account(inputs, decision, now_s)
         if decision.state.mode is not previous_mode:
             log.info("zone %s: %s -> %s", self.zone_id, previous_mode, decision.state.mode)

@@ -5,11 +5,16 @@ Every problem in every file is collected and located; a site with any problem is
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import gc
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from buildingd.config.base import PointBase
 from buildingd.config.devices import DeviceFile, DeviceSpec
 from buildingd.config.gateways import GatewayMap, assign_gateways
 from buildingd.config.policies import DemandResponse, Policy, PolicyFile
@@ -39,6 +44,20 @@ class Site:
     def policy_for(self, zone_id: str) -> Policy:
         return self.policies[self.zone_policy[zone_id]]
 
+    @cached_property
+    def zone_points(self) -> dict[str, list[tuple[DeviceSpec, PointBase]]]:
+        """Every (device, point) bound to each zone, in file order: built once per site, so an
+        agent finds its own points without scanning the whole building."""
+        index: dict[str, list[tuple[DeviceSpec, PointBase]]] = {}
+        for device in self.devices.values():
+            for point in device.points_list():
+                if point.zone is not None:
+                    index.setdefault(point.zone, []).append((device, point))
+        return index
+
+    def points_in(self, zone_id: str) -> list[tuple[DeviceSpec, PointBase]]:
+        return self.zone_points.get(zone_id, [])
+
     def summary(self) -> str:
         points = sum(len(d.points_list()) for d in self.devices.values())
         return (
@@ -64,7 +83,8 @@ def load_site(root: Path) -> Site:
     """Load and cross-check a site directory. Raises ``ConfigError`` listing every problem, and
     only ``ConfigError``: a check that trips over data it did not expect is a problem too."""
     try:
-        return _load_site(root)
+        with _no_collector_passes():
+            return _load_site(root)
     except ConfigError:
         raise
     except RecursionError as err:
@@ -72,6 +92,21 @@ def load_site(root: Path) -> Site:
     except Exception as err:
         why = f"cannot be checked: {type(err).__name__}: {err}"
         raise ConfigError([ConfigProblem(str(root), None, "", why)]) from err
+
+
+@contextlib.contextmanager
+def _no_collector_passes() -> Iterator[None]:
+    """Loading builds hundreds of thousands of objects that all stay alive; each allocation
+    threshold crossed would run the cyclic collector over the growing heap again (what made a
+    2,000-zone site take twice as long per zone as a 1,000-zone one). Nothing built here is
+    cyclic garbage, so the collector waits until the load is over."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _load_site(root: Path) -> Site:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from datetime import date, datetime, time
+from datetime import date, datetime, time, timedelta
 from enum import StrEnum
 from typing import Literal, Self
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from buildingd.config.common import Id, Strict
 
@@ -26,7 +26,10 @@ class Weekday(StrEnum):
     @property
     def number(self) -> int:
         """Monday is 0, as ``datetime.weekday()``."""
-        return list(Weekday).index(self)
+        return _WEEKDAY_NUMBER[self]
+
+
+_WEEKDAY_NUMBER = {day: n for n, day in enumerate(Weekday)}  # read at every zone decision
 
 
 class OccupiedHours(Strict):
@@ -162,6 +165,51 @@ class Shutdown(Strict):
     action: Literal["hold", "safe", "release"] = "hold"
 
 
+class SeasonMode(StrEnum):
+    BOTH = "heating-and-cooling"
+    HEATING_ONLY = "heating-only"  # no cooling short of the safety band (winter)
+    COOLING_ONLY = "cooling-only"  # no heating short of the safety band (summer)
+
+
+def _month_day(value: str) -> str:
+    """``MM-DD`` of a day that exists every year (02-29 does not)."""
+    parts = value.split("-")
+    if len(parts) != 2 or not all(len(p) == 2 and p.isdigit() for p in parts):
+        raise ValueError(f"{value!r}: want MM-DD, e.g. 10-01")
+    try:
+        date(2001, int(parts[0]), int(parts[1]))  # 2001: not a leap year
+    except ValueError as err:
+        raise ValueError(f"{value!r}: no such day every year ({err})") from None
+    return value
+
+
+class Season(Strict):
+    """Summer and winter modes by date: from ``start`` to ``end`` (``MM-DD``, both included,
+    may wrap past the new year) the zones run in ``mode`` with these bands instead of
+    ``comfort``'s. A day in no season runs ``comfort`` as written."""
+
+    name: Id
+    start: str
+    end: str
+    mode: SeasonMode = SeasonMode.BOTH
+    occupied: Band | None = None
+    standby: Band | None = None
+    unoccupied: Band | None = None
+
+    @field_validator("start", "end")
+    @classmethod
+    def _month_day(cls, value: str) -> str:
+        return _month_day(value)
+
+    def days(self) -> set[tuple[int, int]]:
+        """Every (month, day) of a non-leap year in the season."""
+        first = date(2001, *map(int, self.start.split("-")))
+        last = date(2001, *map(int, self.end.split("-")))
+        span = (last - first).days % 365
+        return {((first + timedelta(days=i)).month, (first + timedelta(days=i)).day)
+                for i in range(span + 1)}  # fmt: skip
+
+
 class Policy(Strict):
     id: Id
     zones: list[str] = Field(min_length=1)  # zone ids or globs ("f1-*")
@@ -174,6 +222,7 @@ class Policy(Strict):
     negotiation: Negotiation = Negotiation()
     escalation: Escalation = Escalation()
     shutdown: Shutdown = Shutdown()
+    seasons: list[Season] = Field(default_factory=list)
 
     @field_validator("timezone")
     @classmethod
@@ -194,6 +243,39 @@ class Policy(Strict):
                     f"comfort.{mode} ({band.heating_c}..{band.cooling_c} degC) is outside the "
                     f"safety band ({self.safety.min_c}..{self.safety.max_c} degC)"
                 )
+        return self
+
+    @field_validator("seasons")
+    @classmethod
+    def _seasons_apart(cls, seasons: list[Season]) -> list[Season]:
+        taken: dict[tuple[int, int], str] = {}
+        for season in seasons:
+            for day in sorted(season.days()):
+                if day in taken:
+                    raise ValueError(f"season {season.name!r} overlaps season {taken[day]!r} "
+                                     f"on {day[0]:02d}-{day[1]:02d}")  # fmt: skip
+                taken[day] = season.name
+        return seasons
+
+    @model_validator(mode="after")
+    def _seasons_sound(self) -> Self:
+        for season in self.seasons:
+            bands = {m: getattr(season, m) or getattr(self.comfort, m)
+                     for m in ("occupied", "standby", "unoccupied")}  # fmt: skip
+            try:
+                Comfort.model_validate(
+                    {**self.comfort.model_dump(), **{m: b.model_dump() for m, b in bands.items()}}
+                )
+            except ValidationError as err:
+                why = err.errors()[0]["msg"].removeprefix("Value error, ")
+                raise ValueError(f"seasons: {season.name!r}: {why}") from None
+            for mode, band in bands.items():
+                if band.heating_c < self.safety.min_c or band.cooling_c > self.safety.max_c:
+                    raise ValueError(
+                        f"seasons: {season.name!r}: {mode} ({band.heating_c}..{band.cooling_c} "
+                        f"degC) is outside the safety band ({self.safety.min_c}.."
+                        f"{self.safety.max_c} degC)"
+                    )
         return self
 
 

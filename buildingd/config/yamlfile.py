@@ -1,17 +1,25 @@
-"""Read YAML keeping each key's line; turn pydantic errors into ``file:line: key: message``."""
+"""Read YAML keeping each key's line (built in one pass by ``yamlbuild``); turn pydantic errors
+into ``file:line: key: message``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from buildingd.config.yamlbuild import (
+    FAST_LOADER,
+    Builder,
+    Located,
+    Path_,
+    SyntaxProblem,
+    yaml_message,
+)
 from buildingd.errors import BuildingdError, ConfigProblem
 
-Path_ = tuple[str | int, ...]
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -45,67 +53,6 @@ def dotted(path: Path_) -> str:
     return out
 
 
-# Bounds on what one file may hold: deeper nesting than this is no configuration, and aliases
-# (``&a``/``*a``) repeated into a huge tree ("billion laughs") must not take the daemon's memory.
-MAX_DEPTH = 64
-MAX_NODES = 200_000
-
-
-class _Walk:
-    """Turns a composed YAML node tree into Python data, recording each key's line."""
-
-    def __init__(self, lines: dict[Path_, int]) -> None:
-        self.lines = lines
-        self.nodes = 0
-        self.constructor = yaml.constructor.SafeConstructor()
-
-    def value(self, node: yaml.Node, path: Path_) -> Any:
-        self.nodes += 1
-        line = node.start_mark.line + 1
-        if len(path) > MAX_DEPTH:  # only aliases get here: _check_depth ran on the text
-            raise _Located(path[:3], line, "an alias refers to itself")
-        if self.nodes > MAX_NODES:
-            raise _Located(path, line, f"more than {MAX_NODES} values (aliases repeated?)")
-        self.lines.setdefault(path, line)
-        if isinstance(node, yaml.MappingNode):
-            return self.mapping(node, path)
-        if isinstance(node, yaml.SequenceNode):
-            return [self.value(item, (*path, i)) for i, item in enumerate(node.value)]
-        return self.scalar(node, path)
-
-    def mapping(self, node: yaml.MappingNode, path: Path_) -> dict[Any, Any]:
-        result: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
-            line = key_node.start_mark.line + 1
-            if not isinstance(key_node, yaml.ScalarNode):
-                where = (*path, "?")
-                raise _Located(where, line, "a key must be a plain value, not a list or mapping")
-            key = self.scalar(key_node, path)
-            child = (*path, str(key))
-            self.lines[child] = line
-            if key in result:
-                raise _Located(child, line, "duplicate key")
-            result[key] = self.value(value_node, child)
-        return result
-
-    def scalar(self, node: yaml.Node, path: Path_) -> Any:
-        # The composer has resolved the tag (int, float, bool, null, str, ...); construct it as
-        # safe_load would. An unknown tag (``!tz``) is a located problem.
-        try:
-            return self.constructor.construct_object(node, deep=True)
-        except yaml.constructor.ConstructorError as err:
-            raise _Located(path, node.start_mark.line + 1, _yaml_message(err)) from err
-        except (ValueError, OverflowError) as err:  # e.g. a timestamp like 2026-13-45
-            raise _Located(path, node.start_mark.line + 1, f"invalid value: {err}") from err
-
-
-class _Located(Exception):
-    def __init__(self, path: Path_, line: int, message: str) -> None:
-        self.path = path
-        self.line = line
-        self.message = message
-
-
 def load_yaml(path: Path, display_name: str | None = None) -> LocatedDoc:
     """Parse one YAML file. Raises ``ConfigFileError`` with a located problem on any error."""
     name = display_name or str(path)
@@ -126,52 +73,50 @@ def load_yaml(path: Path, display_name: str | None = None) -> LocatedDoc:
 
 
 def parse_yaml(text: str, name: str) -> LocatedDoc:
-    """Parse YAML text; every failure (syntax, unknown tag, list as a key, too deep, ...) becomes
-    a ``ConfigFileError`` with a located problem, never another exception."""
+    """Parse YAML text once, with libyaml where PyYAML has it; every failure (syntax, unknown
+    tag, list as a key, too deep, ...) becomes a ``ConfigFileError`` with a located problem,
+    never another exception."""
     try:
-        _check_depth(text, name)
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark
-        line = mark.line + 1 if mark is not None else None
-        msg = f"YAML syntax error: {_yaml_message(err)}"
-        raise ConfigFileError(ConfigProblem(name, line, "", msg)) from err
-    except yaml.reader.ReaderError as err:  # a control character or similar in the text
-        line = text[: err.position].count("\n") + 1
-        problem = ConfigProblem(name, line, "", f"unreadable text: {err.reason}")
-        raise ConfigFileError(problem) from None
-    except yaml.YAMLError as err:
-        raise ConfigFileError(ConfigProblem(name, None, "", f"YAML error: {err}")) from err
+        return _parse(text, name, FAST_LOADER)
+    except _ParserFailed:
+        # Text the parser refused: parse it again with PyYAML's own parser, whose messages name
+        # the character and what was expected (libyaml's say less). Only broken files pay this.
+        return _parse(text, name, yaml.SafeLoader)
+
+
+class _ParserFailed(Exception):
+    """libyaml refused the text."""
+
+
+def _parse(text: str, name: str, loader: type[yaml.SafeLoader]) -> LocatedDoc:
     doc = LocatedDoc(name, None)
-    if node is None:
-        doc.data = {}
-        return doc
     try:
-        doc.data = _Walk(doc.lines).value(node, ())
-    except _Located as err:
+        doc.data = Builder(doc.lines).feed_all(yaml.parse(text, Loader=loader))
+    except Located as err:
         problem = ConfigProblem(name, err.line, dotted(err.path), err.message)
         raise ConfigFileError(problem) from None
+    except SyntaxProblem as err:
+        problem = ConfigProblem(name, err.line, "", err.message)
+        raise ConfigFileError(problem) from None
+    except (yaml.MarkedYAMLError, yaml.reader.ReaderError) as err:
+        if loader is not yaml.SafeLoader:
+            raise _ParserFailed from err
+        return _parser_problem(text, name, err)
+    except yaml.YAMLError as err:
+        raise ConfigFileError(ConfigProblem(name, None, "", f"YAML error: {err}")) from err
     return doc
 
 
-def _check_depth(text: str, name: str) -> None:
-    """Refuse nesting deeper than ``MAX_DEPTH`` before composing (the composer recurses, so a
-    file of 5,000 ``[`` would end in a RecursionError; the event parser does not recurse)."""
-    depth = 0
-    for event in yaml.parse(text, Loader=yaml.SafeLoader):
-        if isinstance(event, yaml.CollectionStartEvent):
-            depth += 1
-            if depth > MAX_DEPTH:
-                line = event.start_mark.line + 1 if event.start_mark is not None else None
-                msg = f"nested deeper than {MAX_DEPTH} levels"
-                raise ConfigFileError(ConfigProblem(name, line, "", msg))
-        elif isinstance(event, yaml.CollectionEndEvent):
-            depth -= 1
-
-
-def _yaml_message(err: yaml.MarkedYAMLError) -> str:
-    parts = [p for p in (err.context, err.problem) if p]
-    return ", ".join(parts) if parts else str(err).splitlines()[0]
+def _parser_problem(text: str, name: str, err: yaml.YAMLError) -> NoReturn:
+    if isinstance(err, yaml.MarkedYAMLError):
+        mark = err.problem_mark
+        line = mark.line + 1 if mark is not None else None
+        msg = f"YAML syntax error: {yaml_message(err)}"
+        raise ConfigFileError(ConfigProblem(name, line, "", msg)) from err
+    assert isinstance(err, yaml.reader.ReaderError)  # a control character or similar
+    line = text[: err.position].count("\n") + 1
+    problem = ConfigProblem(name, line, "", f"unreadable text: {err.reason}")
+    raise ConfigFileError(problem) from None
 
 
 class ConfigFileError(BuildingdError):

@@ -44,3 +44,22 @@ def running_occurrence(
             break
         start = after
     return start if now < start + timedelta(seconds=duration_s) else None
+
+
+def next_fire(cron: str, after: datetime, zone: tzinfo) -> datetime | None:
+    """The first fire time of ``cron`` (local time in ``zone``) strictly after ``after``."""
+    fire: datetime | None = _trigger(cron, zone).get_next_fire_time(
+        None, after + timedelta(microseconds=1)
+    )
+    return fire
+
+
+def last_fire(cron: str, now: datetime, zone: tzinfo, within: timedelta) -> datetime | None:
+    """The latest fire time of ``cron`` at or before ``now``, looking back at most ``within``."""
+    fire = _trigger(cron, zone).get_next_fire_time(None, now - within)
+    if fire is None or fire > now:
+        return None
+    latest: datetime = fire
+    while (following := next_fire(cron, latest, zone)) is not None and following <= now:
+        latest = following
+    return latest

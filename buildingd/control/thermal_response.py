@@ -201,9 +201,12 @@ def start_lead_s(
         (Regime.HEATING, heating_c) if zone_c < heating_c else (Regime.COOLING, cooling_c)
     )
     model = response.model(regime)
+    needed_s = time_to_reach_s(model, zone_c, target, outdoor_c)
     if not model.learned:
-        return _clamp(default_s, (0.0, max_s))
-    return _clamp(time_to_reach_s(model, zone_c, target, outdoor_c), (0.0, max_s))
+        # The policy's default until learned, but not longer than the prior rate says the gap
+        # needs: a zone just outside its band on a summer morning does not need a whole hour.
+        return _clamp(min(default_s, needed_s), (0.0, max_s))
+    return _clamp(needed_s, (0.0, max_s))
 
 
 def coast_s(

@@ -59,6 +59,11 @@ class ZoneState:
     dehumidifier_on: bool = False
     humidifier_on: bool = False
     adjustments: Adjustments = field(default_factory=Adjustments)
+    # Outer integral trim on the occupied setpoints (K, >= 0): heating raised, cooling lowered,
+    # so that a proportional room thermostat settles at the band's edge, not short of it.
+    heating_trim_k: float = 0.0
+    cooling_trim_k: float = 0.0
+    decided_s: float | None = None  # monotonic s of the last decision (the trim's time step)
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,41 @@ class ZoneDecision:
 # Early setback only with this much margin on the learned coasting time: a zone that comes back
 # from a setback too late makes people cold, one that stops a little later costs little.
 COAST_MARGIN = 1.5
+
+
+# The trim: this many K per K·h the zone spends short of its occupied band (with people there),
+# at most TRIM_MAX_K; it winds down at the same rate while the zone is inside the band. Room
+# thermostats with a 1 K proportional band settle 0.3-0.5 K short of their setpoint under load.
+TRIM_GAIN_PER_H = 1.0
+TRIM_MAX_K = 1.0
+TRIM_MAX_STEP_S = 600.0  # a longer gap between decisions (a restart) counts as this long
+# The setpoints move in steps of this much (a room thermostat's resolution): not a write on every
+# decision as the trim integrates, and the device's read-back matches what was written.
+TRIM_STEP_K = 0.1
+
+
+def _applied(trim_k: float) -> float:
+    return round(trim_k / TRIM_STEP_K) * TRIM_STEP_K
+
+
+def trimmed(state: ZoneState, inputs: ZoneInputs, band: Band, now_s: float) -> ZoneState:
+    """The trims after one more decision in occupied mode: each integrates how far the zone is
+    outside ``band`` on its side (negative inside it), clamped to [0, TRIM_MAX_K]."""
+    t = inputs.temperature_c
+    if t is None or state.decided_s is None:
+        return state
+    dt_h = min(TRIM_MAX_STEP_S, max(0.0, now_s - state.decided_s)) / 3600
+
+    def step(trim: float, error_k: float) -> float:
+        # Inside the band by more than the trim's own reach counts as at most that much.
+        error_k = max(error_k, -TRIM_MAX_K)
+        return min(TRIM_MAX_K, max(0.0, trim + TRIM_GAIN_PER_H * error_k * dt_h))
+
+    return replace(
+        state,
+        heating_trim_k=step(state.heating_trim_k, band.heating_c - t),
+        cooling_trim_k=step(state.cooling_trim_k, t - band.cooling_c),
+    )
 
 
 LIGHT_STEP_PCT = 5.0  # dimming resolution: avoids chatter from small illuminance changes
@@ -239,8 +279,17 @@ def decide(
         mode is ZoneMode.OCCUPIED and not override and coasts_to_end(outlook, policy, local_now)
     )
     base = policy.comfort.unoccupied if coasting else band_for(mode, policy, scheduled)
+    # The trim belongs to the learning controller (with an outlook) in occupied mode; the
+    # baseline (no outlook) drives the policy's band as written.
+    trim = outlook is not None and mode is ZoneMode.OCCUPIED and not coasting
+    if trim:
+        state = trimmed(state, inputs, effective_band(base, adjustments, policy), now_s)
+        base = Band.model_construct(
+            heating_c=base.heating_c + _applied(state.heating_trim_k),
+            cooling_c=base.cooling_c - _applied(state.cooling_trim_k),
+        )
     band = effective_band(base, adjustments, policy)
-    state = replace(state, mode=mode, last_occupied_s=last_occupied)
+    state = replace(state, mode=mode, last_occupied_s=last_occupied, decided_s=now_s)
     if state.adjustments.light_override_pct >= 0 and not people_present(
         state, inputs, policy, scheduled, now_s
     ):  # the vacancy timeout ends a light override

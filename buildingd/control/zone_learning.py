@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 
 from buildingd.config.policies import Band, Comfort, Policy
+from buildingd.control.nightly_refit import Refit, WindowSample, keep, next_run, refit
 from buildingd.control.occupancy_forecast import (
     SLOT_S,
     OccupancyProfile,
@@ -104,11 +105,17 @@ class ZoneLearning:
     occupancy: OccupancyProfile = field(default_factory=OccupancyProfile)
     start_bias_s: float = 0.0
     starts: tuple[JudgedStart, ...] = ()  # the latest mornings
+    # The last days' window slopes, refitted in one batch every night (``nightly_refit``), and
+    # when that last ran (local time).
+    windows: tuple[WindowSample, ...] = ()
+    refit_at: datetime | None = None
     # Working state, not persisted: the open window, slot and morning.
     window: _Window | None = None
     slot: _Slot | None = None
     morning: _Morning | None = None
     last_s: float | None = None
+    refit_due: datetime | None = None
+    refits: tuple[Refit, ...] = ()  # what the last refit found
 
 
 def regime_of(temperature_c: float, band: Band) -> Regime | None:
@@ -142,13 +149,32 @@ def _learn_window(
     samples = (*window.samples, (now_s, temperature_c))
     if now_s - samples[0][0] < WINDOW_S:
         return replace(learning, window=replace(window, samples=samples))
-    response = learning.response
+    response, windows = learning.response, learning.windows
     rate = slope_k_per_h(list(samples))
     if rate is not None:
         mean_c = sum(t for _, t in samples) / len(samples)
         response, _ = update(response, regime, rate, mean_c, None)
+        windows = keep(windows, WindowSample(regime, rate, mean_c))
     # The next window starts where this one ended.
-    return replace(learning, response=response, window=replace(window, samples=(samples[-1],)))
+    return replace(
+        learning,
+        response=response,
+        windows=windows,
+        window=replace(window, samples=(samples[-1],)),
+    )
+
+
+def _nightly(learning: ZoneLearning, local: datetime) -> ZoneLearning:
+    """The nightly re-identification, when its cron has fired since it last ran (or, the first
+    time, since the zone started learning)."""
+    if learning.refit_due is None:
+        return replace(learning, refit_due=next_run(learning.refit_at or local))
+    if local < learning.refit_due:
+        return learning
+    response, found = refit(learning.response, learning.windows)
+    return replace(
+        learning, response=response, refit_at=local, refit_due=next_run(local), refits=found
+    )
 
 
 def _learn_slot(
@@ -273,7 +299,7 @@ def observe(
     if temperature_c is not None and not math.isfinite(temperature_c):
         temperature_c = None
     dt_s = 0.0 if learning.last_s is None else max(0.0, now_s - learning.last_s)
-    learning = replace(learning, last_s=now_s)
+    learning = _nightly(replace(learning, last_s=now_s), local)
     scheduled = scheduled_occupied(policy.schedule, local)
     learning = _learn_window(learning, now_s, temperature_c, band, scheduled)
     holidays = frozenset(policy.schedule.holidays)
@@ -342,4 +368,6 @@ def summary(
             arrival.arrival.isoformat() if arrival is not None and arrival.arrival else None
         ),
         "arrival_confident": arrival.confident if arrival is not None else False,
+        "nightly_refit_at": learning.refit_at.isoformat() if learning.refit_at else None,
+        "nightly_refit_replaced": [str(r.regime) for r in learning.refits if r.replaced],
     }

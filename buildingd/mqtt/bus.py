@@ -63,18 +63,34 @@ def _first_error(err: ValidationError) -> str:
     return f"{where}: {first['msg']}"
 
 
+_MODELS: dict[str, list[type[Content]]] = {}  # content_models(), read again on a miss
+
+
 def content_problem(env: Envelope) -> str | None:
     """Why the content does not fit its ontology's model, or None (also for an unknown ontology:
     the receiving agent refuses what it does not understand)."""
+    return checked_content(env)[1]
+
+
+def checked_content(env: Envelope) -> tuple[Content | None, str | None]:
+    """The content validated into the first model of its ontology it fits, or why it fits none
+    (``None, None`` for an unknown ontology)."""
+    content, problem = _fit(env, _MODELS.get(env.ontology, []))
+    if content is None:  # perhaps a model imported since the table was made: look again
+        _MODELS.clear()
+        _MODELS.update(content_models())
+        content, problem = _fit(env, _MODELS.get(env.ontology, []))
+    return content, problem
+
+
+def _fit(env: Envelope, models: list[type[Content]]) -> tuple[Content | None, str | None]:
     problem = None
-    for model in content_models().get(env.ontology, []):
+    for model in models:
         try:
-            model.model_validate(env.content)
+            return model.model_validate(env.content), None
         except ValidationError as err:
             problem = problem or _first_error(err)
-        else:
-            return None
-    return problem
+    return None, problem
 
 
 class MqttBus(InProcessBus):
@@ -107,10 +123,16 @@ class MqttBus(InProcessBus):
         topic = self.prefix + env.receiver
         body = self.sealer.seal(topic, env.model_dump(mode="json"))
         qos = 1 if env.performative in RELIABLE else 0
-        if await self.conn.publish(topic, body, qos=qos):
+        kind = f"{env.performative.value}/{env.ontology}"
+        # Pipelined: the next envelope goes out before this one's acknowledgement is back.
+        if await self.conn.publish_pipelined(
+            topic, body, qos, lambda: self._unpublished(kind, env)
+        ):
             self._unpublished_logged = False
             return
-        kind = f"{env.performative.value}/{env.ontology}"
+        self._unpublished(kind, env)
+
+    def _unpublished(self, kind: str, env: Envelope) -> None:
         self.stats.unpublished += 1
         if self.conn.metrics is not None:
             self.conn.metrics.inc(UNPUBLISHED_METRIC, kind=kind)
@@ -144,9 +166,10 @@ class MqttBus(InProcessBus):
         forbidden = self.may_hear(env) if self.may_hear is not None else None
         if forbidden is not None:
             return self._invalid(topic, "forbidden sender", f"from {env.sender}: {forbidden}")
-        problem = content_problem(env)
+        content, problem = checked_content(env)
         if problem is not None:  # an agent would fail parsing it (a zone agent would crash)
             return self._invalid(topic, "invalid content", f"{env.ontology}: {problem}")
+        env._model = content  # validated just now: receivers need not validate it again
         if self._logged.pop(topic, None) is not None:
             log.info("bus: messages on %s accepted again", topic)
         self.deliver_nowait(env)

@@ -8,6 +8,7 @@ lines short on an SD card and in the buffer.
 
 from __future__ import annotations
 
+import functools
 import math
 from datetime import datetime
 
@@ -73,9 +74,11 @@ SCHEMA: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 SEVERITY_LEVEL = {"info": 0, "warning": 1, "error": 2}
 
 
+@functools.lru_cache(maxsize=65536)
 def _escape_key(text: str) -> str:
     # Line protocol: commas, equals signs and spaces are escaped in tag keys/values and field
-    # keys; measurements escape commas and spaces.
+    # keys; measurements escape commas and spaces. Cached: the same few thousand keys and ids
+    # recur in every line.
     return text.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
 
 
