@@ -166,7 +166,7 @@ def test_every_read_planned_once_within_budget(
 
 def test_config_defaults_and_refusals() -> None:
     d = device()
-    assert d.write_priority == 8 and d.relinquish_on_close and d.reads.max_apdu == 1476
+    assert d.write_priority == 8 and d.reads.max_apdu == 1476
     assert point_read(d.points[0]).prop == "present-value"
     with pytest.raises(ValueError, match="reserved for minimum on/off"):
         device(write_priority=6)
@@ -196,6 +196,7 @@ def test_check_names_file_line_and_key(site_copy: Path, capsys: pytest.CaptureFi
         "    driver: bacnet\n"
         "    device_instance: 10\n"
         "    write_priority: 6\n"
+        "    relinquish_on_close: false\n"
         "    points:\n"
         "      - {id: e, kind: temperature, object_type: analog-thing, instance: 1}\n"
     )
@@ -209,6 +210,9 @@ def test_check_names_file_line_and_key(site_copy: Path, capsys: pytest.CaptureFi
     assert f"{prefix}{_line_of(path, 'cov: true')}: devices[0].points[3].cov: " in err
     assert f"{schema}:{_line_of(schema, 'write_priority')}: devices[0].write_priority: " in err
     assert "reserved for minimum on/off" in err
+    flag = _line_of(schema, "relinquish_on_close")
+    assert f"{schema}:{flag}: devices[0].relinquish_on_close: " in err  # removed: says what now
+    assert "shutdown: {action: release}" in err
     assert f"{schema}:{_line_of(schema, 'id: e')}: devices[0].points[0].object_type: " in err
 
 

@@ -190,3 +190,21 @@ async def test_one_register_step_off_is_a_mismatch_too(
     server.store = lambda words: [w - 1 for w in words]
     result = await expect_mismatch(ctx, server, 21.37, 21.3)
     assert result.error is not None and "wrote 21.37 (held as 21.4), read back 21.3" in result.error
+
+
+async def test_a_release_on_modbus_writes_the_value_and_a_releasing_stop_holds(
+    ctx: AgentContext, plain: tuple[PlainServer, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Modbus has no priority array: a hand override's end writes the zone's value as before,
+    and a policy's ``shutdown: release`` leaves the register as it is (said once in the log)."""
+    server, port = plain
+    agent = await agent_for(setpoint_device(port, "int16"), ctx)
+    release = CommandMsg(point_id="sp", value=21.0, zone_id="f1-meeting", reason="test",
+                         release=True)  # fmt: skip
+    result = await agent.execute(release)
+    assert result.ok and not result.released and result.read_back == 21.0
+    assert server.writes == 1 and await server.words(0, 1) == [21]
+    with caplog.at_level("INFO", logger="buildingd.agents.device"):
+        await agent.release({"sp"}, "shutdown: policy releases")
+    assert server.writes == 1 and await server.words(0, 1) == [21]
+    assert "cannot relinquish; 1 point(s) held" in caplog.text

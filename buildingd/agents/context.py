@@ -23,6 +23,9 @@ class AgentContext:
     metrics: Metrics = field(default_factory=Metrics)
     accepting_commands: bool = True
     ready_s: float | None = None  # monotonic time every agent had started
+    # Points written at buildingd's priority and not given back, by device id: kept here so a
+    # device agent restarted (a crash, a reload that changed the device) still gives them back.
+    commanded: dict[str, set[str]] = field(default_factory=dict)
 
     async def send(self, env: Envelope) -> None:
         await self.bus.send(env)

@@ -1,5 +1,12 @@
 """Device agent: owns one driver connection; polls or streams points, validates them, reports by
-exception, and executes commands (limits checked, written, read back) before the next poll."""
+exception, and executes commands (limits checked, written, read back) before the next poll.
+
+Giving points back (drivers with ``relinquishes``, BACnet): a command with ``release`` (a zone's
+hand override ended) relinquishes the point instead of writing it; at stop, ``release`` gives
+back what was commanded (``AgentContext.commanded``, kept across agent restarts) in the zones
+whose policy says ``shutdown: {action: release}`` (lifecycle calls it); a device removed from
+the site by a reload gives back everything. Other drivers write the command's value, and hold
+their points at stop (logged once)."""
 
 from __future__ import annotations
 
@@ -90,6 +97,8 @@ class DeviceAgent(Agent):
         self._writing = asyncio.Lock()  # held while a command is executed
         self._point_faults: dict[str, str] = {}  # reported by the driver, as last reported on
         self._reports_point_faults = False  # the driver is a PointFaultDriver (set once: slow)
+        # Points written and not given back (shared with this device's earlier agents).
+        self.commanded: set[str] = ctx.commanded.setdefault(device.id, set())
 
     async def run(self, started: Callable[[], None]) -> None:
         self.ctx.bus.subscribe(self.name, self.inbox)
@@ -148,6 +157,9 @@ class DeviceAgent(Agent):
                     await asyncio.wait({polling})
         finally:
             self.ctx.bus.unsubscribe(self.name, self.inbox)
+            if self.device.id not in self.ctx.site.devices:  # removed by a reload
+                await self.release(set(self.commanded), "device removed from the site")
+                self.ctx.commanded.pop(self.device.id, None)
             await self.driver.close()
 
     async def _open(self) -> bool:
@@ -198,6 +210,29 @@ class DeviceAgent(Agent):
         # the task is cancelled, so no actuator is left half-written.
         async with self._writing:
             pass
+
+    async def release(self, point_ids: set[str], reason: str) -> None:
+        """Give back the commanded points among ``point_ids`` (stop, removal); a driver that
+        cannot relinquish holds them (logged once). A failure is logged, the others go on."""
+        assert self.driver is not None
+        wanted = sorted(point_ids & self.commanded & self.points.keys())
+        if not wanted:
+            return
+        if not self.driver.relinquishes:
+            log.info("device %s: %s cannot relinquish; %d point(s) held (%s)", self.device.id,
+                     self.device.driver, len(wanted), reason)  # fmt: skip
+            return
+        async with self._writing:
+            for pid in wanted:
+                try:
+                    now_value = await self.driver.relinquish(pid)
+                except DeviceError as err:
+                    log.warning("device %s: relinquish %s failed: %s", self.device.id, pid, err)
+                    continue
+                self.commanded.discard(pid)
+                audit_command(self.device.id, pid, now_value, source="buildingd",
+                              outcome="relinquished", zone=self._zone_of(pid), reason=reason,
+                              read_back=now_value)  # fmt: skip
 
     async def poll(self) -> None:
         assert self.driver is not None
@@ -329,6 +364,8 @@ class DeviceAgent(Agent):
         point = self.points.get(cmd.point_id)
         read_back: float | None = None
         error: str | None = None
+        assert self.driver is not None
+        released = cmd.release and self.driver.relinquishes
         if point is None:
             error = f"unknown point {cmd.point_id!r}"
         elif not self.ctx.accepting_commands:
@@ -340,8 +377,15 @@ class DeviceAgent(Agent):
                 else None
             )
             try:
-                check_command(self.device.id, point, cmd.value, policy.safety if policy else None)
-                read_back = await self._write_verified(point, cmd.value)
+                if released:  # null at our priority: the device's own control takes over
+                    read_back = await self.driver.relinquish(point.id)
+                    self.commanded.discard(point.id)
+                else:
+                    check_command(self.device.id, point, cmd.value,
+                                  policy.safety if policy else None)  # fmt: skip
+                    # Before the write: a failed one may still have been stored at our priority.
+                    self.commanded.add(point.id)
+                    read_back = await self._write_verified(point, cmd.value)
             except CommandRejectedError as err:
                 error = str(err)
                 self.ctx.metrics.inc("buildingd_commands_rejected_total", device=self.device.id)
@@ -354,7 +398,7 @@ class DeviceAgent(Agent):
             cmd.point_id,
             cmd.value,
             source=sender,
-            outcome="written" if ok else "rejected",
+            outcome=("relinquished" if released else "written") if ok else "rejected",
             zone=cmd.zone_id,
             reason=error or cmd.reason,
             read_back=read_back,
@@ -372,6 +416,7 @@ class DeviceAgent(Agent):
             reason=cmd.reason,
             error=error,
             timestamp=self.ctx.clock.now(),
+            released=released and ok,
         )
 
     async def _write_verified(self, point: PointBase, value: float) -> float:

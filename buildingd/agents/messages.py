@@ -57,11 +57,16 @@ class ReadingMsg(Content):
 
 
 class CommandMsg(Content):
+    """Write ``value`` to a point. ``release``: give the point back instead (a hand override
+    ended): a driver that can relinquish (BACnet: null at buildingd's priority, so the BAS's
+    lower-priority value takes over) does; any other driver writes ``value`` as usual."""
+
     ontology: ClassVar[str] = "command"
     point_id: str
     value: float
     zone_id: str | None
     reason: str = Field(max_length=200)
+    release: bool = False
 
 
 class CommandResultMsg(Content):
@@ -76,6 +81,9 @@ class CommandResultMsg(Content):
     reason: str
     error: str | None = None
     timestamp: datetime
+    # True: the point was relinquished, not written; ``read_back`` is the value now in control
+    # (the BAS's or the relinquish default), not ``value``.
+    released: bool = False
 
 
 class ZoneSummary(BaseModel):

@@ -1,5 +1,12 @@
 """Zone agent: owns one zone. Turns its readings into inputs, runs the pure zone controller, and
-commands the zone's actuators through their device agents, only when a target changes."""
+commands the zone's actuators through their device agents, only when a target changes.
+
+Hand overrides that end (a mode set by hand at ``mode_until`` or "schedule", a light level at
+the vacancy timeout): each actuator commanded while one was in force is sent its target with
+``release``, which a BACnet device relinquishes (the BAS's lower-priority value takes over, as
+ASHRAE 135 clause 19.2 intends) and other devices write. A released actuator is left to the
+device until the zone's own target for it changes. A setpoint set by hand is an offset of the
+band (``vote_offset_k``) that does not expire: nothing to release."""
 
 from __future__ import annotations
 
@@ -78,6 +85,8 @@ class _Actuator:
     pending: float | None = None
     pending_since_s: float = 0.0
     pending_id: str | None = None
+    pending_release: bool = False  # the pending command gives the point back
+    by_override: bool = False  # commanded while a hand override was in force
 
 
 @dataclass
@@ -149,6 +158,7 @@ class ZoneAgent(Agent):
         self.commitments: dict[str, Commitment] = {}
         # G36 static pressure reset request state per terminal unit (device id).
         self._pressure: dict[str, PressureRequestTimer] = {}
+        self._overridden = False  # a hand override (mode, light level) was in force last tick
         self._bind()
 
     def _bind(self) -> None:
@@ -589,9 +599,16 @@ class ZoneAgent(Agent):
             await self._recovered("temperature")
         # Until every agent has started, a device agent may not be listening yet: a command
         # sent then would be lost and only re-sent after RETRY_AFTER_S. The next tick sends it.
+        overridden = _hand_override(decision.state.adjustments)
+        ended, self._overridden = self._overridden and not overridden, overridden
         for kind, target in decision.targets.items() if ready_s is not None else ():
             for act in self.actuators.get(kind, []):
-                await self._drive(act, target, now_s, f"{decision.state.mode} mode")
+                if ended and act.by_override:
+                    act.by_override = False
+                    await self._drive(act, target, now_s, "hand override ended", release=True)
+                else:
+                    await self._drive(act, target, now_s, f"{decision.state.mode} mode")
+                act.by_override = act.by_override or (overridden and act.pending is not None)
         await self._publish_state(inputs, decision, now_s)
 
     def _account(self, inputs: ZoneInputs, decision: ZoneDecision, now_s: float) -> None:
@@ -606,17 +623,22 @@ class ZoneAgent(Agent):
                 self.stats.light_on_s += dt
         self._last_tick_s = now_s
 
-    async def _drive(self, act: _Actuator, target: float, now_s: float, reason: str) -> None:
+    async def _drive(
+        self, act: _Actuator, target: float, now_s: float, reason: str, release: bool = False
+    ) -> None:
         if act.pending is not None:
             if act.pending == target and now_s - act.pending_since_s < RETRY_AFTER_S:
                 return
-        elif act.confirmed == target:
+            release = release or (act.pending == target and act.pending_release)  # a retry
+        elif act.confirmed == target and not release:
             return
         act.pending = target
+        act.pending_release = release
         act.pending_since_s = now_s
         act.pending_id = new_conversation_id()
         self.stats.commands_sent += 1
-        cmd = CommandMsg(point_id=act.point_id, value=target, zone_id=self.zone_id, reason=reason)
+        cmd = CommandMsg(point_id=act.point_id, value=target, zone_id=self.zone_id,
+                         reason=reason, release=release)  # fmt: skip
         await self.ctx.send(
             cmd.envelope(
                 Performative.REQUEST,
@@ -632,7 +654,9 @@ class ZoneAgent(Agent):
             for act in acts:
                 if act.pending_id is not None and env.in_reply_to == act.pending_id:
                     if result.ok:
-                        act.confirmed = result.read_back
+                        # Released: the device's own control holds the point; the zone's target
+                        # counts as met until it changes.
+                        act.confirmed = act.pending if result.released else result.read_back
                         act.pending = None
                     else:
                         self.stats.commands_failed += 1
@@ -701,6 +725,11 @@ class ZoneAgent(Agent):
 
 
 _TZ_CACHE: dict[str, object] = {}
+
+
+def _hand_override(adj: Adjustments) -> bool:
+    """A mode or light level set by hand is in force (both end by themselves)."""
+    return bool(adj.mode_override) or adj.light_override_pct >= 0
 
 
 def _tz(name: str):  # type: ignore[no-untyped-def]

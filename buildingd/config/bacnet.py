@@ -87,12 +87,22 @@ class BacnetDevice(DeviceBase):
     # Without it the device is found by its instance with Who-Is / I-Am.
     address: str | None = None
     write_priority: int = Field(default=DEFAULT_WRITE_PRIORITY, ge=1, le=16)
-    # Write null at our priority (give control back) when the device is closed: at shutdown and
-    # when the device is removed from the site. Off: what buildingd commanded stays in force.
-    relinquish_on_close: bool = True
+    # Removed: what buildingd commanded is relinquished when the device is removed from the site
+    # (always), and at shutdown when the zone's policy says ``shutdown: {action: release}``.
+    relinquish_on_close: bool | None = None
     cov_lifetime_s: int = Field(default=600, ge=60, le=86400)
     reads: Reads = Reads()
     points: list[BacnetPoint] = Field(min_length=1)
+
+    @field_validator("relinquish_on_close")
+    @classmethod
+    def _flag_removed(cls, value: bool | None) -> None:
+        if value is not None:
+            raise ValueError(
+                "no longer used: set the zone policy's `shutdown: {action: release}` to give "
+                "points back at shutdown (a removed device always gives them back)"
+            )
+        return None
 
     @field_validator("write_priority")
     @classmethod

@@ -159,9 +159,10 @@ class Escalation(Strict):
 
 class Shutdown(Strict):
     """What actuators are left at when the daemon stops: ``hold`` keeps them, ``safe`` sets the
-    unoccupied band and switches lights off."""
+    unoccupied band and switches lights off, ``release`` gives back what buildingd commanded on
+    devices that can (BACnet: null at its priority, the BAS takes over) and holds the others."""
 
-    action: Literal["hold", "safe"] = "hold"
+    action: Literal["hold", "safe", "release"] = "hold"
 
 
 class SeasonMode(StrEnum):

@@ -9,8 +9,9 @@
   it is read with ReadProperty per point from then on; a request refused for its size is split.
 * Writes go to present-value at the device's ``write_priority``; present-value and the priority
   array are read back: a higher priority holding the point is reported (``PriorityHeldError``),
-  never overwritten. What buildingd commanded is relinquished (null at its priority) on request,
-  and on close (shutdown, device removed) when ``relinquish_on_close``.
+  never overwritten. ``relinquishes``: what buildingd commanded is given back (null at its
+  priority) on request; the device agent decides when (a hand override ended, a zone policy's
+  ``shutdown: {action: release}``, the device removed from the site). ``close`` never writes.
 * Points with ``cov: true`` are subscribed (``bacnet_cov``) and not polled.
 * Every BACnet error, reject, abort and timeout is counted per device
   (``buildingd_bacnet_failures_total{device,failure}``) and raised in the error tree; a silent
@@ -43,7 +44,6 @@ from buildingd.drivers.bacnet_cov import CovSubscriptions
 from buildingd.drivers.bacnet_plan import Batch, describe_plan, plan_reads, point_read, split_batch
 from buildingd.drivers.base import Driver, DriverContext
 from buildingd.errors import (
-    DeviceError,
     DeviceRejectedError,
     DeviceUnavailableError,
     PriorityHeldError,
@@ -89,6 +89,8 @@ async def _close_client(app: Any) -> None:
 
 
 class BacnetDriver(Driver):
+    relinquishes = True
+
     def __init__(self, device: BacnetDevice, ctx: DriverContext) -> None:
         super().__init__(device, ctx)
         self.spec = device
@@ -238,13 +240,6 @@ class BacnetDriver(Driver):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._cov_task
             self._cov_task = None
-        if self.spec.relinquish_on_close and self.app is not None:
-            for point_id in sorted(self.commanded):
-                try:
-                    await self.relinquish(point_id)
-                except DeviceError as err:  # closing goes on for the other points
-                    log.warning("device %s: relinquish %s failed: %s", self.device.id,
-                                point_id, err)  # fmt: skip
 
     # -- reads ---------------------------------------------------------------------------------
 

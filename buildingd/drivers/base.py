@@ -9,10 +9,11 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from buildingd.clock import Clock
 from buildingd.config.devices import DeviceSpec
+from buildingd.errors import DeviceRejectedError
 from buildingd.points import Sample
 
 if TYPE_CHECKING:
@@ -25,6 +26,10 @@ log = logging.getLogger(__name__)
 
 class Driver(ABC):
     """Connection to one device. Values are in engineering units (scale/offset applied)."""
+
+    # The protocol can give a written point back to the device's own control (BACnet: null at
+    # our priority in the priority array). False: a point can only be written or left as is.
+    relinquishes: ClassVar[bool] = False
 
     def __init__(self, device: DeviceSpec, ctx: DriverContext) -> None:
         self.device = device
@@ -50,6 +55,14 @@ class Driver(ABC):
     @abstractmethod
     async def write(self, point_id: str, value: float) -> float:
         """Write one point (limits were checked by the caller) and return the value read back."""
+
+    async def relinquish(self, point_id: str) -> float:
+        """Give a written point back (only when ``relinquishes``); returns the value then in
+        control."""
+        raise DeviceRejectedError(
+            f"driver {self.device.driver} cannot relinquish", device_id=self.device.id,
+            point_id=point_id,
+        )  # fmt: skip
 
     async def wait_update(self) -> None:
         """Return when new data may be available (streaming drivers); polled drivers never do."""

@@ -119,6 +119,7 @@ async def _shutdown(daemon: Daemon, sup: Supervisor) -> None:
     # add its deadline to every other's.
     await sup.stop_many([f"zone[{zone_id}]" for zone_id in daemon.site.zones])
     daemon.ctx.accepting_commands = False
+    await _release_points(daemon)
     await sup.stop_many([f"device[{device_id}]" for device_id in daemon.site.devices])
     await sup.stop_all()
 
@@ -135,6 +136,21 @@ async def _apply_shutdown_states(daemon: Daemon) -> None:
     deadline = daemon.clock.monotonic() + 10.0
     while any(a.pending_commands() for a in agents) and daemon.clock.monotonic() < deadline:
         await daemon.clock.sleep(0.1)
+
+
+async def _release_points(daemon: Daemon) -> None:
+    """Policy ``shutdown: {action: release}``: once the zones have stopped, each device agent
+    gives back what it commanded in those zones (drivers that cannot, hold)."""
+    site = daemon.site
+    zones = {z for z in site.zones if site.policy_for(z).shutdown.action == "release"}
+    if not zones:
+        return
+    # All devices at once: each is bounded by its own timeout and retries.
+    await asyncio.gather(*(
+        agent.release({p.id for p in agent.points.values() if p.zone in zones},
+                      "shutdown: policy releases")
+        for agent in list(daemon.device_agents.values()) if agent.driver is not None
+    ))  # fmt: skip
 
 
 async def start_device(daemon: Daemon, device_id: str) -> None:
