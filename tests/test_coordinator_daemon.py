@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 from buildingd.agents.bus import Envelope, Mailbox, Performative
 from buildingd.agents.messages import DEMAND_RESPONSE_TOPIC, DemandResponseCall, zone_address
 from buildingd.control.contract_net import SHIFT_LEVELS_K, Offer
-from buildingd.control.zone import band_for
+from buildingd.control.zone import ZoneMode, band_for, with_trim
 from buildingd.coordinator.negotiation import DemandResponseRun, NegotiationState
 from buildingd.service.app import Daemon
 from buildingd.sim.building import COP_COOLING, COP_HEATING, Building
@@ -118,9 +118,16 @@ def test_a_20_percent_event_is_met_cheaper_than_a_uniform_shift_and_restored(
         seen["messages"] = daemon.bus.stats.messages_in(run.negotiation.conversation_id)
         seen["before"] = bands_before
         seen["after"] = {z: a.decision.band for z, a in daemon.zone_agents.items() if a.decision}
-        seen["policy_bands"] = {
+        # Occupied zones drive their band with the trim they learned (control/zone.py).
+        policy_bands = {
             z: band_for(a.state.mode, daemon.site.policy_for(z), scheduled=True)
             for z, a in daemon.zone_agents.items()
+        }
+        seen["policy_bands"] = {
+            z: with_trim(band, daemon.zone_agents[z].state)
+            if daemon.zone_agents[z].state.mode is ZoneMode.OCCUPIED
+            else band
+            for z, band in policy_bands.items()
         }
         seen["adjustments"] = {z: a.state.adjustments for z, a in daemon.zone_agents.items()}
         seen["server"] = (server_sp, server_sps | {(server.heating_sp_c, server.cooling_sp_c)},
@@ -161,7 +168,7 @@ def test_a_20_percent_event_is_met_cheaper_than_a_uniform_shift_and_restored(
     adjustments = seen["adjustments"]
     assert isinstance(adjustments, dict)
     assert all(a.dr_shift_k == 0 and a.dim_pct == 0 for a in adjustments.values())
-    assert after == seen["policy_bands"]  # its mode's band, as if the event never happened
+    assert after == seen["policy_bands"]  # its mode's band (trimmed), as if no event happened
     # The exempt server room: refused, never awarded, its setpoints never moved.
     assert SERVER not in run.awarded and run.refused.get(SERVER) == "exempt by policy"
     server_sp, server_sps, server_shifts, received = seen["server"]  # type: ignore[misc]

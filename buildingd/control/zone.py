@@ -96,6 +96,14 @@ def _applied(trim_k: float) -> float:
     return round(trim_k / TRIM_STEP_K) * TRIM_STEP_K
 
 
+def with_trim(base: Band, state: ZoneState) -> Band:
+    """``base`` with the zone's trims applied (in steps of ``TRIM_STEP_K``)."""
+    return Band.model_construct(
+        heating_c=base.heating_c + _applied(state.heating_trim_k),
+        cooling_c=base.cooling_c - _applied(state.cooling_trim_k),
+    )
+
+
 def trimmed(state: ZoneState, inputs: ZoneInputs, band: Band, now_s: float) -> ZoneState:
     """The trims after one more decision in occupied mode: each integrates how far the zone is
     outside ``band`` on its side (negative inside it), clamped to [0, TRIM_MAX_K]."""
@@ -284,10 +292,7 @@ def decide(
     trim = outlook is not None and mode is ZoneMode.OCCUPIED and not coasting
     if trim:
         state = trimmed(state, inputs, effective_band(base, adjustments, policy), now_s)
-        base = Band.model_construct(
-            heating_c=base.heating_c + _applied(state.heating_trim_k),
-            cooling_c=base.cooling_c - _applied(state.cooling_trim_k),
-        )
+        base = with_trim(base, state)
     band = effective_band(base, adjustments, policy)
     state = replace(state, mode=mode, last_occupied_s=last_occupied, decided_s=now_s)
     if state.adjustments.light_override_pct >= 0 and not people_present(
