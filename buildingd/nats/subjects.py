@@ -58,14 +58,22 @@ def consumer_name(gateway_id: str) -> str:
     return "gw_" + STREAM_NAME_BAD.sub("_", gateway_id)
 
 
+def lease_bucket(site_id: str) -> str:
+    """The KV bucket of the site's coordinator lease (bucket names allow ``[A-Za-z0-9_-]``)."""
+    return "buildingd_" + STREAM_NAME_BAD.sub("_", site_id) + "_lease"
+
+
 def gateway_permissions(site_id: str, gateway_id: str) -> dict[str, Any]:
     """The ``permissions`` block of a gateway's NATS user (nats-server configuration): the
     site's subjects, the site's stream, and of its consumers only the gateway's own (create it
-    with its own filter, pull from it, acknowledge), plus reply inboxes. Another site's
+    with its own filter, pull from it, acknowledge), the site's lease bucket, plus reply
+    inboxes. Another site's
     subjects and another gateway's commands are refused by the server."""
     stream, consumer = stream_name(site_id), consumer_name(gateway_id)
     own = gateway_commands(site_id, gateway_id)  # the filter its consumer must have
     api = "$JS.API"
+    bucket = lease_bucket(site_id)
+    kv_stream = f"KV_{bucket}"
     return {
         "publish": {
             "allow": [
@@ -80,6 +88,12 @@ def gateway_permissions(site_id: str, gateway_id: str) -> dict[str, Any]:
                 f"{api}.CONSUMER.DURABLE.CREATE.{stream}.{consumer}",
                 f"{api}.CONSUMER.MSG.NEXT.{stream}.{consumer}",
                 f"$JS.ACK.{stream}.{consumer}.>",
+                # the coordinator lease (nats/lease.py): its bucket, read and written
+                f"$KV.{bucket}.>",
+                f"{api}.STREAM.INFO.{kv_stream}",
+                f"{api}.STREAM.CREATE.{kv_stream}",
+                f"{api}.STREAM.MSG.GET.{kv_stream}",
+                f"{api}.DIRECT.GET.{kv_stream}.>",
             ]
         },
         "subscribe": {"allow": [f"{site_root(site_id)}.>", "_INBOX.>"]},
