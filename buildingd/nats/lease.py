@@ -38,12 +38,14 @@ class LeaseKeeper:
         on_lost: Callable[[], Awaitable[None]],
         replicas: int = 3,
         clock: Callable[[], float] = time.monotonic,
+        on_renewed: Callable[[int], None] = lambda revision: None,
     ) -> None:
         self.nc = nc
         self.site_id = site_id
         self.lease = Lease(holder, timing)
         self.on_acquired = on_acquired
         self.on_lost = on_lost
+        self.on_renewed = on_renewed
         self.replicas = replicas
         self.clock = clock
         self.kv: nats.js.kv.KeyValue | None = None
@@ -143,6 +145,7 @@ class LeaseKeeper:
             log.debug("coordinator lease: renewal failed (%s); retrying until the fence", err)
             return
         self.lease.written(revision, sent)
+        self.on_renewed(revision)
 
     async def _holder(self, kv: nats.js.kv.KeyValue) -> str | None:
         import nats.errors
