@@ -6,16 +6,20 @@ one had awarded in force (from the site's KV bucket: the two gateways share no f
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import nats
+import nats.errors
 import pytest
 
+from buildingd.nats.subjects import state_bucket
 from tests.daemon_proc import Running, start_daemon
-from tests.nats_cluster import NatsCluster
+from tests.nats_cluster import ADMIN, NatsCluster
 
 pytestmark = [pytest.mark.nats, pytest.mark.slow]
 WAIT_S = 90.0  # generous: two daemons and three servers on a loaded 2-core machine
@@ -28,7 +32,24 @@ def run_of(daemon: Running, conversation: str) -> dict[str, Any] | None:
     status, runs = daemon.get("/api/negotiations")
     if status != 200:
         return None
+    print(f"negotiations on {daemon.env['BUILDINGD_GATEWAY__ID']}: {runs}")  # shown on failure
     return next((r for r in runs if r["conversation_id"] == conversation), None)
+
+
+def mirrored(cluster: NatsCluster) -> str:
+    """The site's commitments as the state bucket holds them ("" before the first)."""
+
+    async def read() -> str:
+        nc = await nats.connect(servers=cluster.urls, user=ADMIN.name, password=ADMIN.password)
+        try:
+            kv = await nc.jetstream(timeout=5).key_value(state_bucket("demo-office"))
+            return (await kv.get("commitments.json")).value.decode()
+        except nats.errors.Error:
+            return ""
+        finally:
+            await nc.close()
+
+    return asyncio.run(read())
 
 
 def two_candidates(site: Path) -> None:
@@ -69,7 +90,9 @@ def start(site_copy: Path, tmp_path: Path, nats_cluster: NatsCluster) -> Iterato
             daemon.close()
 
 
-def test_a_standby_takes_over_when_the_leader_is_killed(start: object) -> None:
+def test_a_standby_takes_over_when_the_leader_is_killed(
+    start: object, nats_cluster: NatsCluster
+) -> None:
     assert callable(start)
     zones: Running = start("zones")  # first: it takes the lease
     first = zones.until(lambda: zones.metric(REVISION), "zones leads", WAIT_S)
@@ -77,6 +100,7 @@ def test_a_standby_takes_over_when_the_leader_is_killed(start: object) -> None:
     # The standby does not run a coordinator: it refuses what only a coordinator can do.
     status, body = devices.post_json("/api/demand-response", CALL)
     assert status == 503, body
+    devices.until(lambda: devices.json("/healthz")["leader"] == "zones", "devices sees zones lead")
     assert devices.metric(REVISION) == 0
     zones.until(lambda: zones.metric(REVISION) > first, "zones renews its lease", WAIT_S)
     # An event the leader negotiates with the zones (on the other gateway) and awards.
@@ -89,6 +113,9 @@ def test_a_standby_takes_over_when_the_leader_is_killed(start: object) -> None:
         return run if run is not None and run["state"] in IN_FORCE and run["awarded"] else None
 
     before = zones.until(awarded, "the event awarded", WAIT_S)
+    # Mirrored as the award was saved (a leader killed before that would leave it to the
+    # zones alone, which keep their commitments); checked here so the kill comes after.
+    zones.until(lambda: conversation in mirrored(nats_cluster), "the award in the bucket", WAIT_S)
     last = zones.metric(REVISION)
 
     zones.proc.kill()  # SIGKILL: no goodbye, the lease is left to age out
@@ -101,7 +128,10 @@ def test_a_standby_takes_over_when_the_leader_is_killed(start: object) -> None:
     assert after["state"] in IN_FORCE
     assert set(after["awarded"]) == set(before["awarded"])
     assert after["target_w"] == before["target_w"]
-    # The new coordinator answers requests (not "not running").
+    # Both tell who leads (healthz, STATUS=); the new coordinator answers requests.
+    health = devices.json("/healthz")
+    assert (health["gateway"], health["leader"]) == ("devices", "devices")
+    assert "gateway devices, coordinator on devices" in health["status"]
     status, body = devices.post_json("/api/demand-response", CALL)
     assert status != 503, body
     print(f"takeover {took_s:.1f} s after SIGKILL (lease TTL 6 s, revision {last:g} -> {taken:g})")

@@ -7,6 +7,7 @@ The files' formats stay the coordinator desks' (``coordinator/commitments.py``, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 FILES = ("commitments.json", "alerts.json")
-PUSH_EVERY_S = 0.25  # how often the leader looks for a changed file (a stat each)
+CHECK_EVERY_S = 1.0  # a file changed without a word (by hand) is pushed within this
 API_TIMEOUT_S = 5.0
 
 
@@ -32,6 +33,7 @@ class StateMirror:
         self.nc, self.site_id, self.state_dir, self.replicas = nc, site_id, state_dir, replicas
         self.kv: nats.js.kv.KeyValue | None = None
         self._pushed: dict[str, bytes] = {}  # what the bucket holds, as this gateway knows
+        self.changed = asyncio.Event()  # set by the coordinator's desks when they save a file
         self.pushes = 0
 
     async def open(self) -> nats.js.kv.KeyValue:
@@ -75,13 +77,19 @@ class StateMirror:
             self.pushes += 1
 
     async def keep_pushing(self, leads: Callable[[], bool]) -> None:
-        """While this gateway leads (checked before each write: the fence), push changes."""
+        """While this gateway leads (checked before each write: the fence), push each change
+        as soon as a desk says it saved (``changed``), and look at the files every second."""
         import nats.errors
 
         while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CHECK_EVERY_S):
+                    await self.changed.wait()
+            self.changed.clear()
             if leads():
                 try:
                     await self.push_changed()
                 except (TimeoutError, nats.errors.Error, OSError) as err:
                     log.warning("coordinator state not mirrored yet: %s; trying again", err)
-            await asyncio.sleep(PUSH_EVERY_S)
+                    self.changed.set()
+                    await asyncio.sleep(0.2)

@@ -10,6 +10,7 @@ import errno
 import logging
 import signal
 import socket
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from buildingd.agents.bus import Performative
@@ -194,12 +195,16 @@ async def give_up(daemon: Daemon, name: str, err: BaseException) -> None:
     await daemon.bus.send(env)
 
 
-async def _start_coordinator(daemon: Daemon, sup: Supervisor) -> None:
+async def _start_coordinator(
+    daemon: Daemon, sup: Supervisor, on_saved: Callable[[], None] | None = None
+) -> None:
+    """``on_saved``: told when a desk has written its state file (to mirror it at once)."""
     from buildingd.coordinator.agent import CoordinatorAgent
 
     def make() -> CoordinatorAgent:
         # Commitments in force are kept in the state directory across restarts.
         agent = CoordinatorAgent(daemon.ctx, state_dir=daemon.settings.state_dir)
+        agent.demand.file.on_saved = agent.alarms.file.on_saved = on_saved
         if daemon.coordinator is not None:
             # A restarted coordinator keeps the open escalations and the occupants' votes (the
             # zones keep the offsets they were sent; a new vote box would start from zero).
@@ -241,7 +246,7 @@ def _elect_coordinator(
         except (TimeoutError, NatsError) as err:
             log.warning("coordinator state not read from the site's bucket (%s): starting on "
                         "this gateway's own files", err)  # fmt: skip
-        await _start_coordinator(daemon, sup)
+        await _start_coordinator(daemon, sup, on_saved=mirror.changed.set)
         log.info("this gateway leads: coordinator started (lease revision %d)", revision)
 
     async def lost() -> None:
