@@ -164,6 +164,9 @@ class NatsSettings(Section):
     # are refused once it has passed); publishes repeated within the window are de-duplicated.
     command_max_age_s: float = Field(default=24 * 3600.0, gt=0)
     duplicate_window_s: float = Field(default=120.0, gt=0)
+    # The coordinator lease (several candidates): renewed every third of this; a standby takes
+    # over within about this long after the leader died (nats/lease.py).
+    lease_ttl_s: float = Field(default=6.0, ge=1.0)
 
 
 def bus_key_path(settings: Settings) -> Path:

@@ -73,6 +73,7 @@ class KeptFile(Generic[T]):
         self.office, self.path = office, path
         self._load, self._save = load, save
         self._last: T | None = None
+        self.on_saved: Callable[[], None] | None = None  # e.g. the mirror to a standby
 
     def load(self) -> T | None:
         """What the file keeps, or None (not kept, or unreadable and set aside)."""
@@ -97,4 +98,7 @@ class KeptFile(Generic[T]):
             self._save(self.path, data)
         except OSError as err:
             log.error("coordinator: cannot write %s: %s", self.path, err)  # noqa: TRY400
+        else:
+            if self.on_saved is not None:
+                self.on_saved()
         self._last = data  # said once per change

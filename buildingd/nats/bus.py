@@ -377,10 +377,11 @@ class NatsBus(InProcessBus):
 def gateway_route(
     gateway_of_device: Callable[[str], str | None],
     gateway_of_zone: Callable[[str], str | None],
-    coordinator_gateway: str | None = None,
+    coordinator_gateway: Callable[[], str | None] = lambda: None,
 ) -> Route:
     """A ``Route`` from the site's assignment (``config.gateways.GatewayMap``): ``device[x]``
-    and ``zone[x]`` where they run, the coordinator where it runs; topics have no gateway."""
+    and ``zone[x]`` where they run, the coordinator where it runs now (it moves with the
+    lease); topics have no gateway."""
 
     def route(address: str) -> str | None:
         if address.startswith("device[") and address.endswith("]"):
@@ -388,7 +389,7 @@ def gateway_route(
         if address.startswith("zone[") and address.endswith("]"):
             return gateway_of_zone(address[5:-1])
         if address == COORDINATOR:
-            return coordinator_gateway
+            return coordinator_gateway()
         return None
 
     return route

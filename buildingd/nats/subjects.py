@@ -58,14 +58,30 @@ def consumer_name(gateway_id: str) -> str:
     return "gw_" + STREAM_NAME_BAD.sub("_", gateway_id)
 
 
+# What opening a bucket and reading a key ask of the JetStream API.
+KV_OPS = ("STREAM.INFO", "STREAM.CREATE", "STREAM.MSG.GET")
+
+
+def lease_bucket(site_id: str) -> str:
+    """The KV bucket of the site's coordinator lease (bucket names allow ``[A-Za-z0-9_-]``)."""
+    return "buildingd_" + STREAM_NAME_BAD.sub("_", site_id) + "_lease"
+
+
+def state_bucket(site_id: str) -> str:
+    """The KV bucket of the coordinator's state (commitments, alerts) for a standby."""
+    return "buildingd_" + STREAM_NAME_BAD.sub("_", site_id) + "_state"
+
+
 def gateway_permissions(site_id: str, gateway_id: str) -> dict[str, Any]:
     """The ``permissions`` block of a gateway's NATS user (nats-server configuration): the
     site's subjects, the site's stream, and of its consumers only the gateway's own (create it
-    with its own filter, pull from it, acknowledge), plus reply inboxes. Another site's
+    with its own filter, pull from it, acknowledge), the site's lease and state buckets, plus reply
+    inboxes. Another site's
     subjects and another gateway's commands are refused by the server."""
     stream, consumer = stream_name(site_id), consumer_name(gateway_id)
     own = gateway_commands(site_id, gateway_id)  # the filter its consumer must have
     api = "$JS.API"
+    buckets = lease_bucket(site_id), state_bucket(site_id)
     return {
         "publish": {
             "allow": [
@@ -80,6 +96,10 @@ def gateway_permissions(site_id: str, gateway_id: str) -> dict[str, Any]:
                 f"{api}.CONSUMER.DURABLE.CREATE.{stream}.{consumer}",
                 f"{api}.CONSUMER.MSG.NEXT.{stream}.{consumer}",
                 f"$JS.ACK.{stream}.{consumer}.>",
+                # the coordinator's lease and state buckets (nats/lease.py, state_mirror.py)
+                *(f"$KV.{b}.>" for b in buckets),
+                *(f"{api}.{op}.KV_{b}" for b in buckets for op in KV_OPS),
+                *(f"{api}.DIRECT.GET.KV_{b}.>" for b in buckets),
             ]
         },
         "subscribe": {"allow": [f"{site_root(site_id)}.>", "_INBOX.>"]},

@@ -91,7 +91,9 @@ def answer(result_ok: bool, body: Any) -> Response:
 
 async def healthz(daemon: Daemon, _: Request) -> Response:
     ready = daemon.ready.is_set() and not daemon.stop_requested.is_set()
-    body = {"live": True, "ready": ready, "status": daemon.status_summary()}
+    body: dict[str, object] = {"live": True, "ready": ready, "status": daemon.status_summary()}
+    if not daemon.site.gateways.single:
+        body |= {"gateway": daemon.election.gateway_id, "leader": daemon.election.leader()}
     return Response.json(body, 200 if ready else HTTPStatus.SERVICE_UNAVAILABLE)
 
 

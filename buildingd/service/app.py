@@ -67,6 +67,7 @@ class Daemon:
         self.mqtt = parts.mqtt
         self.bus = parts.bus
         self.nats = parts.nats
+        self.election = parts.election
         self.metrics = parts.metrics
         self.ctx = parts.ctx
         self.notifier = Notifier()

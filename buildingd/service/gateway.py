@@ -1,10 +1,11 @@
 """This process's share of a site spread over gateways (site.yaml ``gateways:``): which zone,
 device and coordinator agents it starts, and the NATS bus to the other gateways (``[nats]``).
-Until the coordinator is elected (issue 19 item 3) it runs on the first candidate gateway."""
+With one coordinator candidate it runs there; with several, on whichever holds the lease."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from buildingd.agents.bus import Envelope
@@ -14,6 +15,9 @@ from buildingd.settings import Settings, bus_key_path
 
 if TYPE_CHECKING:
     from buildingd.nats.bus import NatsBus
+    from buildingd.nats.lease import LeaseKeeper
+
+log = logging.getLogger(__name__)
 
 
 def runs_zone(site: Site, settings: Settings, zone_id: str) -> bool:
@@ -29,8 +33,65 @@ def coordinator_gateway(site: Site) -> str | None:
     return candidates[0] if candidates else None
 
 
+def elects_coordinator(site: Site) -> bool:
+    """Several candidates: the coordinator runs where the lease is (``Election``)."""
+    return not site.gateways.single and len(site.gateways.coordinator_candidates) > 1
+
+
 def runs_coordinator(site: Site, settings: Settings) -> bool:
-    return site.gateways.single or settings.gateway.id == coordinator_gateway(site)
+    """This gateway runs the coordinator from the start (no election needed)."""
+    if site.gateways.single:
+        return True
+    return not elects_coordinator(site) and settings.gateway.id == coordinator_gateway(site)
+
+
+class Election:
+    """Which gateway runs the site's coordinator, as this one knows it: the only candidate, or
+    with several the holder of the lease (``nats/lease.py``); ``None`` while nobody is known
+    to hold it (messages to the coordinator then go out as core NATS, heard by whoever runs it)."""
+
+    def __init__(self, site: Site, settings: Settings) -> None:
+        self.gateway_id = settings.gateway.id or "main"
+        self.elects = elects_coordinator(site)
+        self.candidate = self.elects and self.gateway_id in site.gateways.coordinator_candidates
+        self.fixed = None if self.elects else (coordinator_gateway(site) or self.gateway_id)
+        self.ttl_s = settings.nats.lease_ttl_s
+        self.replicas = settings.nats.replicas
+        self.site_id = site.site_id
+        self.keeper: LeaseKeeper | None = None
+
+    def leader(self) -> str | None:
+        if self.keeper is None:
+            return self.fixed
+        lease = self.keeper.lease
+        return lease.holder if self.keeper.holds() else lease.other
+
+    def leads(self) -> bool:
+        """This gateway holds the lease now (its coordinator may act and write state)."""
+        return self.keeper is not None and self.keeper.holds()
+
+    def revision(self) -> int | None:
+        """The lease revision of this gateway's coordinator (its fencing token), if it leads."""
+        return self.keeper.lease.revision if self.keeper is not None else None
+
+    async def run(
+        self,
+        nats: NatsBus,
+        acquired: Callable[[int], Awaitable[None]],
+        lost: Callable[[], Awaitable[None]],
+        renewed: Callable[[int], None],
+    ) -> None:
+        """Compete for the lease until cancelled: ``acquired`` starts the coordinator,
+        ``lost`` stops it (before anyone else may take the lease), ``renewed`` hears each
+        renewal's revision."""
+        from buildingd.nats.lease import LeaseKeeper
+        from buildingd.nats.lease_logic import LeaseTiming
+
+        assert nats.nc is not None, "the NATS bus is started first"
+        self.keeper = LeaseKeeper(nats.nc, self.site_id, self.gateway_id,
+                                  LeaseTiming.for_ttl(self.ttl_s), acquired, lost,
+                                  replicas=self.replicas, on_renewed=renewed)  # fmt: skip
+        await self.keeper.run()
 
 
 def nats_bus(
@@ -39,6 +100,7 @@ def nats_bus(
     is_local: Callable[[str], bool],
     current_site: Callable[[], Site],
     metrics: Metrics,
+    election: Election,
 ) -> NatsBus:
     """The bus over the site's NATS cluster, sealed with the site's bus key. A site of one
     gateway has no assignment: every agent address routes to this process's own id."""
@@ -56,7 +118,7 @@ def nats_bus(
         gmap = current_site().gateways
         return gateway_id if gmap.single else gmap.zone_gateway.get(zone_id)
 
-    route = gateway_route(device_gateway, zone_gateway, coordinator_gateway(site) or gateway_id)
+    route = gateway_route(device_gateway, zone_gateway, election.leader)
     key = load_or_create_key(bus_key_path(settings))
 
     def may_hear(env: Envelope) -> str | None:

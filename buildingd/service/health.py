@@ -139,6 +139,9 @@ class Health:
             f"{zones} zones ({degraded} degraded), devices {up} up/{down} down, "
             f"{alerts} alerts open"
         )
+        if not daemon.site.gateways.single:  # a site over gateways: who leads (issue 19)
+            leader = daemon.election.leader() or "none known yet"
+            line += f"; gateway {daemon.election.gateway_id}, coordinator on {leader}"
         reloading = daemon.reloading
         if reloading.restart_needed:
             line += f"; restart needed for {', '.join(reloading.restart_needed)}"

@@ -10,6 +10,7 @@ import errno
 import logging
 import signal
 import socket
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from buildingd.agents.bus import Performative
@@ -77,6 +78,7 @@ async def run(daemon: Daemon, duration_s: float | None) -> None:
                         await start_device(daemon, device_id)
                 if daemon.nats is not None:  # commands once the agents listen
                     tasks.create_task(daemon.nats.run(), name="nats-bus")
+                election = _elect_coordinator(daemon, sup, tasks)
                 await _start_http(daemon)
                 daemon.ctx.ready_s = daemon.clock.monotonic()
                 daemon.ready.set()
@@ -99,6 +101,9 @@ async def run(daemon: Daemon, duration_s: float | None) -> None:
                     callback()
                 housekeeping.cancel()
                 reloader.cancel()
+                if election is not None:  # gives the lease up: stops the coordinator here
+                    election.cancel()
+                    await asyncio.wait({election})
                 await _shutdown(daemon, sup)
     finally:
         for sig in installed:
@@ -206,12 +211,16 @@ async def give_up(daemon: Daemon, name: str, err: BaseException) -> None:
     await daemon.bus.send(env)
 
 
-async def _start_coordinator(daemon: Daemon, sup: Supervisor) -> None:
+async def _start_coordinator(
+    daemon: Daemon, sup: Supervisor, on_saved: Callable[[], None] | None = None
+) -> None:
+    """``on_saved``: told when a desk has written its state file (to mirror it at once)."""
     from buildingd.coordinator.agent import CoordinatorAgent
 
     def make() -> CoordinatorAgent:
         # Commitments in force are kept in the state directory across restarts.
         agent = CoordinatorAgent(daemon.ctx, state_dir=daemon.settings.state_dir)
+        agent.demand.file.on_saved = agent.alarms.file.on_saved = on_saved
         if daemon.coordinator is not None:
             # A restarted coordinator keeps the open escalations and the occupants' votes (the
             # zones keep the offsets they were sent; a new vote box would start from zero).
@@ -221,6 +230,54 @@ async def _start_coordinator(daemon: Daemon, sup: Supervisor) -> None:
         return agent
 
     await sup.start("coordinator", make)
+
+
+def _elect_coordinator(
+    daemon: Daemon, sup: Supervisor, tasks: asyncio.TaskGroup
+) -> asyncio.Task[None] | None:
+    """On a candidate of several (service/gateway): run the coordinator only while this
+    gateway holds the site's lease, with the state the last leader left in the site's KV
+    bucket (nats/state_mirror), and mirror its state there while leading."""
+    from nats.errors import Error as NatsError
+
+    from buildingd.nats.state_mirror import StateMirror
+
+    election = daemon.election
+    if daemon.baseline or not election.candidate or daemon.nats is None:
+        return None
+    nats = daemon.nats
+    assert nats.nc is not None
+    settings = daemon.settings
+    mirror = StateMirror(nats.nc, daemon.site.site_id, settings.state_dir, settings.nats.replicas)
+
+    def renewed(revision: int) -> None:  # the fencing token of this gateway's coordinator
+        daemon.metrics.set("buildingd_coordinator_lease_revision", float(revision))
+
+    async def acquired(revision: int) -> None:
+        renewed(revision)
+        try:  # what the last leader committed, before this coordinator reads its files
+            async with asyncio.timeout(settings.nats.lease_ttl_s / 3):
+                pulled = await mirror.pull()
+            log.info("coordinator state taken over from the site's bucket: %s", pulled)
+        except (TimeoutError, NatsError) as err:
+            log.warning("coordinator state not read from the site's bucket (%s): starting on "
+                        "this gateway's own files", err)  # fmt: skip
+        await _start_coordinator(daemon, sup, on_saved=mirror.changed.set)
+        log.info("this gateway leads: coordinator started (lease revision %d)", revision)
+
+    async def lost() -> None:
+        # Fencing: the coordinator stops here before the lease could expire on the cluster.
+        await sup.stop("coordinator")
+        daemon.coordinator = None  # the API answers "not running" on a standby
+        renewed(0)
+        log.warning("this gateway no longer leads: coordinator stopped")
+
+    async def elect() -> None:
+        async with asyncio.TaskGroup() as mine:
+            mine.create_task(mirror.keep_pushing(election.leads), name="coordinator-state")
+            await election.run(nats, acquired, lost, renewed)
+
+    return tasks.create_task(elect(), name="coordinator-lease")
 
 
 async def _start_mqtt_bridge(daemon: Daemon, sup: Supervisor, conn: MqttConnection) -> None:

@@ -16,6 +16,7 @@ from buildingd.clock import Clock, ScaledClock, SystemClock
 from buildingd.config.loader import Site
 from buildingd.drivers.base import BacnetClient, DriverContext
 from buildingd.metrics import Metrics
+from buildingd.service.gateway import Election
 from buildingd.settings import Settings, bus_key_path
 from buildingd.sim.building import Building
 
@@ -33,6 +34,7 @@ class Parts:
     mqtt: MqttConnection | None
     bus: InProcessBus
     nats: NatsBus | None  # the bus between gateways, when [nats] is enabled
+    election: Election  # where the coordinator runs (service/gateway)
     metrics: Metrics
     ctx: AgentContext
 
@@ -103,10 +105,11 @@ def wire(
                 lambda env: hearing_problem(env, running_site()),
             )
     nats: NatsBus | None = None
+    election = Election(site, settings)
     if settings.nats.enabled:  # the bus between the site's gateways (service/gateway)
         from buildingd.service.gateway import nats_bus
 
-        nats = nats_bus(settings, site, is_local_agent, running_site, metrics)
+        nats = nats_bus(settings, site, is_local_agent, running_site, metrics, election)
         bus = nats
     ctx = AgentContext(
         bus=bus,
@@ -123,4 +126,4 @@ def wire(
         ),
         metrics=metrics,
     )
-    return Parts(clock, building, mqtt, bus, nats, metrics, ctx)
+    return Parts(clock, building, mqtt, bus, nats, election, metrics, ctx)
