@@ -220,19 +220,21 @@ async def test_payloads_drive_a_zone_and_commands_reach_set_topics(
                     await devices.publish("sensors/room", body)  # the read-back
 
         responder = asyncio.create_task(answer())
-        for _ in range(200):
-            topics = {t for t, _ in commands}
-            if {"cmnd/room-dimmer/Dimmer", "sensors/room/setpoint/set"} <= topics:
-                break
-            await asyncio.sleep(0.1)
-        await asyncio.sleep(0.5)
+        wanted = {"cmnd/room-dimmer/Dimmer", "sensors/room/setpoint/set"}
+        await until(lambda: wanted <= {t for t, _ in commands}, "a dimmer and a setpoint command")
         zone = daemon.zone_agents["room"]
+        await until(lambda: zone.inputs().occupied is True, "the zone hears the occupant")
+        await until(lambda: daemon.device_agents["dimmer"].available, "the dimmer's read-back")
+
+        def dimmer_levels() -> list[int]:
+            return [int(b) for t, b in commands if t == "cmnd/room-dimmer/Dimmer"]
+
+        await until(lambda: dimmer_levels()[-1] > 0, "lights on for the occupant")
         daemon.request_stop()
         await task
         responder.cancel()
     assert ("sensors/room/setpoint/set", b'{"heat": 21}') in commands
-    dimmer = [int(b) for t, b in commands if t == "cmnd/room-dimmer/Dimmer"]
-    assert dimmer and dimmer[-1] > 0  # lights on for the occupant (after warm-up's "off")
+    assert dimmer_levels()[-1] > 0  # lights on for the occupant (after warm-up's "off")
     assert zone.inputs().occupied is True
     lights = daemon.device_agents["dimmer"]
     assert lights.available
@@ -270,11 +272,8 @@ async def test_home_assistant_discovery_votes_setpoints_and_demand_response(
         collector = asyncio.create_task(collect())
 
         async def wait_for(topic: str, count: int = 1) -> list[bytes]:
-            for _ in range(100):
-                if len(seen.get(topic, [])) >= count:
-                    break
-                await asyncio.sleep(0.1)
-            return seen.get(topic, [])
+            await until(lambda: len(seen.get(topic, [])) >= count, f"{count} on {topic}")
+            return seen[topic]
 
         climate = "homeassistant/climate/buildingd_mq/room/config"
         config = json.loads((await wait_for(climate))[0])  # retained: there on subscribe
