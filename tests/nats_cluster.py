@@ -235,6 +235,22 @@ def gateway_user(site_id: str, gateway_id: str) -> NatsUser:
     return NatsUser(name, f"pw-{name}", gateway_permissions(site_id, gateway_id))
 
 
+def gateway_env(
+    cluster: NatsCluster, site_id: str, gateway_id: str, bus_key: Path
+) -> dict[str, str]:
+    """The environment of a ``buildingd run`` process acting as gateway ``gateway_id`` of the
+    site on ``cluster``, sealing with the site's ``bus_key`` file."""
+    user = gateway_user(site_id, gateway_id)
+    return {
+        "BUILDINGD_GATEWAY__ID": gateway_id,
+        "BUILDINGD_NATS__ENABLED": "true",
+        "BUILDINGD_NATS__SERVERS": json.dumps(cluster.urls),
+        "BUILDINGD_NATS__USER": user.name,
+        "BUILDINGD_NATS__PASSWORD": user.password,
+        "BUILDINGD_MQTT__BUS_KEY_FILE": str(bus_key),
+    }
+
+
 ADMIN = NatsUser("admin", "pw-admin")  # the whole account: the tests' own checks
 TEST_USERS = [
     ADMIN,

@@ -7,7 +7,6 @@ one had awarded in force (from the site's KV bucket: the two gateways share no f
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 
 from buildingd.nats.subjects import state_bucket
 from tests.daemon_proc import Running, start_daemon
-from tests.nats_cluster import ADMIN, NatsCluster
+from tests.nats_cluster import ADMIN, NatsCluster, gateway_env
 
 pytestmark = [pytest.mark.nats, pytest.mark.slow]
 WAIT_S = 90.0  # generous: two daemons and three servers on a loaded 2-core machine
@@ -69,14 +68,7 @@ def start(site_copy: Path, tmp_path: Path, nats_cluster: NatsCluster) -> Iterato
     started: list[Running] = []
 
     def gateway(name: str) -> Running:
-        env = {
-            "BUILDINGD_GATEWAY__ID": name,
-            "BUILDINGD_NATS__ENABLED": "true",
-            "BUILDINGD_NATS__SERVERS": json.dumps(nats_cluster.urls),
-            "BUILDINGD_NATS__USER": f"demo-office-{name}",
-            "BUILDINGD_NATS__PASSWORD": f"pw-demo-office-{name}",
-            "BUILDINGD_MQTT__BUS_KEY_FILE": str(key),
-        }
+        env = gateway_env(nats_cluster, "demo-office", name, key)
         (tmp_path / name).mkdir()
         daemon = start_daemon(site_copy, tmp_path / name, env=env, speed=30.0)
         started.append(daemon)

@@ -4,7 +4,6 @@ zones see the thermostats' readings and their commands reach the thermostats acr
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Iterator
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.daemon_proc import Running, start_daemon
-from tests.nats_cluster import NatsCluster
+from tests.nats_cluster import NatsCluster, gateway_env
 
 pytestmark = [pytest.mark.nats, pytest.mark.slow]
 THERMOSTAT = "f1-reception-thermostat"
@@ -46,14 +45,7 @@ def gateways(
     started: list[Running] = []
     try:
         for name in ("devices", "zones"):
-            env = {
-                "BUILDINGD_GATEWAY__ID": name,
-                "BUILDINGD_NATS__ENABLED": "true",
-                "BUILDINGD_NATS__SERVERS": json.dumps(nats_cluster.urls),
-                "BUILDINGD_NATS__USER": f"demo-office-{name}",
-                "BUILDINGD_NATS__PASSWORD": f"pw-demo-office-{name}",
-                "BUILDINGD_MQTT__BUS_KEY_FILE": str(key),
-            }
+            env = gateway_env(nats_cluster, "demo-office", name, key)
             (tmp_path / name).mkdir()
             started.append(start_daemon(site_copy, tmp_path / name, env=env, speed=30.0))
         for daemon in started:
