@@ -160,6 +160,25 @@ async def test_discovery_by_who_is(
     assert "temp" in await driver.read()
 
 
+async def test_discovery_by_broadcast_who_is(
+    building: Building, ctx: DriverContext, served: list[SimulatedBacnetDevice]
+) -> None:
+    """Two devices share one BACnet port, as on a site's 47808, each on its own loopback address
+    with a broadcast socket (``/8``: 127.255.255.255); the Who-Is goes to the broadcast address,
+    the kernel hands it to both, and only the asked-for instance answers."""
+    port = free_udp_port()
+    for host, instance in (("127.0.0.3", 2003), ("127.0.0.4", 2004)):
+        await serve(building, ctx, vav(port, instance=instance).model_copy(
+            update={"address": f"{host}/8:{port}"}), served)  # fmt: skip
+    ctx.bacnet = dataclasses.replace(ctx.bacnet, who_is_to=f"127.255.255.255:{port}")
+    for host, instance in (("127.0.0.4", 2004), ("127.0.0.3", 2003)):
+        driver = BacnetDriver(vav(port, instance=instance).model_copy(update={"address": None}),
+                              ctx)  # fmt: skip
+        await driver.open()
+        assert str(driver.peer) == f"{host}:{port}"
+        assert "temp" in await driver.read()
+
+
 async def test_write_at_priority_reads_back_and_relinquishes(
     building: Building, ctx: DriverContext, served: list[SimulatedBacnetDevice]
 ) -> None:
