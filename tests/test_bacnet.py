@@ -24,7 +24,7 @@ from buildingd.errors import DeviceRejectedError, DeviceUnavailableError, Priori
 from buildingd.points import PointKind
 from buildingd.sim.bacnet_server import SimulatedBacnetDevice, start_bacnet_devices
 from buildingd.sim.building import Building
-from tests.conftest import REPO, free_udp_port
+from tests.conftest import REPO, free_udp_port, until
 
 pytestmark = pytest.mark.bacnet
 
@@ -167,15 +167,19 @@ async def test_discovery_by_broadcast_who_is(
     with a broadcast socket (``/8``: 127.255.255.255); the Who-Is goes to the broadcast address,
     the kernel hands it to both, and only the asked-for instance answers."""
     port = free_udp_port()
+    sims = []
     for host, instance in (("127.0.0.3", 2003), ("127.0.0.4", 2004)):
-        await serve(building, ctx, vav(port, instance=instance).model_copy(
-            update={"address": f"{host}/8:{port}"}), served)  # fmt: skip
+        sims.append(await serve(building, ctx, vav(port, instance=instance).model_copy(
+            update={"address": f"{host}/8:{port}"}), served))  # fmt: skip
     ctx.bacnet = dataclasses.replace(ctx.bacnet, who_is_to=f"127.255.255.255:{port}")
-    for host, instance in (("127.0.0.4", 2004), ("127.0.0.3", 2003)):
+    for asked, (host, instance) in enumerate((("127.0.0.4", 2004), ("127.0.0.3", 2003)), 1):
         driver = BacnetDriver(vav(port, instance=instance).model_copy(update={"address": None}),
                               ctx)  # fmt: skip
         await driver.open()
         assert str(driver.peer) == f"{host}:{port}"
+        both = [asked, asked]
+        await until(lambda both=both: [s.app.requests["WhoIsRequest"] for s in sims] == both,
+                    "both devices heard the Who-Is")  # fmt: skip
         assert "temp" in await driver.read()
 
 
