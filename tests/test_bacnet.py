@@ -24,7 +24,7 @@ from buildingd.errors import DeviceRejectedError, DeviceUnavailableError, Priori
 from buildingd.points import PointKind
 from buildingd.sim.bacnet_server import SimulatedBacnetDevice, start_bacnet_devices
 from buildingd.sim.building import Building
-from tests.conftest import REPO, free_udp_port
+from tests.conftest import REPO, free_udp_port, until
 
 pytestmark = pytest.mark.bacnet
 
@@ -158,6 +158,29 @@ async def test_discovery_by_who_is(
     await driver.open()
     assert str(driver.peer) == f"127.0.0.1:{port}"
     assert "temp" in await driver.read()
+
+
+async def test_discovery_by_broadcast_who_is(
+    building: Building, ctx: DriverContext, served: list[SimulatedBacnetDevice]
+) -> None:
+    """Two devices share one BACnet port, as on a site's 47808, each on its own loopback address
+    with a broadcast socket (``/8``: 127.255.255.255); the Who-Is goes to the broadcast address,
+    the kernel hands it to both, and only the asked-for instance answers."""
+    port = free_udp_port()
+    sims = []
+    for host, instance in (("127.0.0.3", 2003), ("127.0.0.4", 2004)):
+        sims.append(await serve(building, ctx, vav(port, instance=instance).model_copy(
+            update={"address": f"{host}/8:{port}"}), served))  # fmt: skip
+    ctx.bacnet = dataclasses.replace(ctx.bacnet, who_is_to=f"127.255.255.255:{port}")
+    for asked, (host, instance) in enumerate((("127.0.0.4", 2004), ("127.0.0.3", 2003)), 1):
+        driver = BacnetDriver(vav(port, instance=instance).model_copy(update={"address": None}),
+                              ctx)  # fmt: skip
+        await driver.open()
+        assert str(driver.peer) == f"{host}:{port}"
+        both = [asked, asked]
+        await until(lambda both=both: [s.app.requests["WhoIsRequest"] for s in sims] == both,
+                    "both devices heard the Who-Is")  # fmt: skip
+        assert "temp" in await driver.read()
 
 
 async def test_write_at_priority_reads_back_and_relinquishes(
@@ -398,16 +421,81 @@ async def test_a_point_the_simulator_cannot_serve_fails_alone(
     building: Building, ctx: DriverContext, served: list[SimulatedBacnetDevice]
 ) -> None:
     spec = vav(free_udp_port())
-    odd = {"id": "mode", "kind": "other", "zone": ZONE, "object_type": "multi-state-value",
+    # A binary input of a quantity the simulated building does not compute: not served.
+    odd = {"id": "odd", "kind": "other", "zone": ZONE, "object_type": "binary-input",
            "instance": 7}  # fmt: skip
     spec = BacnetDevice.model_validate({**spec.model_dump(), "points": [
         *[p.model_dump(exclude_none=True) for p in spec.points], odd]})  # fmt: skip
-    await serve(building, ctx, spec, served)
+    sim = await serve(building, ctx, spec, served)
+    assert "odd" not in sim.objects
     driver = BacnetDriver(spec, ctx)
     await driver.open()
     assert set(await driver.read()) == {"temp", "humidity", "occupied", "heat_sp"}
     key = 'buildingd_bacnet_failures_total{device="vav1001",failure="error:unknown-object"}'
     assert failures(ctx, "vav1001") == {key: 1}
+
+
+def modes(port: int, states: int, mode_type: str = "multi-state-value") -> BacnetDevice:
+    """An air handler's operating mode (a commandable multi-state value or output) and its
+    current stage (multi-state-input), ``states`` states each."""
+    return BacnetDevice.model_validate(
+        {"id": "ahu", "driver": "bacnet", "device_instance": 5001,
+         "address": f"127.0.0.1:{port}", "timeout_s": 5, "retries": 0,
+         "points": [
+             {"id": "mode", "kind": "other", "object_type": mode_type, "instance": 1,
+              "writable": True, "limits": {"min": 1, "max": states}},
+             {"id": "stage", "kind": "other", "object_type": "multi-state-input", "instance": 2,
+              "plausible": {"min": 1, "max": states}},
+         ]}
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("mode_type", ["multi-state-value", "multi-state-output"])
+async def test_multi_state_points_read_write_at_priority_and_relinquish(
+    building: Building, ctx: DriverContext, served: list[SimulatedBacnetDevice], mode_type: str
+) -> None:
+    port = free_udp_port()
+    spec = modes(port, states=3, mode_type=mode_type)
+    sim = await serve(building, ctx, spec, served)
+    assert int(sim.objects["mode"].numberOfStates) == 3
+    sim.objects["stage"].presentValue = 2  # the device's own state, as the equipment runs
+    driver = BacnetDriver(spec, ctx)
+    await driver.open()
+    values = await driver.read()
+    assert (values["mode"].value, values["stage"].value) == (1.0, 2.0)  # state numbers
+    assert await driver.write("mode", 3.0) == 3.0
+    assert int(sim.objects["mode"].presentValue) == 3
+    _present, slots = await driver.read_control(spec.points[0])
+    assert slots == [None] * 7 + [3.0] + [None] * 8  # at priority 8, the device file's default
+    assert (await driver.read())["mode"].value == 3.0
+    assert await driver.relinquish("mode") == 1.0  # back to the relinquish default
+    _present, slots = await driver.read_control(spec.points[0])
+    assert slots == [None] * 16
+    assert sim.app.requests["WritePropertyRequest"] == 2
+
+
+async def test_multi_state_write_outside_its_states_is_refused(
+    building: Building, ctx: DriverContext, served: list[SimulatedBacnetDevice]
+) -> None:
+    """State 4 of a 3-state object is refused by the device (value-out-of-range: the device
+    file here is wrong on purpose, its limits say 5 states); state 0 or 2.5 by buildingd's
+    codec, before anything is sent."""
+    port = free_udp_port()
+    sim = await serve(building, ctx, modes(port, states=3), served)
+    spec = modes(port, states=5)
+    driver = BacnetDriver(spec, ctx)
+    await driver.open()
+    assert await driver.write("mode", 2.0) == 2.0
+    with pytest.raises(DeviceRejectedError, match="value-out-of-range"):
+        await driver.write("mode", 4.0)
+    for wrong in (0.0, 2.5):
+        with pytest.raises(DeviceRejectedError, match="a state number is an integer >= 1"):
+            await driver.write("mode", wrong)
+    assert int(sim.objects["mode"].presentValue) == 2  # unchanged by the refused writes
+    assert sim.objects["mode"].priorityArray[7].unsigned == 2
+    assert sim.app.requests["WritePropertyRequest"] == 2  # the codec's refusals sent nothing
+    key = 'buildingd_bacnet_failures_total{device="ahu",failure="error:value-out-of-range"}'
+    assert failures(ctx, "ahu") == {key: 1}
 
 
 async def test_refused_writes_are_mapped_and_counted(

@@ -57,8 +57,28 @@ CLIENT_KEY = "bacnet:client"
 WHO_IS_TIMEOUT_S = 3.0
 
 
-async def _make_client(ctx: DriverContext) -> Any:
+def _client_class() -> Any:
+    """bacpypes3's Application that also hands every I-Am to the waiters of a directed Who-Is.
+
+    ``who_is(low, high, address)`` keeps only I-Ams whose source is ``address``: fine for a
+    Who-Is sent to the device itself, but one sent to a (directed) broadcast address is answered
+    from the device's own address, and bacpypes3 drops that answer. ``i_am_waiters`` (device
+    instance -> futures) catch it instead."""
     from bacpypes3.app import Application
+
+    class Client(Application):  # type: ignore[misc]
+        i_am_waiters: dict[int, list[asyncio.Future[Any]]]
+
+        async def do_IAmRequest(self, apdu: Any) -> None:
+            await super().do_IAmRequest(apdu)
+            for waiter in self.i_am_waiters.pop(apdu.iAmDeviceIdentifier[1], []):
+                if not waiter.done():
+                    waiter.set_result(apdu.pduSource)
+
+    return Client
+
+
+async def _make_client(ctx: DriverContext) -> Any:
     from bacpypes3.basetypes import HostNPort, IPMode
     from bacpypes3.local.device import DeviceObject
     from bacpypes3.local.networkport import NetworkPortObject
@@ -79,7 +99,8 @@ async def _make_client(ctx: DriverContext) -> Any:
         port.bacnetIPMode = IPMode.foreign
         port.fdBBMDAddress = HostNPort(ctx.bacnet.bbmd)
         port.fdSubscriptionLifetime = ctx.bacnet.bbmd_ttl_s
-    app = Application.from_object_list([device, port])
+    app = _client_class().from_object_list([device, port])
+    app.i_am_waiters = {}
     log.info("bacnet: client device %d on %s", ctx.bacnet.device_instance, ctx.bacnet.address)
     return app
 
@@ -197,21 +218,41 @@ class BacnetDriver(Driver):
         self.plan = plan_reads([point_read(p) for p in self.spec.points if not p.cov], learned)
 
     async def _discover(self) -> Any:
-        from bacpypes3.pdu import Address
-
         instance = self.spec.device_instance
-        to = Address(self.ctx.bacnet.who_is_to) if self.ctx.bacnet.who_is_to else None
         try:
             async with asyncio.timeout(self.ctx.clock.to_loop_seconds(WHO_IS_TIMEOUT_S)):
-                i_ams = await self.app.who_is(instance, instance, to)
+                if self.ctx.bacnet.who_is_to:
+                    found = await self._who_is_to(instance, self.ctx.bacnet.who_is_to)
+                else:
+                    i_ams = await self.app.who_is(instance, instance)
+                    found = i_ams[0].pduSource if i_ams else None
         except TimeoutError:
-            i_ams = []
-        if not i_ams:
+            found = None
+        if found is None:
             raise DeviceUnavailableError(
                 f"no I-Am from device {instance} (Who-Is)", device_id=self.device.id
             )
-        log.info("bacnet: device %d found at %s", instance, i_ams[0].pduSource)
-        return i_ams[0].pduSource
+        log.info("bacnet: device %d found at %s", instance, found)
+        return found
+
+    async def _who_is_to(self, instance: int, to: str) -> Any:
+        """Who-Is sent to one address (a device, or a directed broadcast such as
+        ``10.0.1.255``); the I-Am is taken from whichever address it comes."""
+        from bacpypes3.apdu import WhoIsRequest
+        from bacpypes3.pdu import Address
+
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.app.i_am_waiters.setdefault(instance, []).append(waiter)
+        try:
+            self.app.request(WhoIsRequest(
+                deviceInstanceRangeLowLimit=instance, deviceInstanceRangeHighLimit=instance,
+                destination=Address(to),
+            ))  # fmt: skip
+            return await waiter
+        finally:
+            waiters = self.app.i_am_waiters.get(instance, [])
+            if waiter in waiters:
+                waiters.remove(waiter)
 
     async def _check_units(self) -> None:
         analog = [p for p in self.spec.points if p.object_type.has_units]

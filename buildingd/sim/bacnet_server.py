@@ -3,8 +3,10 @@
 Every ``driver: bacnet`` device marked ``simulated: true`` becomes one BACnet device at its
 ``address`` (127.0.0.1 and a port of its own), with one object per point: inputs follow the
 simulated sensors, commandable objects (outputs, writable values) carry a 16-slot priority array
-whose winning value drives the simulated actuator. Each device counts the requests it answers, and
-can be made silent or to refuse ReadPropertyMultiple, as real devices do.
+whose winning value drives the simulated actuator. Multi-state objects (modes: the building
+model has none) hold their own state number 1..n, n from the point's ``limits`` or ``plausible``
+maximum. Each device counts the requests it answers, and can be made silent or to refuse
+ReadPropertyMultiple, as real devices do.
 """
 
 from __future__ import annotations
@@ -30,8 +32,15 @@ from bacpypes3.local.binary import (
     BinaryValueObject,
     BinaryValueObjectCmd,
 )
+from bacpypes3.local.cmd import Commandable
 from bacpypes3.local.device import DeviceObject
+from bacpypes3.local.multistate import (
+    MultiStateInputObject,
+    MultiStateOutputObject,
+    MultiStateValueObject,
+)
 from bacpypes3.local.networkport import NetworkPortObject
+from bacpypes3.primitivedata import Enumerated
 
 from buildingd.clock import Clock
 from buildingd.config.bacnet import BacnetDevice, BacnetPoint, ObjectType, Segmentation
@@ -86,7 +95,9 @@ def _driving(base: Any) -> Any:
             self, attr: Any, value: Any, index: Any = None, priority: Any = None
         ) -> None:
             bounds = self._range
-            writes_value = attr in ("presentValue", 85) and isinstance(value, float)
+            # A REAL, or a multi-state's Unsigned state number (an int; binary's Enumerated too).
+            number = isinstance(value, float | int) and not isinstance(value, bool | Enumerated)
+            writes_value = attr in ("presentValue", 85) and number
             if writes_value and bounds is not None and not bounds[0] <= value <= bounds[1]:
                 raise PropertyError("valueOutOfRange")
             await super().write_property(attr, value, index, priority)
@@ -100,11 +111,24 @@ def _driving(base: Any) -> Any:
     return Driving
 
 
+class MultiStateValueObjectCmd(Commandable, MultiStateValueObject):  # type: ignore[misc]
+    """A multi-state value with a priority array (bacpypes3 has the analog/binary ones only)."""
+
+    _required = ("priorityArray", "relinquishDefault", "currentCommandPriority")
+
+
 _COMMANDABLE: dict[ObjectType, Any] = {
     ObjectType.ANALOG_OUTPUT: _driving(AnalogOutputObject),
     ObjectType.ANALOG_VALUE: _driving(AnalogValueObjectCmd),
     ObjectType.BINARY_OUTPUT: _driving(BinaryOutputObject),
     ObjectType.BINARY_VALUE: _driving(BinaryValueObjectCmd),
+    ObjectType.MULTI_STATE_OUTPUT: _driving(MultiStateOutputObject),
+    ObjectType.MULTI_STATE_VALUE: _driving(MultiStateValueObjectCmd),
+}
+# Held by the object itself: an input's state is set by whoever runs the simulator (a test).
+_HOLDING: dict[ObjectType, Any] = {
+    ObjectType.MULTI_STATE_INPUT: MultiStateInputObject,
+    ObjectType.MULTI_STATE_VALUE: MultiStateValueObject,
 }
 
 
@@ -175,9 +199,9 @@ class SimulatedBacnetDevice:
             try:
                 obj = self._make_object(point)
             except (ValueError, KeyError) as err:
-                # Not in the model (a multi-state object, a quantity the simulated building
-                # does not compute): served without it, so reading it answers unknown-object,
-                # as a real device would for a wrong device file.
+                # Not in the model (a quantity the simulated building does not compute): served
+                # without it, so reading it answers unknown-object, as a real device would for
+                # a wrong device file.
                 log.warning("sim: BACnet device %s: point %s not simulated: %s", device.id,
                             point.id, err)  # fmt: skip
                 continue
@@ -191,6 +215,8 @@ class SimulatedBacnetDevice:
         self._task: asyncio.Task[None] | None = None
 
     def _make_object(self, point: BacnetPoint) -> Any:
+        if point.object_type.value.startswith("multi-state-"):
+            return self._make_multi_state(point)
         value = _raw(point, self.building.read_point(point.zone, point.kind))
         kwargs: dict[str, Any] = {
             "objectIdentifier": (point.object_type.value, point.instance),
@@ -217,6 +243,29 @@ class SimulatedBacnetDevice:
         obj._on_read = lambda point=point: self._follow_point(point)
         return obj
 
+    def _make_multi_state(self, point: BacnetPoint) -> Any:
+        """State 1 of n (135 12.18.4: present-value is 1..number-of-states); a commandable one
+        refuses a state outside 1..n with value-out-of-range, its winning state held by itself."""
+        top = point.limits or point.plausible
+        if top is None or top.max < 1:
+            raise ValueError("a multi-state point needs limits or plausible {max: states}")
+        states = int(top.max)
+        kwargs: dict[str, Any] = {
+            "objectIdentifier": (point.object_type.value, point.instance),
+            "objectName": point.id,
+            "presentValue": 1,
+            "numberOfStates": states,
+            "stateText": [f"state {n}" for n in range(1, states + 1)],
+            "statusFlags": [0, 0, 0, 0],
+            "outOfService": False,
+            "eventState": "normal",
+        }
+        if point.writable:
+            obj = _COMMANDABLE[point.object_type](relinquishDefault=1, **kwargs)
+            obj._range = (1, states)
+            return obj
+        return _HOLDING[point.object_type](**kwargs)
+
     def _drive(self, point: BacnetPoint, raw: Any) -> None:
         """The winning value of a priority array reaches the simulated actuator."""
         value = decode_value(point.object_type, str(raw) if not isinstance(raw, float) else raw)
@@ -226,7 +275,8 @@ class SimulatedBacnetDevice:
     def refresh(self) -> None:
         """Inputs take the model's current values (a change notifies COV subscribers)."""
         for point in self.device.points:
-            if not point.writable and point.id in self.objects:
+            multi_state = point.object_type.value.startswith("multi-state-")
+            if not point.writable and not multi_state and point.id in self.objects:
                 self._follow_point(point)
 
     def _follow_point(self, point: BacnetPoint) -> None:
