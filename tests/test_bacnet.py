@@ -368,7 +368,7 @@ async def test_the_daemon_runs_the_demo_bacnet_devices(site_copy: Path, tmp_path
     (site_copy / "devices" / "demo-modbus.yaml").unlink()  # its air handler is ahu1 too
     settings = Settings.model_validate(
         {"site_dir": site_copy, "state_dir": tmp_path / "state", "http": {"enabled": False},
-         "mqtt": {"port": 0}, "sim": {"start": "2027-01-11T09:00:00"},
+         "mqtt": {"port": 0}, "sim": {"start": "2027-01-11T09:00:00", "modbus_port": 0},
          "bacnet": {"address": f"127.0.0.1:{free_udp_port()}"}}
     )  # fmt: skip
     daemon = Daemon(settings, load_site(site_copy))

@@ -88,8 +88,8 @@ async def test_a_mode_set_by_hand_is_relinquished_when_it_expires(
     policy(site_copy, "hold", mode_override_s=120)
     settings = Settings.model_validate(
         {"site_dir": site_copy, "state_dir": tmp_path / "state", "http": {"enabled": False},
-         "mqtt": {"port": 0}, "sim": {"start": "2027-01-11T09:00:00"}, "speed": 10,
-         "bacnet": {"address": f"127.0.0.1:{free_udp_port()}"}}
+         "mqtt": {"port": 0}, "sim": {"start": "2027-01-11T09:00:00", "modbus_port": 0},
+         "speed": 10, "bacnet": {"address": f"127.0.0.1:{free_udp_port()}"}}
     )  # fmt: skip
     daemon = Daemon(settings, load_site(site_copy))
     task = asyncio.create_task(daemon.run(600))
@@ -152,7 +152,7 @@ async def test_a_device_removed_by_a_reload_gives_its_points_back(
 
     settings = Settings.model_validate(
         {"site_dir": site_copy, "state_dir": tmp_path / "state", "http": {"enabled": False},
-         "mqtt": {"port": 0}, "sim": {"start": "2027-01-11T09:00:00"},
+         "mqtt": {"port": 0}, "sim": {"start": "2027-01-11T09:00:00", "modbus_port": 0},
          "bacnet": {"address": f"127.0.0.1:{free_udp_port()}"}}
     )  # fmt: skip
     daemon = Daemon(settings, load_site(site_copy))
@@ -181,7 +181,7 @@ async def test_points_commanded_before_a_reload_changed_the_device_are_released_
     policy(site_copy, "release")
     settings = Settings.model_validate(
         {"site_dir": site_copy, "state_dir": tmp_path / "state", "http": {"enabled": False},
-         "mqtt": {"port": 0}, "sim": {"start": "2027-01-11T09:00:00"},
+         "mqtt": {"port": 0}, "sim": {"start": "2027-01-11T09:00:00", "modbus_port": 0},
          "bacnet": {"address": f"127.0.0.1:{free_udp_port()}"}}
     )  # fmt: skip
     daemon = Daemon(settings, load_site(site_copy))
