@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -21,6 +21,9 @@ from buildingd.sim.bacnet_server import SimulatedBacnetDevice, start_bacnet_devi
 from buildingd.sim.building import Building
 from tests.conftest import REPO, free_udp_port, until
 from tests.daemon_proc import start_daemon
+
+if TYPE_CHECKING:
+    from buildingd.service.app import Daemon
 
 pytestmark = pytest.mark.bacnet
 
@@ -79,19 +82,25 @@ async def vav(site_copy: Path) -> AsyncIterator[SimulatedBacnetDevice]:
     sim.app.close()
 
 
-async def test_a_mode_set_by_hand_is_relinquished_when_it_expires(
-    site_copy: Path, tmp_path: Path, vav: SimulatedBacnetDevice
-) -> None:
+def in_process_daemon(site_copy: Path, tmp_path: Path, speed: float = 1.0) -> Daemon:
+    """The demo site's daemon in this process, its BACnet client and simulated Modbus gateway on
+    free loopback ports, no HTTP API."""
     from buildingd.service.app import Daemon
     from buildingd.settings import Settings
 
-    policy(site_copy, "hold", mode_override_s=120)
     settings = Settings.model_validate(
         {"site_dir": site_copy, "state_dir": tmp_path / "state", "http": {"enabled": False},
          "mqtt": {"port": 0}, "sim": {"start": "2027-01-11T09:00:00", "modbus_port": 0},
-         "speed": 10, "bacnet": {"address": f"127.0.0.1:{free_udp_port()}"}}
+         "speed": speed, "bacnet": {"address": f"127.0.0.1:{free_udp_port()}"}}
     )  # fmt: skip
-    daemon = Daemon(settings, load_site(site_copy))
+    return Daemon(settings, load_site(site_copy))
+
+
+async def test_a_mode_set_by_hand_is_relinquished_when_it_expires(
+    site_copy: Path, tmp_path: Path, vav: SimulatedBacnetDevice
+) -> None:
+    policy(site_copy, "hold", mode_override_s=120)
+    daemon = in_process_daemon(site_copy, tmp_path, speed=10.0)
     task = asyncio.create_task(daemon.run(600))
     try:
         await asyncio.wait_for(daemon.ready.wait(), 60)
@@ -147,15 +156,7 @@ async def test_a_device_removed_by_a_reload_gives_its_points_back(
     site_copy: Path, tmp_path: Path, vav: SimulatedBacnetDevice
 ) -> None:
     """Whatever the policy (``hold`` here): a device no longer in the site is not buildingd's."""
-    from buildingd.service.app import Daemon
-    from buildingd.settings import Settings
-
-    settings = Settings.model_validate(
-        {"site_dir": site_copy, "state_dir": tmp_path / "state", "http": {"enabled": False},
-         "mqtt": {"port": 0}, "sim": {"start": "2027-01-11T09:00:00", "modbus_port": 0},
-         "bacnet": {"address": f"127.0.0.1:{free_udp_port()}"}}
-    )  # fmt: skip
-    daemon = Daemon(settings, load_site(site_copy))
+    daemon = in_process_daemon(site_copy, tmp_path)
     task = asyncio.create_task(daemon.run(600))
     try:
         await asyncio.wait_for(daemon.ready.wait(), 60)
@@ -175,16 +176,8 @@ async def test_points_commanded_before_a_reload_changed_the_device_are_released_
     site_copy: Path, tmp_path: Path, vav: SimulatedBacnetDevice
 ) -> None:
     """The reload restarts the device's agent; the new agent still knows what buildingd holds."""
-    from buildingd.service.app import Daemon
-    from buildingd.settings import Settings
-
     policy(site_copy, "release")
-    settings = Settings.model_validate(
-        {"site_dir": site_copy, "state_dir": tmp_path / "state", "http": {"enabled": False},
-         "mqtt": {"port": 0}, "sim": {"start": "2027-01-11T09:00:00", "modbus_port": 0},
-         "bacnet": {"address": f"127.0.0.1:{free_udp_port()}"}}
-    )  # fmt: skip
-    daemon = Daemon(settings, load_site(site_copy))
+    daemon = in_process_daemon(site_copy, tmp_path)
     task = asyncio.create_task(daemon.run(600))
     try:
         await asyncio.wait_for(daemon.ready.wait(), 60)
