@@ -62,6 +62,19 @@ class StateMirror:
             written.append(name)
         return written
 
+    async def take_over(self, timeout_s: float) -> None:
+        """``pull`` for a gateway that just took the lease, within ``timeout_s``: on a timeout
+        or a NATS error its coordinator starts on this gateway's own files (logged)."""
+        import nats.errors
+
+        try:
+            async with asyncio.timeout(timeout_s):
+                pulled = await self.pull()
+            log.info("coordinator state taken over from the site's bucket: %s", pulled)
+        except (TimeoutError, nats.errors.Error) as err:
+            log.warning("coordinator state not read from the site's bucket (%s): starting on "
+                        "this gateway's own files", err)  # fmt: skip
+
     async def push_changed(self) -> None:
         """Put each file whose bytes differ from what the bucket holds."""
         kv = await self.open()

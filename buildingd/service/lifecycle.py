@@ -238,8 +238,6 @@ def _elect_coordinator(
     """On a candidate of several (service/gateway): run the coordinator only while this
     gateway holds the site's lease, with the state the last leader left in the site's KV
     bucket (nats/state_mirror), and mirror its state there while leading."""
-    from nats.errors import Error as NatsError
-
     from buildingd.nats.state_mirror import StateMirror
 
     election = daemon.election
@@ -255,13 +253,8 @@ def _elect_coordinator(
 
     async def acquired(revision: int) -> None:
         renewed(revision)
-        try:  # what the last leader committed, before this coordinator reads its files
-            async with asyncio.timeout(settings.nats.lease_ttl_s / 3):
-                pulled = await mirror.pull()
-            log.info("coordinator state taken over from the site's bucket: %s", pulled)
-        except (TimeoutError, NatsError) as err:
-            log.warning("coordinator state not read from the site's bucket (%s): starting on "
-                        "this gateway's own files", err)  # fmt: skip
+        # What the last leader committed, before this coordinator reads its files.
+        await mirror.take_over(settings.nats.lease_ttl_s / 3)
         await _start_coordinator(daemon, sup, on_saved=mirror.changed.set)
         log.info("this gateway leads: coordinator started (lease revision %d)", revision)
 
