@@ -190,7 +190,12 @@ class Builder:
         else:
             path = (*top.path, top.index)
         self._count(path, line)
-        value = self._scalar(event, path, line)
+        self._place(top, self._scalar(event, path, line))
+        if anchor is not None:
+            self.anchors[anchor] = [event]
+
+    def _place(self, top: _Frame | None, value: Any) -> None:
+        """``value`` into the open container (the document itself when none is open)."""
         if top is None:
             self.result = value
         elif top.is_map:
@@ -199,8 +204,6 @@ class Builder:
         else:
             top.container.append(value)
             top.index += 1
-        if anchor is not None:
-            self.anchors[anchor] = [event]
 
     def _on_start(self, event: Any, replay: bool) -> None:
         line = event.start_mark.line + 1
@@ -217,14 +220,7 @@ class Builder:
         self._count(path, line)
         is_map = isinstance(event, yaml.MappingStartEvent)
         container: Any = {} if is_map else []
-        if top is None:
-            self.result = container
-        elif top.is_map:
-            top.container[top.key] = container
-            top.child = None
-        else:
-            top.container.append(container)
-            top.index += 1
+        self._place(top, container)
         self.stack.append(_Frame(container, path, anchor, is_map))
         if anchor is not None:
             self.recording[anchor] = [event]
