@@ -113,10 +113,12 @@ class BleSettings(Section):
 class BacnetSettings(Section):
     """The BACnet/IP client. ``address`` as bacpypes3 reads it: ``host`` (the default interface,
     UDP 47808), ``192.168.1.5/24`` (its mask gives the broadcast address for Who-Is) or
-    ``127.0.0.1:47900``. On a routed network without a local BBMD, register as a foreign device
-    with ``bbmd = "10.0.0.1:47808"``; ``who_is_to`` sends Who-Is there instead of broadcasting."""
+    ``127.0.0.1:47900``. Unset: ``host``, or a free port on 127.0.0.1 while every BACnet device
+    of the site is simulated (the demo never binds the building network). On a routed network
+    without a local BBMD, register as a foreign device with ``bbmd = "10.0.0.1:47808"``;
+    ``who_is_to`` sends Who-Is there instead of broadcasting."""
 
-    address: str = "host"
+    address: str | None = None
     device_instance: int = Field(default=4194302, ge=0, le=4194302)
     bbmd: str | None = None
     bbmd_ttl_s: int = Field(default=300, ge=30, le=65535)
@@ -130,6 +132,8 @@ class SimSettings(Section):
     start: str | None = None  # ISO date-time the simulation starts at; default: now
     weather: Literal["heating", "cooling", "mild"] | None = None  # default: from the date
     modbus_port: int | None = None  # serve Modbus sim devices on 127.0.0.1:<port> (0: free)
+    # Serve simulated BACnet devices on 127.0.0.1 from <port> up, one port each (0: free ports).
+    bacnet_port: int | None = None
     # Serve ``simulated: true`` RTU devices over a real serial line: the daemon's end (the
     # devices' ``connection.port``) -> the simulator's end, e.g. the two ptys of
     # ``socat pty,raw,echo=0,link=/tmp/ttyA pty,raw,echo=0,link=/tmp/ttyB`` or a looped pair

@@ -163,9 +163,9 @@ def start_daemon(
     speed: float = 30.0,
     config_text: str = 'log_level = "info"\n\n[mqtt]\nkeepalive_s = 30\n',
 ) -> Running:
-    """``buildingd run`` on ``site`` (simulated building at ``speed``, embedded broker and
-    simulated Modbus gateway on free ports, HTTP on a free port with ``TOKEN``), as systemd
-    starts it (NOTIFY_SOCKET, WATCHDOG_USEC). ``env`` adds or overrides variables; a second
+    """``buildingd run`` on ``site`` (simulated building at ``speed``, embedded broker, simulated
+    Modbus gateway and BACnet devices on free ports, HTTP on a free port with ``TOKEN``), as
+    systemd starts it (NOTIFY_SOCKET, WATCHDOG_USEC). ``env`` adds or overrides variables; a second
     daemon on the same ``state`` directory is a restart."""
     sock_path = tmp_path / f"notify-{next(_sockets)}.sock"
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -183,6 +183,7 @@ def start_daemon(
         BUILDINGD_HTTP__PORT=str(port),
         BUILDINGD_MQTT__PORT="0",  # the embedded broker on a free port
         BUILDINGD_SIM__MODBUS_PORT="0",  # the simulated Modbus gateway too
+        BUILDINGD_SIM__BACNET_PORT="0",  # and the simulated BACnet devices
         BUILDINGD_HTTP__TOKEN_FILE=str(token_file),
         BUILDINGD_STATE_DIR=str(state),
         BUILDINGD_SITE_DIR=str(site),

@@ -355,21 +355,17 @@ async def test_cov_subscription_is_renewed_before_its_lifetime_ends(
 
 
 async def test_the_daemon_runs_the_demo_bacnet_devices(site_copy: Path, tmp_path: Path) -> None:
-    """The demo file as shipped (ports moved to free ones): the simulator serves the VAV box and
-    the air handler over BACnet/IP, the daemon's device agents read them and write through
-    them; at stop the demo policy (``hold``) leaves what was written in force."""
+    """The demo site as shipped (``[sim] bacnet_port = 0`` moves the devices to free ports): the
+    simulator serves the VAV box and the air handler over BACnet/IP, the daemon's device agents
+    read them and write through them; at stop the demo policy (``hold``) leaves what was written
+    in force. No ``[bacnet] address``: the client binds loopback, every device is simulated."""
     from buildingd.service.app import Daemon
     from buildingd.settings import Settings
 
-    text = (REPO / "devices" / "demo-bacnet.yaml.example").read_text()
-    for port in ("47811", "47812"):
-        text = text.replace(f"127.0.0.1:{port}", f"127.0.0.1:{free_udp_port()}")
-    (site_copy / "devices" / "demo-bacnet.yaml").write_text(text)
-    (site_copy / "devices" / "demo-modbus.yaml").unlink()  # its air handler is ahu1 too
     settings = Settings.model_validate(
         {"site_dir": site_copy, "state_dir": tmp_path / "state", "http": {"enabled": False},
-         "mqtt": {"port": 0}, "sim": {"start": "2027-01-11T09:00:00", "modbus_port": 0},
-         "bacnet": {"address": f"127.0.0.1:{free_udp_port()}"}}
+         "mqtt": {"port": 0},
+         "sim": {"start": "2027-01-11T09:00:00", "modbus_port": 0, "bacnet_port": 0}}
     )  # fmt: skip
     daemon = Daemon(settings, load_site(site_copy))
     task = asyncio.create_task(daemon.run(120))
@@ -383,6 +379,8 @@ async def test_the_daemon_runs_the_demo_bacnet_devices(site_copy: Path, tmp_path
                 await asyncio.sleep(0.1)
         driver = vav_agent.driver
         assert isinstance(driver, BacnetDriver) and daemon.building is not None
+        assert driver.ctx.bacnet.address.startswith("127.0.0.1:")  # never the building's LAN
+        assert driver.spec.address != "127.0.0.1:47811"  # moved to a free port
         samples = await driver.read()
         room = daemon.building.zones["f2-office-b"].temperature_c
         assert samples["zone_temp"].value == pytest.approx(room, abs=0.2)

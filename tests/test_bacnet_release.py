@@ -19,7 +19,7 @@ from buildingd.config.bacnet import BacnetDevice
 from buildingd.config.loader import load_site
 from buildingd.sim.bacnet_server import SimulatedBacnetDevice, start_bacnet_devices
 from buildingd.sim.building import Building
-from tests.conftest import REPO, free_udp_port, until
+from tests.conftest import free_udp_port, until
 from tests.daemon_proc import start_daemon
 
 if TYPE_CHECKING:
@@ -68,11 +68,12 @@ def policy(site: Path, action: str, mode_override_s: float | None = None) -> Non
 
 @pytest.fixture
 async def vav(site_copy: Path) -> AsyncIterator[SimulatedBacnetDevice]:
-    """The demo VAV box of the office B, on a free port, served here (not by the daemon)."""
-    text = (REPO / "devices" / "demo-bacnet.yaml.example").read_text()
+    """The demo VAV box of the office B, on a free port, served here (not by the daemon): the
+    site's BACnet file keeps only the VAV box, no longer simulated."""
+    path = site_copy / "devices" / "demo-bacnet.yaml"
+    text = path.read_text()
     text = text[: text.index("  - id: ahu1-bacnet")].replace("    simulated: true\n", "")
-    text = text.replace("127.0.0.1:47811", f"127.0.0.1:{free_udp_port()}")
-    (site_copy / "devices" / "vav.yaml").write_text(text)
+    path.write_text(text.replace("127.0.0.1:47811", f"127.0.0.1:{free_udp_port()}"))
     site = load_site(site_copy)
     spec = site.devices["f2-office-b-vav"]
     assert isinstance(spec, BacnetDevice)
@@ -161,7 +162,7 @@ async def test_a_device_removed_by_a_reload_gives_its_points_back(
     try:
         await asyncio.wait_for(daemon.ready.wait(), 60)
         await device_until(vav, lambda: slot(vav) is not None, "the zone commands heat_sp")
-        (site_copy / "devices" / "vav.yaml").unlink()
+        (site_copy / "devices" / "demo-bacnet.yaml").unlink()
         result = await daemon.reload()
         assert "f2-office-b-vav" not in daemon.device_agents, result
         assert slot(vav) is None and slot(vav, "cool_sp") is None
@@ -183,7 +184,7 @@ async def test_points_commanded_before_a_reload_changed_the_device_are_released_
         await asyncio.wait_for(daemon.ready.wait(), 60)
         await device_until(vav, lambda: slot(vav) is not None, "the zone commands heat_sp")
         first = daemon.device_agents["f2-office-b-vav"]
-        path = site_copy / "devices" / "vav.yaml"
+        path = site_copy / "devices" / "demo-bacnet.yaml"
         path.write_text(path.read_text().replace("poll_interval_s: 10", "poll_interval_s: 15"))
         await daemon.reload()
         assert daemon.device_agents["f2-office-b-vav"] is not first

@@ -55,6 +55,7 @@ class Buildingd:
             BUILDINGD_MQTT__HOMEASSISTANT_DISCOVERY="true",
             BUILDINGD_HTTP__PORT=str(self.http_port),
             BUILDINGD_SIM__MODBUS_PORT=str(self.modbus_port),
+            BUILDINGD_SIM__BACNET_PORT="0",
             BUILDINGD_STATE_DIR=str(self.state),
             BUILDINGD_SITE_DIR=str(self.site),
             BUILDINGD_SIM__START="2027-01-11T10:00:00",  # a Monday morning, occupied hours

@@ -621,6 +621,7 @@ async def test_the_daemon_serves_simulated_rtu_devices_on_a_serial_line(
             "mqtt": {"port": 0},
             "sim": {
                 "modbus_port": 0,
+                "bacnet_port": 0,
                 "start": "2027-01-11T09:00:00",
                 "modbus_rtu_ports": {daemon_end: simulator_end},
             },

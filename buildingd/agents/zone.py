@@ -81,7 +81,7 @@ class _Actuator:
     device_id: str
     point_id: str
     kind: PointKind
-    confirmed: float | None = None  # last value the device confirmed (read back)
+    confirmed: float | None = None  # last target the device confirmed (read back, or released)
     pending: float | None = None
     pending_since_s: float = 0.0
     pending_id: str | None = None
@@ -654,9 +654,11 @@ class ZoneAgent(Agent):
             for act in acts:
                 if act.pending_id is not None and env.in_reply_to == act.pending_id:
                     if result.ok:
-                        # Released: the device's own control holds the point; the zone's target
+                        # The device agent checked the read-back against the target as the
+                        # device's encoding holds it (21.1 is 21.100000381 in a BACnet REAL), or
+                        # the device's own control holds a released point: either way the target
                         # counts as met until it changes.
-                        act.confirmed = act.pending if result.released else result.read_back
+                        act.confirmed = act.pending
                         act.pending = None
                     else:
                         self.stats.commands_failed += 1

@@ -164,12 +164,12 @@ class AirHandlerDesk:
         return count
 
     def _points(self, ahu_id: str, kind: PointKind) -> list[tuple[str, PointBase]]:
-        """(device id, point) of each ``kind`` point of the air handler's devices (the device
-        named like it, or ``<ahu>-...``)."""
+        """(device id, point) of each writable ``kind`` point of the air handler's devices (the
+        device named like it, or ``<ahu>-...``); a read-only one is the plant's own, monitored."""
         return [
             (device.id, point)
             for device in self.office.site.devices.values()
             if device.id == ahu_id or device.id.startswith(f"{ahu_id}-")
             for point in device.points_list()
-            if point.kind is kind
+            if point.kind is kind and point.writable
         ]

@@ -31,6 +31,7 @@ from buildingd.telemetry.sink import TelemetrySink
 if TYPE_CHECKING:
     from buildingd.coordinator.agent import CoordinatorAgent
     from buildingd.mqtt.broker import EmbeddedBroker
+    from buildingd.sim.servers import Moves
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +79,8 @@ class Daemon:
         self.supervisor: Supervisor | None = None
         self.coordinator: CoordinatorAgent | None = None
         self.broker: EmbeddedBroker | None = None  # the embedded one, when it runs
-        # Simulated Modbus gateways moved to another port ([sim] modbus_port): old -> new.
-        self.sim_gateways: dict[tuple[str, int], int] = {}
+        # Simulated devices moved to another port ([sim] modbus_port, bacnet_port): old -> new.
+        self.sim_gateways: Moves = {}
         self.zone_agents: dict[str, ZoneAgent] = {}
         self.device_agents: dict[str, DeviceAgent] = {}
         self.accepting_external_commands = True

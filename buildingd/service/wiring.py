@@ -5,6 +5,7 @@ runs over MQTT)."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING
 from buildingd.agents.bus import InProcessBus
 from buildingd.agents.context import AgentContext
 from buildingd.clock import Clock, ScaledClock, SystemClock
+from buildingd.config.bacnet import BacnetDevice
 from buildingd.config.loader import Site
 from buildingd.drivers.base import BacnetClient, DriverContext
 from buildingd.metrics import Metrics
@@ -122,8 +124,24 @@ def wire(
             metrics=metrics,
             serve_protocols=settings.sim.protocols,
             ble_scanning=settings.ble.scanning,
-            bacnet=BacnetClient(**settings.bacnet.model_dump()),
+            bacnet=bacnet_client(settings, site),
         ),
         metrics=metrics,
     )
     return Parts(clock, building, mqtt, bus, nats, election, metrics, ctx)
+
+
+def bacnet_client(settings: Settings, site: Site) -> BacnetClient:
+    """``[bacnet]`` as the driver uses it. Without an address the client binds the default
+    interface, except for a site whose BACnet devices are all simulated (the demo): then a free
+    port on 127.0.0.1, so ``make run`` never speaks BACnet on the building network."""
+    fields = settings.bacnet.model_dump()
+    if fields["address"] is None:
+        devices = [d for d in site.devices.values() if isinstance(d, BacnetDevice)]
+        if devices and all(d.simulated for d in devices):
+            from buildingd.sim.servers import free_loopback_port
+
+            fields["address"] = f"127.0.0.1:{free_loopback_port(socket.SOCK_DGRAM)}"
+        else:
+            fields["address"] = "host"
+    return BacnetClient(**fields)

@@ -23,8 +23,11 @@ if TYPE_CHECKING:
     from buildingd.settings import SimSettings
     from buildingd.sim.building import Building
 
-# A simulated Modbus TCP gateway's address -> the port it was moved to ([sim] modbus_port).
-Moves = dict[tuple[str, int], int]
+BACNET_IP_PORT = 47808  # 0xBAC0, ASHRAE 135 Annex J
+
+# A simulated device's (driver, host, port) -> the port it was moved to ([sim] modbus_port for
+# Modbus TCP gateways, [sim] bacnet_port for BACnet/IP devices).
+Moves = dict[tuple[str, str, int], int]
 
 
 def site_needs_simulator(site: Site) -> bool:
@@ -63,7 +66,7 @@ async def start_simulator_servers(
     mqtt_devices = [d for d in site.devices.values() if d.simulated and isinstance(d, MqttDevice)]
     moves = await _serve_modbus(building, clock, site, sim, services)
     await _serve_modbus_rtu(building, clock, site, sim, services)
-    await _serve_bacnet(building, clock, site, services)
+    moves |= await _serve_bacnet(building, clock, site, sim, services)
     if mqtt_devices and mqtt is not None:
         from buildingd.sim.mqtt_devices import SimulatedMqttDevices
 
@@ -82,24 +85,23 @@ async def _serve_modbus(
 ) -> Moves:
     """One Modbus TCP server per simulated gateway address. With ``[sim] modbus_port`` set
     (0: a free port) the gateways move there and the device specs follow."""
-    gateways: dict[tuple[str, int], list[ModbusTcpDevice]] = {}
+    gateways: dict[tuple[str, str, int], list[ModbusTcpDevice]] = {}
     for device in site.devices.values():
         if device.simulated and isinstance(device, ModbusTcpDevice):
-            key = (device.connection.host, device.connection.port)
-            gateways.setdefault(key, []).append(device)
+            gateways.setdefault(_endpoint(device), []).append(device)
     if not gateways:
         return {}
     from buildingd.sim.modbus_server import start_modbus_tcp
 
     moves: Moves = {}
     if sim.modbus_port is not None:
-        moves = {key: sim.modbus_port or _free_port() for key in gateways}
+        moves = {key: sim.modbus_port or free_loopback_port() for key in gateways}
         relocate_simulated(site, moves)
-    for (host, port), devices in gateways.items():
+    for (_, host, port), devices in gateways.items():
         served: list[ModbusDeviceBase] = [
             d for d in (site.devices[x.id] for x in devices) if isinstance(d, ModbusTcpDevice)
         ]
-        port = moves.get((host, port), port)
+        port = moves.get(("modbus", host, port), port)
         server = await start_modbus_tcp(building, clock, served, host, port)
         services.push_async_callback(server.shutdown)
     return moves
@@ -136,10 +138,15 @@ async def _serve_modbus_rtu(
 
 
 async def _serve_bacnet(
-    building: Building, clock: Clock, site: Site, services: contextlib.AsyncExitStack
-) -> None:
+    building: Building,
+    clock: Clock,
+    site: Site,
+    sim: SimSettings,
+    services: contextlib.AsyncExitStack,
+) -> Moves:
     """One BACnet/IP device per simulated ``driver: bacnet`` device, at its own address (only
-    127.0.0.1: the simulator never answers on a real network)."""
+    127.0.0.1: the simulator never answers on a real network). With ``[sim] bacnet_port`` set
+    they move to consecutive ports from there (0: free ports) and the device specs follow."""
     devices = [
         d
         for d in site.devices.values()
@@ -150,25 +157,50 @@ async def _serve_bacnet(
         if device not in local:
             log.warning("sim: BACnet device %s is not on 127.0.0.1: not simulated", device.id)
     if not local:
-        return
+        return {}
     from buildingd.sim.bacnet_server import start_bacnet_devices
 
-    for sim in await start_bacnet_devices(building, clock, local):
-        services.push_async_callback(sim.stop)
+    moves: Moves = {}
+    if sim.bacnet_port is not None:
+        first = sim.bacnet_port
+        moves = {
+            _endpoint(d): first + n if first else free_loopback_port(socket.SOCK_DGRAM)
+            for n, d in enumerate(local)
+        }
+        relocate_simulated(site, moves)
+    served = [d for d in (site.devices[x.id] for x in local) if isinstance(d, BacnetDevice)]
+    for running in await start_bacnet_devices(building, clock, served):
+        services.push_async_callback(running.stop)
+    return moves
 
 
 def relocate_simulated(site: Site, moves: Moves) -> None:
-    """Point simulated Modbus TCP devices at the ports their gateways were moved to (at start
+    """Point simulated Modbus TCP and BACnet devices at the ports they were moved to (at start
     and again after a reload re-read the device files)."""
     for device in list(site.devices.values()):
-        if device.simulated and isinstance(device, ModbusTcpDevice):
-            new = moves.get((device.connection.host, device.connection.port))
-            if new is not None:
-                moved = device.connection.model_copy(update={"port": new})
-                site.devices[device.id] = device.model_copy(update={"connection": moved})
+        if not device.simulated or not isinstance(device, ModbusTcpDevice | BacnetDevice):
+            continue
+        endpoint = _endpoint(device)
+        new = moves.get(endpoint)
+        if new is None:
+            continue
+        if isinstance(device, BacnetDevice):
+            site.devices[device.id] = device.model_copy(update={"address": f"{endpoint[1]}:{new}"})
+        else:
+            moved = device.connection.model_copy(update={"port": new})
+            site.devices[device.id] = device.model_copy(update={"connection": moved})
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
+def _endpoint(device: ModbusTcpDevice | BacnetDevice) -> tuple[str, str, int]:
+    """The key of a simulated device's address in ``Moves``."""
+    if isinstance(device, ModbusTcpDevice):
+        return ("modbus", device.connection.host, device.connection.port)
+    host, _, port = (device.address or "").rpartition(":")
+    return ("bacnet", host, int(port) if port.isdigit() else BACNET_IP_PORT)
+
+
+def free_loopback_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
+    """A TCP (or, with ``SOCK_DGRAM``, UDP) port free on 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
