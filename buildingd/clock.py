@@ -76,3 +76,16 @@ class ScaledClock:
 
     def to_loop_seconds(self, seconds: float) -> float:
         return seconds / self.speed
+
+
+# A device's answer takes real time however fast the simulation runs: a request timeout is never
+# scaled below this many event-loop seconds (or the configured timeout, if it is shorter).
+ANSWER_FLOOR_S = 1.0
+
+
+def answer_timeout_s(clock: Clock, seconds: float) -> float:
+    """Event-loop seconds to wait for a device's answer given a ``seconds`` timeout of
+    ``clock``: scaled with a simulation, but not below a real round trip (a loopback answer on a
+    loaded machine takes tens of ms; at speed 60 a 3 s timeout would be 50 ms, and every late
+    answer a spurious timeout)."""
+    return max(clock.to_loop_seconds(seconds), min(seconds, ANSWER_FLOOR_S))

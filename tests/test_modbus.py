@@ -141,6 +141,49 @@ async def test_gateway_down_then_back(building: Building, ctx: DriverContext) ->
         await server.shutdown()
 
 
+async def slow_link(to_port: int, delay_s: float) -> asyncio.Server:
+    """A TCP relay on a free port that holds every chunk ``delay_s`` each way: a slow link (a
+    radio bridge, a busy gateway) in front of a real device."""
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(4096):
+            await asyncio.sleep(delay_s)
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", to_port)
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer),
+                             return_exceptions=True)  # fmt: skip
+
+    return await asyncio.start_server(relay, "127.0.0.1", 0)
+
+
+async def test_a_fast_simulation_does_not_cut_a_real_answer_short(building: Building) -> None:
+    """At speed 60 a 3 s timeout is 50 ms of the event loop; a device 150 ms away must still be
+    read (the timeout never goes below a real round trip), not timed out and answered late."""
+    port = free_port()
+    served = thermostat(port)
+    server = await start_modbus_tcp(building, ScaledClock(START, 1.0), [served], "127.0.0.1", port)
+    link = await slow_link(port, 0.15)
+    far = thermostat(link.sockets[0].getsockname()[1], timeout_s=3)
+    ctx = DriverContext(clock=ScaledClock(START, 60.0), building=building,
+                        resources=SharedResources())  # fmt: skip
+    try:
+        driver = ModbusDriver(far, ctx)
+        await driver.open()
+        values = await driver.read()
+        assert values["temperature"].value == pytest.approx(
+            building.read_point("f1-meeting", PointKind.TEMPERATURE), abs=0.051
+        )
+        assert driver.requests == len(driver.plan)  # no request timed out and was repeated
+    finally:
+        await ctx.resources.close_all()
+        link.close()
+        await server.shutdown()
+
+
 @pytest.fixture
 def pty_pair(tmp_path: Path) -> Iterator[tuple[str, str]]:
     a, b = tmp_path / "ttyA", tmp_path / "ttyB"

@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any, TypeVar
 
+from buildingd.clock import answer_timeout_s
 from buildingd.config.bacnet import BacnetDevice, BacnetPoint, Segmentation
 from buildingd.drivers.bacnet_codec import (
     BacnetFailure,
@@ -144,7 +145,7 @@ class BacnetDriver(Driver):
         """One confirmed request with the device's timeout and retries."""
         from bacpypes3.apdu import ErrorRejectAbortNack
 
-        timeout_s = self.ctx.clock.to_loop_seconds(self.spec.timeout_s)
+        timeout_s = answer_timeout_s(self.ctx.clock, self.spec.timeout_s)
         failure = BacnetFailure("timeout", "no-response")
         cause: BaseException | None = None
         for _ in range(self.spec.retries + 1):
@@ -220,7 +221,7 @@ class BacnetDriver(Driver):
     async def _discover(self) -> Any:
         instance = self.spec.device_instance
         try:
-            async with asyncio.timeout(self.ctx.clock.to_loop_seconds(WHO_IS_TIMEOUT_S)):
+            async with asyncio.timeout(answer_timeout_s(self.ctx.clock, WHO_IS_TIMEOUT_S)):
                 if self.ctx.bacnet.who_is_to:
                     found = await self._who_is_to(instance, self.ctx.bacnet.who_is_to)
                 else:

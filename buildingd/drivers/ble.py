@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from buildingd.clock import answer_timeout_s
 from buildingd.config.ble import BleDevice, BlePoint
 from buildingd.drivers.base import Driver, DriverContext
 from buildingd.drivers.ble_codecs import (
@@ -501,7 +502,7 @@ class BleGattDriver(_BleBase):
         from bleak.exc import BleakError
 
         try:
-            async with asyncio.timeout(self.ctx.clock.to_loop_seconds(self.device.timeout_s)):
+            async with asyncio.timeout(answer_timeout_s(self.ctx.clock, self.device.timeout_s)):
                 data = bytes(await client.read_gatt_char(self._chars[point.id]))
         except (BleakError, TimeoutError, EOFError) as err:
             if not client.is_connected:
@@ -571,7 +572,7 @@ class BleGattDriver(_BleBase):
                 point_id=point_id,
             )
         try:
-            async with asyncio.timeout(self.ctx.clock.to_loop_seconds(self.device.timeout_s)):
+            async with asyncio.timeout(answer_timeout_s(self.ctx.clock, self.device.timeout_s)):
                 await client.write_gatt_char(self._chars[point_id], data, response=True)
         except (BleakError, TimeoutError, EOFError) as err:
             if not client.is_connected:

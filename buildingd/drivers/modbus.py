@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from buildingd.clock import answer_timeout_s
 from buildingd.config.modbus import (
     DataType,
     ModbusDeviceBase,
@@ -356,7 +357,7 @@ class ModbusDriver(Driver):
         """One request with the device's timeout and retries; ``DeviceUnavailableError`` when the
         line is down (no retry: it is backing off) or the unit does not answer any attempt."""
         assert self.line is not None
-        timeout = self.ctx.clock.to_loop_seconds(self.spec.timeout_s)
+        timeout = answer_timeout_s(self.ctx.clock, self.spec.timeout_s)
         last: NoAnswer | None = None
         for _ in range(self.spec.retries + 1):
             self.requests += 1

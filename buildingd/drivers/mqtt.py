@@ -19,6 +19,7 @@ import asyncio
 import logging
 from collections.abc import Mapping
 
+from buildingd.clock import answer_timeout_s
 from buildingd.config.mqtt import MqttDevice, MqttPoint
 from buildingd.drivers.base import Driver, DriverContext
 from buildingd.drivers.mqtt_formats import CommandError, parse, state_topics
@@ -124,7 +125,7 @@ class MqttDriver(Driver):
         still in flight) is kept waiting on until the timeout, then returned as the read-back."""
         reported: float | None = None
         try:
-            async with asyncio.timeout(self.ctx.clock.to_loop_seconds(self.device.timeout_s)):
+            async with asyncio.timeout(answer_timeout_s(self.ctx.clock, self.device.timeout_s)):
                 while True:
                     await changed.wait()
                     changed.clear()
