@@ -340,15 +340,20 @@ def _learn_start(
     # known) or only to its standby band: judged against the one it was sent to.
     target = _nearest(morning.aim or band, comfort, (comfort.occupied, comfort.standby))
     entered = morning.entered_occupied if target is comfort.occupied else morning.entered_standby
-    rates = learning.morning_rates
+    rates, weight = learning.morning_rates, BIAS_WEIGHT
     if entered is not None:
         error_s = (entered - morning.start).total_seconds()  # early: negative
-        rates = _keep_rate(rates, _morning_rate(morning, target, entered, comfort))
+        measured = _morning_rate(morning, target, entered, comfort)
+        if measured is not None and not _effective(learning).model(measured.regime).learned:
+            # The start came from the prior, and this morning's rate replaces the prior from
+            # now on: its error is the prior's, not one the correction should carry forward.
+            weight = 0.0
+        rates = _keep_rate(rates, measured)
     else:
         # Judged at the start, whatever the zone is driven to next (people may not come): late
         # by the time it would still have needed, by its model.
         error_s = _still_needed_s(learning, temperature_c, target)
-    bias = learning.start_bias_s + BIAS_WEIGHT * error_s
+    bias = learning.start_bias_s + weight * error_s
     return replace(
         learning,
         morning=None,
