@@ -25,7 +25,15 @@ from buildingd.control.zone import (
     ZoneState,
     decide,
 )
-from buildingd.control.zone_learning import BIAS_WEIGHT, ZoneLearning, ZoneOutlook, observe, outlook
+from buildingd.control.zone_learning import (
+    BIAS_WEIGHT,
+    KEEP_MORNING_RATES,
+    ZoneLearning,
+    ZoneOutlook,
+    observe,
+    outlook,
+    summary,
+)
 from buildingd.points import PointKind
 from buildingd.sim.building import Building
 
@@ -148,6 +156,72 @@ def test_start_error_corrects_the_next_start(policy) -> None:  # type: ignore[no
     # Tuesday from 18 degC: 3 K at 1.5 K/h, plus the correction.
     lead = outlook(learning, at(4, 0, day=1), 18.0, policy).occupied_lead_s
     assert lead == pytest.approx(2 * 3600 + BIAS_WEIGHT * error_s, rel=0.03)
+
+
+def summer_morning(  # type: ignore[no-untyped-def]
+    learning: ZoneLearning, policy, day: int, rate_k_per_h: float, from_c: float = 26.0
+) -> tuple[ZoneLearning, float]:
+    """One synthetic summer morning: the zone rests at ``from_c`` until the outlook says to
+    start, then its unit cools it at ``rate_k_per_h`` (to 23.5 degC). Minute steps from 05:00
+    to just past the 07:00 start; returns the learning and the morning's judged error (min)."""
+    comfort, start = policy.comfort, at(7, 0, day)
+    temp, began = from_c, False
+    t = at(5, 0, day)
+    while t <= start + timedelta(minutes=1):
+        lead_s = outlook(learning, t, temp, policy).occupied_lead_s
+        began = began or (start - t).total_seconds() <= lead_s
+        band = comfort.occupied if began else comfort.unoccupied
+        now_s = (t - MONDAY).total_seconds()
+        learning = observe(learning, now_s, t, temp, False, band, policy)
+        if began:
+            temp = max(23.5, temp - rate_k_per_h / 60)
+        t += timedelta(minutes=1)
+    return learning, learning.starts[-1].error_s / 60
+
+
+def test_cool_down_rate_is_learned_from_whole_mornings(tmp_path: Path, policy) -> None:  # type: ignore[no-untyped-def]
+    """A unit that cools at 6 K/h takes 10 minutes from 26 to 25 degC: never a 15-minute window
+    at full output, so the cooling regime's windows teach nothing. Hand-worked: 2 K over the
+    band's edge (24) entered within the tolerance (24.5) after 1.5 K / 6 K/h = 15 min is a
+    mean rate of 8 K/h for the start: 15 minutes' lead from 26 degC."""
+    learning, first = summer_morning(ZoneLearning(), policy, 0, 6.0)
+    # The prior (2 K/h): an hour's lead for 2 K, 45 minutes early; the prior's error is not
+    # carried forward as a correction once the morning's own rate replaces it.
+    assert first == pytest.approx(-45, abs=1.5)
+    assert not learning.response.model(Regime.COOLING).learned
+    assert learning.start_bias_s == 0.0
+    assert outlook(learning, at(5, 0, 1), 26.0, policy).occupied_lead_s == pytest.approx(
+        900, abs=10
+    )
+    # From then on the zone arrives on time, also from a warmer Monday (3 K over the edge).
+    errors = []
+    for day, from_c in ((1, 26.0), (3, 26.0), (4, 27.0), (7, 25.6)):
+        learning, error = summer_morning(learning, policy, day, 6.0, from_c)
+        errors.append(error)
+    assert max(abs(e) for e in errors) <= 5, errors
+    # An open window (the unit cools at a third of its rate) is one morning late (judged by
+    # what the model says it still needs at 07:00); the kept rates do not move, so the next
+    # morning is on time again.
+    rates = learning.morning_rates
+    learning, slow = summer_morning(learning, policy, 8, 2.0)
+    assert slow > 5
+    assert learning.morning_rates == rates
+    # A sensor that jumps into the band the minute cooling starts teaches nothing either.
+    learning, _ = summer_morning(learning, policy, 9, 120.0)
+    assert learning.morning_rates == rates
+    learning, after = summer_morning(learning, policy, 10, 6.0)
+    assert abs(after) <= 5 + BIAS_WEIGHT * slow, after
+    assert summary(learning, None, at(12, 0, 10), policy)["cooling_k_per_h"] == pytest.approx(
+        -8, abs=0.3
+    )
+    # Kept across a restart.
+    learning_file.save(tmp_path, "f1-open-office", learning)
+    assert learning_file.load(tmp_path, "f1-open-office").morning_rates == learning.morning_rates
+    # Bounded: only the latest few per regime (weekdays from a fresh start).
+    fresh = ZoneLearning()
+    for day in (0, 1, 3, 4, 7, 8, 9):
+        fresh, _ = summer_morning(fresh, policy, day, 6.0)
+    assert len(fresh.morning_rates) == KEEP_MORNING_RATES
 
 
 def test_learned_state_round_trips_and_a_corrupt_file_is_set_aside(tmp_path: Path, policy) -> None:  # type: ignore[no-untyped-def]

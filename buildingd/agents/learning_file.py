@@ -16,7 +16,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from buildingd.control.nightly_refit import KEEP_WINDOWS, WindowSample
 from buildingd.control.occupancy_forecast import OccupancyProfile, SlotMean
 from buildingd.control.thermal_response import Regime, RegimeModel, ZoneResponse
-from buildingd.control.zone_learning import JudgedStart, ZoneLearning
+from buildingd.control.zone_learning import (
+    KEEP_MORNING_RATES,
+    JudgedStart,
+    MorningRate,
+    ZoneLearning,
+)
 from buildingd.errors import BuildingdError
 from buildingd.statefile import set_aside, write_atomic
 
@@ -56,6 +61,10 @@ class LearningFile(_Frozen):
         default_factory=list, max_length=len(Regime) * KEEP_WINDOWS
     )
     refit_at: datetime | None = None
+    # Judged mornings' mean rates (regime, K/h), the latest per regime.
+    morning_rates: list[tuple[Regime, float]] = Field(
+        default_factory=list, max_length=len(Regime) * KEEP_MORNING_RATES
+    )
 
 
 class LearningFileError(BuildingdError):
@@ -91,6 +100,7 @@ def dump(zone_id: str, learning: ZoneLearning) -> str:
         starts=[(s.day, s.error_s) for s in learning.starts],
         windows=[(w.regime, w.rate_k_per_h, w.zone_c, w.outdoor_c) for w in learning.windows],
         refit_at=learning.refit_at,
+        morning_rates=[(r.regime, r.rate_k_per_h) for r in learning.morning_rates],
     )
     return json.dumps(data.model_dump(mode="json"), sort_keys=True) + "\n"
 
@@ -123,6 +133,7 @@ def parse(text: str) -> ZoneLearning:
         starts=tuple(JudgedStart(day, error_s) for day, error_s in data.starts),
         windows=tuple(WindowSample(*w) for w in data.windows),
         refit_at=data.refit_at,
+        morning_rates=tuple(MorningRate(*r) for r in data.morning_rates),
     )
 
 

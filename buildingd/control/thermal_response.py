@@ -96,6 +96,13 @@ def prior(regime: Regime) -> RegimeModel:
     return RegimeModel(regime, PRIOR[regime])
 
 
+def constant_rate(regime: Regime, rate_k_per_h: float) -> RegimeModel:
+    """A trusted constant rate (no envelope term) for ``regime``, clamped to its bounds: what
+    whole mornings measured, standing in for a regime its windows have not taught yet."""
+    estimate = (_clamp(rate_k_per_h, GAIN_BOUNDS[regime]), 0.0)
+    return RegimeModel(regime, estimate, samples=MIN_SAMPLES)
+
+
 @dataclass(frozen=True)
 class ZoneResponse:
     """A zone's learned response in every regime."""

@@ -29,10 +29,12 @@ from buildingd.control.occupancy_forecast import (
 )
 from buildingd.control.schedule import next_occupied_start, scheduled_occupied
 from buildingd.control.thermal_response import (
+    GAIN_BOUNDS,
     MAX_START_S,
     Regime,
     ZoneResponse,
     coast_s,
+    constant_rate,
     slope_k_per_h,
     start_lead_s,
     time_to_reach_s,
@@ -48,6 +50,13 @@ ARRIVED_TOLERANCE_K = 0.5
 BIAS_WEIGHT = 0.3
 MAX_BIAS_S = 3600.0
 KEEP_STARTS = 28  # mornings kept for the report
+# A judged morning's mean rate (from the gap when conditioning began to entering the band) is
+# kept when the gap and the time were long enough to measure; the median of the last few
+# stands in for a regime its 15-minute windows have not taught yet (a cool-down is often
+# shorter than one window at full output).
+MORNING_MIN_GAP_K = 0.5
+MORNING_MIN_S = 600.0
+KEEP_MORNING_RATES = 5  # per regime
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,19 @@ class _Morning:
     entered_occupied: datetime | None = None
     entered_standby: datetime | None = None
     aim: Band | None = None  # the band the zone was driven to last before the start
+    # When and where conditioning began, and towards which band (for the morning's mean rate).
+    began: datetime | None = None
+    began_c: float | None = None
+    began_aim: Band | None = None
+
+
+@dataclass(frozen=True)
+class MorningRate:
+    """One judged morning's mean rate (K/h) in ``regime``: the gap to the band edge when
+    conditioning began over the time it took to enter the band."""
+
+    regime: Regime
+    rate_k_per_h: float
 
 
 @dataclass(frozen=True)
@@ -105,6 +127,7 @@ class ZoneLearning:
     occupancy: OccupancyProfile = field(default_factory=OccupancyProfile)
     start_bias_s: float = 0.0
     starts: tuple[JudgedStart, ...] = ()  # the latest mornings
+    morning_rates: tuple[MorningRate, ...] = ()  # the latest, per regime
     # The last days' window slopes, refitted in one batch every night (``nightly_refit``), and
     # when that last ran (local time).
     windows: tuple[WindowSample, ...] = ()
@@ -226,7 +249,7 @@ def _still_needed_s(learning: ZoneLearning, temperature_c: float | None, band: B
     if low <= temperature_c <= high:
         return 0.0
     regime, target = (Regime.HEATING, low) if temperature_c < low else (Regime.COOLING, high)
-    needed = time_to_reach_s(learning.response.model(regime), temperature_c, target, None)
+    needed = time_to_reach_s(_effective(learning).model(regime), temperature_c, target, None)
     return min(MAX_START_S, needed)
 
 
@@ -239,6 +262,50 @@ def _nearest(band: Band, comfort: Comfort, among: tuple[Band, ...] | None = None
 
     candidates = among or (comfort.occupied, comfort.standby, comfort.unoccupied)
     return min(candidates, key=distance)
+
+
+def _morning_rate(
+    morning: _Morning, target: Band, entered: datetime, comfort: Comfort
+) -> MorningRate | None:
+    """The morning's mean rate towards ``target``, when it was driven there from the moment
+    conditioning began and the gap and time were long enough to say something."""
+    if morning.began is None or morning.began_c is None or morning.began_aim is None:
+        return None
+    if _nearest(morning.began_aim, comfort, (comfort.occupied, comfort.standby)) is not target:
+        return None  # sent to the standby band first, then on: the time says little
+    elapsed_h = (entered - morning.began).total_seconds() / 3600
+    if morning.began_c < target.heating_c:
+        regime, gap_k = Regime.HEATING, target.heating_c - morning.began_c
+    else:
+        regime, gap_k = Regime.COOLING, target.cooling_c - morning.began_c
+    if abs(gap_k) < MORNING_MIN_GAP_K or elapsed_h * 3600 < MORNING_MIN_S:
+        return None
+    rate = gap_k / elapsed_h
+    low, high = GAIN_BOUNDS[regime]
+    return MorningRate(regime, rate) if low <= rate <= high else None
+
+
+def _keep_rate(rates: tuple[MorningRate, ...], new: MorningRate | None) -> tuple[MorningRate, ...]:
+    if new is None:
+        return rates
+    same = [r for r in rates if r.regime is new.regime][-(KEEP_MORNING_RATES - 1) :]
+    return (*[r for r in rates if r.regime is not new.regime], *same, new)
+
+
+def _effective(learning: ZoneLearning) -> ZoneResponse:
+    """The response used for start times: a regime its windows have not taught yet is the
+    median of its judged mornings' mean rates, when there are any (robust to one odd morning:
+    an open window, a holiday); otherwise the learned model or the prior."""
+    models = dict(learning.response.models)
+    for regime in (Regime.HEATING, Regime.COOLING):
+        if learning.response.model(regime).learned:
+            continue
+        rates = sorted(r.rate_k_per_h for r in learning.morning_rates if r.regime is regime)
+        if rates:
+            middle = len(rates) // 2
+            median = rates[middle] if len(rates) % 2 else (rates[middle - 1] + rates[middle]) / 2
+            models[regime] = constant_rate(regime, median)
+    return ZoneResponse(models)
 
 
 def _learn_start(
@@ -258,7 +325,10 @@ def _learn_start(
         # when its conditioning started.
         driven = _nearest(band, comfort) is not comfort.unoccupied
         watch = start is not None and outside and driven
-        return replace(learning, morning=_Morning(start) if watch and start else None)
+        began = (
+            _Morning(start, began=local, began_c=temperature_c, began_aim=band) if start else None
+        )
+        return replace(learning, morning=began if watch else None)
     morning = replace(
         morning,
         entered_occupied=_entered(morning.entered_occupied, local, temperature_c, comfort.occupied),
@@ -270,16 +340,24 @@ def _learn_start(
     # known) or only to its standby band: judged against the one it was sent to.
     target = _nearest(morning.aim or band, comfort, (comfort.occupied, comfort.standby))
     entered = morning.entered_occupied if target is comfort.occupied else morning.entered_standby
+    rates, weight = learning.morning_rates, BIAS_WEIGHT
     if entered is not None:
         error_s = (entered - morning.start).total_seconds()  # early: negative
+        measured = _morning_rate(morning, target, entered, comfort)
+        if measured is not None and not _effective(learning).model(measured.regime).learned:
+            # The start came from the prior, and this morning's rate replaces the prior from
+            # now on: its error is the prior's, not one the correction should carry forward.
+            weight = 0.0
+        rates = _keep_rate(rates, measured)
     else:
         # Judged at the start, whatever the zone is driven to next (people may not come): late
         # by the time it would still have needed, by its model.
         error_s = _still_needed_s(learning, temperature_c, target)
-    bias = learning.start_bias_s + BIAS_WEIGHT * error_s
+    bias = learning.start_bias_s + weight * error_s
     return replace(
         learning,
         morning=None,
+        morning_rates=rates,
         start_bias_s=max(-MAX_BIAS_S, min(MAX_BIAS_S, bias)),
         starts=(*learning.starts, JudgedStart(morning.start.date(), error_s))[-KEEP_STARTS:],
     )
@@ -311,10 +389,11 @@ def outlook(
     learning: ZoneLearning, local: datetime, temperature_c: float, policy: Policy
 ) -> ZoneOutlook:
     comfort = policy.comfort
+    response = _effective(learning)
 
     def lead(band: Band, from_c: float = temperature_c) -> float:
         base = start_lead_s(
-            learning.response, from_c, band.heating_c, band.cooling_c, None,
+            response, from_c, band.heating_c, band.cooling_c, None,
             default_s=comfort.warmup_s,
         )  # fmt: skip
         if base == 0.0:
@@ -347,8 +426,9 @@ def summary(
     per regime (None until learned), the start correction, recent start errors, the next
     optimal start and the expected arrival."""
     rates: dict[str, float | None] = {}
+    effective = _effective(learning)
     for regime in Regime:
-        model = learning.response.model(regime)
+        model = effective.model(regime)
         rates[f"{regime}_k_per_h"] = round(model.gain_k_per_h, 2) if model.learned else None
     next_start = None
     start = next_occupied_start(policy.schedule, local, 86400 * 7)
