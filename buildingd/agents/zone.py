@@ -289,6 +289,10 @@ class ZoneAgent(Agent):
                     except TimeoutError:
                         env = None
                 changed = self._handle(env) if env is not None else False
+                # The rest of a burst first (a device's poll sends its points together): one
+                # decision on the newest inputs instead of one per message.
+                while env is not None and (env := self.inbox.get_nowait()) is not None:
+                    changed = self._handle(env) or changed
                 now = self.ctx.clock.monotonic()
                 while self._pending_replies:
                     await self.ctx.send(self._pending_replies.pop(0))
