@@ -159,6 +159,7 @@ async def main_async(tmp: Path) -> dict[str, object]:
             "baseline_broker_round_trip_ms": {"p50": round(pct(plain, 0.5) * ms, 3),
                                               "p99": round(pct(plain, 0.99) * ms, 3)},
             "ratio_p50_e2e_to_round_trip": round(pct(e2e, 0.5) / pct(plain, 0.5), 1),
+            "ratio_p99_e2e_to_round_trip": round(pct(e2e, 0.99) / pct(plain, 0.99), 1),
             "daemon_messages_per_s": round(daemon_rate),
             "baseline_bare_subscriber_messages_per_s": round(bare),
             "ratio_daemon_to_bare_subscriber": round(daemon_rate / bare, 3),

@@ -16,6 +16,7 @@ WEIGHT = 0.5  # weight of the newest day in a slot's mean: a changed habit shows
 CONFIDENT_DAYS = 3  # a slot taught by fewer days than this predicts nothing on its own
 ARRIVAL_PROBABILITY = 0.3  # a slot this often occupied: someone may well be there (comfort first)
 WORKDAYS = frozenset(range(5))
+ARRIVALS_KEPT = 8  # answers kept per profile (a profile lives one slot: usually one answer)
 
 
 def slot_of(local: datetime) -> int:
@@ -49,6 +50,11 @@ class OccupancyProfile:
 
     by_weekday: dict[tuple[int, int], SlotMean] = field(default_factory=dict)
     by_day_type: dict[tuple[str, int], SlotMean] = field(default_factory=dict)
+    # ``predict_arrival``'s answers for this profile. A profile is never changed in place (a
+    # taught slot makes a new one, with an empty cache), so an answer kept here cannot go stale.
+    arrivals: dict[object, tuple[int | None, float, bool]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def slot(self, weekday: int, slot: int) -> SlotMean:
         """The weekday's own mean once confident, else the day type's pooled mean."""
@@ -95,6 +101,25 @@ def predict_arrival(
     says whether every slot looked at was taught by enough days (so "nobody expected" can be
     trusted)."""
     start = local_now.replace(minute=(local_now.minute // 15) * 15, second=0, microsecond=0)
+    # The answer depends only on the wall-clock slot now is in (not on the time zone: dates,
+    # weekdays and slots are read off the wall clock), the horizon and the holidays.
+    key = (start.replace(tzinfo=None, fold=0), horizon_s, holidays)
+    found = profile.arrivals.get(key)
+    if found is None:
+        if len(profile.arrivals) >= ARRIVALS_KEPT:
+            profile.arrivals.clear()
+        found = profile.arrivals[key] = _first_arrival(profile, start, horizon_s, holidays)
+    step, probability, confident = found
+    if step is None:
+        return Prediction(None, 0.0, confident)
+    at = start + timedelta(seconds=step * SLOT_S)
+    return Prediction(max(at, local_now), probability, True)
+
+
+def _first_arrival(
+    profile: OccupancyProfile, start: datetime, horizon_s: float, holidays: frozenset[date]
+) -> tuple[int | None, float, bool]:
+    """(slots from ``start`` to the first likely arrival or None, its probability, confident)."""
     confident = True
     steps = max(1, math.ceil(horizon_s / SLOT_S))
     for step in range(steps + 1):
@@ -106,5 +131,5 @@ def predict_arrival(
             confident = False
             continue
         if mean.probability >= ARRIVAL_PROBABILITY:
-            return Prediction(max(at, local_now), mean.probability, True)
-    return Prediction(None, 0.0, confident)
+            return step, mean.probability, True
+    return None, 0.0, confident

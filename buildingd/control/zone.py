@@ -5,11 +5,12 @@ vacancy timeout, and humidity. Pure: ``decide(state, inputs, policy, local_now, 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
 from buildingd.config.policies import Band, Policy
+from buildingd.control.frozen import replace
 from buildingd.control.occupancy_forecast import SLOT_S
 from buildingd.control.schedule import next_occupied_start, occupied_until, scheduled_occupied
 from buildingd.control.thermal_response import MAX_START_S

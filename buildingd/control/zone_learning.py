@@ -12,10 +12,11 @@ time).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
 from buildingd.config.policies import Band, Comfort, Policy
+from buildingd.control.frozen import replace
 from buildingd.control.nightly_refit import Refit, WindowSample, keep, next_run, refit
 from buildingd.control.occupancy_forecast import (
     SLOT_S,

@@ -94,6 +94,9 @@ class CoordinatorAgent(Agent):
                     async with asyncio.timeout(self.ctx.clock.to_loop_seconds(wait)):
                         env = await self.inbox.get()
                     self.take(env)
+                    # The rest of a burst (a round's answers) without a timer per message.
+                    while (waiting := self.inbox.get_nowait()) is not None:
+                        self.take(waiting)
                 now = self.ctx.clock.monotonic()
                 if now >= next_tick:
                     self.tick(now)
