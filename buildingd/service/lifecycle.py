@@ -11,7 +11,7 @@ import logging
 import signal
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from buildingd.agents.bus import Performative
 from buildingd.agents.device import DeviceAgent
@@ -212,15 +212,22 @@ async def give_up(daemon: Daemon, name: str, err: BaseException) -> None:
 
 
 async def _start_coordinator(
-    daemon: Daemon, sup: Supervisor, on_saved: Callable[[], None] | None = None
+    daemon: Daemon,
+    sup: Supervisor,
+    on_saved: Callable[[], None] | None = None,
+    carried: dict[str, Any] | None = None,
 ) -> None:
-    """``on_saved``: told when a desk has written its state file (to mirror it at once)."""
+    """``on_saved``: told when a desk has written its state file or changed what it keeps in
+    memory (to mirror it at once); ``carried``: votes and resets another gateway's coordinator
+    left (``CoordinatorAgent.carried``)."""
     from buildingd.coordinator.agent import CoordinatorAgent
 
     def make() -> CoordinatorAgent:
         # Commitments in force are kept in the state directory across restarts.
         agent = CoordinatorAgent(daemon.ctx, state_dir=daemon.settings.state_dir)
         agent.demand.file.on_saved = agent.alarms.file.on_saved = on_saved
+        agent.office.on_state_changed = on_saved
+        agent.carried_in = carried if daemon.coordinator is None else None
         if daemon.coordinator is not None:
             # A restarted coordinator keeps the open escalations and the occupants' votes (the
             # zones keep the offsets they were sent; a new vote box would start from zero).
@@ -246,7 +253,14 @@ def _elect_coordinator(
     nats = daemon.nats
     assert nats.nc is not None
     settings = daemon.settings
-    mirror = StateMirror(nats.nc, daemon.site.site_id, settings.state_dir, settings.nats.replicas)
+
+    def carried() -> dict[str, Any] | None:
+        coordinator = daemon.coordinator
+        return coordinator.carried() if coordinator is not None else None
+
+    mirror = StateMirror(nats.nc, daemon.site.site_id, settings.state_dir, settings.nats.replicas,
+                         carried, lambda: daemon.clock.now().timestamp(),
+                         daemon.metrics)  # fmt: skip
 
     def renewed(revision: int) -> None:  # the fencing token of this gateway's coordinator
         daemon.metrics.set("buildingd_coordinator_lease_revision", float(revision))
@@ -255,7 +269,7 @@ def _elect_coordinator(
         renewed(revision)
         # What the last leader committed, before this coordinator reads its files.
         await mirror.take_over(settings.nats.lease_ttl_s / 3)
-        await _start_coordinator(daemon, sup, on_saved=mirror.changed.set)
+        await _start_coordinator(daemon, sup, on_saved=mirror.changed.set, carried=mirror.taken)
         log.info("this gateway leads: coordinator started (lease revision %d)", revision)
 
     async def lost() -> None:
