@@ -384,8 +384,11 @@ class NatsBus(InProcessBus):
             raise Refused("not JSON", str(err)) from err
         if not isinstance(body, dict) or not isinstance(body.get("envelope"), dict):
             raise Refused("wrong shape", "expected {origin, envelope}")
-        if body.get("origin") == self.origin:
-            return None
+        own = body.get("origin") == self.origin
+        if own and stored is None:
+            return None  # the echo of our own core message
+        # (A durable one of our own comes back only through the coordinator's queue: sent
+        # before this gateway led, taken now that it does.)
         problem = self.verifier.problem(subject, body, now=stored)
         if problem is not None:
             raise Refused(*problem)
@@ -397,7 +400,7 @@ class NatsBus(InProcessBus):
             raise Refused("receiver mismatch", f"envelope is for {env.receiver}")
         # An agent assigned to this gateway speaks from here only; service agents every
         # gateway runs (mqtt-bridge, telemetry, supervisor) have no gateway of their own.
-        if self.is_local(env.sender) and self.route(env.sender) == self.gateway_id:
+        if not own and self.is_local(env.sender) and self.route(env.sender) == self.gateway_id:
             raise Refused("forged sender", f"{env.sender} is a local agent")
         if env.ontology == "command" and not env.sender.startswith(COMMAND_SENDERS):
             raise Refused("forged sender", f"{env.sender} may not command devices")

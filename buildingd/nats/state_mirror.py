@@ -43,7 +43,8 @@ class Deposed(Exception):
 
 class StateMirror:
     """``carried``: the running coordinator's in-memory state (None: none running), a JSON-able
-    dict compared between pushes; ``wall``: the wall clock in epoch seconds."""
+    dict compared between pushes, saved with ``saved_at`` (``wall``: the wall clock in epoch
+    seconds) and ``by`` (this gateway)."""
 
     def __init__(
         self,
@@ -54,7 +55,9 @@ class StateMirror:
         carried: Callable[[], dict[str, Any] | None] = lambda: None,
         wall: Callable[[], float] = lambda: 0.0,
         metrics: Metrics | None = None,
+        gateway_id: str = "",
     ) -> None:
+        self.gateway_id = gateway_id  # written beside the carried state: who saved it
         self.nc, self.site_id, self.state_dir, self.replicas = nc, site_id, state_dir, replicas
         self.carried, self.wall, self.metrics = carried, wall, metrics
         self.kv: nats.js.kv.KeyValue | None = None
@@ -151,7 +154,8 @@ class StateMirror:
         if carried is not None:
             body = json.dumps(carried, sort_keys=True)
             if body != self._pushed_body():
-                out[CARRIED] = json.dumps({**carried, "saved_at": self.wall()},
+                saved = {"saved_at": self.wall(), "by": self.gateway_id}
+                out[CARRIED] = json.dumps({**carried, **saved},
                                           sort_keys=True).encode()  # fmt: skip
         return out
 
@@ -162,6 +166,7 @@ class StateMirror:
             return ""
         body = json.loads(data)
         body.pop("saved_at", None)
+        body.pop("by", None)
         return json.dumps(body, sort_keys=True)
 
     async def push_changed(self) -> None:

@@ -150,6 +150,16 @@ async def negotiations(daemon: Daemon, _: Request) -> Response:
     ])  # fmt: skip
 
 
+async def coordinator_state(daemon: Daemon, _: Request) -> Response:
+    """What the coordinator keeps in memory: each zone's vote offset and each air-handler
+    reset's setpoint (carried over to a standby on a site over gateways)."""
+    c = coordinator(daemon)
+    resets = [{"air_handler": r.ahu_id, "kind": r.signal.kind.value, "setpoint": r.loop.setpoint}
+              for r in c.air.resets]  # fmt: skip
+    votes = {z: c.votes.offset(z) for z in c.votes.zones()}
+    return Response.json({"votes_offset_k": votes, "resets": resets})
+
+
 async def reload(daemon: Daemon, _: Request) -> Response:
     result = await daemon.reload()
     return answer(bool(result["ok"]), result)
@@ -242,6 +252,7 @@ ROUTES: tuple[Endpoint, ...] = (
     Endpoint("GET", "/api/alerts", alerts),
     Endpoint("GET", "/api/agents", agents),
     Endpoint("GET", "/api/negotiations", negotiations),
+    Endpoint("GET", "/api/coordinator", coordinator_state),
     Endpoint("POST", "/api/reload", reload, write=True),
     Endpoint("POST", "/api/zones/{zone}/vote", vote, write=True),
     Endpoint("POST", "/api/alerts/{alert}/ack", acknowledge, write=True),

@@ -260,7 +260,7 @@ def _elect_coordinator(
 
     mirror = StateMirror(nats.nc, daemon.site.site_id, settings.state_dir, settings.nats.replicas,
                          carried, lambda: daemon.clock.now().timestamp(),
-                         daemon.metrics)  # fmt: skip
+                         daemon.metrics, election.gateway_id)  # fmt: skip
 
     def renewed(revision: int) -> None:  # the fencing token of this gateway's coordinator
         daemon.metrics.set("buildingd_coordinator_lease_revision", float(revision))
