@@ -22,6 +22,7 @@ import nats
 import nats.errors
 import pytest
 
+from buildingd.config.loader import load_site
 from buildingd.nats.subjects import state_bucket
 from tests.conftest import free_port
 from tests.daemon_proc import Running, start_daemon
@@ -84,7 +85,11 @@ def start(site_copy: Path, tmp_path: Path, nats_cluster: NatsCluster) -> Iterato
         (tmp_path / name).mkdir()
         daemon = start_daemon(site_copy, tmp_path / name, env=env, speed=30.0)
         started.append(daemon)
-        daemon.wait_ready(WAIT_S)
+        try:
+            daemon.wait_ready(WAIT_S)
+        except AssertionError:
+            print("\n".join(daemon.output[-40:]))  # shown on failure: why it did not start
+            raise
         return daemon
 
     try:
@@ -251,3 +256,70 @@ def test_a_leader_paused_past_its_lease_is_fenced(start: object, nats_cluster: N
                   == "devices", "the new leader's state in the bucket", WAIT_S)  # fmt: skip
     zones.until(lambda: reset_setpoint(devices) > 0, "devices runs the reset", WAIT_S)
     assert json.loads(mirrored(nats_cluster, "carried"))["by"] == "devices"
+
+
+@pytest.mark.timeout(300)
+def test_a_gateway_cut_off_runs_its_zones_alerts_once_and_rejoins_without_doubles(
+    start: object, nats_cluster: NatsCluster, site_copy: Path
+) -> None:
+    """``devices`` (all the zones and devices) talks to node 0 only and leads; node 0 is
+    SIGKILLed: devices is cut off, ``zones`` takes the lease with the event in force."""
+    assert callable(start)
+    devices: Running = start("devices", BUILDINGD_NATS__SERVERS=json.dumps(nats_cluster.urls[:1]))
+    devices.until(lambda: devices.metric(REVISION), "devices leads", WAIT_S)
+    zones: Running = start("zones")
+    zones.until(lambda: zones.json("/healthz")["leader"] == "devices", "zones sees devices lead")
+    status, body = devices.post_json("/api/demand-response", {**CALL, "window_s": 4 * 3600})
+    assert status == 202, body
+    conversation = body["conversation_id"]
+
+    def awarded() -> dict[str, Any] | None:
+        run = run_of(devices, conversation)
+        return run if run is not None and run["state"] in IN_FORCE and run["awarded"] else None
+
+    shedding = set(devices.until(awarded, "the event awarded", WAIT_S)["awarded"])
+    devices.until(lambda: conversation in mirrored(nats_cluster), "the award in the bucket", WAIT_S)
+
+    def commitments() -> dict[str, list[str]]:
+        return {z["id"]: z.get("commitments", []) for z in devices.json("/api/zones")}
+
+    devices.until(lambda: all(commitments()[z] == [conversation] for z in shedding),
+                  "the zones committed", WAIT_S)  # fmt: skip
+    commands = devices.metric("buildingd_commands_total")
+
+    nats_cluster.kill(0)
+    devices.wait_for_output("cut off from the NATS cluster", timeout_s=WAIT_S)
+    zones.until(lambda: zones.metric(REVISION), "zones took the lease", WAIT_S)
+    # One alert, in the API and the status line; the zones go on by their policies, inside
+    # their safety bands, with their commitment.
+    cut = [a for a in devices.json("/api/alerts") if a.get("gateway") == "devices"]
+    assert len(cut) == 1 and "cut off" in cut[0]["cause"], cut
+    assert "cut off from the NATS cluster" in devices.json("/healthz")["status"]
+    devices.until(lambda: devices.metric("buildingd_commands_total") > commands,
+                  "zones commanding their devices while cut off", WAIT_S)  # fmt: skip
+    site = load_site(site_copy)
+    for zone in devices.json("/api/zones"):
+        safety = site.policy_for(zone["id"]).safety
+        assert safety.min_c <= zone["heating_sp_c"] <= zone["cooling_sp_c"] <= safety.max_c, zone
+        if zone["id"] in shedding:
+            assert zone["commitments"] == [conversation]
+    assert devices.metric("buildingd_gateway_cut_off") == 1
+    assert devices.metric(REVISION) == 0  # its coordinator stopped: the lease ran out
+
+    nats_cluster.restart(0)
+    devices.wait_for_output("back in the NATS cluster", timeout_s=WAIT_S)
+    devices.until(lambda: not [a for a in devices.json("/api/alerts") if a.get("gateway")],
+                  "the alert gone", WAIT_S)  # fmt: skip
+    assert "cut off" not in devices.json("/healthz")["status"]
+    # Nothing doubled: the new leader has the one event in force, the zones one commitment
+    # each for it, and the partition was told once (and its end once).
+    after = zones.until(lambda: run_of(zones, conversation), "the event on zones", WAIT_S)
+    assert after["state"] in IN_FORCE and set(after["awarded"]) == shedding
+    in_force = [r for r in zones.json("/api/negotiations") if r["state"] in IN_FORCE]
+    assert [r["conversation_id"] for r in in_force].count(conversation) == 1
+    assert all(commitments()[z] == [conversation] for z in shedding)
+    told = [line for line in devices.output if "cut off from the NATS cluster:" in line]
+    assert len(told) == 1, told
+    assert len([line for line in devices.output if "back in the NATS cluster" in line]) == 1
+    escalations = [a["escalation"] for a in zones.json("/api/alerts") if "escalation" in a]
+    assert len(escalations) == len(set(escalations)), escalations

@@ -50,6 +50,7 @@ from buildingd.mqtt.bus import COMMAND_SENDERS, content_problem
 from buildingd.mqtt.bus_auth import BusSealer, BusVerifier
 from buildingd.nats import subjects
 from buildingd.nats.connection import NatsErrors, connect
+from buildingd.nats.partition import Partition
 from buildingd.settings import NatsSettings
 
 if TYPE_CHECKING:
@@ -116,6 +117,7 @@ class NatsBus(InProcessBus):
         self.clock, self.metrics = clock, metrics
         self.leads = leads  # None: the coordinator is not elected (no fence, no shared queue)
         self.fenced = 0  # envelopes refused as the coordinator's while not leading
+        self.partition: Partition | None = None  # watched on a site over gateways
         self.origin = uuid.uuid4().hex[:12]
         self.sealer = BusSealer(key, self.origin, clock)
         self.verifier = BusVerifier(key, clock)

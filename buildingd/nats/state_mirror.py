@@ -33,7 +33,6 @@ CARRIED = "carried"  # the key of the in-memory state (votes, air-handler resets
 KEYS = (*FILES, CARRIED)
 CHECK_EVERY_S = 1.0  # a file changed without a word (by hand) is pushed within this
 API_TIMEOUT_S = 5.0
-CLAIM_TRIES = 3
 REFUSED_METRIC = "buildingd_coordinator_state_refused_total"
 
 
@@ -122,28 +121,33 @@ class StateMirror:
             self._pushed[name] = data
 
     async def take_over(self, timeout_s: float) -> None:
-        """``pull`` and ``claim`` for a gateway that just took the lease, within ``timeout_s``
-        (pulled again if the last leader wrote in between): on a timeout or a NATS error its
-        coordinator starts on this gateway's own files (logged)."""
+        """``pull`` and ``claim`` for a gateway that just took the lease, tried again (the
+        state's stream may be electing a leader: NATS takes 4-9 s; or the last leader wrote in
+        between) until ``timeout_s``; then its coordinator starts on this gateway's own
+        files (logged)."""
         import nats.errors
 
         self.deposed = False
-        try:
-            async with asyncio.timeout(timeout_s):
-                for _ in range(CLAIM_TRIES):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            try:
+                async with asyncio.timeout(API_TIMEOUT_S):
                     pulled = await self.pull()
-                    try:
-                        await self.claim()
-                    except Deposed as err:
-                        log.info("coordinator state: %s; reading it again", err)
-                        continue
-                    log.info("coordinator state taken over from the site's bucket: %s", pulled)
-                    return
-            log.warning("coordinator state: the last leader kept writing; starting on what "
-                        "was read last")  # fmt: skip
-        except (TimeoutError, nats.errors.Error) as err:
-            log.warning("coordinator state not read from the site's bucket (%s): starting on "
-                        "this gateway's own files", err)  # fmt: skip
+                    await self.claim()
+            except Deposed as err:
+                problem = str(err)
+            except (TimeoutError, nats.errors.Error) as err:
+                problem = f"{type(err).__name__}: {err}"
+            else:
+                log.info("coordinator state taken over from the site's bucket: %s", pulled)
+                return
+            if loop.time() >= deadline:
+                log.warning("coordinator state not read from the site's bucket (%s): starting "
+                            "on this gateway's own files", problem)  # fmt: skip
+                return
+            log.info("coordinator state: %s; trying again", problem)
+            await asyncio.sleep(0.5)
 
     def _current(self) -> dict[str, bytes]:
         out = {}

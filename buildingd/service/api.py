@@ -34,6 +34,7 @@ def zone_json(daemon: Daemon, zone_id: str) -> dict[str, Any]:
         return entry
     entry.update(summary.model_dump(exclude={"zone_id"}))
     entry.update(coasting=agent.decision.coasting, learned=agent.learning_summary())
+    entry["commitments"] = sorted(agent.commitments)  # demand-response conversations in force
     return entry
 
 
