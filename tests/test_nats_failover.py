@@ -12,6 +12,8 @@ import asyncio
 import json
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -140,7 +142,19 @@ def test_a_standby_takes_over_when_the_leader_is_killed(
     # Both tell who leads (healthz, STATUS=); the new coordinator answers requests.
     health = devices.json("/healthz")
     assert (health["gateway"], health["leader"]) == ("devices", "devices")
-    assert "gateway devices, coordinator on devices" in health["status"]
+    assert re.search(r"gateway devices \(8 zones, \d+ devices here\), coordinator on devices",
+                     health["status"]), health  # fmt: skip
+    # Who owns what: the API and ``buildingd status`` (from the API) say the same.
+    site = devices.json("/api/gateways")
+    owned = {g["id"]: (g["leads"], len(g["zones"]), bool(g["devices"])) for g in site["gateways"]}
+    assert owned == {"devices": (True, 8, True), "zones": (False, 0, False)}
+    assert site["leader"] == "devices" and site["cut_off"] is False
+    status_cli = [sys.executable, "-m", "buildingd", "status", "--url", devices.base]
+    shown = subprocess.run(status_cli, capture_output=True, text=True, timeout=60,
+                           check=True).stdout  # fmt: skip
+    assert re.search(r"\*devices\s+leads\s+\d+\s+f1-", shown), shown
+    assert re.search(r" zones\s+standby\s+0", shown), shown
+    assert "gateway devices; coordinator on devices" in shown
     status, body = devices.post_json("/api/demand-response", CALL)
     assert status != 503, body
     print(f"takeover {took_s:.1f} s after SIGKILL (lease TTL 6 s, revision {last:g} -> {taken:g})")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from buildingd.agents.bus import Envelope
 from buildingd.config.loader import Site
@@ -92,6 +92,28 @@ class Election:
                                   LeaseTiming.for_ttl(self.ttl_s), acquired, lost,
                                   replicas=self.replicas, on_renewed=renewed)  # fmt: skip
         await self.keeper.run()
+
+
+def gateways_json(site: Site, election: Election, cut_off: bool) -> dict[str, Any]:
+    """Who owns what on a site over gateways, as this gateway knows it (``/api/gateways``,
+    ``buildingd status``): each gateway's zones and devices, whether it may run the
+    coordinator and whether it leads; this gateway, the leader, and whether it is cut off."""
+    gmap, leader = site.gateways, election.leader()
+    return {
+        "gateway": election.gateway_id,
+        "leader": leader,
+        "cut_off": cut_off,
+        "gateways": [
+            {
+                "id": g,
+                "candidate": g in gmap.coordinator_candidates,
+                "leads": g == leader,
+                "zones": sorted(z for z, on in gmap.zone_gateway.items() if on == g),
+                "devices": sorted(d for d, on in gmap.device_gateway.items() if on == g),
+            }
+            for g in gmap.gateways
+        ],
+    }
 
 
 def nats_bus(

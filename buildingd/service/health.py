@@ -141,7 +141,11 @@ class Health:
         )
         if not daemon.site.gateways.single:  # a site over gateways: who leads (issue 19)
             leader = daemon.election.leader() or "none known yet"
-            line += f"; gateway {daemon.election.gateway_id}, coordinator on {leader}"
+            me, gmap = daemon.election.gateway_id, daemon.site.gateways
+            mine = sum(1 for g in gmap.zone_gateway.values() if g == me)
+            here = sum(1 for g in gmap.device_gateway.values() if g == me)
+            line += (f"; gateway {me} ({mine} zones, {here} devices here), "
+                     f"coordinator on {leader}")  # fmt: skip
             if self._cut_off():
                 line += "; cut off from the NATS cluster"
         reloading = daemon.reloading
