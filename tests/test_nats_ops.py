@@ -55,3 +55,17 @@ def test_the_nats_server_unit_passes_systemd_analyze_verify(tmp_path: Path) -> N
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
     assert [line for line in output.splitlines() if "nats-server" in line] == [], output
+
+
+def test_the_readme_gateway_settings_are_valid_settings() -> None:
+    import tomllib
+
+    from buildingd.settings import Settings
+
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("#### A three-gateway example") :]
+    block = re.search(r"```toml\n(.*?)```", section, re.S)
+    assert block is not None
+    settings = Settings(**tomllib.loads(block.group(1)))
+    assert settings.gateway.id == "gw1" and settings.nats.enabled
+    assert len(settings.nats.servers) == 3 and settings.nats.user == "demo-office-gw1"
