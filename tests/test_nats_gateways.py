@@ -62,9 +62,9 @@ def test_zones_on_one_gateway_command_thermostats_on_another(
     devices, zones = gateways
     # Each runs only its share: no zone agents on `devices`, no device agents on `zones`.
     _, on_devices = devices.get("/api/zones")
-    assert {z["mode"] for z in on_devices} == {"starting"}
+    assert {(z["mode"], z["gateway"]) for z in on_devices} == {("elsewhere", "zones")}
     _, device_list = zones.get("/api/devices")
-    assert {d["available"] for d in device_list} == {None}
+    assert {(d["available"], d["gateway"]) for d in device_list} == {(None, "devices")}
     deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline:  # no event crosses the process boundary: poll the API
         _, zone_list = zones.get("/api/zones")

@@ -6,7 +6,9 @@ agents' command path (limits, write, read-back); a refused write is sent again a
 
 Owns the reset loops, the last setpoint written and the zones' cooling-request timers; the G36
 logic itself is ``control.trim_respond``. Nothing persisted: after a restart every reset holds
-SP0 through its delay again, as G36 asks after a start.
+SP0 through its delay again, as G36 asks after a start. A standby taking over from another
+gateway's coordinator (the air handler did not restart) carries the loops on (``export``,
+``restore``).
 """
 
 from __future__ import annotations
@@ -105,6 +107,37 @@ class AirHandlerDesk:
             )  # fmt: skip
             self.resets.append(Reset(ahu_id, STATIC_PRESSURE, TrimRespond(params, now_s)))
 
+    def export(self, shift_s: float) -> list[dict[str, Any]]:
+        """Each loop's setpoint and next step (shifted by ``shift_s`` to a shared clock)."""
+        return [{"air_handler": r.ahu_id, "kind": r.signal.kind.value,
+                 "setpoint": r.loop.setpoint, "next_step_s": round(r.loop.next_step_s + shift_s, 3)}
+                for r in self.resets]  # fmt: skip
+
+    def restore(self, data: list[dict[str, Any]], shift_s: float) -> int:
+        """Carry on the loops of an ``export`` (after ``start``): each setpoint kept inside its
+        loop's range, written again at the next step. ``ValueError`` for a malformed one; a loop
+        the export lacks starts afresh. The number of loops carried on."""
+        taken = {}
+        try:
+            for item in data:
+                taken[(str(item["air_handler"]), str(item["kind"]))] = (
+                    float(item["setpoint"]),
+                    float(item["next_step_s"]) - shift_s,
+                )
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"not an air-handler export: {err!r}") from err
+        carried = 0
+        for reset in self.resets:
+            found = taken.get((reset.ahu_id, reset.signal.kind.value))
+            if found is None:
+                continue
+            p = reset.loop.params
+            reset.loop.setpoint = min(p.sp_max, max(p.sp_min, found[0]))
+            reset.loop.next_step_s = found[1]
+            reset.written = None
+            carried += 1
+        return carried
+
     def tick(self, now_s: float) -> None:
         """One G36 step of every reset (each changes its setpoint once per time step)."""
         if self.office.ctx.ready_s is None:
@@ -117,6 +150,7 @@ class AirHandlerDesk:
             if reset.written == setpoint:
                 continue
             reset.written = setpoint
+            self.office.state_changed()
             reason = f"G36 trim & respond: {requests} {reset.signal.requests} requests"
             value: dict[str, Any] = {reset.signal.audit_key: setpoint}  # setpoint_c=18.0
             audit_decision("trim-respond", "setpoint", detail=reason, air_handler=reset.ahu_id,

@@ -2,7 +2,8 @@
 hand (HTTP, MQTT, Home Assistant), each checked against the zone's policy, applied as an
 adjustment sent to the zone, or refused with the reason (audited and counted). Owns the vote box
 (``votes``, pure) and the offsets it decided; the checks are ``overrides`` (pure). Nothing
-persisted: a zone keeps the offsets it was sent, and votes are minutes-long.
+persisted: a zone keeps the offsets it was sent, and votes are minutes-long (on a site over
+gateways the vote box is mirrored to the standbys: ``office.state_changed``).
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ class OccupantDesk:
             setpoint_c=setpoint,
         )
         self.office.metrics.inc("buildingd_votes_total", accepted=str(result.accepted).lower())
+        if result.accepted:
+            self.office.state_changed()
         return result
 
     def _vote_band(self, zone_id: str) -> tuple[float, float, float]:
@@ -106,6 +109,7 @@ class OccupantDesk:
         if abs(offset) > limit:
             return {"accepted": False, "reason": f"more than {limit} K from the scheduled band"}
         self.votes.override(zone_id, offset, self.office.clock.monotonic())
+        self.office.state_changed()
         audit_decision("override", "offset", zone=zone_id, detail=f"{what}={wanted_c}")
         self._adjust(zone_id, AdjustmentsMsg(vote_offset_k=offset))
         return {"accepted": True, "reason": f"band moved {offset:+.1f} K", "offset_k": offset}
@@ -126,6 +130,7 @@ class OccupantDesk:
         vote_k = round(heating - base.heating_c, 2)
         extra_k = round(cooling - base.cooling_c - vote_k, 2)
         self.votes.override(zone_id, vote_k, self.office.clock.monotonic())
+        self.office.state_changed()
         detail = f"heating_sp={heating} cooling_sp={cooling}"
         audit_decision("override", "band", zone=zone_id, detail=detail)
         self._adjust(zone_id, AdjustmentsMsg(vote_offset_k=vote_k, cooling_extra_k=extra_k))
@@ -209,3 +214,4 @@ class OccupantDesk:
                 detail = f"{settled.offset_k:+.1f} K: {settled.reason}"
                 audit_decision("vote", "offset", zone=zone_id, detail=detail)
                 self._adjust(zone_id, AdjustmentsMsg(vote_offset_k=settled.offset_k))
+                self.office.state_changed()

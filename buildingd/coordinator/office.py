@@ -31,6 +31,9 @@ class Office:
     zones: dict[str, ZoneStateMsg] = field(default_factory=dict)  # the latest summary per zone
     outbox: list[Envelope] = field(default_factory=list)
     name: str = COORDINATOR
+    # Told when state kept only in memory (votes, air-handler resets) changed: the mirror to a
+    # standby on another gateway pushes it at once.
+    on_state_changed: Callable[[], None] | None = None
 
     @property
     def site(self) -> Site:
@@ -46,6 +49,10 @@ class Office:
 
     def send(self, content: Content, performative: Performative, receiver: str, **kw: Any) -> None:
         self.outbox.append(content.envelope(performative, self.name, receiver, **kw))
+
+    def state_changed(self) -> None:
+        if self.on_state_changed is not None:
+            self.on_state_changed()
 
     def event(self, kind: str, severity: str, message: str) -> None:
         msg = EventMsg(

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from buildingd.agents.messages import VoteResult
 
@@ -212,6 +212,41 @@ class VoteBox:
         if edge == direction * self.max_offset_k:
             return f"already {current:+g} K, the most votes may move it"
         return f"the setpoint would leave the band {band_low_c:g}..{band_high_c:g} degC"
+
+    def export(self, shift_s: float) -> dict[str, Any]:
+        """What a standby needs to carry on (``restore``): each zone's votes, last move and
+        offset, times shifted by ``shift_s`` (from this box's clock to a shared one)."""
+        return {
+            zone_id: {
+                "votes": [[round(t + shift_s, 3), v] for t, v in zone.votes],
+                "last_move_s": None if zone.last_move_s is None
+                else round(zone.last_move_s + shift_s, 3),
+                "last_direction": zone.last_direction,
+                "offset_k": zone.offset_k,
+            }
+            for zone_id, zone in self._zones.items()
+        }  # fmt: skip
+
+    def restore(self, data: dict[str, Any], shift_s: float) -> None:
+        """Take over an ``export`` (times shifted back by ``shift_s``); ``ValueError`` when it is
+        not one (nothing is taken then)."""
+        zones: dict[str, _ZoneVotes] = {}
+        try:
+            for zone_id, z in data.items():
+                zone = _ZoneVotes(offset_k=float(z["offset_k"]),
+                                  last_direction=int(z["last_direction"]))  # fmt: skip
+                if abs(zone.offset_k) > self.max_offset_k or zone.last_direction not in (-1, 0, 1):
+                    raise ValueError(f"{zone_id}: offset or direction out of range")
+                last = z["last_move_s"]
+                zone.last_move_s = None if last is None else float(last) - shift_s
+                for t, v in z["votes"]:
+                    if v not in ("hot", "cold"):
+                        raise ValueError(f"{zone_id}: vote {v!r}")
+                    zone.votes.append((float(t) - shift_s, v))
+                zones[str(zone_id)] = zone
+        except (KeyError, TypeError, AttributeError) as err:
+            raise ValueError(f"not a vote box export: {err!r}") from err
+        self._zones = zones
 
     def _expire(self, zone: _ZoneVotes, now_s: float) -> None:
         while zone.votes and zone.votes[0][0] <= now_s - self.window_s:

@@ -21,6 +21,13 @@ timestamp against the time the stream stored it, so a command that waited an hou
 ``may_hear``), the content.
 Refusals are counted by reason (``invalid_by_reason``, ``buildingd_bus_refused_total``) and
 logged once per reason; a refused durable message is terminated, never redelivered.
+
+On a site whose coordinator is elected (``leads`` given): what is for the coordinator and
+durable goes, from a gateway that does not lead, to ``cmd._coordinator.<address>``, whose
+site-wide consumer only the lease holder pulls (a command sent while a leader dies reaches the
+next); and the bus is the last fence: an envelope sent as the coordinator from a gateway that
+does not hold the lease (a leader paused past its lease, running on before its lease keeper
+noticed) is dropped and counted (``buildingd_bus_fenced_total``), never sent.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from buildingd.mqtt.bus import COMMAND_SENDERS, content_problem
 from buildingd.mqtt.bus_auth import BusSealer, BusVerifier
 from buildingd.nats import subjects
 from buildingd.nats.connection import NatsErrors, connect
+from buildingd.nats.partition import Partition
 from buildingd.settings import NatsSettings
 
 if TYPE_CHECKING:
@@ -53,6 +61,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REFUSED_METRIC = "buildingd_bus_refused_total"
+FENCED_METRIC = "buildingd_bus_fenced_total"
+COORDINATOR_FETCH_WAIT_S = 1.0  # short: a leader that lost its lease stops pulling soon
 UNPUBLISHED_METRIC = "buildingd_bus_unpublished_total"
 PUBLISH_TIMEOUT_S = 2.0  # one try of a durable publish
 # A durable publish is tried again (same Nats-Msg-Id) until this long has passed: a stream
@@ -95,6 +105,7 @@ class NatsBus(InProcessBus):
         may_hear: Callable[[Envelope], str | None] | None = None,
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
+        leads: Callable[[], bool] | None = None,
     ) -> None:
         super().__init__()
         self.settings = settings
@@ -104,6 +115,9 @@ class NatsBus(InProcessBus):
         self.site_id, self.gateway_id = site_id, gateway_id
         self.route, self.is_local, self.may_hear = route, is_local, may_hear
         self.clock, self.metrics = clock, metrics
+        self.leads = leads  # None: the coordinator is not elected (no fence, no shared queue)
+        self.fenced = 0  # envelopes refused as the coordinator's while not leading
+        self.partition: Partition | None = None  # watched on a site over gateways
         self.origin = uuid.uuid4().hex[:12]
         self.sealer = BusSealer(key, self.origin, clock)
         self.verifier = BusVerifier(key, clock)
@@ -117,6 +131,7 @@ class NatsBus(InProcessBus):
         self._agent_prefix = subjects.agent_subject(site_id, "")
         self._sub: Any = None  # the core subscription
         self._pull: Any = None  # the durable consumer's pull subscription
+        self._coordinator_pull: Any = None  # the coordinator's (a candidate's, while leading)
 
     # -- start, run, stop ------------------------------------------------------------------
 
@@ -153,28 +168,46 @@ class NatsBus(InProcessBus):
             await api.stream_info(self.stream)
         except NotFoundError:
             await api.add_stream(config)
-        durable = subjects.consumer_name(self.gateway_id)
-        consumer = ConsumerConfig(
-            durable_name=durable,
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
-            ack_wait=30.0,
-            max_ack_pending=1000,
-        )
-        self._pull = await api.pull_subscribe(
-            subjects.gateway_commands(self.site_id, self.gateway_id),
-            durable=durable,
-            stream=self.stream,
-            config=consumer,
-        )
+
+        async def pull(queue: str, durable: str) -> Any:
+            consumer = ConsumerConfig(
+                durable_name=durable,
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=30.0,
+                max_ack_pending=1000,
+            )
+            return await api.pull_subscribe(subjects.gateway_commands(self.site_id, queue),
+                                            durable=durable, stream=self.stream,
+                                            config=consumer)  # fmt: skip
+
+        self._pull = await pull(self.gateway_id, subjects.consumer_name(self.gateway_id))
+        if self.leads is not None:
+            self._coordinator_pull = await pull(
+                subjects.COORDINATOR_QUEUE, subjects.COORDINATOR_CONSUMER
+            )
 
     async def run(self) -> None:
-        """Take this gateway's commands until cancelled."""
+        """Take this gateway's commands (and, while it leads, the coordinator's) until
+        cancelled."""
+        async with asyncio.TaskGroup() as tasks:
+            if self._coordinator_pull is not None and self.leads is not None:
+                tasks.create_task(self._take_all(self._coordinator_pull, self.leads,
+                                                 COORDINATOR_FETCH_WAIT_S),
+                                  name="nats-bus.coordinator")  # fmt: skip
+            await self._take_all(self._pull, lambda: True, FETCH_WAIT_S)
+
+    async def _take_all(self, pull: Any, active: Callable[[], bool], wait_s: float) -> None:
+        """Fetch from one consumer while ``active()`` (checked before each fetch and each
+        message: a message fetched after the lease was lost goes back at once)."""
         import nats.errors
 
         while True:
+            if not active():
+                await asyncio.sleep(wait_s / 4)
+                continue
             try:
-                msgs = await self._pull.fetch(FETCH_BATCH, timeout=FETCH_WAIT_S)
+                msgs = await pull.fetch(FETCH_BATCH, timeout=wait_s)
             except TimeoutError:  # nats' and asyncio's (fetch raises either): none waiting
                 continue
             except nats.errors.Error as err:  # the cluster away, the consumer electing its
@@ -191,6 +224,9 @@ class NatsBus(InProcessBus):
                     log.info("bus: taking commands again")
             for msg in msgs:
                 try:
+                    if not active():
+                        await msg.nak()  # for the next leader
+                        continue
                     await self._take(msg)
                 except nats.errors.Error as err:  # its ack lost: redelivered after ack_wait,
                     self.fetch_errors += 1  # then refused as a replay if it was delivered
@@ -199,16 +235,18 @@ class NatsBus(InProcessBus):
 
     async def stop(self) -> None:
         """Unsubscribe and close the connection (unacknowledged commands stay in the stream)."""
-        for sub in (self._sub, self._pull):
+        for sub in (self._sub, self._pull, self._coordinator_pull):
             if sub is not None:
                 await sub.unsubscribe()
-        self._sub = self._pull = None
+        self._sub = self._pull = self._coordinator_pull = None
         if self.nc is not None:
             await self.nc.close()
 
     # -- sending ---------------------------------------------------------------------------
 
     async def send(self, env: Envelope) -> None:
+        if env.sender == COORDINATOR and self.leads is not None and not self.leads():
+            return self._fence(env)
         gateway = self.route(env.receiver)
         if gateway is not None and gateway != self.gateway_id:  # it lives elsewhere
             self.stats.count(env)
@@ -258,6 +296,15 @@ class NatsBus(InProcessBus):
                 self.duplicates += 1
             return
         self._unpublished(env, problem)
+
+    def _fence(self, env: Envelope) -> None:
+        self.fenced += 1
+        kind = f"{env.performative.value}/{env.ontology}"
+        if self.metrics is not None:
+            self.metrics.inc(FENCED_METRIC, kind=kind)
+        if self.fenced == 1:
+            log.warning("bus: %s to %s sent as the coordinator, but this gateway does not lead: "
+                        "dropped (further ones are only counted)", kind, env.receiver)  # fmt: skip
 
     def _unpublished(self, env: Envelope, problem: str) -> None:
         kind = f"{env.performative.value}/{env.ontology}"
@@ -339,8 +386,11 @@ class NatsBus(InProcessBus):
             raise Refused("not JSON", str(err)) from err
         if not isinstance(body, dict) or not isinstance(body.get("envelope"), dict):
             raise Refused("wrong shape", "expected {origin, envelope}")
-        if body.get("origin") == self.origin:
-            return None
+        own = body.get("origin") == self.origin
+        if own and stored is None:
+            return None  # the echo of our own core message
+        # (A durable one of our own comes back only through the coordinator's queue: sent
+        # before this gateway led, taken now that it does.)
         problem = self.verifier.problem(subject, body, now=stored)
         if problem is not None:
             raise Refused(*problem)
@@ -352,7 +402,7 @@ class NatsBus(InProcessBus):
             raise Refused("receiver mismatch", f"envelope is for {env.receiver}")
         # An agent assigned to this gateway speaks from here only; service agents every
         # gateway runs (mqtt-bridge, telemetry, supervisor) have no gateway of their own.
-        if self.is_local(env.sender) and self.route(env.sender) == self.gateway_id:
+        if not own and self.is_local(env.sender) and self.route(env.sender) == self.gateway_id:
             raise Refused("forged sender", f"{env.sender} is a local agent")
         if env.ontology == "command" and not env.sender.startswith(COMMAND_SENDERS):
             raise Refused("forged sender", f"{env.sender} may not command devices")
@@ -378,12 +428,15 @@ def gateway_route(
     gateway_of_device: Callable[[str], str | None],
     gateway_of_zone: Callable[[str], str | None],
     coordinator_gateway: Callable[[], str | None] = lambda: None,
+    coordinator_topics: frozenset[str] = frozenset(),
 ) -> Route:
     """A ``Route`` from the site's assignment (``config.gateways.GatewayMap``): ``device[x]``
-    and ``zone[x]`` where they run, the coordinator where it runs now (it moves with the
-    lease); topics have no gateway."""
+    and ``zone[x]`` where they run, the coordinator (and ``coordinator_topics``, those only it
+    hears) where it runs now (it moves with the lease); other topics have no gateway."""
 
     def route(address: str) -> str | None:
+        if address in coordinator_topics:
+            return coordinator_gateway()
         if address.startswith("device[") and address.endswith("]"):
             return gateway_of_device(address[7:-1])
         if address.startswith("zone[") and address.endswith("]"):

@@ -49,6 +49,13 @@ def gateway_commands(site_id: str, gateway_id: str) -> str:
     return f"{site_root(site_id)}.cmd.{address_token(gateway_id)}.>"
 
 
+# Commands for the coordinator wherever it runs: one site-wide consumer, pulled only by the
+# gateway holding the lease, so what was sent while a leader died reaches the next one. Gateway
+# ids start with a letter or digit: this token is nobody's.
+COORDINATOR_QUEUE = "_coordinator"
+COORDINATOR_CONSUMER = "coordinator"
+
+
 def stream_name(site_id: str) -> str:
     """The site's command stream (stream names allow no ``.``, ``*``, ``>`` or ``/``)."""
     return "BUILDINGD_" + STREAM_NAME_BAD.sub("_", site_id) + "_CMD"
@@ -74,14 +81,18 @@ def state_bucket(site_id: str) -> str:
 
 def gateway_permissions(site_id: str, gateway_id: str) -> dict[str, Any]:
     """The ``permissions`` block of a gateway's NATS user (nats-server configuration): the
-    site's subjects, the site's stream, and of its consumers only the gateway's own (create it
-    with its own filter, pull from it, acknowledge), the site's lease and state buckets, plus reply
+    site's subjects, the site's stream, and of its consumers only the gateway's own and the
+    coordinator's (create each with its own filter, pull from it, acknowledge; only a lease
+    holder pulls the coordinator's), the site's lease and state buckets, plus reply
     inboxes. Another site's
     subjects and another gateway's commands are refused by the server."""
-    stream, consumer = stream_name(site_id), consumer_name(gateway_id)
-    own = gateway_commands(site_id, gateway_id)  # the filter its consumer must have
+    stream = stream_name(site_id)
     api = "$JS.API"
     buckets = lease_bucket(site_id), state_bucket(site_id)
+    consumers = [  # (consumer, the filter it must have)
+        (consumer_name(gateway_id), gateway_commands(site_id, gateway_id)),
+        (COORDINATOR_CONSUMER, gateway_commands(site_id, COORDINATOR_QUEUE)),
+    ]
     return {
         "publish": {
             "allow": [
@@ -90,12 +101,18 @@ def gateway_permissions(site_id: str, gateway_id: str) -> dict[str, Any]:
                 f"{api}.STREAM.INFO.{stream}",
                 f"{api}.STREAM.CREATE.{stream}",
                 f"{api}.STREAM.UPDATE.{stream}",
-                f"{api}.CONSUMER.INFO.{stream}.{consumer}",
-                f"{api}.CONSUMER.CREATE.{stream}.{consumer}",
-                f"{api}.CONSUMER.CREATE.{stream}.{consumer}.{own}",
-                f"{api}.CONSUMER.DURABLE.CREATE.{stream}.{consumer}",
-                f"{api}.CONSUMER.MSG.NEXT.{stream}.{consumer}",
-                f"$JS.ACK.{stream}.{consumer}.>",
+                *(
+                    rule
+                    for consumer, own in consumers
+                    for rule in (
+                        f"{api}.CONSUMER.INFO.{stream}.{consumer}",
+                        f"{api}.CONSUMER.CREATE.{stream}.{consumer}",
+                        f"{api}.CONSUMER.CREATE.{stream}.{consumer}.{own}",
+                        f"{api}.CONSUMER.DURABLE.CREATE.{stream}.{consumer}",
+                        f"{api}.CONSUMER.MSG.NEXT.{stream}.{consumer}",
+                        f"$JS.ACK.{stream}.{consumer}.>",
+                    )
+                ),
                 # the coordinator's lease and state buckets (nats/lease.py, state_mirror.py)
                 *(f"$KV.{b}.>" for b in buckets),
                 *(f"{api}.{op}.KV_{b}" for b in buckets for op in KV_OPS),

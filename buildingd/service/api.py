@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from buildingd.agents.messages import DemandResponseCall
 from buildingd.coordinator.requests import record_refusal, request_error
 from buildingd.errors import RequestRefusedError
+from buildingd.service.gateway import gateways_json
 from buildingd.service.http import HttpError, HttpServer, Request, Response
 from buildingd.service.prometheus import metrics_text
 
@@ -27,6 +28,12 @@ def zone_json(daemon: Daemon, zone_id: str) -> dict[str, Any]:
     zone = daemon.site.zones[zone_id]
     entry: dict[str, Any] = {"id": zone_id, "name": zone.name, "floor": zone.floor}
     entry["policy"] = daemon.site.zone_policy.get(zone_id)
+    gmap = daemon.site.gateways
+    if not gmap.single:  # a site over gateways: where it runs (its state is there only)
+        entry["gateway"] = gmap.zone_gateway.get(zone_id)
+        if entry["gateway"] != daemon.election.gateway_id:
+            entry["mode"] = "elsewhere"
+            return entry
     agent = daemon.zone_agents.get(zone_id)
     summary = agent.summary() if agent is not None else None
     if agent is None or summary is None or agent.decision is None:
@@ -34,6 +41,7 @@ def zone_json(daemon: Daemon, zone_id: str) -> dict[str, Any]:
         return entry
     entry.update(summary.model_dump(exclude={"zone_id"}))
     entry.update(coasting=agent.decision.coasting, learned=agent.learning_summary())
+    entry["commitments"] = sorted(agent.commitments)  # demand-response conversations in force
     return entry
 
 
@@ -54,6 +62,8 @@ def devices_json(daemon: Daemon) -> list[dict[str, Any]]:
                 "poll_interval_s": device.poll_interval_s,
             }
         )
+        if not daemon.site.gateways.single:
+            out[-1]["gateway"] = daemon.site.gateways.device_gateway.get(device_id)
     return out
 
 
@@ -150,6 +160,23 @@ async def negotiations(daemon: Daemon, _: Request) -> Response:
     ])  # fmt: skip
 
 
+async def coordinator_state(daemon: Daemon, _: Request) -> Response:
+    """What the coordinator keeps in memory: each zone's vote offset and each air-handler
+    reset's setpoint (carried over to a standby on a site over gateways)."""
+    c = coordinator(daemon)
+    resets = [{"air_handler": r.ahu_id, "kind": r.signal.kind.value, "setpoint": r.loop.setpoint}
+              for r in c.air.resets]  # fmt: skip
+    votes = {z: c.votes.offset(z) for z in c.votes.zones()}
+    return Response.json({"votes_offset_k": votes, "resets": resets})
+
+
+async def gateways(daemon: Daemon, _: Request) -> Response:
+    """The gateways of the site, who leads, and who owns which zones and devices."""
+    nats = daemon.nats
+    cut_off = nats is not None and nats.partition is not None and nats.partition.cut_off
+    return Response.json(gateways_json(daemon.site, daemon.election, cut_off))
+
+
 async def reload(daemon: Daemon, _: Request) -> Response:
     result = await daemon.reload()
     return answer(bool(result["ok"]), result)
@@ -242,6 +269,8 @@ ROUTES: tuple[Endpoint, ...] = (
     Endpoint("GET", "/api/alerts", alerts),
     Endpoint("GET", "/api/agents", agents),
     Endpoint("GET", "/api/negotiations", negotiations),
+    Endpoint("GET", "/api/coordinator", coordinator_state),
+    Endpoint("GET", "/api/gateways", gateways),
     Endpoint("POST", "/api/reload", reload, write=True),
     Endpoint("POST", "/api/zones/{zone}/vote", vote, write=True),
     Endpoint("POST", "/api/alerts/{alert}/ack", acknowledge, write=True),

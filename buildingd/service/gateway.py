@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from buildingd.agents.bus import Envelope
 from buildingd.config.loader import Site
@@ -94,6 +94,28 @@ class Election:
         await self.keeper.run()
 
 
+def gateways_json(site: Site, election: Election, cut_off: bool) -> dict[str, Any]:
+    """Who owns what on a site over gateways, as this gateway knows it (``/api/gateways``,
+    ``buildingd status``): each gateway's zones and devices, whether it may run the
+    coordinator and whether it leads; this gateway, the leader, and whether it is cut off."""
+    gmap, leader = site.gateways, election.leader()
+    return {
+        "gateway": election.gateway_id,
+        "leader": leader,
+        "cut_off": cut_off,
+        "gateways": [
+            {
+                "id": g,
+                "candidate": g in gmap.coordinator_candidates,
+                "leads": g == leader,
+                "zones": sorted(z for z, on in gmap.zone_gateway.items() if on == g),
+                "devices": sorted(d for d, on in gmap.device_gateway.items() if on == g),
+            }
+            for g in gmap.gateways
+        ],
+    }
+
+
 def nats_bus(
     settings: Settings,
     site: Site,
@@ -105,8 +127,10 @@ def nats_bus(
     """The bus over the site's NATS cluster, sealed with the site's bus key. A site of one
     gateway has no assignment: every agent address routes to this process's own id."""
     from buildingd.agents.hearing import hearing_problem
+    from buildingd.agents.messages import DEMAND_RESPONSE_TOPIC
     from buildingd.mqtt.bus_auth import load_or_create_key
     from buildingd.nats.bus import NatsBus, gateway_route
+    from buildingd.nats.subjects import COORDINATOR_QUEUE
 
     gateway_id = settings.gateway.id or "main"
 
@@ -118,11 +142,21 @@ def nats_bus(
         gmap = current_site().gateways
         return gateway_id if gmap.single else gmap.zone_gateway.get(zone_id)
 
-    route = gateway_route(device_gateway, zone_gateway, election.leader)
+    leads: Callable[[], bool] | None = None
+    coordinator_gateway: Callable[[], str | None] = election.leader
+    topics: frozenset[str] = frozenset()
+    if election.elects:  # the coordinator moves with the lease: the site-wide queue to it
+        leads = election.leads
+
+        def coordinator_gateway() -> str | None:
+            return gateway_id if election.leads() else COORDINATOR_QUEUE
+
+        topics = frozenset({DEMAND_RESPONSE_TOPIC})  # requests over MQTT at any gateway
+    route = gateway_route(device_gateway, zone_gateway, coordinator_gateway, topics)
     key = load_or_create_key(bus_key_path(settings))
 
     def may_hear(env: Envelope) -> str | None:
         return hearing_problem(env, current_site())  # the site after a reload too
 
     return NatsBus(settings.nats, site.site_id, gateway_id, route, is_local, key, may_hear,
-                   metrics=metrics)  # fmt: skip
+                   metrics=metrics, leads=leads)  # fmt: skip

@@ -141,7 +141,13 @@ class Health:
         )
         if not daemon.site.gateways.single:  # a site over gateways: who leads (issue 19)
             leader = daemon.election.leader() or "none known yet"
-            line += f"; gateway {daemon.election.gateway_id}, coordinator on {leader}"
+            me, gmap = daemon.election.gateway_id, daemon.site.gateways
+            mine = sum(1 for g in gmap.zone_gateway.values() if g == me)
+            here = sum(1 for g in gmap.device_gateway.values() if g == me)
+            line += (f"; gateway {me} ({mine} zones, {here} devices here), "
+                     f"coordinator on {leader}")  # fmt: skip
+            if self._cut_off():
+                line += "; cut off from the NATS cluster"
         reloading = daemon.reloading
         if reloading.restart_needed:
             line += f"; restart needed for {', '.join(reloading.restart_needed)}"
@@ -149,8 +155,13 @@ class Health:
             line += f"; reload failed, running the previous configuration: {reloading.problem}"
         return line[:400]
 
+    def _cut_off(self) -> bool:
+        nats = self.daemon.nats
+        return nats is not None and nats.partition is not None and nats.partition.cut_off
+
     def open_alerts(self) -> list[dict[str, object]]:
-        """Current problems: degraded zones, unavailable devices, agents given up on."""
+        """Current problems: degraded zones, unavailable devices, agents given up on, this
+        gateway cut off from the others."""
         daemon = self.daemon
         out: list[dict[str, object]] = []
         for zone_id, agent in daemon.zone_agents.items():
@@ -163,6 +174,11 @@ class Health:
             for child in daemon.supervisor.children.values():
                 if child.state is ChildState.FAILED:
                     out.append({"agent": child.name, "cause": child.last_error})
+        if self._cut_off():
+            partition = daemon.nats.partition if daemon.nats is not None else None
+            problem = partition.last_problem if partition is not None else ""
+            out.append({"gateway": daemon.election.gateway_id,
+                        "cause": f"cut off from the NATS cluster: {problem}"})  # fmt: skip
         if daemon.coordinator is not None:
             for esc in daemon.coordinator.open_escalations():
                 out.append({"id": esc.id, "escalation": esc.message, "contacts": esc.contacts,

@@ -11,7 +11,7 @@ import logging
 import signal
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from buildingd.agents.bus import Performative
 from buildingd.agents.device import DeviceAgent
@@ -31,6 +31,9 @@ if TYPE_CHECKING:
     from buildingd.service.app import Daemon
 
 log = logging.getLogger(__name__)
+# A new leader waits this long for the last leader's state (a NATS stream leader's election
+# takes 4-9 s) before its coordinator starts on its own files.
+TAKE_OVER_S = 30.0
 
 
 async def run(daemon: Daemon, duration_s: float | None) -> None:
@@ -78,6 +81,8 @@ async def run(daemon: Daemon, duration_s: float | None) -> None:
                         await start_device(daemon, device_id)
                 if daemon.nats is not None:  # commands once the agents listen
                     tasks.create_task(daemon.nats.run(), name="nats-bus")
+                    if not site.gateways.single:
+                        tasks.create_task(_watch_partition(daemon), name="nats-partition")
                 election = _elect_coordinator(daemon, sup, tasks)
                 await _start_http(daemon)
                 daemon.ctx.ready_s = daemon.clock.monotonic()
@@ -212,15 +217,22 @@ async def give_up(daemon: Daemon, name: str, err: BaseException) -> None:
 
 
 async def _start_coordinator(
-    daemon: Daemon, sup: Supervisor, on_saved: Callable[[], None] | None = None
+    daemon: Daemon,
+    sup: Supervisor,
+    on_saved: Callable[[], None] | None = None,
+    carried: dict[str, Any] | None = None,
 ) -> None:
-    """``on_saved``: told when a desk has written its state file (to mirror it at once)."""
+    """``on_saved``: told when a desk has written its state file or changed what it keeps in
+    memory (to mirror it at once); ``carried``: votes and resets another gateway's coordinator
+    left (``CoordinatorAgent.carried``)."""
     from buildingd.coordinator.agent import CoordinatorAgent
 
     def make() -> CoordinatorAgent:
         # Commitments in force are kept in the state directory across restarts.
         agent = CoordinatorAgent(daemon.ctx, state_dir=daemon.settings.state_dir)
         agent.demand.file.on_saved = agent.alarms.file.on_saved = on_saved
+        agent.office.on_state_changed = on_saved
+        agent.carried_in = carried if daemon.coordinator is None else None
         if daemon.coordinator is not None:
             # A restarted coordinator keeps the open escalations and the occupants' votes (the
             # zones keep the offsets they were sent; a new vote box would start from zero).
@@ -246,20 +258,40 @@ def _elect_coordinator(
     nats = daemon.nats
     assert nats.nc is not None
     settings = daemon.settings
-    mirror = StateMirror(nats.nc, daemon.site.site_id, settings.state_dir, settings.nats.replicas)
+
+    def carried() -> dict[str, Any] | None:
+        coordinator = daemon.coordinator
+        return coordinator.carried() if coordinator is not None else None
+
+    mirror = StateMirror(nats.nc, daemon.site.site_id, settings.state_dir, settings.nats.replicas,
+                         carried, lambda: daemon.clock.now().timestamp(),
+                         daemon.metrics, election.gateway_id)  # fmt: skip
 
     def renewed(revision: int) -> None:  # the fencing token of this gateway's coordinator
         daemon.metrics.set("buildingd_coordinator_lease_revision", float(revision))
 
+    group: list[asyncio.TaskGroup] = []  # elect()'s, for the start after a takeover
+    starting: list[asyncio.Task[None]] = []
+
+    async def start_leading(revision: int) -> None:
+        # What the last leader committed, before this coordinator reads its files: waited
+        # for (the state's stream may be electing a leader) while the lease is renewed.
+        await mirror.take_over(TAKE_OVER_S)
+        if not election.leads():
+            return
+        await _start_coordinator(daemon, sup, on_saved=mirror.changed.set, carried=mirror.taken)
+        log.info("this gateway leads: coordinator started (lease revision %d)", revision)
+
     async def acquired(revision: int) -> None:
         renewed(revision)
-        # What the last leader committed, before this coordinator reads its files.
-        await mirror.take_over(settings.nats.lease_ttl_s / 3)
-        await _start_coordinator(daemon, sup, on_saved=mirror.changed.set)
-        log.info("this gateway leads: coordinator started (lease revision %d)", revision)
+        starting.append(group[0].create_task(start_leading(revision), name="coordinator-start"))
 
     async def lost() -> None:
         # Fencing: the coordinator stops here before the lease could expire on the cluster.
+        for task in starting:
+            task.cancel()
+        await asyncio.gather(*starting, return_exceptions=True)
+        starting.clear()
         await sup.stop("coordinator")
         daemon.coordinator = None  # the API answers "not running" on a standby
         renewed(0)
@@ -267,10 +299,38 @@ def _elect_coordinator(
 
     async def elect() -> None:
         async with asyncio.TaskGroup() as mine:
+            group.append(mine)
             mine.create_task(mirror.keep_pushing(election.leads), name="coordinator-state")
             await election.run(nats, acquired, lost, renewed)
 
     return tasks.create_task(elect(), name="coordinator-lease")
+
+
+async def _watch_partition(daemon: Daemon) -> None:
+    """One alert per partition (an error event, and ``/api/alerts`` and STATUS= while it
+    lasts), one event when it heals; the zones here go on by their policies meanwhile."""
+    from buildingd.nats.partition import Partition, watch
+
+    nats = daemon.nats
+    assert nats is not None and nats.nc is not None
+    gateway = daemon.election.gateway_id
+    nats.partition = partition = Partition(grace_s=daemon.settings.nats.lease_ttl_s)
+
+    async def cut(problem: str) -> None:
+        daemon.metrics.set("buildingd_gateway_cut_off", 1.0)
+        message = (f"gateway {gateway} cut off from the NATS cluster: {problem}; its zones run "
+                   "on their policies, commands for other gateways wait in the stream")  # fmt: skip
+        log.error("%s", message)
+        await daemon.event("partition", "error", message)
+
+    async def healed(lasted_s: float) -> None:
+        daemon.metrics.set("buildingd_gateway_cut_off", 0.0)
+        message = f"gateway {gateway} back in the NATS cluster after {lasted_s:.0f} s"
+        log.info("%s", message)
+        await daemon.event("partition", "info", message)
+
+    daemon.metrics.set("buildingd_gateway_cut_off", 0.0)
+    await watch(nats.nc, partition, asyncio.get_running_loop().time, cut, healed)
 
 
 async def _start_mqtt_bridge(daemon: Daemon, sup: Supervisor, conn: MqttConnection) -> None:

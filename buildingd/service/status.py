@@ -15,6 +15,18 @@ def fetch(base: str, path: str, timeout_s: float = 5.0) -> Any:
         return json.loads(response.read())
 
 
+def print_gateways(site: dict[str, Any]) -> None:
+    """One line per gateway: its role, its zones and how many devices it runs."""
+    print()
+    cut = " (CUT OFF from the NATS cluster)" if site.get("cut_off") else ""
+    print(f"gateway {site['gateway']}{cut}; coordinator on {site.get('leader') or 'nobody known'}")
+    print(f"{'gateway':<16}{'role':<12}{'devices':>8}  zones")
+    for g in site["gateways"]:
+        role = "leads" if g["leads"] else ("standby" if g["candidate"] else "-")
+        here = "*" if g["id"] == site["gateway"] else " "
+        print(f"{here}{g['id']:<15}{role:<12}{len(g['devices']):>8}  {', '.join(g['zones'])}")
+
+
 def status_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="buildingd status")
     parser.add_argument("--url", default="http://127.0.0.1:8750", help="the daemon's HTTP endpoint")
@@ -65,6 +77,8 @@ def status_main(argv: list[str]) -> int:
             f"{num(got.get('start_bias_min'), '+.0f') + ' min':>10}{start:>18}  "
             f"{arrival or '-'}{'' if got.get('arrival_confident') else ' (learning)'}"
         )
+    if "gateway" in health:  # a site over gateways: who owns what, who leads
+        print_gateways(fetch(base, "/api/gateways"))
     down = [d["id"] for d in devices if d.get("available") is False]
     print()
     print(f"devices: {len(devices) - len(down)} up, {len(down)} down {down if down else ''}")
