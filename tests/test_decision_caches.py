@@ -1,9 +1,11 @@
 """What the decision path keeps between decisions gives the answers it would compute afresh: the
 arrival forecast kept with its occupancy profile, the zone's inputs kept until a reading comes in,
-and the cheap copy of frozen state."""
+and the cheap copy of frozen state. A zone decides on a burst of readings as a whole."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -27,11 +29,11 @@ from buildingd.control.occupancy_forecast import (
     observe,
     predict_arrival,
 )
-from buildingd.control.zone import ZoneState
+from buildingd.control.zone import ZoneInputs, ZoneState
 from buildingd.control.zone_learning import ZoneLearning
 from buildingd.drivers.base import DriverContext
 from buildingd.points import PointKind, Quality
-from tests.conftest import REPO
+from tests.conftest import REPO, until
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NONE: frozenset[date] = frozenset()
@@ -161,12 +163,16 @@ def reading(kind: PointKind, device: str, point: str, value: float, quality: Qua
     ).envelope(Performative.INFORM, device, "readings/f1-meeting")  # fmt: skip
 
 
-def test_zone_inputs_follow_every_reading() -> None:
+def meeting_room() -> ZoneAgent:
     clock = ScaledClock(datetime(2027, 1, 11, 9, 0, tzinfo=UTC), 1.0)
     ctx = AgentContext(
         bus=InProcessBus(), clock=clock, site=load_site(REPO), drivers=DriverContext(clock=clock)
     )
-    zone = ZoneAgent("f1-meeting", ctx)
+    return ZoneAgent("f1-meeting", ctx)
+
+
+def test_zone_inputs_follow_every_reading() -> None:
+    zone = meeting_room()
     assert zone.inputs().temperature_c is None
     steps = [
         (PointKind.TEMPERATURE, "f1-meeting-thermostat", "temperature", 20.5, Quality.GOOD),
@@ -183,3 +189,34 @@ def test_zone_inputs_follow_every_reading() -> None:
         zone._handle(reading(kind, device, point, value, quality))  # type: ignore[arg-type]
         inputs = zone.inputs()
         assert (inputs.temperature_c, inputs.occupied) == (temperature_c, occupied)
+
+
+async def test_a_zone_decides_on_a_devices_whole_poll() -> None:
+    zone = meeting_room()
+    seen: list[ZoneInputs] = []
+    decide = zone.control
+
+    async def counted(now_s: float) -> None:
+        seen.append(zone.inputs())
+        await decide(now_s)
+
+    zone.control = counted  # type: ignore[method-assign]
+    # One poll of the thermostat and the presence sensor, waiting together in the inbox.
+    for args in (
+        (PointKind.TEMPERATURE, "f1-meeting-thermostat", "temperature", 21.0, Quality.GOOD),
+        (PointKind.OCCUPANCY, "f1-meeting-thermostat", "occupancy", 1.0, Quality.GOOD),
+        (PointKind.OCCUPANCY, "f1-meeting-presence", "occupancy", 1.0, Quality.GOOD),
+        (PointKind.ILLUMINANCE, "f1-meeting-presence", "illuminance", 80.0, Quality.GOOD),
+    ):
+        zone.inbox.put_nowait(reading(*args))  # type: ignore[arg-type]
+    task = asyncio.create_task(zone.run(lambda: None))
+    try:
+        await until(lambda: seen, "the zone's first decision")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    # The first decision already saw the whole poll (not the temperature alone).
+    assert seen[0] == ZoneInputs(
+        temperature_c=21.0, humidity_pct=None, occupied=True, illuminance_lux=80.0
+    )
