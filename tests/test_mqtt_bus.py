@@ -156,6 +156,30 @@ async def test_envelopes_cross_processes_and_bad_ones_are_counted(
     await conn_b.stop()
 
 
+async def test_an_envelope_for_a_local_agent_stays_off_the_broker(mosquitto: Mosquitto) -> None:
+    """A zone's command to a device agent of the same process is delivered in process and not
+    published: other gateways would only validate it to find nobody to give it to."""
+    conn = await connected(mosquitto.host, mosquitto.port, "gw-a")
+    local = {"zone[f1-office]", "device[heater]"}
+    bus = MqttBus(conn, local.__contains__, KEY)
+    inbox = Mailbox("device[heater]")
+    bus.subscribe("device[heater]", inbox)
+    seen: list[str] = []
+    async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier="watcher") as watcher:
+        await watcher.subscribe(f"{conn.base}/bus/#", qos=1)
+        here = request_envelope("zone[f1-office]", "device[heater]")
+        await bus.send(here)
+        await bus.send(request_envelope("zone[f1-office]", "device[lights]"))  # elsewhere
+        async with asyncio.timeout(10):
+            async for message in watcher.messages:
+                seen.append(str(message.topic))
+                if str(message.topic).endswith("device[lights]"):
+                    break
+    assert await asyncio.wait_for(inbox.get(), 5) == here
+    assert seen == [f"{conn.base}/bus/device[lights]"]
+    await conn.stop()
+
+
 async def test_a_flood_of_envelopes_is_accounted_for_to_the_last(mosquitto: Mosquitto) -> None:
     # 10,000 QoS 1 envelopes from another process: every one is received and validated, and
     # the receiving mailbox (1,000, drop-oldest) counts what it had to drop. None is lost
@@ -316,7 +340,8 @@ async def test_an_envelope_the_broker_never_got_is_counted_and_still_delivered_l
     # No broker listens on this port (the connection is never started): every publish fails.
     metrics = Metrics()
     conn = MqttConnection(MqttSettings(enabled=True), "hq", "127.0.0.1", free_port(), metrics)
-    bus = MqttBus(conn, lambda name: name == "device[lights]", KEY)
+    # The receiver listens here but is no agent of this process (a topic: others may listen).
+    bus = MqttBus(conn, lambda name: name == "zone[f1-office]", KEY)
     inbox = Mailbox("device[lights]")
     bus.subscribe("device[lights]", inbox)
     for _ in range(3):

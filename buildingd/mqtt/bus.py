@@ -120,6 +120,8 @@ class MqttBus(InProcessBus):
 
     async def send(self, env: Envelope) -> None:
         await super().send(env)
+        if self.is_local(env.receiver):
+            return  # an agent of this process has it; no other process runs that agent
         topic = self.prefix + env.receiver
         body = self.sealer.seal(topic, env.model_dump(mode="json"))
         qos = 1 if env.performative in RELIABLE else 0
