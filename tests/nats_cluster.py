@@ -9,6 +9,7 @@ import concurrent.futures
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 import urllib.error
@@ -159,8 +160,20 @@ class NatsCluster:
         node.paused = False
 
     def restart(self, i: int) -> None:
-        """Start a killed node again on its ports and storage."""
+        """Start a killed node again on its ports and storage; returns once it takes clients."""
         self.start_node(i)
+        node = self.nodes[i]
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            assert node.proc is not None
+            if node.proc.poll() is not None:
+                raise RuntimeError(f"{node.name} exited at restart\n{self.tail(node)}")
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", node.port)) == 0:
+                    return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{node.name} takes no clients after restart\n{self.tail(node)}")
+            time.sleep(0.1)
 
     def pause(self, i: int) -> None:
         """SIGSTOP: the node holds its sockets but answers nothing (a hung machine)."""
