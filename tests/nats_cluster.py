@@ -8,7 +8,9 @@ import asyncio
 import concurrent.futures
 import json
 import os
+import random
 import signal
+import socket
 import subprocess
 import time
 import urllib.error
@@ -18,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from buildingd.nats.server_bin import server_binary
-from tests.conftest import free_port
 
 START_TIMEOUT_S = 60.0  # a generous bound for a loaded 2-core machine
 
@@ -60,6 +61,26 @@ class NatsNode:
         return None
 
 
+# Below Linux's ephemeral range (32768-60999): a port picked there is never handed out by the
+# kernel to another process's bind(0) or outgoing connection while a node is down between a kill
+# and its restart (a free port from the ephemeral range was taken in between, on this shared
+# machine: a route port "already in use" at start, a restarted node unable to listen).
+NODE_PORTS = range(20000, 32000)
+
+
+def node_port() -> int:
+    """A port for a node, free now, outside the ephemeral range."""
+    for _ in range(1000):
+        port = random.choice(NODE_PORTS)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port for a NATS node in 20000-31999")
+
+
 @dataclass
 class NatsCluster:
     root: Path
@@ -71,7 +92,7 @@ class NatsCluster:
         self.root.mkdir(parents=True, exist_ok=True)
         for i in range(self.size):
             name = f"n{i + 1}"
-            ports = free_port(), free_port(), free_port()
+            ports = node_port(), node_port(), node_port()
             files = self.root / f"{name}.conf", self.root / f"{name}.log"
             self.nodes.append(NatsNode(name, *ports, *files))
         for node in self.nodes:
@@ -159,8 +180,20 @@ class NatsCluster:
         node.paused = False
 
     def restart(self, i: int) -> None:
-        """Start a killed node again on its ports and storage."""
+        """Start a killed node again on its ports and storage; returns once it takes clients."""
         self.start_node(i)
+        node = self.nodes[i]
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            assert node.proc is not None
+            if node.proc.poll() is not None:
+                raise RuntimeError(f"{node.name} exited at restart\n{self.tail(node)}")
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", node.port)) == 0:
+                    return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{node.name} takes no clients after restart\n{self.tail(node)}")
+            time.sleep(0.1)
 
     def pause(self, i: int) -> None:
         """SIGSTOP: the node holds its sockets but answers nothing (a hung machine)."""

@@ -4,7 +4,9 @@ answers "not running"; after a SIGKILL of the leader the other takes the lease (
 revision: one holder at a time) and its coordinator has the demand-response commitment, the
 votes and the air-handler reset the dead one had in force (from the site's KV bucket: the two
 gateways share no files), and a request sent while nobody led is delivered to it once. A leader
-paused past its lease sends nothing as the coordinator when it runs again (fenced, counted)."""
+paused past its lease sends nothing as the coordinator when it runs again (fenced, counted). A
+gateway cut off from the cluster runs its zones, alerts once and rejoins without doubles; the
+stream's leader killed as an event starts loses and doubles nothing."""
 
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import nats.errors
 import pytest
 
 from buildingd.config.loader import load_site
-from buildingd.nats.subjects import state_bucket
+from buildingd.nats.subjects import lease_bucket, state_bucket, stream_name
 from tests.conftest import free_port
 from tests.daemon_proc import Running, start_daemon
 from tests.nats_cluster import ADMIN, NatsCluster, gateway_env
@@ -82,10 +84,10 @@ def start(site_copy: Path, tmp_path: Path, nats_cluster: NatsCluster) -> Iterato
     key.write_text("0123456789abcdef0123456789abcdef\n")
     started: list[Running] = []
 
-    def gateway(name: str, **extra: str) -> Running:
+    def gateway(name: str, speed: float = 30.0, **extra: str) -> Running:
         env = gateway_env(nats_cluster, "demo-office", name, key) | extra
         (tmp_path / name).mkdir()
-        daemon = start_daemon(site_copy, tmp_path / name, env=env, speed=30.0)
+        daemon = start_daemon(site_copy, tmp_path / name, env=env, speed=speed)
         started.append(daemon)
         try:
             daemon.wait_ready(WAIT_S)
@@ -158,6 +160,11 @@ def test_a_standby_takes_over_when_the_leader_is_killed(
     status, body = devices.post_json("/api/demand-response", CALL)
     assert status != 503, body
     print(f"takeover {took_s:.1f} s after SIGKILL (lease TTL 6 s, revision {last:g} -> {taken:g})")
+
+
+def commitments(daemon: Running) -> dict[str, list[str]]:
+    """The demand-response conversations each zone run by ``daemon`` keeps in force."""
+    return {z["id"]: z.get("commitments", []) for z in daemon.json("/api/zones")}
 
 
 def reset_setpoint(daemon: Running) -> float:
@@ -273,11 +280,13 @@ def test_a_leader_paused_past_its_lease_is_fenced(start: object, nats_cluster: N
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("how", ["pause", "kill"])
 def test_a_gateway_cut_off_runs_its_zones_alerts_once_and_rejoins_without_doubles(
-    start: object, nats_cluster: NatsCluster, site_copy: Path
+    start: object, nats_cluster: NatsCluster, site_copy: Path, how: str
 ) -> None:
     """``devices`` (all the zones and devices) talks to node 0 only and leads; node 0 is
-    SIGKILLed: devices is cut off, ``zones`` takes the lease with the event in force."""
+    SIGSTOPped (its connection stays open, nothing answers) or SIGKILLed (and restarted):
+    devices is cut off, ``zones`` takes the lease with the event in force."""
     assert callable(start)
     devices: Running = start("devices", BUILDINGD_NATS__SERVERS=json.dumps(nats_cluster.urls[:1]))
     devices.until(lambda: devices.metric(REVISION), "devices leads", WAIT_S)
@@ -294,14 +303,11 @@ def test_a_gateway_cut_off_runs_its_zones_alerts_once_and_rejoins_without_double
     shedding = set(devices.until(awarded, "the event awarded", WAIT_S)["awarded"])
     devices.until(lambda: conversation in mirrored(nats_cluster), "the award in the bucket", WAIT_S)
 
-    def commitments() -> dict[str, list[str]]:
-        return {z["id"]: z.get("commitments", []) for z in devices.json("/api/zones")}
-
-    devices.until(lambda: all(commitments()[z] == [conversation] for z in shedding),
+    devices.until(lambda: all(commitments(devices)[z] == [conversation] for z in shedding),
                   "the zones committed", WAIT_S)  # fmt: skip
     commands = devices.metric("buildingd_commands_total")
 
-    nats_cluster.kill(0)
+    (nats_cluster.pause if how == "pause" else nats_cluster.kill)(0)
     devices.wait_for_output("cut off from the NATS cluster", timeout_s=WAIT_S)
     zones.until(lambda: zones.metric(REVISION), "zones took the lease", WAIT_S)
     # One alert, in the API and the status line; the zones go on by their policies, inside
@@ -320,7 +326,7 @@ def test_a_gateway_cut_off_runs_its_zones_alerts_once_and_rejoins_without_double
     assert devices.metric("buildingd_gateway_cut_off") == 1
     assert devices.metric(REVISION) == 0  # its coordinator stopped: the lease ran out
 
-    nats_cluster.restart(0)
+    (nats_cluster.resume if how == "pause" else nats_cluster.restart)(0)
     devices.wait_for_output("back in the NATS cluster", timeout_s=WAIT_S)
     devices.until(lambda: not [a for a in devices.json("/api/alerts") if a.get("gateway")],
                   "the alert gone", WAIT_S)  # fmt: skip
@@ -331,9 +337,68 @@ def test_a_gateway_cut_off_runs_its_zones_alerts_once_and_rejoins_without_double
     assert after["state"] in IN_FORCE and set(after["awarded"]) == shedding
     in_force = [r for r in zones.json("/api/negotiations") if r["state"] in IN_FORCE]
     assert [r["conversation_id"] for r in in_force].count(conversation) == 1
-    assert all(commitments()[z] == [conversation] for z in shedding)
+    assert all(commitments(devices)[z] == [conversation] for z in shedding)
     told = [line for line in devices.output if "cut off from the NATS cluster:" in line]
     assert len(told) == 1, told
     assert len([line for line in devices.output if "back in the NATS cluster" in line]) == 1
     escalations = [a["escalation"] for a in zones.json("/api/alerts") if "escalation" in a]
     assert len(escalations) == len(set(escalations)), escalations
+
+
+def test_no_award_lost_or_doubled_when_the_stream_leader_dies_during_an_event(
+    start: object, nats_cluster: NatsCluster
+) -> None:
+    """At speed 1, so the zones' 30 s to answer a call outlasts NATS' 4-9 s election."""
+    assert callable(start)
+    zones: Running = start("zones", speed=1.0)
+    zones.until(lambda: zones.metric(REVISION), "zones leads", WAIT_S)
+    devices: Running = start("devices", speed=1.0)
+    devices.until(lambda: devices.json("/healthz")["leader"] == "zones", "devices sees zones lead")
+
+    async def leaders() -> tuple[str, str]:
+        """The nodes leading the command stream and the lease bucket's stream."""
+        nc = await nats.connect(servers=nats_cluster.urls, user=ADMIN.name,
+                                password=ADMIN.password)  # fmt: skip
+        try:
+            js = nc.jetstream(timeout=5)
+            found = []
+            for stream in (stream_name("demo-office"), f"KV_{lease_bucket('demo-office')}"):
+                info = await js.stream_info(stream)
+                assert info.cluster is not None and info.cluster.leader is not None
+                found.append(info.cluster.leader)
+            return found[0], found[1]
+        finally:
+            await nc.close()
+
+    stream_leader, lease_leader = asyncio.run(leaders())
+    if stream_leader == lease_leader:
+        pytest.xfail("the command stream's leader also leads the lease bucket: renewals fail for "
+                     "the election and the lease can lapse, and an event not yet awarded is lost "
+                     "with its coordinator (known limitation, issue-19 notes)")  # fmt: skip
+    killed = [n.name for n in nats_cluster.nodes].index(stream_leader)
+    status, body = zones.post_json("/api/demand-response", CALL)
+    assert status == 202, body
+    conversation = body["conversation_id"]
+    nats_cluster.kill(killed)  # the calls for proposals are on their way to the zones
+
+    def leader() -> Running:
+        return zones if zones.json("/healthz")["leader"] == "zones" else devices
+
+    def awarded() -> dict[str, Any] | None:
+        run = run_of(leader(), conversation)
+        return run if run is not None and run["state"] in IN_FORCE and run["awarded"] else None
+
+    run = devices.until(awarded, "the event awarded across the election", WAIT_S)
+    shedding = set(run["awarded"])
+    devices.until(lambda: all(commitments(devices)[z] == [conversation] for z in shedding),
+                  "the zones committed", WAIT_S)  # fmt: skip
+    # Nothing lost (every message published), nothing doubled (one commitment per zone; a
+    # message NATS delivered again after its acknowledgement was lost in the election is
+    # refused as a replay, never acted on twice; nothing refused for any other reason).
+    for daemon in (zones, devices):
+        assert daemon.metric("buildingd_bus_unpublished_total") == 0
+        refused = re.findall(r'^buildingd_bus_refused_total\{reason="([^"]+)"\} (\S+)$',
+                             daemon.json("/metrics"), re.M)  # fmt: skip
+        print(f"refused on {daemon.env['BUILDINGD_GATEWAY__ID']}: {refused}")
+        assert {reason for reason, _ in refused} <= {"replayed"}, refused
+    print(f"stream leader {nats_cluster.nodes[killed].name} killed; {run}")

@@ -70,6 +70,7 @@ PUBLISH_TIMEOUT_S = 2.0  # one try of a durable publish
 PUBLISH_DEADLINE_S = 30.0
 RETRY_FIRST_S, RETRY_MAX_S = 0.1, 1.0
 API_TIMEOUT_S = 10.0  # stream and consumer set-up (a cluster may be electing a leader)
+START_DEADLINE_S = 60.0  # ... tried again this long at start (inside systemd's start timeout)
 FETCH_BATCH = 100
 FETCH_WAIT_S = 5.0  # a pull request waits this long for commands, then is renewed
 NOT_YET_DELAY_S = 1.0  # a command for an agent not started yet comes back after this
@@ -139,6 +140,7 @@ class NatsBus(InProcessBus):
         """Subscribe to the site's core subjects, make sure the command stream and this
         gateway's consumer exist. Commands are taken only once ``run`` runs (after the local
         agents have subscribed)."""
+        import nats.errors
         from nats.js.api import (
             AckPolicy,
             ConsumerConfig,
@@ -164,10 +166,6 @@ class NatsBus(InProcessBus):
             duplicate_window=self.settings.duplicate_window_s,
         )
         api = nc.jetstream(timeout=API_TIMEOUT_S)
-        try:
-            await api.stream_info(self.stream)
-        except NotFoundError:
-            await api.add_stream(config)
 
         async def pull(queue: str, durable: str) -> Any:
             consumer = ConsumerConfig(
@@ -181,11 +179,30 @@ class NatsBus(InProcessBus):
                                             durable=durable, stream=self.stream,
                                             config=consumer)  # fmt: skip
 
-        self._pull = await pull(self.gateway_id, subjects.consumer_name(self.gateway_id))
-        if self.leads is not None:
-            self._coordinator_pull = await pull(
-                subjects.COORDINATOR_QUEUE, subjects.COORDINATOR_CONSUMER
-            )
+        # A cluster starting with its gateways (a boot) may have no quorum yet, or not see a
+        # peer ("no suitable peers for placement"): tried again until START_DEADLINE_S.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + START_DEADLINE_S
+        while True:
+            try:
+                try:
+                    await api.stream_info(self.stream)
+                except NotFoundError:
+                    await api.add_stream(config)
+                if self._pull is None:
+                    self._pull = await pull(self.gateway_id,
+                                            subjects.consumer_name(self.gateway_id))  # fmt: skip
+                if self.leads is not None and self._coordinator_pull is None:
+                    self._coordinator_pull = await pull(
+                        subjects.COORDINATOR_QUEUE, subjects.COORDINATOR_CONSUMER
+                    )
+                return
+            except (TimeoutError, nats.errors.Error) as err:
+                if loop.time() >= deadline:
+                    raise
+                log.warning("bus: the command stream is not ready (%s: %s); trying again",
+                            type(err).__name__, err)  # fmt: skip
+                await asyncio.sleep(1.0)
 
     async def run(self) -> None:
         """Take this gateway's commands (and, while it leads, the coordinator's) until
