@@ -43,6 +43,10 @@ class NatsErrors:
             log.warning("nats: %s (%s); further ones are only counted", err, kind)
 
 
+PING_INTERVAL_S = 1
+MAX_OUTSTANDING_PINGS = 2
+
+
 async def connect(settings: NatsSettings, name: str, errors: NatsErrors) -> nats.aio.client.Client:
     """A connection named ``name`` (seen in the servers' monitoring). Raises
     ``NatsUnavailableError`` when no server answers at the start; later outages are
@@ -61,6 +65,12 @@ async def connect(settings: NatsSettings, name: str, errors: NatsErrors) -> nats
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
             connect_timeout=5,
+            # A node that stops answering without closing the connection (frozen, or a link
+            # that drops packets) is left after PING_INTERVAL_S x (MAX_OUTSTANDING_PINGS + 1),
+            # well inside a lease TTL; nats-py's default (120 s x 2) would hold the gateway on
+            # it for minutes.
+            ping_interval=PING_INTERVAL_S,
+            max_outstanding_pings=MAX_OUTSTANDING_PINGS,
             error_cb=errors.handle,
         )
     except (OSError, nats.errors.Error) as err:

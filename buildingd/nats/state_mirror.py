@@ -105,20 +105,9 @@ class StateMirror:
     async def claim(self) -> None:
         """Rewrite every key on the revision pulled (an absent one created empty): from now on
         the last leader's writes are refused. ``Deposed`` if one was written since the pull."""
-        import nats.js.errors
-
         kv = await self.open()
         for name in KEYS:
-            data = self._pushed.get(name, b"")
-            try:
-                if name in self._revision:
-                    revision = await kv.update(name, data, last=self._revision[name])
-                else:
-                    revision = await kv.create(name, data)
-            except nats.js.errors.KeyWrongLastSequenceError as err:
-                raise Deposed(f"{name} written by another gateway since it was read") from err
-            self._revision[name] = revision
-            self._pushed[name] = data
+            await self._write(kv, name, self._pushed.get(name, b""))
 
     async def take_over(self, timeout_s: float) -> None:
         """``pull`` and ``claim`` for a gateway that just took the lease, tried again (the
@@ -176,22 +165,26 @@ class StateMirror:
     async def push_changed(self) -> None:
         """Put each key whose bytes differ from what the bucket holds, compare-and-set on the
         revision this gateway last wrote (``Deposed`` when another wrote since)."""
-        import nats.js.errors
-
         kv = await self.open()
         for name, data in self._current().items():
-            if self._pushed.get(name) == data:
-                continue
-            try:
-                if name in self._revision:
-                    revision = await kv.update(name, data, last=self._revision[name])
-                else:
-                    revision = await kv.create(name, data)
-            except nats.js.errors.KeyWrongLastSequenceError as err:
-                raise Deposed(f"{name} written by another gateway") from err
-            self._revision[name] = revision
-            self._pushed[name] = data
-            self.pushes += 1
+            if self._pushed.get(name) != data:
+                await self._write(kv, name, data)
+                self.pushes += 1
+
+    async def _write(self, kv: Any, name: str, data: bytes) -> None:
+        """Write ``name`` on the revision this gateway last read or wrote (created if it has
+        none): ``Deposed`` when another gateway wrote it since."""
+        import nats.js.errors
+
+        try:
+            if name in self._revision:
+                revision = await kv.update(name, data, last=self._revision[name])
+            else:
+                revision = await kv.create(name, data)
+        except nats.js.errors.KeyWrongLastSequenceError as err:
+            raise Deposed(f"{name} written by another gateway since it was read") from err
+        self._revision[name] = revision
+        self._pushed[name] = data
 
     async def keep_pushing(self, leads: Callable[[], bool]) -> None:
         """While this gateway leads (checked before each write: the fence), push each change
