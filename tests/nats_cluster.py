@@ -68,17 +68,35 @@ class NatsNode:
 NODE_PORTS = range(20000, 32000)
 
 
+def _worker_ports() -> range:
+    """This xdist worker's share of ``NODE_PORTS`` (gw0, gw1, ... each its own slice), so two
+    workers' clusters never pick the same port."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    index = int(worker.removeprefix("gw")) if worker.startswith("gw") else 0
+    width = len(NODE_PORTS) // max(count, 1)
+    first = NODE_PORTS.start + index * width
+    return range(first, first + width)
+
+
+_handed_out: set[int] = set()  # never given twice in this process (a killed node comes back)
+
+
 def node_port() -> int:
-    """A port for a node, free now, outside the ephemeral range."""
+    """A port for a node, free now, outside the ephemeral range, not given out before here."""
+    ports = _worker_ports()
     for _ in range(1000):
-        port = random.choice(NODE_PORTS)
+        port = random.choice(ports)
+        if port in _handed_out:
+            continue
         with socket.socket() as probe:
             try:
                 probe.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return port
-    raise RuntimeError("no free port for a NATS node in 20000-31999")
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port for a NATS node in {ports.start}-{ports.stop - 1}")
 
 
 @dataclass
