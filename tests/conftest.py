@@ -9,6 +9,7 @@ import shutil
 import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -62,6 +63,26 @@ def site_copy(tmp_path: Path) -> Path:
     shutil.copytree(REPO / "devices", dest / "devices", ignore=shutil.ignore_patterns("*.example"))
     shutil.copytree(REPO / "policies", dest / "policies")
     return dest
+
+
+class ManualClock:
+    """A clock the test moves by hand (``clock.t += 60``) or by ``sleep``: for parts driven
+    without an event loop's time (the coordinator's desks and logic)."""
+
+    def __init__(self, start: datetime) -> None:
+        self.start, self.t = start, 0.0
+
+    def monotonic(self) -> float:
+        return self.t
+
+    def now(self) -> datetime:
+        return self.start + timedelta(seconds=self.t)
+
+    async def sleep(self, seconds: float) -> None:
+        self.t += seconds
+
+    def to_loop_seconds(self, seconds: float) -> float:
+        return seconds
 
 
 def free_port() -> int:

@@ -39,27 +39,10 @@ from buildingd.coordinator.office import Office
 from buildingd.drivers.base import DriverContext
 from buildingd.errors import RequestRefusedError
 from buildingd.points import PointKind
-from tests.conftest import REPO
+from tests.conftest import REPO, ManualClock
 from tests.test_coordinator_logic import answer, proposal
 
 START = datetime(2026, 1, 12, 8, 0, tzinfo=UTC)  # a Monday, 09:00 in Berlin
-
-
-class Clock:
-    def __init__(self, start: datetime = START) -> None:
-        self.start, self.t = start, 0.0
-
-    def monotonic(self) -> float:
-        return self.t
-
-    def now(self) -> datetime:
-        return self.start + timedelta(seconds=self.t)
-
-    async def sleep(self, seconds: float) -> None:
-        self.t += seconds
-
-    def to_loop_seconds(self, seconds: float) -> float:
-        return seconds
 
 
 @functools.cache
@@ -68,15 +51,15 @@ def demo_site() -> Site:
 
 
 def office(site: Site | None = None, start: datetime = START) -> Office:
-    clock = Clock(start)
+    clock = ManualClock(start)
     ctx = AgentContext(
         bus=InProcessBus(), clock=clock, site=site or demo_site(), drivers=DriverContext(clock)
     )
     return Office(ctx)
 
 
-def clock_of(o: Office) -> Clock:
-    assert isinstance(o.ctx.clock, Clock)
+def clock_of(o: Office) -> ManualClock:
+    assert isinstance(o.ctx.clock, ManualClock)
     return o.ctx.clock
 
 

@@ -58,7 +58,7 @@ from buildingd.coordinator.office import TICK_S
 from buildingd.coordinator.votes import VoteBox
 from buildingd.drivers.base import DriverContext
 from buildingd.errors import BuildingdError
-from tests.conftest import REPO
+from tests.conftest import REPO, ManualClock
 
 S = NegotiationState
 SHIFT_1 = Level(shift_k=1.0)
@@ -643,24 +643,6 @@ OFFICE_ZONES = [
 SERVER = "f2-server"  # exempt by its policy
 
 
-class FakeClock:
-    def __init__(self, start: datetime) -> None:
-        self.start = start
-        self.t = 0.0
-
-    def monotonic(self) -> float:
-        return self.t
-
-    def now(self) -> datetime:
-        return self.start + timedelta(seconds=self.t)
-
-    async def sleep(self, seconds: float) -> None:
-        self.t += seconds
-
-    def to_loop_seconds(self, seconds: float) -> float:
-        return seconds
-
-
 class RecordingBus:
     """A transport that keeps what is sent, so a test plays the zones."""
 
@@ -692,7 +674,7 @@ class Coordinator:
         site: Site | None = None,
         start: datetime = START,
     ) -> None:
-        self.clock = FakeClock(start)
+        self.clock = ManualClock(start)
         self.bus = RecordingBus()
         self.ctx = AgentContext(
             bus=self.bus,
@@ -1209,8 +1191,8 @@ def test_a_scheduled_event_is_opened_once_even_across_a_restart(tmp_path: Path) 
 # The zone's side: only the coordinator negotiates; an award ends by itself at ends_at.
 
 
-def zone_agent(zone_id: str = "f1-meeting") -> tuple[ZoneAgent, FakeClock]:
-    clock = FakeClock(START)
+def zone_agent(zone_id: str = "f1-meeting") -> tuple[ZoneAgent, ManualClock]:
+    clock = ManualClock(START)
     ctx = AgentContext(
         bus=RecordingBus(), clock=clock, site=demo_site(), drivers=DriverContext(clock=clock)
     )
