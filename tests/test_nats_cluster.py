@@ -24,8 +24,10 @@ async def test_a_replicated_stream_keeps_its_messages_when_its_leader_is_killed(
         info = await js.add_stream(StreamConfig(name="R3", subjects=["r3.>"], num_replicas=3,
                                                 storage=StorageType.FILE))  # fmt: skip
         assert info.config.num_replicas == 3
+        # Even before the kill: a new stream's subjects reach the other nodes a moment after
+        # it is created, and a publish through one of them meanwhile has no responders.
         for i in range(50):
-            await js.publish("r3.x", f"{i}".encode(), headers={"Nats-Msg-Id": f"m{i}"})
+            await publish_retrying(js, i)
         # A durable consumer made before the kill survives it too.
         sub = await js.pull_subscribe("r3.x", durable="reader", stream="R3")
         leader = (await js.stream_info("R3")).cluster.leader  # type: ignore[union-attr]

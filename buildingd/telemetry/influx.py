@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from typing import Any
 
 from buildingd.settings import InfluxSettings
 from buildingd.telemetry.buffer import DiskBuffer
+from buildingd.telemetry.sink import pending_age
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +86,7 @@ class InfluxSink:
         )
         self.pending: deque[str] = deque()
         self.max_pending = max(100_000, 20 * settings.batch_size)
+        self._oldest_pending_s: float | None = None  # monotonic time the oldest line came
         self.counters = {
             "written": 0,
             "buffered": 0,
@@ -130,6 +133,8 @@ class InfluxSink:
 
     def submit(self, lines: Iterable[str]) -> None:
         self.pending.extend(lines)
+        if self._oldest_pending_s is None and self.pending:
+            self._oldest_pending_s = time.monotonic()
         overflow = len(self.pending) - self.max_pending
         if overflow > 0:  # only if the writer is wedged for minutes; the disk bound is the real one
             for _ in range(overflow):
@@ -162,6 +167,7 @@ class InfluxSink:
         return {
             **{k: float(v) for k, v in self.counters.items()},
             "pending": float(len(self.pending)),
+            "pending_age_s": pending_age(self._oldest_pending_s),
             "buffer_points": float(self.buffer.points),
             "buffer_bytes": float(self.buffer.bytes),
             "state_files_set_aside": float(len(self.buffer.set_aside)),
@@ -188,6 +194,7 @@ class InfluxSink:
 
     async def _step_locked(self, replay: bool) -> None:
         size = self.settings.batch_size
+        self._oldest_pending_s = None  # every line leaves memory now (to the server or disk)
         while self.pending:
             batch = [self.pending.popleft() for _ in range(min(size, len(self.pending)))]
             if self.buffer.points or self._now() < self._retry_at:

@@ -17,6 +17,12 @@ from buildingd.settings import InfluxSettings
 log = logging.getLogger(__name__)
 
 
+def pending_age(since: float | None) -> float:
+    """Seconds the oldest line still in memory has waited (0 when none waits): what a SIGKILL
+    now would lose, in time."""
+    return 0.0 if since is None else time.monotonic() - since
+
+
 class TelemetrySink(Protocol):
     async def start(self) -> None: ...
 
@@ -110,6 +116,7 @@ class LocalFileSink:
     def stats(self) -> dict[str, float]:
         return {
             "pending": float(len(self.pending)),
+            "pending_age_s": pending_age(self._oldest_pending_s),
             "written": float(self.written),
             "files_deleted": float(self.files_deleted),
             "dropped_points": float(self.dropped_points),

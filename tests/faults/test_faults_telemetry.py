@@ -1,6 +1,7 @@
 """Fault suite, telemetry on SIGKILL: in both modes (local files, InfluxDB with its disk buffer)
 lines wait in memory about a second at most, so a killed daemon loses about one second of
-telemetry. Measured in lines against the daemon's own production rate in the same run."""
+telemetry: the age of the oldest line in memory (the daemon's own figure, watched throughout) and
+the lines lost against those produced in the same run."""
 
 from __future__ import annotations
 
@@ -65,16 +66,18 @@ def sigkill_loss(daemon: Running, durable: Callable[[], int]) -> dict[str, float
     time.sleep(2)  # past the start-up burst (every device's first reading)
     first = figures(daemon)
     t0 = time.monotonic()
-    most_pending = 0.0
+    most_pending = oldest_s = 0.0
     while time.monotonic() - t0 < OBSERVE_S:
         last = figures(daemon)
         most_pending = max(most_pending, last.get("pending", 0))
+        oldest_s = max(oldest_s, last["pending_age_s"])
         time.sleep(0.1)
     rate = (produced(last) - produced(first)) / (time.monotonic() - t0)
     daemon.proc.kill()
     daemon.proc.wait(timeout=10)
     lost = max(0.0, produced(last) - durable())
-    result = {"lost_lines": lost, "lines_per_s": rate, "most_pending": most_pending}
+    result = {"lost_lines": lost, "lines_per_s": rate, "most_pending": most_pending,
+              "oldest_pending_s": oldest_s, "pending_at_kill": last.get("pending", 0)}  # fmt: skip
     print(json.dumps(result))
     return result
 
@@ -82,11 +85,13 @@ def sigkill_loss(daemon: Running, durable: Callable[[], int]) -> dict[str, float
 def check(result: dict[str, float]) -> None:
     rate = result["lines_per_s"]
     assert rate > 2, result  # the building produces telemetry at all
-    # About one second of production; lines come in bursts (a poll reads many points at once,
-    # zones decide together), so allow two seconds' worth lost and three waiting at the worst
-    # moment seen. Before, 24-30 seconds' worth waited (local files: 500 lines or 10 s).
-    assert result["lost_lines"] <= 2 * rate, result
-    assert result["most_pending"] <= 3 * rate, result
+    # No line waits in memory much past the one-second write interval (slack for a loaded
+    # machine). Before, 24-30 seconds' worth waited (local files: 500 lines or 10 s). Counted in
+    # lines this is noisy: a poll reads many points at once, so ten lines may come in one burst
+    # at two lines a second.
+    assert result["oldest_pending_s"] <= 2.5, result
+    # Only what waited in memory at the kill is lost: the last second's lines, nothing older.
+    assert result["lost_lines"] <= result["pending_at_kill"], result
 
 
 def now_iso() -> str:
