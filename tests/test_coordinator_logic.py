@@ -1178,12 +1178,21 @@ def test_a_scheduled_event_is_opened_once_even_across_a_restart(tmp_path: Path) 
     )
     first = Coordinator(state_dir=tmp_path, site=site)
     first.tick()
-    assert len(of(first.sent(), Performative.CFP)) == 8
+    cfps = of(first.sent(), Performative.CFP)
+    assert len(cfps) == 8
     first.tick()
     assert not of(first.sent(), Performative.CFP)
-    # Restarted inside the event's window (before its award, even): not opened again.
+    # Restarted inside the event's window before its award: not opened again as a new event,
+    # but not forgotten either: the zones are asked again, once, in the same conversation and
+    # a new round (an answer to the first round is stale).
     second = Coordinator(state_dir=tmp_path, site=site, start=START + timedelta(seconds=300))
     second.agent.resume_commitments(0.0)
+    second.tick()
+    again = of(second.sent(), Performative.CFP)
+    assert sorted(e.receiver for e in again) == sorted(e.receiver for e in cfps)
+    assert {(e.conversation_id, e.reply_with) for e in again} == {
+        (cfps[0].conversation_id, f"{cfps[0].conversation_id}.2")
+    }
     second.tick()
     assert not of(second.sent(), Performative.CFP)
 

@@ -113,8 +113,12 @@ class CoordinatorAgent(Agent):
             await self.webhooks.stop()
 
     async def flush(self) -> None:
-        """Send what the desks queued (the loop does this after every step)."""
+        """Send what the desks queued (the loop does this after every step), once the state
+        that queued it is durable (``office.durable``): a coordinator that dies after a cfp or
+        an award went out leaves its successor the negotiation that sent it."""
         outbox = self.office.outbox
+        if outbox and self.office.durable is not None:
+            await self.office.durable()
         while outbox:
             await self.ctx.send(outbox.pop(0))
 

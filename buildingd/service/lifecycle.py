@@ -10,7 +10,7 @@ import errno
 import logging
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from buildingd.agents.bus import Performative
@@ -221,10 +221,12 @@ async def _start_coordinator(
     sup: Supervisor,
     on_saved: Callable[[], None] | None = None,
     carried: dict[str, Any] | None = None,
+    durable: Callable[[], Awaitable[object]] | None = None,
 ) -> None:
     """``on_saved``: told when a desk has written its state file or changed what it keeps in
     memory (to mirror it at once); ``carried``: votes and resets another gateway's coordinator
-    left (``CoordinatorAgent.carried``)."""
+    left (``CoordinatorAgent.carried``); ``durable``: awaited before the coordinator sends
+    (``Office.durable``)."""
     from buildingd.coordinator.agent import CoordinatorAgent
 
     def make() -> CoordinatorAgent:
@@ -232,6 +234,7 @@ async def _start_coordinator(
         agent = CoordinatorAgent(daemon.ctx, state_dir=daemon.settings.state_dir)
         agent.demand.file.on_saved = agent.alarms.file.on_saved = on_saved
         agent.office.on_state_changed = on_saved
+        agent.office.durable = durable
         agent.carried_in = carried if daemon.coordinator is None else None
         if daemon.coordinator is not None:
             # A restarted coordinator keeps the open escalations and the occupants' votes (the
@@ -279,7 +282,8 @@ def _elect_coordinator(
         await mirror.take_over(TAKE_OVER_S)
         if not election.leads():
             return
-        await _start_coordinator(daemon, sup, on_saved=mirror.changed.set, carried=mirror.taken)
+        await _start_coordinator(daemon, sup, on_saved=mirror.changed.set, carried=mirror.taken,
+                                 durable=lambda: mirror.synced(election.leads))  # fmt: skip
         log.info("this gateway leads: coordinator started (lease revision %d)", revision)
 
     async def acquired(revision: int) -> None:
