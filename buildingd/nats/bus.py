@@ -18,7 +18,8 @@ What arrives is checked as on the MQTT bus (``mqtt.bus``): the seal (a durable m
 timestamp against the time the stream stored it, so a command that waited an hour is not
 "stale", and a replay stored later is), the counter (no replays), the envelope, the sender
 (not one assigned to this gateway; commands only from zones and the coordinator;
-``may_hear``), the content.
+``may_hear``), the content. An inform from another gateway reaches every local subscriber but
+those in ``own_only`` (the telemetry agent: each gateway writes what its own agents said).
 Refusals are counted by reason (``invalid_by_reason``, ``buildingd_bus_refused_total``) and
 logged once per reason; a refused durable message is terminated, never redelivered.
 
@@ -107,8 +108,12 @@ class NatsBus(InProcessBus):
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
         leads: Callable[[], bool] | None = None,
+        own_only: frozenset[str] = frozenset(),
     ) -> None:
         super().__init__()
+        # Agents that hear only what this gateway's agents say (the telemetry writer: what
+        # another gateway's agents say is written there, so each line once per site).
+        self.own_only = own_only
         self.settings = settings
         self.errors = NatsErrors(metrics)
         self.nc: nats.aio.client.Client | None = None  # connected by ``start``
@@ -334,7 +339,8 @@ class NatsBus(InProcessBus):
 
     async def _on_core(self, msg: nats.aio.msg.Msg) -> None:
         address = subjects.token_address(msg.subject[len(self._agent_prefix) :])
-        if not self.subscribers(address):
+        boxes = [box for box in self.subscribers(address) if box.owner not in self.own_only]
+        if not boxes:
             return  # not for an agent of ours
         try:
             env = self._check(msg.subject, msg.data, None)
@@ -342,7 +348,9 @@ class NatsBus(InProcessBus):
             self._count(why.reason, why.detail)
             return
         if env is not None:
-            self.deliver_nowait(env)
+            self.stats.count(env)
+            for box in boxes:
+                box.put_nowait(env)
 
     async def _take(self, msg: nats.aio.msg.Msg) -> None:
         """One durable message: delivered and acknowledged, refused and terminated, or (its
