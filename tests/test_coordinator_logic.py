@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import asyncio
 import json
 import logging
 import math
@@ -1168,6 +1169,30 @@ def test_an_ended_or_unreadable_commitment_is_not_taken_up(
     assert list(tmp_path.glob(f"{commitments.FILE_NAME}.corrupt-*"))  # kept for a human
     open_event(broken)  # and the coordinator goes on
     assert of(broken.sent(), Performative.CFP)
+
+
+def test_nothing_is_sent_before_the_state_that_sent_it_is_durable(tmp_path: Path) -> None:
+    """Write-ahead (a site whose coordinator can fail over): the calls for proposals go out
+    only after ``office.durable`` has returned, and then the event is in the commitments file
+    it mirrors; ``flush`` says when the state could not be made durable (the lease lost: the
+    HTTP API then answers 503, not 202). Guards that a new leader knows of every cfp sent."""
+    c = Coordinator(state_dir=tmp_path)
+    c.sent()
+    seen: list[tuple[int, list[str]]] = []
+    durable = [True, False]
+
+    async def make_durable() -> bool:
+        kept = json.loads((tmp_path / "commitments.json").read_text())
+        seen.append((len(c.bus.sent), [e["conversation_id"] for e in kept["opened"]]))
+        return durable.pop(0)
+
+    c.agent.office.durable = make_durable
+    conversation = c.agent.open_demand_response(400.0, 600.0, "test")
+    assert asyncio.run(c.agent.flush()) is True
+    assert seen == [(0, [conversation])]  # nothing sent yet, the event already kept
+    assert len(of(c.bus.sent, Performative.CFP)) == len(c.ctx.site.zones)
+    c.agent.open_demand_response(300.0, 600.0, "lease lost before it was stored")
+    assert asyncio.run(c.agent.flush()) is False
 
 
 def test_a_scheduled_event_is_opened_once_even_across_a_restart(tmp_path: Path) -> None:

@@ -112,15 +112,19 @@ class CoordinatorAgent(Agent):
                 self.ctx.bus.unsubscribe(topic, self.inbox)
             await self.webhooks.stop()
 
-    async def flush(self) -> None:
+    async def flush(self) -> bool:
         """Send what the desks queued (the loop does this after every step), once the state
         that queued it is durable (``office.durable``): a coordinator that dies after a cfp or
-        an award went out leaves its successor the negotiation that sent it."""
+        an award went out leaves its successor the negotiation that sent it. False when it
+        could not be made durable (this gateway lost its lease first: the bus drops what its
+        coordinator sends, and a new leader will not know of it)."""
         outbox = self.office.outbox
+        durable = True
         if outbox and self.office.durable is not None:
-            await self.office.durable()
+            durable = bool(await self.office.durable())
         while outbox:
             await self.ctx.send(outbox.pop(0))
+        return durable
 
     def tick(self, now_s: float) -> None:
         """Every desk's timers. Demand response first: a negotiation that met its target there
