@@ -6,9 +6,9 @@ pattern of silence, and commitments kept across a restart."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import itertools
-import asyncio
 import json
 import logging
 import math
