@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Collection, Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
@@ -41,27 +41,27 @@ class CommittedOffer(_Frozen):
     comfort_cost: float = Field(ge=0)
 
 
-class Commitment(_Frozen):
-    """One demand-response event past its award: who sheds what until when."""
+class _Event(_Frozen):
+    """What a demand-response event asks of the zones, in its conversation, until when."""
 
     conversation_id: str = Field(min_length=1, max_length=100)
     reason: str = Field(max_length=200)
     target_w: float = Field(gt=0)
     window_s: float = Field(gt=0)
     ends_at: AwareDatetime  # UTC wall clock: the zones restore by themselves then
+
+
+class Commitment(_Event):
+    """One demand-response event past its award: who sheds what until when."""
+
     committed_w: float = Field(ge=0)
     awarded: dict[str, CommittedOffer]
 
 
-class OpenEvent(_Frozen):
-    """One demand-response event opened and not yet awarded: the request, as the zones were
-    asked it, and the last cfp round sent (answers to it or earlier ones are stale)."""
+class OpenEvent(_Event):
+    """One demand-response event opened and not yet awarded, and the last cfp round sent
+    (answers to it or earlier ones are stale)."""
 
-    conversation_id: str = Field(min_length=1, max_length=100)
-    reason: str = Field(max_length=200)
-    target_w: float = Field(gt=0)
-    window_s: float = Field(gt=0)
-    ends_at: AwareDatetime
     round: int = Field(ge=0)
 
 
@@ -111,11 +111,7 @@ def to_file(runs: Iterable[DemandResponseRun], scheduled_started: Iterable[str])
     runs = list(runs)
     records = [
         Commitment(
-            conversation_id=run.negotiation.conversation_id,
-            reason=run.reason[:200],
-            target_w=run.target_w,
-            window_s=run.window_s,
-            ends_at=run.ends_at,
+            **_event(run),
             committed_w=run.committed_w,
             awarded={
                 z: CommittedOffer(
@@ -130,24 +126,19 @@ def to_file(runs: Iterable[DemandResponseRun], scheduled_started: Iterable[str])
         for run in runs
         if run.negotiation.state in _IN_FORCE and run.awarded
     ]
-    opened = [
-        OpenEvent(
-            conversation_id=run.negotiation.conversation_id,
-            reason=run.reason[:200],
-            target_w=run.target_w,
-            window_s=run.window_s,
-            ends_at=run.ends_at,
-            round=run.round,
-        )
-        for run in runs
-        if run.negotiation.state in _ASKING
-    ]
+    opened = [OpenEvent(**_event(run), round=run.round) for run in runs
+              if run.negotiation.state in _ASKING]  # fmt: skip
     return CommitmentsFile(commitments=records, opened=opened,
                            scheduled_started=sorted(scheduled_started))  # fmt: skip
 
 
 _IN_FORCE = (NegotiationState.AWARDING, NegotiationState.EXECUTING)
 _ASKING = (NegotiationState.OPEN, NegotiationState.COLLECTING)
+
+
+def _event(run: DemandResponseRun) -> dict[str, Any]:
+    return {"conversation_id": run.negotiation.conversation_id, "reason": run.reason[:200],
+            "target_w": run.target_w, "window_s": run.window_s, "ends_at": run.ends_at}  # fmt: skip
 
 
 def awarded_offers(record: Commitment, zones: Collection[str]) -> dict[str, Offer]:
