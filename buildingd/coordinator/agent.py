@@ -121,7 +121,7 @@ class CoordinatorAgent(Agent):
         outbox = self.office.outbox
         durable = True
         if outbox and self.office.durable is not None:
-            durable = bool(await self.office.durable())
+            durable = await self.office.durable()
         while outbox:
             await self.ctx.send(outbox.pop(0))
         return durable

@@ -34,9 +34,10 @@ class Office:
     # Told when state kept only in memory (votes, air-handler resets) changed: the mirror to a
     # standby on another gateway pushes it at once.
     on_state_changed: Callable[[], None] | None = None
-    # Awaited before the outbox goes out (write-ahead): returns once what the desks keep is
-    # durable where a standby would take it from (the site's KV bucket); None: nothing to wait.
-    durable: Callable[[], Awaitable[object]] | None = None
+    # Awaited before the outbox goes out (write-ahead): True once what the desks keep is durable
+    # where a standby would take it from (the site's KV bucket), False if it cannot be (the
+    # lease lost first); None: nothing to wait for.
+    durable: Callable[[], Awaitable[bool]] | None = None
 
     @property
     def site(self) -> Site:

@@ -221,7 +221,7 @@ async def _start_coordinator(
     sup: Supervisor,
     on_saved: Callable[[], None] | None = None,
     carried: dict[str, Any] | None = None,
-    durable: Callable[[], Awaitable[object]] | None = None,
+    durable: Callable[[], Awaitable[bool]] | None = None,
 ) -> None:
     """``on_saved``: told when a desk has written its state file or changed what it keeps in
     memory (to mirror it at once); ``carried``: votes and resets another gateway's coordinator
