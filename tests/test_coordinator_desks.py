@@ -479,3 +479,15 @@ def test_a_new_coordinator_asks_again_for_events_not_awarded_and_never_doubles_a
     new_round = next(e for e in asked if e.receiver == first_round[0].receiver)
     second.reply(answer(new_round, Performative.PROPOSE, proposal((1.0, 0.0, 500.0, 1.0))))
     assert list(second.negotiations[asking].offers) == [first_round[0].receiver[5:-1]]
+
+
+def test_a_request_delivered_again_opens_its_event_once() -> None:
+    """A request over the bus names its conversation; delivered again (handed back by a
+    leader that lost its lease, taken by the next that had the event from the bucket) it is
+    the event already open, not a second one. Guards the 'never doubled' of a failover."""
+    o, desk, _ = dr_desk()
+    call = DemandResponseCall(target_w=400.0, window_s=600.0, reason="grid")
+    assert desk.request(call, "mqtt-bridge", "r1") == "r1"
+    assert len(sent(o, Performative.CFP)) == len(o.site.zones)
+    assert desk.request(call, "mqtt-bridge", "r1") == "r1"
+    assert sent(o, Performative.CFP) == [] and list(desk.negotiations) == ["r1"]

@@ -163,7 +163,7 @@ class CoordinatorAgent(Agent):
             raise ValueError(f"unexpected ontology {env.ontology!r}")
         elif env.receiver == DEMAND_RESPONSE_TOPIC:
             with contextlib.suppress(RequestRefusedError):  # audited, counted and logged
-                self.demand.request(DemandResponseCall.parse(env), source=env.sender)
+                self.demand.request(DemandResponseCall.parse(env), env.sender, env.conversation_id)
         else:
             self.demand.reply(env)
 

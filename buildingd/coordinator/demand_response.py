@@ -209,23 +209,39 @@ class DemandResponseDesk:
         # A meter gone mad (1e12 W) asks for no more than the building can shed.
         self.open(min(power - dr.power_cap_w, dr.max_target_w), dr.window_s, why)
 
-    def request(self, call: DemandResponseCall, source: str) -> str:
+    def request(
+        self, call: DemandResponseCall, source: str, conversation_id: str | None = None
+    ) -> str:
         """A demand-response request from outside (MQTT, HTTP): opened (its conversation id)
         when it is within the site's ``max_target_w`` and ``max_window_s``, else refused:
-        audited, counted, and ``RequestRefusedError`` raised with the reason."""
+        audited, counted, and ``RequestRefusedError`` raised with the reason. A request that
+        names its conversation (one sent over the bus) opens it once: the same one again (a
+        redelivery after a failover) is the event already open, not a second one."""
+        if conversation_id is not None and self._known(conversation_id):
+            log.info("coordinator: demand-response request %s from %s already taken",
+                     conversation_id, source)  # fmt: skip
+            return conversation_id
         problem = self.office.site.demand_response.request_problem(call.target_w, call.window_s)
         if problem is not None:
             record_refusal(self.office.metrics, "demand-response", problem, source=source)
             log.warning("coordinator: demand-response request from %s refused: %s", source, problem)
             raise RequestRefusedError("demand-response", problem)
-        return self.open(call.target_w, call.window_s, call.reason)
+        return self.open(call.target_w, call.window_s, call.reason, conversation_id)
 
-    def open(self, target_w: float, window_s: float, reason: str) -> str:
-        """Open a demand-response event: shed ``target_w`` for ``window_s`` from now. Returns
-        the conversation id."""
+    def _known(self, conversation_id: str) -> bool:
+        return conversation_id in self.negotiations or any(
+            r.negotiation.conversation_id == conversation_id for r in self.finished
+        )
+
+    def open(
+        self, target_w: float, window_s: float, reason: str, conversation_id: str | None = None
+    ) -> str:
+        """Open a demand-response event: shed ``target_w`` for ``window_s`` from now, in
+        ``conversation_id`` (a new one unless given). Returns the conversation id."""
         now = self.office.clock.monotonic()
         ends_at = self.office.clock.now().astimezone(UTC) + timedelta(seconds=window_s)
-        run = self._new_run(new_conversation_id(), target_w, window_s, reason, now, ends_at)
+        conversation = conversation_id or new_conversation_id()
+        run = self._new_run(conversation, target_w, window_s, reason, now, ends_at)
         self.talk.cfp(run, now, sorted(self.office.site.zones))
         return run.negotiation.conversation_id
 

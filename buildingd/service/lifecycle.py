@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from buildingd.agents.bus import Performative
 from buildingd.agents.device import DeviceAgent
-from buildingd.agents.messages import EVENTS_TOPIC, EventMsg
+from buildingd.agents.messages import DEMAND_RESPONSE_TOPIC, EVENTS_TOPIC, EventMsg
 from buildingd.agents.runtime import RestartPolicy, Supervisor
 from buildingd.agents.telemetry import TelemetryAgent
 from buildingd.agents.zone import ZoneAgent
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 # A new leader waits this long for the last leader's state (a NATS stream leader's election
 # takes 4-9 s) before its coordinator starts on its own files.
 TAKE_OVER_S = 30.0
+SETTLE_LOOK_S = 1.0  # how often the bus looks whether the coordinator it waits for still runs
 
 
 async def run(daemon: Daemon, duration_s: float | None) -> None:
@@ -273,6 +274,20 @@ def _elect_coordinator(
     def renewed(revision: int) -> None:  # the fencing token of this gateway's coordinator
         daemon.metrics.set("buildingd_coordinator_lease_revision", float(revision))
 
+    async def settled() -> bool:
+        """The coordinator has taken what the bus delivered to it (its inbox is empty: a
+        message is handled in the step that takes it) and its state is in the bucket."""
+        agent = daemon.coordinator
+        while agent is not None and daemon.coordinator is agent:
+            try:
+                async with asyncio.timeout(SETTLE_LOOK_S):
+                    await agent.inbox.drained()
+            except TimeoutError:  # looked at again: a stopped coordinator never drains
+                continue
+            return await mirror.synced(election.leads)
+        return False
+
+    nats.settle, nats.settle_for = settled, frozenset({DEMAND_RESPONSE_TOPIC})
     group: list[asyncio.TaskGroup] = []  # elect()'s, for the start after a takeover
     starting: list[asyncio.Task[None]] = []
 
