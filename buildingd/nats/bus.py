@@ -27,9 +27,9 @@ On a site whose coordinator is elected (``leads`` given): what is for the coordi
 durable goes, from a gateway that does not lead, to ``cmd._coordinator.<address>``, whose
 site-wide consumer only the lease holder pulls (a command sent while a leader dies reaches the
 next; a demand-response request is acknowledged once the event it opened is durable,
-``settle``); and the bus is the last fence: an envelope sent as the coordinator from a gateway that
-does not hold the lease (a leader paused past its lease, running on before its lease keeper
-noticed) is dropped and counted (``buildingd_bus_fenced_total``), never sent.
+``settle``); and the bus is the last fence: an envelope sent as the coordinator from a gateway
+that does not hold the lease (a leader paused past its lease, running on before its lease
+keeper noticed) is dropped and counted (``buildingd_bus_fenced_total``), never sent.
 """
 
 from __future__ import annotations
