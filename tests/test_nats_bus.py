@@ -20,10 +20,10 @@ import pytest
 from buildingd.agents.bus import Envelope, Mailbox, Performative
 from buildingd.agents.messages import CommandMsg, RefusalMsg
 from buildingd.metrics import Metrics
-from buildingd.mqtt.bus_auth import BusSealer
 from buildingd.nats import subjects
 from buildingd.nats.bus import NatsBus
 from buildingd.nats.connection import NatsErrors, connect
+from buildingd.nats.seal import BusSealer
 from buildingd.settings import NatsSettings
 from tests.conftest import until
 from tests.nats_cluster import NatsCluster
@@ -178,6 +178,69 @@ async def test_forged_and_replayed_commands_are_refused_and_counted(
             assert await values_until_sentinel(a, box) == [20.0]
             assert b.invalid_by_reason == {"unauthenticated": 1, "replayed": 1}
             assert b.stats.invalid == 2
+    finally:
+        await intruder.close()
+
+
+async def test_every_kind_of_bad_message_is_refused_counted_and_logged_once(
+    nats_cluster: NatsCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    # What the MQTT bus was tested against (tests/test_mqtt_bus.py before it was retired), on
+    # the bus between gateways: every refusal reason, none raised into the receiver, none
+    # reaching the agent, each reason logged once, and the bus goes on after them.
+    box = Mailbox(THERMOSTAT, overflow="block")
+    intruder = await nats.connect(servers=nats_cluster.urls, user="hq-a", password="pw-hq-a")
+    subject = subjects.agent_subject("hq", THERMOSTAT)  # core NATS: judged by b's own clock
+    good = command(20.0).model_dump(mode="json")
+    content = good["content"]
+    sealer = BusSealer(KEY, "gw-x")
+
+    def sealed(envelope: dict[str, object]) -> bytes:
+        return sealer.seal(subject, envelope)
+
+    one = sealed({**good, "content": {**content, "value": 1.0}})
+    bad = {
+        # Literal NaN / Infinity tokens: Python's json takes them, JSON does not.
+        "not JSON": [
+            b"not json",
+            one.replace(b"1.0", b"NaN"),
+            one.replace(b"1.0", b"-Infinity"),
+            one.replace(b"1.0", b"1e999"),
+        ],  # fmt: skip
+        "wrong shape": [b"[1, 2, 3]", b'{"origin": "x", "envelope": 7}'],
+        "unauthenticated": [
+            json.dumps({"origin": "x", "envelope": good}).encode(),  # no seal
+            BusSealer(b"another site's key", "gw-x").seal(subject, good),
+            sealed(good).replace(b'"heating_sp"', b'"cooling_sp"'),  # altered after sealing
+        ],
+        "stale": [BusSealer(KEY, "gw-old", clock=lambda: time.time() - 3600).seal(subject, good)],
+        "invalid envelope": [sealed({**good, "performative": "shout"})],
+        "receiver mismatch": [sealed({**good, "receiver": "device[t2]"})],
+        "forged sender": [
+            sealed({**good, "sender": THERMOSTAT}),  # gateway b's own agent
+            sealed({**good, "sender": "hacker"}),  # commands come from zones or the coordinator
+        ],
+        # A well-formed envelope whose content is not a command: the agent would fail on it.
+        "invalid content": [sealed({**good, "content": {"point_id": "level"}})],
+    }
+    try:
+        async with (
+            gateway(nats_cluster, "a") as a,
+            gateway(nats_cluster, "b", {THERMOSTAT: box}) as b,
+        ):
+            for payloads in bad.values():
+                for payload in payloads:
+                    await intruder.publish(subject, payload)
+            await intruder.flush()
+            total = sum(len(payloads) for payloads in bad.values())
+            await until(lambda: b.stats.invalid == total, "every bad message counted")
+            assert b.invalid_by_reason == {reason: len(p) for reason, p in bad.items()}
+            assert b.metrics is not None
+            assert b.metrics.counters['buildingd_bus_refused_total{reason="not JSON"}'] == 4
+            assert len(box) == 0  # none reached the agent
+            logged = [r.getMessage() for r in caplog.records if "bus: refused (" in r.getMessage()]
+            assert sorted(m.split("(", 1)[1].split(")")[0] for m in logged) == sorted(bad)
+            assert await values_until_sentinel(a, box) == []  # the bus goes on
     finally:
         await intruder.close()
 
