@@ -24,7 +24,7 @@ def content_models() -> dict[str, list[type[Content]]]:
     return out
 
 
-def first_error(err: ValidationError) -> str:
+def _first_error(err: ValidationError) -> str:
     first = err.errors()[0]
     where = ".".join(str(x) for x in first["loc"])
     return f"{where}: {first['msg']}"
@@ -56,5 +56,5 @@ def _fit(env: Envelope, models: list[type[Content]]) -> tuple[Content | None, st
         try:
             return model.model_validate(env.content), None
         except ValidationError as err:
-            problem = problem or first_error(err)
+            problem = problem or _first_error(err)
     return None, problem
