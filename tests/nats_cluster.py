@@ -263,7 +263,7 @@ def gateway_env(
         "BUILDINGD_NATS__SERVERS": json.dumps(cluster.urls),
         "BUILDINGD_NATS__USER": user.name,
         "BUILDINGD_NATS__PASSWORD": user.password,
-        "BUILDINGD_MQTT__BUS_KEY_FILE": str(bus_key),
+        "BUILDINGD_NATS__BUS_KEY_FILE": str(bus_key),
     }
 
 
