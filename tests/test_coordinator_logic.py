@@ -1268,10 +1268,10 @@ def test_a_zone_restores_by_itself_at_the_end_of_the_window() -> None:
     assert zone._pending_replies[-1].content["reason"] == "the window is already over"
 
 
-def test_a_zones_confirmations_pass_the_mqtt_bus_content_check() -> None:
-    # Over MQTT every envelope's content is checked against its ontology's models before an
-    # agent sees it: a confirmation no model accepts would be dropped and no award confirmed.
-    from buildingd.mqtt.bus import content_problem
+def test_a_zones_confirmations_pass_the_bus_content_check() -> None:
+    # Between gateways every envelope's content is checked against its ontology's models before
+    # an agent sees it: a confirmation no model accepts would be dropped and no award confirmed.
+    from buildingd.agents.content_check import content_problem
 
     zone, _ = zone_agent()
     award = award_env(START + timedelta(hours=1))

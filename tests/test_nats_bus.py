@@ -1,7 +1,9 @@
 """The agent bus between gateways over a real 3-node NATS JetStream cluster: a command for a
 gateway that is down waits in the site's stream and is delivered once when it is back (an hour
 later too); a repeated publish is stored once; an expired command is refused to its sender; a
-forged or replayed one is refused and counted; a gateway's NATS user cannot reach another site."""
+forged or replayed one, and every other kind of bad message, is refused and counted; an envelope
+for an agent of the same gateway stays off NATS, one that cannot be published is counted; a
+gateway's NATS user cannot reach another site."""
 
 from __future__ import annotations
 
@@ -25,13 +27,13 @@ from buildingd.agents.messages import (
     RefusalMsg,
 )
 from buildingd.metrics import Metrics
-from buildingd.mqtt.bus_auth import BusSealer
 from buildingd.nats import subjects
 from buildingd.nats.bus import NatsBus
 from buildingd.nats.connection import NatsErrors, connect
+from buildingd.nats.seal import BusSealer
 from buildingd.settings import NatsSettings
 from tests.conftest import until
-from tests.nats_cluster import NatsCluster
+from tests.nats_cluster import ADMIN, NatsCluster
 
 pytestmark = pytest.mark.nats
 
@@ -194,6 +196,113 @@ async def test_forged_and_replayed_commands_are_refused_and_counted(
             assert b.stats.invalid == 2
     finally:
         await intruder.close()
+
+
+async def test_every_kind_of_bad_message_is_refused_counted_and_logged_once(
+    nats_cluster: NatsCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    # What the MQTT bus was tested against (tests/test_mqtt_bus.py before it was retired), on
+    # the bus between gateways: every refusal reason, none raised into the receiver, none
+    # reaching the agent, each reason logged once, and the bus goes on after them.
+    box = Mailbox(THERMOSTAT, overflow="block")
+    intruder = await nats.connect(servers=nats_cluster.urls, user="hq-a", password="pw-hq-a")
+    subject = subjects.agent_subject("hq", THERMOSTAT)  # core NATS: judged by b's own clock
+    good = command(20.0).model_dump(mode="json")
+    content = good["content"]
+    sealer = BusSealer(KEY, "gw-x")
+
+    def sealed(envelope: dict[str, object]) -> bytes:
+        return sealer.seal(subject, envelope)
+
+    one = sealed({**good, "content": {**content, "value": 1.0}})
+    bad = {
+        # Literal NaN / Infinity tokens: Python's json takes them, JSON does not.
+        "not JSON": [
+            b"not json",
+            one.replace(b"1.0", b"NaN"),
+            one.replace(b"1.0", b"-Infinity"),
+            one.replace(b"1.0", b"1e999"),
+        ],  # fmt: skip
+        "wrong shape": [b"[1, 2, 3]", b'{"origin": "x", "envelope": 7}'],
+        "unauthenticated": [
+            json.dumps({"origin": "x", "envelope": good}).encode(),  # no seal
+            BusSealer(b"another site's key", "gw-x").seal(subject, good),
+            sealed(good).replace(b'"heating_sp"', b'"cooling_sp"'),  # altered after sealing
+        ],
+        "stale": [BusSealer(KEY, "gw-old", clock=lambda: time.time() - 3600).seal(subject, good)],
+        "invalid envelope": [sealed({**good, "performative": "shout"})],
+        "receiver mismatch": [sealed({**good, "receiver": "device[t2]"})],
+        "forged sender": [
+            sealed({**good, "sender": THERMOSTAT}),  # gateway b's own agent
+            sealed({**good, "sender": "hacker"}),  # commands come from zones or the coordinator
+        ],
+        # A well-formed envelope whose content is not a command: the agent would fail on it.
+        "invalid content": [sealed({**good, "content": {"point_id": "level"}})],
+    }
+    try:
+        async with (
+            gateway(nats_cluster, "a") as a,
+            gateway(nats_cluster, "b", {THERMOSTAT: box}) as b,
+        ):
+            for payloads in bad.values():
+                for payload in payloads:
+                    await intruder.publish(subject, payload)
+            await intruder.flush()
+            total = sum(len(payloads) for payloads in bad.values())
+            await until(lambda: b.stats.invalid == total, "every bad message counted")
+            assert b.invalid_by_reason == {reason: len(p) for reason, p in bad.items()}
+            assert b.metrics is not None
+            assert b.metrics.counters['buildingd_bus_refused_total{reason="not JSON"}'] == 4
+            assert len(box) == 0  # none reached the agent
+            logged = [r.getMessage() for r in caplog.records if "bus: refused (" in r.getMessage()]
+            assert sorted(m.split("(", 1)[1].split(")")[0] for m in logged) == sorted(bad)
+            assert await values_until_sentinel(a, box) == []  # the bus goes on
+    finally:
+        await intruder.close()
+
+
+async def test_an_envelope_for_an_agent_of_this_gateway_stays_off_nats(
+    nats_cluster: NatsCluster,
+) -> None:
+    """A command from a zone to a device of the same gateway is delivered in process and not
+    published: the other gateways would only check it to find nobody to give it to."""
+    box = Mailbox(THERMOSTAT, overflow="block")
+    watcher = await nats.connect(nats_cluster.urls, user=ADMIN.name, password=ADMIN.password)
+    seen: list[str] = []
+
+    async def record(msg: nats.aio.msg.Msg) -> None:
+        seen.append(msg.subject)
+
+    await watcher.subscribe("buildingd.hq.>", cb=record)
+    route = {**ROUTE, ZONE: "b"}  # the zone on the thermostat's gateway
+    bus = NatsBus(nats_settings(nats_cluster, "hq-b"), "hq", "b", route.get,
+                  {ZONE, THERMOSTAT}.__contains__, KEY)  # fmt: skip
+    await bus.start()
+    try:
+        bus.subscribe(THERMOSTAT, box)
+        here = command(21.0)
+        await bus.send(here)
+        assert await received(box) == here
+        sentinel = Envelope(performative=Performative.INFORM, sender="daemon",
+                            receiver="readings/z1", ontology="test")  # fmt: skip
+        await bus.send(sentinel)  # a topic: published; once seen, all before it was seen
+        await until(lambda: seen != [], "the topic's message on NATS")
+        assert seen == [subjects.agent_subject("hq", "readings/z1")]
+    finally:
+        await bus.stop()
+        await watcher.close()
+
+
+async def test_an_envelope_not_published_is_counted_and_logged() -> None:
+    # Not connected (no cluster at all): a command for another gateway cannot go out; it is
+    # counted by kind, never raised into the sending agent.
+    metrics = Metrics()
+    settings = NatsSettings(enabled=True, servers=["nats://127.0.0.1:1"])
+    bus = NatsBus(settings, "hq", "a", ROUTE.get, {ZONE}.__contains__, KEY, metrics=metrics)
+    for _ in range(3):
+        await bus.send(command(20.0))
+    assert bus.stats.unpublished == 3
+    assert metrics.counters['buildingd_bus_unpublished_total{kind="request/command"}'] == 3
 
 
 async def test_a_gateway_of_one_site_cannot_reach_another_site_s_subjects(

@@ -1,6 +1,6 @@
 """``NatsBus``: the agent bus between the gateways of one site, over NATS JetStream.
 
-Every envelope is sealed with the site's key (``mqtt.bus_auth``: origin, counter, timestamp,
+Every envelope is sealed with the site's key (``nats.seal``: origin, counter, timestamp,
 HMAC) and goes one of two ways (``subjects``):
 
 - a request, call, proposal, award, refusal (any performative but ``inform``) whose receiver
@@ -14,12 +14,13 @@ HMAC) and goes one of two ways (``subjects``):
   and published on core NATS, ``buildingd.<site>.agent.<address>``; gateways keep only what
   their own agents subscribe to.
 
-What arrives is checked as on the MQTT bus (``mqtt.bus``): the seal (a durable message's
+What arrives is checked before any agent sees it: the seal (a durable message's
 timestamp against the time the stream stored it, so a command that waited an hour is not
 "stale", and a replay stored later is), the counter (no replays), the envelope, the sender
 (not one assigned to this gateway; commands only from zones and the coordinator;
-``may_hear``), the content. An inform from another gateway reaches every local subscriber but
-those in ``own_only`` (the telemetry agent: each gateway writes what its own agents said).
+``may_hear``), the content (``agents.content_check``). An inform from another gateway reaches
+every local subscriber but those in ``own_only`` (the telemetry agent: each gateway writes what
+its own agents said).
 Refusals are counted by reason (``invalid_by_reason``, ``buildingd_bus_refused_total``) and
 logged once per reason; a refused durable message is terminated, never redelivered.
 
@@ -45,14 +46,14 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from buildingd.agents.bus import Envelope, InProcessBus, Performative
+from buildingd.agents.content_check import content_problem
 from buildingd.agents.messages import COORDINATOR, RefusalMsg
 from buildingd.metrics import Metrics
 from buildingd.mqtt import payload as strict_json
-from buildingd.mqtt.bus import COMMAND_SENDERS, content_problem
-from buildingd.mqtt.bus_auth import BusSealer, BusVerifier
 from buildingd.nats import subjects
 from buildingd.nats.connection import NatsErrors, connect
 from buildingd.nats.partition import Partition
+from buildingd.nats.seal import BusSealer, BusVerifier
 from buildingd.settings import NatsSettings
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+COMMAND_SENDERS = ("zone[", "coordinator")  # devices take commands from these only
 REFUSED_METRIC = "buildingd_bus_refused_total"
 FENCED_METRIC = "buildingd_bus_fenced_total"
 COORDINATOR_FETCH_WAIT_S = 1.0  # short: a leader that lost its lease stops pulling soon

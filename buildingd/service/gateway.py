@@ -128,8 +128,8 @@ def nats_bus(
     gateway has no assignment: every agent address routes to this process's own id."""
     from buildingd.agents.hearing import hearing_problem
     from buildingd.agents.messages import DEMAND_RESPONSE_TOPIC, TELEMETRY
-    from buildingd.mqtt.bus_auth import load_or_create_key
     from buildingd.nats.bus import NatsBus, gateway_route
+    from buildingd.nats.seal import load_or_create_key
     from buildingd.nats.subjects import COORDINATOR_QUEUE
 
     gateway_id = settings.gateway.id or "main"
