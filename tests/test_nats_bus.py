@@ -11,7 +11,7 @@ import asyncio
 import collections
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
@@ -20,7 +20,12 @@ import nats.errors
 import pytest
 
 from buildingd.agents.bus import Envelope, Mailbox, Performative
-from buildingd.agents.messages import CommandMsg, RefusalMsg
+from buildingd.agents.messages import (
+    DEMAND_RESPONSE_TOPIC,
+    CommandMsg,
+    DemandResponseCall,
+    RefusalMsg,
+)
 from buildingd.metrics import Metrics
 from buildingd.nats import subjects
 from buildingd.nats.bus import NatsBus
@@ -48,13 +53,22 @@ async def gateway(
     gateway_id: str,
     boxes: dict[str, Mailbox] | None = None,
     clock: Callable[[], float] = time.time,
+    leads: Callable[[], bool] | None = None,
 ) -> AsyncIterator[NatsBus]:
     """Gateway ``gateway_id`` of site hq: its bus on the cluster, its agents' mailboxes
-    subscribed, taking its commands until the block ends (the gateway going down)."""
+    subscribed, taking its commands until the block ends (the gateway going down). With
+    ``leads``: a coordinator candidate (requests for the coordinator go to its queue, which
+    it takes while it leads)."""
     settings = nats_settings(cluster, f"hq-{gateway_id}")
     local = [a for a, g in ROUTE.items() if g == gateway_id]
-    bus = NatsBus(settings, "hq", gateway_id, ROUTE.get, local.__contains__, KEY,
-                  clock=clock, metrics=Metrics())  # fmt: skip
+
+    def route(address: str) -> str | None:
+        if address == DEMAND_RESPONSE_TOPIC and leads is not None:
+            return gateway_id if leads() else subjects.COORDINATOR_QUEUE
+        return ROUTE.get(address)
+
+    bus = NatsBus(settings, "hq", gateway_id, route, local.__contains__, KEY,
+                  clock=clock, metrics=Metrics(), leads=leads)  # fmt: skip
     await bus.start()
     for address, box in (boxes or {}).items():
         bus.subscribe(address, box)
@@ -369,3 +383,63 @@ async def test_a_gateway_cannot_take_another_gateway_s_commands(
                 assert await values_until_sentinel(a, box) == [23.0]
     finally:
         await thief.close()
+
+
+async def test_a_request_for_the_coordinator_is_acknowledged_once_it_is_durable(
+    nats_cluster: NatsCluster,
+) -> None:
+    """A demand-response request in the coordinator's queue stays in the stream until the
+    leader that took it says the event is durable (``settle``): one that lost its lease first
+    hands it back, and it is taken again, by the next leader or by itself leading again (not
+    refused as a replay), and acknowledged once. Guards that a leader dying between taking a
+    request and storing the event it opened loses nothing."""
+    leading = {"a": True, "b": False}
+    answers = {"a": [False, True], "b": [True]}  # a loses its lease before storing, once
+    boxes = {g: Mailbox(g, overflow="block") for g in leading}
+
+    def settle(gateway_id: str, then: dict[str, bool]) -> Callable[[], Awaitable[bool]]:
+        async def settled() -> bool:
+            durable = answers[gateway_id].pop(0)
+            if not durable:
+                leading.update(then)
+            return durable
+
+        return settled
+
+    request = DemandResponseCall(target_w=500, window_s=600, reason="grid").envelope(
+        Performative.REQUEST, "mqtt-bridge", DEMAND_RESPONSE_TOPIC, conversation_id="r1"
+    )
+    async with (
+        gateway(nats_cluster, "a", {DEMAND_RESPONSE_TOPIC: boxes["a"]},
+                leads=lambda: leading["a"]) as a,
+        gateway(nats_cluster, "b", {DEMAND_RESPONSE_TOPIC: boxes["b"]},
+                leads=lambda: leading["b"]) as b,
+    ):  # fmt: skip
+        for bus in (a, b):
+            bus.settle_for = frozenset({DEMAND_RESPONSE_TOPIC})
+        # a's first settle fails and b leads next: b takes the request a handed back.
+        a.settle = settle("a", {"a": False, "b": True})
+        b.settle = settle("b", {})
+        await b.send(request)  # b does not lead yet: into the coordinator's queue
+        for box in boxes.values():
+            assert (await received(box)).conversation_id == "r1"
+        await until(lambda: not answers["b"], "b acknowledged it")
+        # Now b hands it back once and leads on: it takes it again (its counter forgotten).
+        answers["b"] = [False, True]
+        b.settle = settle("b", {})
+        await a.send(request.model_copy(update={"conversation_id": "r2"}))
+        assert (await received(boxes["b"])).conversation_id == "r2"
+        assert (await received(boxes["b"])).conversation_id == "r2"
+        await until(lambda: not answers["b"], "b acknowledged it")
+        assert a.stats.invalid == b.stats.invalid == 0  # nothing refused as a replay
+        # Acknowledged: the consumer holds nothing more for anyone, nothing else came.
+        assert b.js is not None
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            info = await b.js.consumer_info(subjects.stream_name("hq"),
+                                            subjects.COORDINATOR_CONSUMER)  # fmt: skip
+            if (info.num_pending, info.num_ack_pending) == (0, 0):
+                break
+            assert time.monotonic() < deadline, info
+            await asyncio.sleep(0.1)
+        assert len(boxes["a"]) == len(boxes["b"]) == 0

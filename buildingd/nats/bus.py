@@ -18,16 +18,19 @@ What arrives is checked before any agent sees it: the seal (a durable message's
 timestamp against the time the stream stored it, so a command that waited an hour is not
 "stale", and a replay stored later is), the counter (no replays), the envelope, the sender
 (not one assigned to this gateway; commands only from zones and the coordinator;
-``may_hear``), the content (``agents.content_check``).
+``may_hear``), the content (``agents.content_check``). An inform from another gateway reaches
+every local subscriber but those in ``own_only`` (the telemetry agent: each gateway writes what
+its own agents said).
 Refusals are counted by reason (``invalid_by_reason``, ``buildingd_bus_refused_total``) and
 logged once per reason; a refused durable message is terminated, never redelivered.
 
 On a site whose coordinator is elected (``leads`` given): what is for the coordinator and
 durable goes, from a gateway that does not lead, to ``cmd._coordinator.<address>``, whose
 site-wide consumer only the lease holder pulls (a command sent while a leader dies reaches the
-next); and the bus is the last fence: an envelope sent as the coordinator from a gateway that
-does not hold the lease (a leader paused past its lease, running on before its lease keeper
-noticed) is dropped and counted (``buildingd_bus_fenced_total``), never sent.
+next; a demand-response request is acknowledged once the event it opened is durable,
+``settle``); and the bus is the last fence: an envelope sent as the coordinator from a gateway
+that does not hold the lease (a leader paused past its lease, running on before its lease
+keeper noticed) is dropped and counted (``buildingd_bus_fenced_total``), never sent.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import collections
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -108,8 +111,18 @@ class NatsBus(InProcessBus):
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
         leads: Callable[[], bool] | None = None,
+        own_only: frozenset[str] = frozenset(),
     ) -> None:
         super().__init__()
+        # Agents that hear only what this gateway's agents say (the telemetry writer: what
+        # another gateway's agents say is written there, so each line once per site).
+        self.own_only = own_only
+        # What the coordinator's queue holds for one of ``settle_for`` (demand-response
+        # requests) is acknowledged only once ``settle()`` says the coordinator took it and
+        # what it changed is durable (the site's KV bucket): a leader that dies in between
+        # leaves it in the stream for the next. Set by the service on a candidate.
+        self.settle: Callable[[], Awaitable[bool]] | None = None
+        self.settle_for: frozenset[str] = frozenset()
         self.settings = settings
         self.errors = NatsErrors(metrics)
         self.nc: nats.aio.client.Client | None = None  # connected by ``start``
@@ -211,13 +224,16 @@ class NatsBus(InProcessBus):
         async with asyncio.TaskGroup() as tasks:
             if self._coordinator_pull is not None and self.leads is not None:
                 tasks.create_task(self._take_all(self._coordinator_pull, self.leads,
-                                                 COORDINATOR_FETCH_WAIT_S),
+                                                 COORDINATOR_FETCH_WAIT_S, hold=True),
                                   name="nats-bus.coordinator")  # fmt: skip
             await self._take_all(self._pull, lambda: True, FETCH_WAIT_S)
 
-    async def _take_all(self, pull: Any, active: Callable[[], bool], wait_s: float) -> None:
+    async def _take_all(
+        self, pull: Any, active: Callable[[], bool], wait_s: float, hold: bool = False
+    ) -> None:
         """Fetch from one consumer while ``active()`` (checked before each fetch and each
-        message: a message fetched after the lease was lost goes back at once)."""
+        message: a message fetched after the lease was lost goes back at once). ``hold``: a
+        message for one of ``settle_for`` is acknowledged after its batch, by ``_settle``."""
         import nats.errors
 
         while True:
@@ -240,16 +256,39 @@ class NatsBus(InProcessBus):
                 self._fetch_ok = True
                 if self.fetch_errors:
                     log.info("bus: taking commands again")
+            held: list[Any] | None = [] if hold else None
             for msg in msgs:
                 try:
                     if not active():
                         await msg.nak()  # for the next leader
                         continue
-                    await self._take(msg)
+                    await self._take(msg, held)
                 except nats.errors.Error as err:  # its ack lost: redelivered after ack_wait,
-                    self.fetch_errors += 1  # then refused as a replay if it was delivered
-                    log.warning("bus: acknowledging a command failed (%s: %s)",
-                                type(err).__name__, err)  # fmt: skip
+                    self._ack_failed(err)  # then refused as a replay if it was delivered
+            if held:
+                await self._settle(held)
+
+    async def _settle(self, held: list[Any]) -> None:
+        """Acknowledge what was held once ``settle()`` says the coordinator took it and its
+        state is durable; else hand it back for the next leader (its counter forgotten: if
+        that is this gateway again, it is taken again, not refused as a replay)."""
+        import nats.errors
+
+        settled = self.settle is not None and await self.settle()
+        for msg in held:
+            try:
+                if settled:
+                    await msg.ack()
+                    continue
+                body = strict_json.loads(msg.data)
+                self.verifier.forget(body["origin"], body["counter"])
+                await msg.nak()
+            except nats.errors.Error as err:
+                self._ack_failed(err)
+
+    def _ack_failed(self, err: Exception) -> None:
+        self.fetch_errors += 1
+        log.warning("bus: acknowledging a command failed (%s: %s)", type(err).__name__, err)
 
     async def stop(self) -> None:
         """Unsubscribe and close the connection (unacknowledged commands stay in the stream)."""
@@ -335,7 +374,8 @@ class NatsBus(InProcessBus):
 
     async def _on_core(self, msg: nats.aio.msg.Msg) -> None:
         address = subjects.token_address(msg.subject[len(self._agent_prefix) :])
-        if not self.subscribers(address):
+        boxes = [box for box in self.subscribers(address) if box.owner not in self.own_only]
+        if not boxes:
             return  # not for an agent of ours
         try:
             env = self._check(msg.subject, msg.data, None)
@@ -343,11 +383,14 @@ class NatsBus(InProcessBus):
             self._count(why.reason, why.detail)
             return
         if env is not None:
-            self.deliver_nowait(env)
+            self.stats.count(env)
+            for box in boxes:
+                box.put_nowait(env)
 
-    async def _take(self, msg: nats.aio.msg.Msg) -> None:
-        """One durable message: delivered and acknowledged, refused and terminated, or (its
-        agent not subscribed yet, at start-up) handed back for later."""
+    async def _take(self, msg: nats.aio.msg.Msg, held: list[Any] | None = None) -> None:
+        """One durable message: delivered and acknowledged (or, for one of ``settle_for``,
+        added to ``held`` when given), refused and terminated, or (its agent not subscribed
+        yet, at start-up) handed back for later."""
         address = subjects.token_address(msg.subject.rsplit(".", 1)[-1])
         meta = msg.metadata
         if not self.subscribers(address):
@@ -372,6 +415,9 @@ class NatsBus(InProcessBus):
             await self._refuse_expired(env)
             return
         await InProcessBus.send(self, env)  # waits for room in a blocking mailbox
+        if held is not None and address in self.settle_for:
+            held.append(msg)
+            return
         await msg.ack()
 
     async def _refuse_expired(self, env: Envelope) -> None:

@@ -110,6 +110,13 @@ class BusVerifier:
         self._forget(now)
         return None
 
+    def forget(self, origin: str, counter: int) -> None:
+        """A message checked and then handed back, not acted on (for whoever takes it next):
+        its counter may come once more."""
+        seen = self._seen.get(origin)
+        if seen is not None:
+            seen[1].discard(counter)
+
     def _forget(self, now: float) -> None:
         """Bound the origins kept: drop those silent past the skew (their messages are stale
         by now anyway), then the longest silent."""
