@@ -20,7 +20,13 @@ from zoneinfo import ZoneInfo
 
 from buildingd.config.loader import load_site
 from buildingd.control.zone import ZoneInputs, ZoneState, decide
-from buildingd.control.zone_learning import ZoneLearning, observe, outlook
+from buildingd.control.zone_learning import (
+    ZoneLearning,
+    building_median,
+    morning_medians,
+    observe,
+    outlook,
+)
 from buildingd.evaluate import EMPTY_BOUNDS_C, OCCUPIED_BOUNDS_C, SCENARIOS
 from buildingd.points import PointKind
 from buildingd.settings import REPO_SITE
@@ -68,7 +74,8 @@ def run(scenario: str, baseline: bool, days: float) -> dict[str, object]:
             else:
                 occupied = building.read_point(z, PointKind.OCCUPANCY) >= 0.5
                 lux = building.read_point(z, PointKind.ILLUMINANCE)
-                look = outlook(learning[z], local, temp, policy)
+                peers = building_median({o: morning_medians(learning[o]) for o in zones})
+                look = outlook(learning[z], local, temp, policy, peers)
                 inputs = ZoneInputs(temp, occupied=occupied, illuminance_lux=lux)
                 d = decide(state[z], inputs, policy, local, now_s, look)
                 before = len(learning[z].starts)
