@@ -9,6 +9,7 @@ Home Assistant 2024.3 itself). Units and precisions here are the ones the bridge
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ from buildingd import __version__
 from buildingd.agents.messages import ZoneStateMsg
 from buildingd.config.loader import Site
 from buildingd.mqtt import payload as strict_json
+from buildingd.mqtt.connection import status_topic
 from buildingd.points import PointKind
 
 OBJECT_ID = re.compile(r"[^a-zA-Z0-9_-]")
@@ -87,6 +89,11 @@ def zone_kinds(site: Site, zone_id: str) -> set[PointKind]:
     }
 
 
+def owner(site: Site, assignment: Mapping[str, str], subject: str) -> str | None:
+    """The gateway running a zone or device on a site over gateways; None on one gateway."""
+    return None if site.gateways.single else assignment.get(subject)
+
+
 def discovery_configs(
     site: Site, prefix: str, base: str, configuration_url: str | None = None
 ) -> dict[str, dict[str, Any]]:
@@ -110,7 +117,8 @@ def discovery_configs(
         }
         if configuration_url:
             dev["configuration_url"] = f"{configuration_url}/api/devices"
-        common = _availability(base) | {"device": dev}
+        common = _availability(base, owner(site, site.gateways.device_gateway, device_id))
+        common |= {"device": dev}
         for point in device.points_list():
             if point.kind not in METERS:
                 continue
@@ -137,9 +145,11 @@ def _meter_name(label: str, point_id: str) -> str:
     return label if point_id == label.lower() else f"{label} {point_id}"
 
 
-def _availability(base: str) -> dict[str, Any]:
+def _availability(base: str, gateway: str | None) -> dict[str, Any]:
+    """Available while the gateway running the zone or device is connected (its own status
+    topic on a site over gateways: one gateway's death leaves the others' entities be)."""
     return {
-        "availability_topic": f"{base}/status",
+        "availability_topic": status_topic(base, gateway),
         "payload_available": "online",
         "payload_not_available": "offline",
     }
@@ -169,7 +179,8 @@ def zone_configs(
     }
     if configuration_url:
         device["configuration_url"] = f"{configuration_url}/api/zones/{zone_id}"
-    common = _availability(base) | {"device": device}
+    common = _availability(base, owner(site, site.gateways.zone_gateway, zone_id))
+    common |= {"device": device}
     low, high = setpoint_limits(site, zone_id)
     out: list[tuple[str, dict[str, Any]]] = []
     has_climate = bool(kinds & {PointKind.TEMPERATURE, PointKind.HEATING_SETPOINT,
