@@ -28,6 +28,12 @@ Retained requests are ignored. Also published, retained: ``zone/<zone>/light`` (
 state), ``device/<device>/<point>`` (power and energy readings) and ``problem/<subject>``
 (ON/OFF: open break-glass alerts of a zone or device).
 
+On a site over gateways (which may share one broker): demand-response requests and alert
+actions are shared subscriptions on an external broker (``MqttConnection.shared``: one gateway
+takes each and sends it on to the coordinator's queue), a vote or set request is answered by the
+coordinator's gateway when its bridge is on this broker (``gateway/<id>/status`` online), and the
+entities' availability is their gateway's (``ha_discovery``).
+
 The bridge also hands the daemon's ``Metrics`` to the connection (``use_metrics``), so its
 ``buildingd_mqtt_*`` counters reach ``/metrics``.
 """
@@ -63,6 +69,7 @@ from buildingd.agents.runtime import Agent
 from buildingd.mqtt import payload as strict_json
 from buildingd.mqtt.connection import MqttConnection, status_topic
 from buildingd.mqtt.ha_discovery import (
+    Availability,
     Topics,
     discovery_configs,
     light_request,
@@ -129,7 +136,10 @@ class MqttBridgeAgent(Agent):
         super().__init__("mqtt-bridge")
         self.ctx, self.conn, self.vote_fn, self.overrides = ctx, conn, vote, overrides
         self.leader = leader
-        self.gateways_online: set[str] = set()  # gateways seen online on this broker
+        # Gateways of the site whose status is on this broker (it is shared), and of those the
+        # ones online now.
+        self.gateways_seen: set[str] = {conn.gateway} if conn.gateway else set()
+        self.gateways_online: set[str] = set()
         self._flush = flush
         self.configuration_url = configuration_url
         self.topics = Topics(conn.base)
@@ -330,8 +340,9 @@ class MqttBridgeAgent(Agent):
                                 self.settings.qos_readings, retain=True)  # fmt: skip
 
     def _discovery(self) -> dict[str, dict[str, Any]]:
+        availability = Availability(self.conn.gateway, frozenset(self.gateways_seen))
         return discovery_configs(self.ctx.site, self.settings.homeassistant_prefix, self.base,
-                                 self.configuration_url)  # fmt: skip
+                                 self.configuration_url, availability)  # fmt: skip
 
     async def _reannounce(self) -> None:
         """After a reload: configs of removed zones and devices cleared, the rest announced."""
@@ -388,6 +399,10 @@ class MqttBridgeAgent(Agent):
             self.gateways_online.add(gateway)
         else:
             self.gateways_online.discard(gateway)
+        if gateway not in self.gateways_seen:  # the broker is shared with it: its entities'
+            self.gateways_seen.add(gateway)  # availability is its own status from now on
+            if self.settings.homeassistant_discovery:
+                self._spawn(self._reannounce())
 
     def _answered_elsewhere(self) -> bool:
         """A vote or set request the coordinator's own gateway answers: it runs elsewhere and

@@ -9,7 +9,6 @@ Home Assistant 2024.3 itself). Units and precisions here are the ones the bridge
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,20 +88,35 @@ def zone_kinds(site: Site, zone_id: str) -> set[PointKind]:
     }
 
 
-def owner(site: Site, assignment: Mapping[str, str], subject: str) -> str | None:
-    """The gateway running a zone or device on a site over gateways; None on one gateway."""
-    return None if site.gateways.single else assignment.get(subject)
+@dataclass(frozen=True)
+class Availability:
+    """Whose status topic an entity's availability follows. On a site over gateways: the
+    gateway running its zone or device, when that gateway's status is on this broker (a broker
+    the gateways share); else this gateway's (a broker of its own, where only it says whether
+    it is up). On a site of one gateway: the site's ``status``."""
+
+    gateway: str | None = None  # this gateway; None on a site of one
+    on_broker: frozenset[str] = frozenset()  # gateways whose status this broker has
+
+    def topic(self, base: str, owner: str | None) -> str:
+        if self.gateway is None:
+            return status_topic(base, None)
+        return status_topic(base, owner if owner in self.on_broker else self.gateway)
 
 
 def discovery_configs(
-    site: Site, prefix: str, base: str, configuration_url: str | None = None
+    site: Site,
+    prefix: str,
+    base: str,
+    configuration_url: str | None = None,
+    availability: Availability = Availability(),
 ) -> dict[str, dict[str, Any]]:
     """Every discovery config of the site by topic (zones and devices)."""
     configs: dict[str, dict[str, Any]] = {}
     node = object_id(f"buildingd_{site.site_id}")
     for zone_id, zone in site.zones.items():
         for topic, config in zone_configs(site, prefix, base, zone_id, zone.name or zone_id,
-                                          configuration_url):  # fmt: skip
+                                          configuration_url, availability):  # fmt: skip
             configs[topic] = config
     for device_id, device in site.devices.items():
         if not device.enabled:
@@ -117,8 +131,8 @@ def discovery_configs(
         }
         if configuration_url:
             dev["configuration_url"] = f"{configuration_url}/api/devices"
-        common = _availability(base, owner(site, site.gateways.device_gateway, device_id))
-        common |= {"device": dev}
+        owner = site.gateways.device_gateway.get(device_id)
+        common = _availability(availability.topic(base, owner)) | {"device": dev}
         for point in device.points_list():
             if point.kind not in METERS:
                 continue
@@ -145,11 +159,9 @@ def _meter_name(label: str, point_id: str) -> str:
     return label if point_id == label.lower() else f"{label} {point_id}"
 
 
-def _availability(base: str, gateway: str | None) -> dict[str, Any]:
-    """Available while the gateway running the zone or device is connected (its own status
-    topic on a site over gateways: one gateway's death leaves the others' entities be)."""
+def _availability(topic: str) -> dict[str, Any]:
     return {
-        "availability_topic": status_topic(base, gateway),
+        "availability_topic": topic,
         "payload_available": "online",
         "payload_not_available": "offline",
     }
@@ -162,6 +174,7 @@ def zone_configs(
     zone_id: str,
     zone_name: str,
     configuration_url: str | None = None,
+    availability: Availability = Availability(),
 ) -> list[tuple[str, dict[str, Any]]]:
     """(topic, config) pairs announcing one zone: the entities its points allow."""
     node = object_id(f"buildingd_{site.site_id}")
@@ -179,8 +192,8 @@ def zone_configs(
     }
     if configuration_url:
         device["configuration_url"] = f"{configuration_url}/api/zones/{zone_id}"
-    common = _availability(base, owner(site, site.gateways.zone_gateway, zone_id))
-    common |= {"device": device}
+    owner = site.gateways.zone_gateway.get(zone_id)
+    common = _availability(availability.topic(base, owner)) | {"device": device}
     low, high = setpoint_limits(site, zone_id)
     out: list[tuple[str, dict[str, Any]]] = []
     has_climate = bool(kinds & {PointKind.TEMPERATURE, PointKind.HEATING_SETPOINT,
