@@ -73,7 +73,7 @@ def demo_at_one_second(folder: Path) -> Path:
 def daemon(site: Path, state: Path) -> tuple[list[str], dict[str, str]]:
     env = dict(os.environ, BUILDINGD_SITE_DIR=str(site), BUILDINGD_STATE_DIR=str(state),
                BUILDINGD_HTTP__PORT="0", BUILDINGD_MQTT__PORT="0",
-               BUILDINGD_SIM__MODBUS_PORT="0")  # fmt: skip
+               BUILDINGD_SIM__MODBUS_PORT="0", BUILDINGD_SIM__BACNET_PORT="0")  # fmt: skip
     env.pop("NOTIFY_SOCKET", None)
     return [sys.executable, "-m", "buildingd", "run", "--speed", "1", "--no-console"], env
 

@@ -33,6 +33,7 @@ def start_daemon(
         BUILDINGD_HTTP__PORT=str(port),
         BUILDINGD_MQTT__PORT="0",  # the embedded broker on a free port
         BUILDINGD_SIM__MODBUS_PORT="0",  # the simulated Modbus gateway too
+        BUILDINGD_SIM__BACNET_PORT="0",  # and the simulated BACnet devices
         BUILDINGD_STATE_DIR=str(state),
         BUILDINGD_SITE_DIR=str(site),
         BUILDINGD_SIM__START=start,

@@ -364,7 +364,7 @@ def in_process(
             speed=speed,
             mqtt=MqttSettings(port=0),
             http=HttpSettings(enabled=False),
-            sim=SimSettings(modbus_port=0, start="2027-01-11T09:00:00"),
+            sim=SimSettings(modbus_port=0, bacnet_port=0, start="2027-01-11T09:00:00"),
         )
         site = load_site(site_copy)
         loop = asyncio.new_event_loop()

@@ -22,7 +22,8 @@ pytestmark = pytest.mark.slow
 def run(site: Path, tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     environ = dict(
         os.environ, BUILDINGD_SITE_DIR=str(site), BUILDINGD_STATE_DIR=str(tmp_path / "s"),
-        BUILDINGD_MQTT__PORT="0", BUILDINGD_SIM__MODBUS_PORT="0", **env,
+        BUILDINGD_MQTT__PORT="0", BUILDINGD_SIM__MODBUS_PORT="0", BUILDINGD_SIM__BACNET_PORT="0",
+        **env,
     )  # fmt: skip
     return subprocess.run(
         [sys.executable, "-m", "buildingd", "run", "--no-console", "--duration", "30"],

@@ -43,7 +43,8 @@ def run_and_stop(
     env = dict(
         os.environ, BUILDINGD_SITE_DIR=str(site), BUILDINGD_STATE_DIR=str(state),
         BUILDINGD_HTTP__PORT=str(free_port()), BUILDINGD_MQTT__PORT="0",
-        BUILDINGD_SIM__MODBUS_PORT="0", BUILDINGD_SIM__START="2027-01-11T09:00:00",
+        BUILDINGD_SIM__MODBUS_PORT="0", BUILDINGD_SIM__BACNET_PORT="0",
+        BUILDINGD_SIM__START="2027-01-11T09:00:00",
     )  # fmt: skip
     proc = subprocess.Popen(
         [sys.executable, "-m", "buildingd", "run", "--no-console"],
