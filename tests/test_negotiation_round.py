@@ -87,8 +87,8 @@ def test_a_zone_confirms_an_award_before_it_commands_its_devices(tmp_path: Path)
             daemon.bus.subscribe(f"device[{device_id}]", commands)
         confirmations = Mailbox("test-coordinator", 1000)
         daemon.bus.subscribe(COORDINATOR, confirmations)
-        award = DemandResponseAward(level="shift-1K", shift_k=1.0, dim_pct=0.0,
-                                    ends_at=daemon.ctx.clock.now() + timedelta(hours=1))  # fmt: skip
+        ends_at = daemon.ctx.clock.now() + timedelta(hours=1)
+        award = DemandResponseAward(level="shift-1K", shift_k=1.0, dim_pct=0.0, ends_at=ends_at)
         await daemon.bus.send(award.envelope(Performative.ACCEPT_PROPOSAL, COORDINATOR,
                                              zone.name, conversation_id="c1"))  # fmt: skip
         done = await confirmations.get()
