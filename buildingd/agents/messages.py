@@ -34,8 +34,15 @@ class Content(BaseModel):
         round's cfps); nobody changes an envelope's content."""
         content = self.model_dump(mode="json")
         return [
-            Envelope.trusted(self, performative=performative, sender=sender, receiver=receiver,
-                             ontology=self.ontology, content=content, **kw)  # fmt: skip
+            Envelope.trusted(
+                self,
+                performative=performative,
+                sender=sender,
+                receiver=receiver,
+                ontology=self.ontology,
+                content=content,
+                **kw,
+            )  # fmt: skip
             for receiver in receivers
         ]
 
