@@ -42,7 +42,7 @@ class Content(BaseModel):
                 ontology=self.ontology,
                 content=content,
                 **kw,
-            )  # fmt: skip
+            )
             for receiver in receivers
         ]
 
