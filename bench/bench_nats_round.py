@@ -68,8 +68,7 @@ def gateway(site_dir: Path, state: Path, gateway_id: str, cluster: NatsCluster) 
     settings = base.model_copy(update={
         "gateway": GatewaySettings(id=gateway_id),
         "nats": NatsSettings(enabled=True, servers=cluster.urls, user=user.name,
-                             password=user.password),
-        "mqtt": base.mqtt.model_copy(update={"bus_key_file": state / "bus.key"}),
+                             password=user.password, bus_key_file=state / "bus.key"),
     })  # fmt: skip
     clock = ScaledClock(START, 1.0)
     daemon = Daemon(settings, load_site(site_dir), clock=clock, sink_factory=NullSink)
@@ -97,8 +96,6 @@ async def settled(gateways: list[Daemon]) -> None:
 
 
 async def over_nats(site_dir: Path, state: Path, cluster: NatsCluster, zones: int) -> Figures:
-    state.mkdir(parents=True)
-    (state / "bus.key").write_text(KEY)
     gateways = [gateway(site_dir, state, g, cluster) for g in GATEWAYS]
     tasks = [asyncio.ensure_future(g.run()) for g in gateways]
     buses = [g.nats for g in gateways]
@@ -138,6 +135,8 @@ async def bench(tmp: Path, zones: int, cluster: NatsCluster) -> Figures:
     one = generate(tmp / "site-one", zones, poll_interval_s=POLL_S)
     local = await in_process(load_site(one), one, tmp / "state-one")
     spread = generate(tmp / "site-three", zones, POLL_S, gateways=len(GATEWAYS))
+    (tmp / "state-three").mkdir()
+    (tmp / "state-three" / "bus.key").write_text(KEY)
     nats = await over_nats(spread, tmp / "state-three", cluster, zones)
     return {
         "zones": zones,

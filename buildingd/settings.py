@@ -59,10 +59,6 @@ class MqttSettings(Section):
     qos_readings: Literal[0, 1, 2] = 0
     qos_commands: Literal[0, 1, 2] = 1
     qos_events: Literal[0, 1, 2] = 1
-    bus: bool = False  # carry the agent bus over MQTT instead of in-process
-    # The site's key sealing bus messages (HMAC-SHA256); the same file on every gateway of the
-    # site. Default <state_dir>/bus.key, created (mode 0600) at the first start with bus = true.
-    bus_key_file: Path | None = None
     # The embedded broker (no ``host``): ``user:<argon2 hash>`` lines (None: anonymous, on
     # 127.0.0.1 only); retained payloads larger than max_payload_bytes, or past
     # max_retained_bytes in all, are not kept.
@@ -155,8 +151,8 @@ class GatewaySettings(Section):
 class NatsSettings(Section):
     """The NATS JetStream cluster carrying the bus between the site's gateways
     (``buildingd/nats``). Each gateway has its own NATS user, limited to the site's subjects
-    (``buildingd.nats.subjects.gateway_permissions``); the bus key (``[mqtt] bus_key_file``)
-    seals the envelopes on top."""
+    (``buildingd.nats.subjects.gateway_permissions``); the bus key (``bus_key_file``) seals
+    the envelopes on top."""
 
     enabled: bool = False
     servers: list[str] = Field(default_factory=lambda: ["nats://127.0.0.1:4222"], min_length=1)
@@ -171,10 +167,13 @@ class NatsSettings(Section):
     # The coordinator lease (several candidates): renewed every third of this; a standby takes
     # over within about this long after the leader died (nats/lease.py).
     lease_ttl_s: float = Field(default=6.0, ge=1.0)
+    # The site's key sealing bus envelopes (HMAC-SHA256, ``nats.seal``); the same file on every
+    # gateway of the site. Default <state_dir>/bus.key, created (mode 0600) at the first start.
+    bus_key_file: Path | None = None
 
 
 def bus_key_path(settings: Settings) -> Path:
-    return settings.mqtt.bus_key_file or settings.state_dir / "bus.key"
+    return settings.nats.bus_key_file or settings.state_dir / "bus.key"
 
 
 class Settings(BaseSettings):
@@ -358,10 +357,19 @@ def _line_of(lines: Mapping[tuple[str, ...], int], loc: tuple[str, ...]) -> int 
     return None
 
 
+# Keys that are gone, named with where their job went rather than as "unknown key".
+RETIRED_KEYS: dict[tuple[str, ...], str] = {
+    ("mqtt", "bus"): "removed: the agent bus between processes is NATS JetStream now; set "
+    '[nats] enabled = true (README, "Several gateways, one site"); agents of one process '
+    "need nothing",
+    ("mqtt", "bus_key_file"): "moved: the bus key is [nats] bus_key_file now",
+}
+
+
 def _message(e: Any) -> str:
     kind = e["type"]
     if kind == "extra_forbidden":
-        return "unknown key"
+        return RETIRED_KEYS.get(tuple(str(p) for p in e["loc"]), "unknown key")
     if kind == "missing":
         return "required key is missing"
     return str(e["msg"]).removeprefix("Value error, ")

@@ -5,6 +5,8 @@ conditions no event announces."""
 from __future__ import annotations
 
 import asyncio
+import os
+import random
 import shutil
 import socket
 import time
@@ -85,10 +87,38 @@ class ManualClock:
         return seconds
 
 
+# Test TCP ports come from below Linux's ephemeral range (32768-60999), each xdist worker from its
+# own slice, never handed out twice in a process. So the kernel's bind(0) (a daemon's embedded
+# broker, a simulated device) never takes a port a test picked but has not bound yet (a daemon's
+# HTTP port once went to its own broker), and a server killed and restarted finds its port free.
+TEST_PORTS = range(20000, 32000)
+_handed_out: set[int] = set()
+
+
+def _worker_ports() -> range:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    index = int(worker.removeprefix("gw")) if worker.startswith("gw") else 0
+    width = len(TEST_PORTS) // max(count, 1)
+    first = TEST_PORTS.start + index * width
+    return range(first, first + width)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port free on 127.0.0.1 now, outside the ephemeral range, not given out before."""
+    ports = _worker_ports()
+    for _ in range(1000):
+        port = random.choice(ports)
+        if port in _handed_out:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free test port in {ports.start}-{ports.stop - 1}")
 
 
 def free_udp_port() -> int:
@@ -171,3 +201,15 @@ def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The NATS cluster tests first, then the other slow ones: xdist hands tests out in this
+    order, so the long ones run beside the many short ones instead of forming a serial tail."""
+
+    def weight(item: pytest.Item) -> int:
+        if item.get_closest_marker("nats"):
+            return 0
+        return 1 if item.get_closest_marker("slow") else 2
+
+    items.sort(key=weight)

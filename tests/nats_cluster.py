@@ -8,7 +8,6 @@ import asyncio
 import concurrent.futures
 import json
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from buildingd.nats.server_bin import server_binary
+from tests.conftest import free_port
 
 START_TIMEOUT_S = 60.0  # a generous bound for a loaded 2-core machine
 
@@ -61,44 +61,6 @@ class NatsNode:
         return None
 
 
-# Below Linux's ephemeral range (32768-60999): a port picked there is never handed out by the
-# kernel to another process's bind(0) or outgoing connection while a node is down between a kill
-# and its restart (a free port from the ephemeral range was taken in between, on this shared
-# machine: a route port "already in use" at start, a restarted node unable to listen).
-NODE_PORTS = range(20000, 32000)
-
-
-def _worker_ports() -> range:
-    """This xdist worker's share of ``NODE_PORTS`` (gw0, gw1, ... each its own slice), so two
-    workers' clusters never pick the same port."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    index = int(worker.removeprefix("gw")) if worker.startswith("gw") else 0
-    width = len(NODE_PORTS) // max(count, 1)
-    first = NODE_PORTS.start + index * width
-    return range(first, first + width)
-
-
-_handed_out: set[int] = set()  # never given twice in this process (a killed node comes back)
-
-
-def node_port() -> int:
-    """A port for a node, free now, outside the ephemeral range, not given out before here."""
-    ports = _worker_ports()
-    for _ in range(1000):
-        port = random.choice(ports)
-        if port in _handed_out:
-            continue
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _handed_out.add(port)
-        return port
-    raise RuntimeError(f"no free port for a NATS node in {ports.start}-{ports.stop - 1}")
-
-
 @dataclass
 class NatsCluster:
     root: Path
@@ -110,7 +72,7 @@ class NatsCluster:
         self.root.mkdir(parents=True, exist_ok=True)
         for i in range(self.size):
             name = f"n{i + 1}"
-            ports = node_port(), node_port(), node_port()
+            ports = free_port(), free_port(), free_port()
             files = self.root / f"{name}.conf", self.root / f"{name}.log"
             self.nodes.append(NatsNode(name, *ports, *files))
         for node in self.nodes:
@@ -301,7 +263,7 @@ def gateway_env(
         "BUILDINGD_NATS__SERVERS": json.dumps(cluster.urls),
         "BUILDINGD_NATS__USER": user.name,
         "BUILDINGD_NATS__PASSWORD": user.password,
-        "BUILDINGD_MQTT__BUS_KEY_FILE": str(bus_key),
+        "BUILDINGD_NATS__BUS_KEY_FILE": str(bus_key),
     }
 
 

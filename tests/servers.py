@@ -129,18 +129,12 @@ class Mosquitto:
 
 # A client in its own process that publishes as fast as paho can (up to 100 QoS 1 messages in
 # flight), then waits until every message has left (QoS 0) or was acknowledged (QoS 1).
-# ``{i}`` in the payload template is the message's sequence number. With a bus key, the template
-# is an envelope (JSON) and each message is sealed with the key as a gateway would seal it.
+# ``{i}`` in the payload template is the message's sequence number.
 FLOOD_SCRIPT = """
-import json
 import sys
 import paho.mqtt.client as mqtt
 host, port, topic, qos, count, template = sys.argv[1:7]
 payload = lambda i: template.replace("{i}", str(i))
-if len(sys.argv) > 7:
-    from buildingd.mqtt.bus_auth import BusSealer
-    sealer = BusSealer(sys.argv[7].encode(), "flood")
-    payload = lambda i: sealer.seal(topic, json.loads(template.replace("{i}", str(i))))
 client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="flood")
 client.max_inflight_messages_set(100)
 client.max_queued_messages_set(0)
@@ -156,14 +150,12 @@ client.loop_stop()
 
 
 def flood_command(
-    host: str, port: int, topic: str, count: int, template: str, qos: int = 1,
-    bus_key: bytes | None = None,
-) -> list[str]:  # fmt: skip
+    host: str, port: int, topic: str, count: int, template: str, qos: int = 1
+) -> list[str]:
     """argv of a process that publishes ``count`` messages on ``topic`` and exits 0 when all
-    were sent (QoS 0) or acknowledged by the broker (QoS 1); sealed with ``bus_key`` if given."""
-    key = [bus_key.decode()] if bus_key is not None else []
+    were sent (QoS 0) or acknowledged by the broker (QoS 1)."""
     return [sys.executable, "-c", FLOOD_SCRIPT, host, str(port), topic, str(qos), str(count),
-            template, *key]  # fmt: skip
+            template]  # fmt: skip
 
 
 class WriteRecorder:

@@ -13,7 +13,7 @@ from buildingd.agents.hearing import hearing_problem
 from buildingd.agents.messages import CommandMsg
 from buildingd.config.loader import load_site
 from buildingd.errors import ConfigError
-from buildingd.mqtt.bus_auth import (
+from buildingd.nats.seal import (
     MAX_ORIGINS,
     MAX_SKEW_S,
     REPLAY_WINDOW,

@@ -26,6 +26,7 @@ from buildingd.agents.messages import (
     DemandResponseCall,
     EventMsg,
     ZoneStateMsg,
+    zone_address,
 )
 from buildingd.config.loader import Site, load_site
 from buildingd.coordinator import alerts_file, commitments
@@ -439,3 +440,54 @@ def test_only_awards_in_force_are_kept() -> None:
     assert [c.reason for c in kept.commitments] == ["kept"]
     assert list(kept.commitments[0].awarded) == [cfps[0].receiver[5:-1]]
     assert kept.scheduled_started == ["k1"]
+
+
+def test_a_new_coordinator_asks_again_for_events_not_awarded_and_never_doubles_an_award(
+    tmp_path: Path,
+) -> None:
+    """A coordinator stops (restart, or failover to another gateway) with one event awarded
+    and one still collecting. The next, on the same commitments file (the failover's copy comes
+    from the site's KV bucket), takes the award up without asking anyone, asks the zones again
+    for the other in the same conversation and a new round, once; an event whose window ended
+    meanwhile is dropped. Guards that an accepted event is neither lost nor opened twice."""
+    o, desk, _ = dr_desk(tmp_path)
+    kept = desk.open(400.0, 600.0, "awarded")
+    cfps = sent(o, Performative.CFP)
+    desk.reply(answer(cfps[0], Performative.PROPOSE, proposal((1.0, 0.0, 500.0, 1.0))))
+    run(o, desk, 40)
+    (award,) = sent(o, Performative.ACCEPT_PROPOSAL)
+    asking = desk.open(300.0, 1800.0, "still collecting")
+    first_round = sent(o, Performative.CFP)
+    short = desk.open(300.0, 60.0, "ends before the restart")
+    saved = json.loads((tmp_path / commitments.FILE_NAME).read_text())
+    assert [r["conversation_id"] for r in saved["commitments"]] == [kept]
+    assert sorted(r["conversation_id"] for r in saved["opened"]) == sorted([asking, short])
+
+    later = office(start=START + timedelta(seconds=120))
+    second = DemandResponseDesk(later, Alarm(), tmp_path)
+    second.resume(0.0)
+    again = taken(later)
+    awards = [e for e in again if e.performative is Performative.ACCEPT_PROPOSAL]
+    assert [(e.receiver, e.conversation_id) for e in awards] == [(award.receiver, kept)]
+    asked = [e for e in again if e.performative is Performative.CFP]
+    assert sorted(e.receiver for e in asked) == sorted(zone_address(z) for z in o.site.zones)
+    assert {(e.conversation_id, e.reply_with) for e in asked} == {(asking, f"{asking}.2")}
+    assert set(second.negotiations) == {kept, asking}
+    # An answer to the old round is stale (rejected, counted); one to the new round counts.
+    second.reply(answer(first_round[0], Performative.PROPOSE, proposal((1.0, 0.0, 500.0, 1.0))))
+    assert second.rejected["stale_round"] == 1
+    new_round = next(e for e in asked if e.receiver == first_round[0].receiver)
+    second.reply(answer(new_round, Performative.PROPOSE, proposal((1.0, 0.0, 500.0, 1.0))))
+    assert list(second.negotiations[asking].offers) == [first_round[0].receiver[5:-1]]
+
+
+def test_a_request_delivered_again_opens_its_event_once() -> None:
+    """A request over the bus names its conversation; delivered again (handed back by a
+    leader that lost its lease, taken by the next that had the event from the bucket) it is
+    the event already open, not a second one. Guards the 'never doubled' of a failover."""
+    o, desk, _ = dr_desk()
+    call = DemandResponseCall(target_w=400.0, window_s=600.0, reason="grid")
+    assert desk.request(call, "mqtt-bridge", "r1") == "r1"
+    assert len(sent(o, Performative.CFP)) == len(o.site.zones)
+    assert desk.request(call, "mqtt-bridge", "r1") == "r1"
+    assert sent(o, Performative.CFP) == [] and list(desk.negotiations) == ["r1"]

@@ -6,6 +6,7 @@ pattern of silence, and commitments kept across a restart."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import itertools
 import json
@@ -1170,6 +1171,30 @@ def test_an_ended_or_unreadable_commitment_is_not_taken_up(
     assert of(broken.sent(), Performative.CFP)
 
 
+def test_nothing_is_sent_before_the_state_that_sent_it_is_durable(tmp_path: Path) -> None:
+    """Write-ahead (a site whose coordinator can fail over): the calls for proposals go out
+    only after ``office.durable`` has returned, and then the event is in the commitments file
+    it mirrors; ``flush`` says when the state could not be made durable (the lease lost: the
+    HTTP API then answers 503, not 202). Guards that a new leader knows of every cfp sent."""
+    c = Coordinator(state_dir=tmp_path)
+    c.sent()
+    seen: list[tuple[int, list[str]]] = []
+    durable = [True, False]
+
+    async def make_durable() -> bool:
+        kept = json.loads((tmp_path / "commitments.json").read_text())
+        seen.append((len(c.bus.sent), [e["conversation_id"] for e in kept["opened"]]))
+        return durable.pop(0)
+
+    c.agent.office.durable = make_durable
+    conversation = c.agent.open_demand_response(400.0, 600.0, "test")
+    assert asyncio.run(c.agent.flush()) is True
+    assert seen == [(0, [conversation])]  # nothing sent yet, the event already kept
+    assert len(of(c.bus.sent, Performative.CFP)) == len(c.ctx.site.zones)
+    c.agent.open_demand_response(300.0, 600.0, "lease lost before it was stored")
+    assert asyncio.run(c.agent.flush()) is False
+
+
 def test_a_scheduled_event_is_opened_once_even_across_a_restart(tmp_path: Path) -> None:
     site = demo_site()
     event = DemandResponseEvent(start=datetime(2026, 1, 12, 9, 0), duration_s=3600, target_w=500)
@@ -1178,12 +1203,21 @@ def test_a_scheduled_event_is_opened_once_even_across_a_restart(tmp_path: Path) 
     )
     first = Coordinator(state_dir=tmp_path, site=site)
     first.tick()
-    assert len(of(first.sent(), Performative.CFP)) == 8
+    cfps = of(first.sent(), Performative.CFP)
+    assert len(cfps) == 8
     first.tick()
     assert not of(first.sent(), Performative.CFP)
-    # Restarted inside the event's window (before its award, even): not opened again.
+    # Restarted inside the event's window before its award: not opened again as a new event,
+    # but not forgotten either: the zones are asked again, once, in the same conversation and
+    # a new round (an answer to the first round is stale).
     second = Coordinator(state_dir=tmp_path, site=site, start=START + timedelta(seconds=300))
     second.agent.resume_commitments(0.0)
+    second.tick()
+    again = of(second.sent(), Performative.CFP)
+    assert sorted(e.receiver for e in again) == sorted(e.receiver for e in cfps)
+    assert {(e.conversation_id, e.reply_with) for e in again} == {
+        (cfps[0].conversation_id, f"{cfps[0].conversation_id}.2")
+    }
     second.tick()
     assert not of(second.sent(), Performative.CFP)
 
@@ -1234,10 +1268,10 @@ def test_a_zone_restores_by_itself_at_the_end_of_the_window() -> None:
     assert zone._pending_replies[-1].content["reason"] == "the window is already over"
 
 
-def test_a_zones_confirmations_pass_the_mqtt_bus_content_check() -> None:
-    # Over MQTT every envelope's content is checked against its ontology's models before an
-    # agent sees it: a confirmation no model accepts would be dropped and no award confirmed.
-    from buildingd.mqtt.bus import content_problem
+def test_a_zones_confirmations_pass_the_bus_content_check() -> None:
+    # Between gateways every envelope's content is checked against its ontology's models before
+    # an agent sees it: a confirmation no model accepts would be dropped and no award confirmed.
+    from buildingd.agents.content_check import content_problem
 
     zone, _ = zone_agent()
     award = award_env(START + timedelta(hours=1))

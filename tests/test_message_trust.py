@@ -10,13 +10,13 @@ import pytest
 from pydantic import ValidationError
 
 from buildingd.agents.bus import Envelope, Performative
+from buildingd.agents.content_check import checked_content, content_problem
 from buildingd.agents.messages import (
     CommandMsg,
     DemandResponseAward,
     DemandResponseCall,
     ReadingMsg,
 )
-from buildingd.mqtt.bus import checked_content, content_problem
 from buildingd.points import PointKind, Quality
 
 NOW = datetime(2027, 1, 11, 9, 0, tzinfo=UTC)

@@ -1,7 +1,9 @@
 """The agent bus between gateways over a real 3-node NATS JetStream cluster: a command for a
 gateway that is down waits in the site's stream and is delivered once when it is back (an hour
 later too); a repeated publish is stored once; an expired command is refused to its sender; a
-forged or replayed one is refused and counted; a gateway's NATS user cannot reach another site."""
+forged or replayed one, and every other kind of bad message, is refused and counted; an envelope
+for an agent of the same gateway stays off NATS, one that cannot be published is counted; a
+gateway's NATS user cannot reach another site."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import asyncio
 import collections
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
@@ -18,15 +20,20 @@ import nats.errors
 import pytest
 
 from buildingd.agents.bus import Envelope, Mailbox, Performative
-from buildingd.agents.messages import CommandMsg, RefusalMsg
+from buildingd.agents.messages import (
+    DEMAND_RESPONSE_TOPIC,
+    CommandMsg,
+    DemandResponseCall,
+    RefusalMsg,
+)
 from buildingd.metrics import Metrics
-from buildingd.mqtt.bus_auth import BusSealer
 from buildingd.nats import subjects
 from buildingd.nats.bus import NatsBus
 from buildingd.nats.connection import NatsErrors, connect
+from buildingd.nats.seal import BusSealer
 from buildingd.settings import NatsSettings
 from tests.conftest import until
-from tests.nats_cluster import NatsCluster
+from tests.nats_cluster import ADMIN, NatsCluster
 
 pytestmark = pytest.mark.nats
 
@@ -46,13 +53,22 @@ async def gateway(
     gateway_id: str,
     boxes: dict[str, Mailbox] | None = None,
     clock: Callable[[], float] = time.time,
+    leads: Callable[[], bool] | None = None,
 ) -> AsyncIterator[NatsBus]:
     """Gateway ``gateway_id`` of site hq: its bus on the cluster, its agents' mailboxes
-    subscribed, taking its commands until the block ends (the gateway going down)."""
+    subscribed, taking its commands until the block ends (the gateway going down). With
+    ``leads``: a coordinator candidate (requests for the coordinator go to its queue, which
+    it takes while it leads)."""
     settings = nats_settings(cluster, f"hq-{gateway_id}")
     local = [a for a, g in ROUTE.items() if g == gateway_id]
-    bus = NatsBus(settings, "hq", gateway_id, ROUTE.get, local.__contains__, KEY,
-                  clock=clock, metrics=Metrics())  # fmt: skip
+
+    def route(address: str) -> str | None:
+        if address == DEMAND_RESPONSE_TOPIC and leads is not None:
+            return gateway_id if leads() else subjects.COORDINATOR_QUEUE
+        return ROUTE.get(address)
+
+    bus = NatsBus(settings, "hq", gateway_id, route, local.__contains__, KEY,
+                  clock=clock, metrics=Metrics(), leads=leads)  # fmt: skip
     await bus.start()
     for address, box in (boxes or {}).items():
         bus.subscribe(address, box)
@@ -182,6 +198,113 @@ async def test_forged_and_replayed_commands_are_refused_and_counted(
         await intruder.close()
 
 
+async def test_every_kind_of_bad_message_is_refused_counted_and_logged_once(
+    nats_cluster: NatsCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    # What the MQTT bus was tested against (tests/test_mqtt_bus.py before it was retired), on
+    # the bus between gateways: every refusal reason, none raised into the receiver, none
+    # reaching the agent, each reason logged once, and the bus goes on after them.
+    box = Mailbox(THERMOSTAT, overflow="block")
+    intruder = await nats.connect(servers=nats_cluster.urls, user="hq-a", password="pw-hq-a")
+    subject = subjects.agent_subject("hq", THERMOSTAT)  # core NATS: judged by b's own clock
+    good = command(20.0).model_dump(mode="json")
+    content = good["content"]
+    sealer = BusSealer(KEY, "gw-x")
+
+    def sealed(envelope: dict[str, object]) -> bytes:
+        return sealer.seal(subject, envelope)
+
+    one = sealed({**good, "content": {**content, "value": 1.0}})
+    bad = {
+        # Literal NaN / Infinity tokens: Python's json takes them, JSON does not.
+        "not JSON": [
+            b"not json",
+            one.replace(b"1.0", b"NaN"),
+            one.replace(b"1.0", b"-Infinity"),
+            one.replace(b"1.0", b"1e999"),
+        ],  # fmt: skip
+        "wrong shape": [b"[1, 2, 3]", b'{"origin": "x", "envelope": 7}'],
+        "unauthenticated": [
+            json.dumps({"origin": "x", "envelope": good}).encode(),  # no seal
+            BusSealer(b"another site's key", "gw-x").seal(subject, good),
+            sealed(good).replace(b'"heating_sp"', b'"cooling_sp"'),  # altered after sealing
+        ],
+        "stale": [BusSealer(KEY, "gw-old", clock=lambda: time.time() - 3600).seal(subject, good)],
+        "invalid envelope": [sealed({**good, "performative": "shout"})],
+        "receiver mismatch": [sealed({**good, "receiver": "device[t2]"})],
+        "forged sender": [
+            sealed({**good, "sender": THERMOSTAT}),  # gateway b's own agent
+            sealed({**good, "sender": "hacker"}),  # commands come from zones or the coordinator
+        ],
+        # A well-formed envelope whose content is not a command: the agent would fail on it.
+        "invalid content": [sealed({**good, "content": {"point_id": "level"}})],
+    }
+    try:
+        async with (
+            gateway(nats_cluster, "a") as a,
+            gateway(nats_cluster, "b", {THERMOSTAT: box}) as b,
+        ):
+            for payloads in bad.values():
+                for payload in payloads:
+                    await intruder.publish(subject, payload)
+            await intruder.flush()
+            total = sum(len(payloads) for payloads in bad.values())
+            await until(lambda: b.stats.invalid == total, "every bad message counted")
+            assert b.invalid_by_reason == {reason: len(p) for reason, p in bad.items()}
+            assert b.metrics is not None
+            assert b.metrics.counters['buildingd_bus_refused_total{reason="not JSON"}'] == 4
+            assert len(box) == 0  # none reached the agent
+            logged = [r.getMessage() for r in caplog.records if "bus: refused (" in r.getMessage()]
+            assert sorted(m.split("(", 1)[1].split(")")[0] for m in logged) == sorted(bad)
+            assert await values_until_sentinel(a, box) == []  # the bus goes on
+    finally:
+        await intruder.close()
+
+
+async def test_an_envelope_for_an_agent_of_this_gateway_stays_off_nats(
+    nats_cluster: NatsCluster,
+) -> None:
+    """A command from a zone to a device of the same gateway is delivered in process and not
+    published: the other gateways would only check it to find nobody to give it to."""
+    box = Mailbox(THERMOSTAT, overflow="block")
+    watcher = await nats.connect(nats_cluster.urls, user=ADMIN.name, password=ADMIN.password)
+    seen: list[str] = []
+
+    async def record(msg: nats.aio.msg.Msg) -> None:
+        seen.append(msg.subject)
+
+    await watcher.subscribe("buildingd.hq.>", cb=record)
+    route = {**ROUTE, ZONE: "b"}  # the zone on the thermostat's gateway
+    bus = NatsBus(nats_settings(nats_cluster, "hq-b"), "hq", "b", route.get,
+                  {ZONE, THERMOSTAT}.__contains__, KEY)  # fmt: skip
+    await bus.start()
+    try:
+        bus.subscribe(THERMOSTAT, box)
+        here = command(21.0)
+        await bus.send(here)
+        assert await received(box) == here
+        sentinel = Envelope(performative=Performative.INFORM, sender="daemon",
+                            receiver="readings/z1", ontology="test")  # fmt: skip
+        await bus.send(sentinel)  # a topic: published; once seen, all before it was seen
+        await until(lambda: seen != [], "the topic's message on NATS")
+        assert seen == [subjects.agent_subject("hq", "readings/z1")]
+    finally:
+        await bus.stop()
+        await watcher.close()
+
+
+async def test_an_envelope_not_published_is_counted_and_logged() -> None:
+    # Not connected (no cluster at all): a command for another gateway cannot go out; it is
+    # counted by kind, never raised into the sending agent.
+    metrics = Metrics()
+    settings = NatsSettings(enabled=True, servers=["nats://127.0.0.1:1"])
+    bus = NatsBus(settings, "hq", "a", ROUTE.get, {ZONE}.__contains__, KEY, metrics=metrics)
+    for _ in range(3):
+        await bus.send(command(20.0))
+    assert bus.stats.unpublished == 3
+    assert metrics.counters['buildingd_bus_unpublished_total{kind="request/command"}'] == 3
+
+
 async def test_a_gateway_of_one_site_cannot_reach_another_site_s_subjects(
     nats_cluster: NatsCluster,
 ) -> None:
@@ -260,6 +383,66 @@ async def test_a_gateway_cannot_take_another_gateway_s_commands(
                 assert await values_until_sentinel(a, box) == [23.0]
     finally:
         await thief.close()
+
+
+async def test_a_request_for_the_coordinator_is_acknowledged_once_it_is_durable(
+    nats_cluster: NatsCluster,
+) -> None:
+    """A demand-response request in the coordinator's queue stays in the stream until the
+    leader that took it says the event is durable (``settle``): one that lost its lease first
+    hands it back, and it is taken again, by the next leader or by itself leading again (not
+    refused as a replay), and acknowledged once. Guards that a leader dying between taking a
+    request and storing the event it opened loses nothing."""
+    leading = {"a": True, "b": False}
+    answers = {"a": [False, True], "b": [True]}  # a loses its lease before storing, once
+    boxes = {g: Mailbox(g, overflow="block") for g in leading}
+
+    def settle(gateway_id: str, then: dict[str, bool]) -> Callable[[], Awaitable[bool]]:
+        async def settled() -> bool:
+            durable = answers[gateway_id].pop(0)
+            if not durable:
+                leading.update(then)
+            return durable
+
+        return settled
+
+    request = DemandResponseCall(target_w=500, window_s=600, reason="grid").envelope(
+        Performative.REQUEST, "mqtt-bridge", DEMAND_RESPONSE_TOPIC, conversation_id="r1"
+    )
+    async with (
+        gateway(nats_cluster, "a", {DEMAND_RESPONSE_TOPIC: boxes["a"]},
+                leads=lambda: leading["a"]) as a,
+        gateway(nats_cluster, "b", {DEMAND_RESPONSE_TOPIC: boxes["b"]},
+                leads=lambda: leading["b"]) as b,
+    ):  # fmt: skip
+        for bus in (a, b):
+            bus.settle_for = frozenset({DEMAND_RESPONSE_TOPIC})
+        # a's first settle fails and b leads next: b takes the request a handed back.
+        a.settle = settle("a", {"a": False, "b": True})
+        b.settle = settle("b", {})
+        await b.send(request)  # b does not lead yet: into the coordinator's queue
+        for box in boxes.values():
+            assert (await received(box)).conversation_id == "r1"
+        await until(lambda: not answers["b"], "b acknowledged it")
+        # Now b hands it back once and leads on: it takes it again (its counter forgotten).
+        answers["b"] = [False, True]
+        b.settle = settle("b", {})
+        await a.send(request.model_copy(update={"conversation_id": "r2"}))
+        assert (await received(boxes["b"])).conversation_id == "r2"
+        assert (await received(boxes["b"])).conversation_id == "r2"
+        await until(lambda: not answers["b"], "b acknowledged it")
+        assert a.stats.invalid == b.stats.invalid == 0  # nothing refused as a replay
+        # Acknowledged: the consumer holds nothing more for anyone, nothing else came.
+        assert b.js is not None
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            info = await b.js.consumer_info(subjects.stream_name("hq"),
+                                            subjects.COORDINATOR_CONSUMER)  # fmt: skip
+            if (info.num_pending, info.num_ack_pending) == (0, 0):
+                break
+            assert time.monotonic() < deadline, info
+            await asyncio.sleep(0.1)
+        assert len(boxes["a"]) == len(boxes["b"]) == 0
 
 
 async def test_durable_publishes_are_pipelined_stored_once_and_in_order_between_two_agents(

@@ -1,6 +1,7 @@
 """Two buildingd processes on one site over a real 3-node NATS cluster: the demo building's
 devices attached to gateway ``devices``, its zones and coordinator on gateway ``zones``. The
-zones see the thermostats' readings and their commands reach the thermostats across the bus."""
+zones see the thermostats' readings and their commands reach the thermostats across the bus;
+each gateway writes to telemetry what its own agents said, once per site."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from buildingd.telemetry.sink import LocalFileSink
 from tests.daemon_proc import Running, start_daemon
 from tests.nats_cluster import NatsCluster, gateway_env
 
@@ -81,3 +83,43 @@ def test_zones_on_one_gateway_command_thermostats_on_another(
         _, text = daemon.get("/metrics")
         refused = [line for line in text.splitlines() if line.startswith("buildingd_bus_refused")]
         assert refused == [], f"{refused}\n" + "\n".join(daemon.output[-40:])
+
+
+def telemetry(daemon: Running) -> list[str]:
+    """The lines the gateway wrote to its telemetry files (``[influx]`` off: local files)."""
+    files = sorted((daemon.state / "telemetry").glob("*.lp"))
+    return [line for path in files for line in path.read_text().splitlines()]
+
+
+def test_each_line_of_telemetry_is_written_by_one_gateway(
+    gateways: tuple[Running, Running],
+) -> None:
+    """Readings and states cross the bus to every gateway that listens; each gateway writes to
+    telemetry only what its own agents said, so a site over three gateways does not write
+    every reading three times (InfluxDB would keep one per timestamp, VictoriaMetrics all)."""
+    devices, zones = gateways
+
+    def written() -> tuple[list[str], list[str]] | None:
+        mine, theirs = telemetry(devices), telemetry(zones)
+        if any(x.startswith("reading,") for x in mine) and any(
+            x.startswith("zone_state,") for x in theirs
+        ):
+            return mine, theirs
+        return None
+
+    devices.until(written, "readings written on devices, zone states on zones", WAIT_S)
+    # The zones have heard the devices (so readings did cross), and a little later both
+    # gateways' files hold what was said meanwhile.
+    zones.until(lambda: zones.json("/api/zones")[0].get("temperature_c") is not None,
+                "a reading across the gateways", WAIT_S)  # fmt: skip
+    time.sleep(3 * LocalFileSink.WRITE_AFTER_S)  # what was said meanwhile is in the files
+    on_devices, on_zones = telemetry(devices), telemetry(zones)
+    kinds = lambda lines: {x.split(",", 1)[0] for x in lines}  # noqa: E731
+    assert "zone_state" not in kinds(on_devices), kinds(on_devices)
+    assert "reading" not in kinds(on_zones), kinds(on_zones)
+    # Each gateway's health is its own series; nothing is written twice.
+    for daemon, lines in ((devices, on_devices), (zones, on_zones)):
+        health = {x.split(" ", 1)[0] for x in lines if x.startswith("daemon,")}
+        assert health == {f"daemon,gateway={daemon.env['BUILDINGD_GATEWAY__ID']},site=demo-office"}
+    twice = set(on_devices) & set(on_zones)
+    assert twice == set(), sorted(twice)[:5]

@@ -69,3 +69,4 @@ def test_the_readme_gateway_settings_are_valid_settings() -> None:
     settings = Settings(**tomllib.loads(block.group(1)))
     assert settings.gateway.id == "gw1" and settings.nats.enabled
     assert len(settings.nats.servers) == 3 and settings.nats.user == "demo-office-gw1"
+    assert settings.nats.bus_key_file == Path("/etc/buildingd/bus.key")  # in [nats]

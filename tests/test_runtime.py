@@ -50,6 +50,24 @@ def test_blocking_mailbox_makes_the_sender_wait() -> None:
     asyncio.run(main())
 
 
+def test_drained_returns_once_everything_put_was_taken() -> None:
+    """What the NATS bus waits on before acknowledging a request to the coordinator."""
+
+    async def main() -> None:
+        box = Mailbox("a")
+        await asyncio.wait_for(box.drained(), 1)  # empty: at once
+        await box.put(env(1))
+        box.put_nowait(env(2))
+        waiting = asyncio.ensure_future(box.drained())
+        await box.get()
+        await asyncio.sleep(0.01)
+        assert not waiting.done()  # one still in the box
+        assert box.get_nowait() is not None
+        await asyncio.wait_for(waiting, 1)
+
+    asyncio.run(main())
+
+
 def test_bus_counts_by_kind_and_conversation() -> None:
     async def main() -> InProcessBus:
         bus = InProcessBus()

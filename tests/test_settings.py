@@ -68,6 +68,41 @@ def test_unknown_keys_and_sections_are_each_located(
     ]
 
 
+def test_the_retired_mqtt_bus_keys_say_where_their_job_went(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ``[mqtt] bus`` (the agent bus over MQTT) is gone and the bus key moved to ``[nats]``: a
+    # settings file still naming them is refused (as any unknown key: a key that silently does
+    # nothing is how a typo goes unnoticed), but with where to go instead of "unknown key".
+    config = tmp_path / "buildingd.toml"
+    config.write_text('[mqtt]\nenabled = true\nbus = true\nbus_key_file = "/etc/bus.key"\n')
+    code, err = check(capsys, config)
+    assert code == 1
+    assert err == [
+        f"{config}:3: mqtt.bus: removed: the agent bus between processes is NATS JetStream now; "
+        'set [nats] enabled = true (README, "Several gateways, one site"); agents of one '
+        "process need nothing",
+        f"{config}:4: mqtt.bus_key_file: moved: the bus key is [nats] bus_key_file now",
+        "2 problem(s) found",
+    ]
+    # The same from the environment, and the daemon does not start.
+    config.write_text("[mqtt]\nenabled = true\n")
+    monkeypatch.setenv("BUILDINGD_MQTT__BUS", "true")
+    assert main(["run", "--config", str(config), "--site", str(REPO)]) == 1
+    assert (
+        capsys.readouterr()
+        .err.splitlines()[0]
+        .startswith(
+            "environment BUILDINGD_MQTT__BUS: mqtt.bus: removed: the agent bus between processes "
+            "is NATS JetStream now; set [nats] enabled = true"
+        )
+    )
+    # Where it went is taken.
+    monkeypatch.delenv("BUILDINGD_MQTT__BUS")
+    config.write_text('[nats]\nbus_key_file = "/etc/bus.key"\n')
+    assert load_settings(config).nats.bus_key_file == Path("/etc/bus.key")
+
+
 def test_a_toml_syntax_error_keeps_tomllibs_line_and_column(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

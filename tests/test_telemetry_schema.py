@@ -56,7 +56,7 @@ def full_lines() -> dict[str, str]:
             dict.fromkeys(schema.SCHEMA["negotiation"][1][2:], 1.0),
             NOW,
         ),  # fmt: skip
-        "daemon": schema.daemon_line("s", health, NOW),
+        "daemon": schema.daemon_line("s", health, NOW, gateway="g1"),
     }
 
 

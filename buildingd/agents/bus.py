@@ -140,6 +140,8 @@ class Mailbox:
         self._not_empty = asyncio.Event()
         self._not_full = asyncio.Event()
         self._not_full.set()
+        self._empty = asyncio.Event()  # set while nothing waits in the box
+        self._empty.set()
         self.dropped = 0
 
     def __len__(self) -> int:
@@ -156,6 +158,7 @@ class Mailbox:
                     await self._not_full.wait()
         self._items.append(env)
         self._not_empty.set()
+        self._empty.clear()
 
     def put_nowait(self, env: Envelope) -> bool:
         """Enqueue without waiting; returns False (and counts a drop) if a ``block`` box is full."""
@@ -167,23 +170,31 @@ class Mailbox:
             self.dropped += 1
         self._items.append(env)
         self._not_empty.set()
+        self._empty.clear()
         return True
 
     def get_nowait(self) -> Envelope | None:
         """The oldest envelope, or None when the box is empty."""
         if not self._items:
             return None
-        env = self._items.popleft()
-        self._not_full.set()
-        return env
+        return self._taken()
 
     async def get(self) -> Envelope:
         while not self._items:
             self._not_empty.clear()
             await self._not_empty.wait()
+        return self._taken()
+
+    def _taken(self) -> Envelope:
         env = self._items.popleft()
         self._not_full.set()
+        if not self._items:
+            self._empty.set()
         return env
+
+    async def drained(self) -> None:
+        """Return once everything put in the box has been taken out."""
+        await self._empty.wait()
 
 
 class Transport(Protocol):

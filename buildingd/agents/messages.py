@@ -21,8 +21,8 @@ class Content(BaseModel):
         self, performative: Performative, sender: str, receiver: str, **kw: Any
     ) -> Envelope:
         # Built here from a validated model by this process's own agents: trusted, so not
-        # validated again. Envelopes from a broker are validated in full where they come in
-        # (``mqtt.bus``, ``nats.bus``).
+        # validated again. Envelopes from another process are validated in full where they
+        # come in (``nats.bus``).
         return Envelope.trusted(self, performative=performative, sender=sender, receiver=receiver,
                                 ontology=self.ontology, content=self.model_dump(mode="json"),
                                 **kw)  # fmt: skip

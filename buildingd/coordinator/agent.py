@@ -113,11 +113,19 @@ class CoordinatorAgent(Agent):
                 self.ctx.bus.unsubscribe(topic, self.inbox)
             await self.webhooks.stop()
 
-    async def flush(self) -> None:
-        """Send what the desks queued (the loop does this after every step)."""
+    async def flush(self) -> bool:
+        """Send what the desks queued (the loop does this after every step), once the state
+        that queued it is durable (``office.durable``): a coordinator that dies after a cfp or
+        an award went out leaves its successor the negotiation that sent it. False when it
+        could not be made durable (this gateway lost its lease first: the bus drops what its
+        coordinator sends, and a new leader will not know of it)."""
         outbox = self.office.outbox
+        durable = True
+        if outbox and self.office.durable is not None:
+            durable = await self.office.durable()
         while outbox:
             await self.ctx.send(outbox.pop(0))
+        return durable
 
     def tick(self, now_s: float) -> None:
         """Every desk's timers. Demand response first: a negotiation that met its target there
@@ -156,7 +164,7 @@ class CoordinatorAgent(Agent):
             raise ValueError(f"unexpected ontology {env.ontology!r}")
         elif env.receiver == DEMAND_RESPONSE_TOPIC:
             with contextlib.suppress(RequestRefusedError):  # audited, counted and logged
-                self.demand.request(DemandResponseCall.parse(env), source=env.sender)
+                self.demand.request(DemandResponseCall.parse(env), env.sender, env.conversation_id)
         else:
             self.demand.reply(env)
 

@@ -1,8 +1,10 @@
 """Active demand-response commitments, kept in ``<state_dir>/commitments.json`` so that a daemon
 restart during an event neither forgets them (zones shed again until the window ends, then
-restore) nor doubles them (no second award on top, no scheduled event opened twice). Owns the
-file's format, its atomic write and the conversion to and from runs; what is committed is the
-demand-response desk's decision.
+restore) nor doubles them (no second award on top, no scheduled event opened twice). Events
+opened and not yet awarded are kept too (what was asked, until when, the last cfp round), so a
+coordinator that starts after a restart or a failover asks the zones again instead of losing an
+event it had accepted. Owns the file's format, its atomic write and the conversion to and from
+runs; what is committed is the demand-response desk's decision.
 
 The file is small (one entry per running event) and written only when it changes: written to a
 temporary file, fsynced and renamed over the old one, so a power cut leaves the old or the new
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
@@ -38,21 +40,34 @@ class CommittedOffer(_Frozen):
     comfort_cost: float = Field(ge=0)
 
 
-class Commitment(_Frozen):
-    """One demand-response event past its award: who sheds what until when."""
+class _Event(_Frozen):
+    """What a demand-response event asks of the zones, in its conversation, until when."""
 
     conversation_id: str = Field(min_length=1, max_length=100)
     reason: str = Field(max_length=200)
     target_w: float = Field(gt=0)
     window_s: float = Field(gt=0)
     ends_at: AwareDatetime  # UTC wall clock: the zones restore by themselves then
+
+
+class Commitment(_Event):
+    """One demand-response event past its award: who sheds what until when."""
+
     committed_w: float = Field(ge=0)
     awarded: dict[str, CommittedOffer]
+
+
+class OpenEvent(_Event):
+    """One demand-response event opened and not yet awarded, and the last cfp round sent
+    (answers to it or earlier ones are stale)."""
+
+    round: int = Field(ge=0)
 
 
 class CommitmentsFile(_Frozen):
     version: Literal[1] = 1
     commitments: list[Commitment] = Field(default_factory=list)
+    opened: list[OpenEvent] = Field(default_factory=list)  # absent in files of older versions
     # Keys of scheduled events already opened, kept until the event's end, so a restart inside
     # an event's window does not open it again.
     scheduled_started: list[str] = Field(default_factory=list)
@@ -92,14 +107,12 @@ def save(path: Path, data: CommitmentsFile) -> None:
 
 
 def to_file(runs: Iterable[DemandResponseRun], scheduled_started: Iterable[str]) -> CommitmentsFile:
-    """What to keep: every run past its award and before its restore, with the zones awarded."""
+    """What to keep: every run past its award and before its restore, with the zones awarded,
+    and every run still asking the zones (open or collecting)."""
+    runs = list(runs)
     records = [
         Commitment(
-            conversation_id=run.negotiation.conversation_id,
-            reason=run.reason[:200],
-            target_w=run.target_w,
-            window_s=run.window_s,
-            ends_at=run.ends_at,
+            **_event(run),
             committed_w=run.committed_w,
             awarded={
                 z: CommittedOffer(
@@ -114,10 +127,19 @@ def to_file(runs: Iterable[DemandResponseRun], scheduled_started: Iterable[str])
         for run in runs
         if run.negotiation.state in _IN_FORCE and run.awarded
     ]
-    return CommitmentsFile(commitments=records, scheduled_started=sorted(scheduled_started))
+    opened = [OpenEvent(**_event(run), round=run.round) for run in runs
+              if run.negotiation.state in _ASKING]  # fmt: skip
+    return CommitmentsFile(commitments=records, opened=opened,
+                           scheduled_started=sorted(scheduled_started))  # fmt: skip
 
 
 _IN_FORCE = (NegotiationState.AWARDING, NegotiationState.EXECUTING)
+_ASKING = (NegotiationState.OPEN, NegotiationState.COLLECTING)
+
+
+def _event(run: DemandResponseRun) -> dict[str, Any]:
+    return {"conversation_id": run.negotiation.conversation_id, "reason": run.reason[:200],
+            "target_w": run.target_w, "window_s": run.window_s, "ends_at": run.ends_at}  # fmt: skip
 
 
 def awarded_offers(record: Commitment, zones: Collection[str]) -> dict[str, Offer]:

@@ -226,48 +226,78 @@ class DemandResponseDesk:
         # A meter gone mad (1e12 W) asks for no more than the building can shed.
         self.open(min(power - dr.power_cap_w, dr.max_target_w), dr.window_s, why)
 
-    def request(self, call: DemandResponseCall, source: str) -> str:
+    def request(
+        self, call: DemandResponseCall, source: str, conversation_id: str | None = None
+    ) -> str:
         """A demand-response request from outside (MQTT, HTTP): opened (its conversation id)
         when it is within the site's ``max_target_w`` and ``max_window_s``, else refused:
-        audited, counted, and ``RequestRefusedError`` raised with the reason."""
+        audited, counted, and ``RequestRefusedError`` raised with the reason. A request that
+        names its conversation (one sent over the bus) opens it once: the same one again (a
+        redelivery after a failover) is the event already open, not a second one."""
+        if conversation_id is not None and self._known(conversation_id):
+            log.info("coordinator: demand-response request %s from %s already taken",
+                     conversation_id, source)  # fmt: skip
+            return conversation_id
         problem = self.office.site.demand_response.request_problem(call.target_w, call.window_s)
         if problem is not None:
             record_refusal(self.office.metrics, "demand-response", problem, source=source)
             log.warning("coordinator: demand-response request from %s refused: %s", source, problem)
             raise RequestRefusedError("demand-response", problem)
-        return self.open(call.target_w, call.window_s, call.reason)
+        return self.open(call.target_w, call.window_s, call.reason, conversation_id)
 
-    def open(self, target_w: float, window_s: float, reason: str) -> str:
-        """Open a demand-response event: shed ``target_w`` for ``window_s`` from now. Returns
-        the conversation id."""
+    def _known(self, conversation_id: str) -> bool:
+        return conversation_id in self.negotiations or any(
+            r.negotiation.conversation_id == conversation_id for r in self.finished
+        )
+
+    def open(
+        self, target_w: float, window_s: float, reason: str, conversation_id: str | None = None
+    ) -> str:
+        """Open a demand-response event: shed ``target_w`` for ``window_s`` from now, in
+        ``conversation_id`` (a new one unless given). Returns the conversation id."""
         now = self.office.clock.monotonic()
+        ends_at = self.office.clock.now().astimezone(UTC) + timedelta(seconds=window_s)
+        conversation = conversation_id or new_conversation_id()
+        run = self._new_run(conversation, target_w, window_s, reason, now, ends_at)
+        self.talk.cfp(run, now, sorted(self.office.site.zones))
+        return run.negotiation.conversation_id
+
+    def _new_run(
+        self,
+        conversation: str,
+        target_w: float,
+        window_s: float,
+        reason: str,
+        now_s: float,
+        ends_at: datetime,
+        left_s: float | None = None,
+    ) -> DemandResponseRun:
+        """A run asking the zones to shed ``target_w`` until ``ends_at`` (``left_s`` from now,
+        the whole ``window_s`` unless given), registered as open."""
         dr = self.office.site.demand_response
         limits = [p.negotiation for p in self.office.site.policies.values()]
         max_rounds = min((n.max_rounds for n in limits), default=3)
         max_messages = min((n.max_messages for n in limits), default=10_000)
-        conversation = new_conversation_id()
-        ends_s = now + window_s
+        ends_s = now_s + (window_s if left_s is None else left_s)
         # Every step has its own limit: rounds by reply_s, the award's confirmation and the
         # restore by CONFIRM_S, each seen at a tick. The deadline is their sum, plus two ticks:
         # a negotiation still running then is stuck, and the guardrail calls a human.
         collected_s = max_rounds * (dr.reply_s + TICK_S)
-        deadline = max(ends_s, now + collected_s + CONFIRM_S + TICK_S) + CONFIRM_S + 3 * TICK_S
+        deadline = max(ends_s, now_s + collected_s + CONFIRM_S + TICK_S) + CONFIRM_S + 3 * TICK_S
         negotiation = Negotiation(
             conversation,
             "demand-response",
-            now,
+            now_s,
             deadline_s=deadline,
             # The straight path takes 5 turns; each extra round 2 (back to OPEN, COLLECTING).
             max_turns=5 + 2 * (max_rounds - 1),
             max_messages=max_messages,
         )
-        ends_at = self.office.clock.now().astimezone(UTC) + timedelta(seconds=window_s)
         run = DemandResponseRun(
             negotiation, target_w, window_s, reason, ends_s, ends_at, max_rounds=max_rounds
         )
         self.negotiations[conversation] = run
-        self.talk.cfp(run, now, sorted(self.office.site.zones))
-        return conversation
+        return run
 
     # -- commitments across restarts -------------------------------------------------------------
 
@@ -280,11 +310,18 @@ class DemandResponseDesk:
     def resume(self, now_s: float) -> None:
         """At start: take up the awards a previous run left in force. Their zones are told
         again (the same conversation: applying it twice is applying it once) and shed until the
-        window's end, then restore; nothing is awarded on top. Ended ones are dropped."""
+        window's end, then restore; nothing is awarded on top. Ended ones are dropped. Then
+        ask the zones again for every event opened and not awarded (``_reopen``)."""
         saved = self.file.load()
         if saved is None:
             return
         self._scheduled_started |= set(saved.scheduled_started)
+        self._take_up(saved, now_s)
+        self._reopen(saved, now_s)
+        self._save_commitments()
+
+    def _take_up(self, saved: commitments.CommitmentsFile, now_s: float) -> None:
+        """The awards in force: each zone told again, shedding until the window's end."""
         wall = self.office.clock.now()
         limits = [p.negotiation for p in self.office.site.policies.values()]
         max_messages = min((n.max_messages for n in limits), default=10_000)
@@ -334,7 +371,34 @@ class DemandResponseDesk:
             self.office.event(
                 "negotiation", "info", f"demand response {record.conversation_id}: {why}"
             )
-        self._save_commitments()
+
+    def _reopen(self, saved: commitments.CommitmentsFile, now_s: float) -> None:
+        """Each event a previous coordinator (this process before a restart, or another
+        gateway before a failover) opened and had not awarded: asked again, in the same
+        conversation and with the same end, in a new cfp round (answers to the old rounds are
+        stale). Once: a conversation already here (awarded, taken up) is not asked again; the
+        zones key their commitments by conversation, so an award the last coordinator sent
+        and could not record is replaced by this one, never added to."""
+        wall = self.office.clock.now()
+        for record in saved.opened:
+            conversation = record.conversation_id
+            left_s = (record.ends_at - wall).total_seconds()
+            if conversation in self.negotiations:
+                continue
+            if left_s <= 0:
+                log.info("coordinator: demand response %s (not awarded) ended at %s while "
+                         "stopped", conversation, record.ends_at.isoformat())  # fmt: skip
+                continue
+            # A wall clock set back (a Pi without RTC before NTP) cannot stretch the window.
+            left_s = min(left_s, record.window_s)
+            run = self._new_run(conversation, record.target_w, record.window_s, record.reason,
+                                now_s, record.ends_at, left_s)  # fmt: skip
+            run.round = record.round
+            why = f"re-opened by a new coordinator: asking the zones again ({record.reason})"
+            log.info("coordinator: demand response %s %s", conversation, why)
+            audit_decision("demand-response", "reopened", conversation=conversation, detail=why)
+            self.office.event("negotiation", "info", f"demand response {conversation}: {why}")
+            self.talk.cfp(run, now_s, sorted(self.office.site.zones))
 
 
 def _zone_of(sender: str) -> str | None:

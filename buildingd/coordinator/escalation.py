@@ -225,7 +225,9 @@ class IncidentBook:
             interval = incident.reminder_interval_s
             if incident.acknowledged_at is not None or now_s < incident.last_notice_s + interval:
                 continue
-            slots = math.floor((now_s - incident.last_notice_s) / interval)
+            # At least one: the test above adds and this divides, so a rounding can make it 0 and
+            # leave the slot where it was (every later call would remind again).
+            slots = max(1, math.floor((now_s - incident.last_notice_s) / interval))
             incident.last_notice_s += slots * interval
             incident.reminders += 1
             due.append(incident)

@@ -6,7 +6,7 @@ queues envelopes; only the agent sends them, so a desk never awaits and is teste
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -34,6 +34,10 @@ class Office:
     # Told when state kept only in memory (votes, air-handler resets) changed: the mirror to a
     # standby on another gateway pushes it at once.
     on_state_changed: Callable[[], None] | None = None
+    # Awaited before the outbox goes out (write-ahead): True once what the desks keep is durable
+    # where a standby would take it from (the site's KV bucket), False if it cannot be (the
+    # lease lost first); None: nothing to wait for.
+    durable: Callable[[], Awaitable[bool]] | None = None
 
     @property
     def site(self) -> Site:

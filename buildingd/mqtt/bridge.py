@@ -41,7 +41,7 @@ import math
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
-from buildingd.agents.bus import Performative
+from buildingd.agents.bus import Performative, new_conversation_id
 from buildingd.agents.context import AgentContext
 from buildingd.agents.messages import (
     ALERTS_TOPIC,
@@ -393,8 +393,10 @@ class MqttBridgeAgent(Agent):
             why = request_error(err)
             record_refusal(self.ctx.metrics, "demand-response", why, source="mqtt")
             return self._bad(topic, f"invalid demand-response request: {why}")
-        self._spawn(self.ctx.send(call.envelope(Performative.REQUEST, self.name,
-                                                DEMAND_RESPONSE_TOPIC)))  # fmt: skip
+        # Its own conversation: the coordinator opens it once, however often it is delivered.
+        env = call.envelope(Performative.REQUEST, self.name, DEMAND_RESPONSE_TOPIC,
+                            conversation_id=new_conversation_id())  # fmt: skip
+        self._spawn(self.ctx.send(env))
         return None
 
     def _on_setpoint(self, topic: str, payload: bytes, retained: bool) -> None:

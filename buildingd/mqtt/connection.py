@@ -9,12 +9,10 @@
   connection keeps no queue of its own (aiomqtt's bounded queue discards past its size and only
   logs), so under a flood the backlog waits in the socket and at the broker, and QoS 1 messages
   are acknowledged only once handled. Handlers are synchronous, cheap and keep bounded state (a
-  driver keeps the latest value per point; bus mailboxes have their overflow rule). A handler that
-  raises is logged and counted, the connection goes on.
+  driver keeps the latest value per point). A handler that raises is logged and counted, the
+  connection goes on.
 * Payloads above ``MAX_PAYLOAD`` are refused: logged with the topic, counted, and reported to the
-  subscribers of that topic (``on_refused``), so the device or bus it was meant for counts it too.
-* ``publish_pipelined`` does not wait for each acknowledgement: a bounded window of QoS 1
-  publishes is in flight (the bus's envelopes); ``publish`` waits for it.
+  subscribers of that topic (``on_refused``), so the device it was meant for counts it too.
 * ``publish`` while disconnected returns False (counted): the caller decides what to resend;
   retained state (availability, zone state, discovery) is re-published by its owners on connect.
 * Counters reach the daemon's ``Metrics`` (``buildingd_mqtt_*``) once it is given, at construction
@@ -44,9 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_PAYLOAD = 256 * 1024  # no sensor or envelope needs more; a 1 MB payload is refused
-PUBLISH_WINDOW = 100  # QoS 1 publishes handed over and not yet acknowledged, at most
-PUBLISH_DRAIN_S = 2.0  # a stop waits this long for the acknowledgements still due
+MAX_PAYLOAD = 256 * 1024  # no sensor or request needs more; a 1 MB payload is refused
 RECONNECT_MIN_S = 0.5
 
 Handler = Callable[[str, bytes, bool], None]  # topic, payload, retained
@@ -132,8 +128,6 @@ class MqttConnection:
         self._task: asyncio.Task[None] | None = None
         self._available: bool | None = None
         self._subscribing: set[asyncio.Task[None]] = set()
-        self._in_flight: set[asyncio.Future[None]] = set()  # pipelined publishes not yet acked
-        self._window = asyncio.Semaphore(PUBLISH_WINDOW)
         if metrics is not None:
             self.use_metrics(metrics)
 
@@ -195,10 +189,6 @@ class MqttConnection:
     async def stop(self) -> None:
         for task in list(self._subscribing):
             task.cancel()  # a subscribe retrying with backoff ends with the connection
-        if self._in_flight:  # pipelined publishes: their acknowledgements, briefly
-            await asyncio.wait(set(self._in_flight), timeout=PUBLISH_DRAIN_S)
-            for pending in list(self._in_flight):
-                pending.cancel()
         client = self._client
         if client is not None and self.connected.is_set():
             with contextlib.suppress(aiomqtt.MqttError):
@@ -224,50 +214,6 @@ class MqttConnection:
         self._count("published")
         return True
 
-    async def publish_pipelined(
-        self,
-        topic: str,
-        payload: bytes,
-        qos: int,
-        on_failed: Callable[[], None] | None = None,
-    ) -> bool:
-        """Hand a publish over without waiting for the broker's acknowledgement: at most
-        ``PUBLISH_WINDOW`` QoS 1 publishes are unacknowledged at once, and the caller waits only
-        for room in that window (one waiting for each acknowledgement in turn made a round of
-        1,000 awards take 16 s). False when not connected; a publish that fails after it was
-        handed over is counted and reported to ``on_failed``."""
-        if qos == 0:
-            return await self.publish(topic, payload, qos=0)
-        client = self._client
-        if client is None or not self.connected.is_set():
-            self._count("publish_failed")
-            return False
-        await self._window.acquire()
-        task = asyncio.ensure_future(self._acknowledged(client, topic, payload, qos, on_failed))
-        self._in_flight.add(task)
-        task.add_done_callback(self._in_flight.discard)
-        return True
-
-    async def _acknowledged(
-        self,
-        client: aiomqtt.Client,
-        topic: str,
-        payload: bytes,
-        qos: int,
-        on_failed: Callable[[], None] | None,
-    ) -> None:
-        try:
-            await client.publish(topic, payload, qos=qos)
-        except aiomqtt.MqttError as err:
-            self._count("publish_failed")
-            log.debug("mqtt: publish to %s failed: %s", topic, err)
-            if on_failed is not None:
-                on_failed()
-        else:
-            self._count("published")
-        finally:
-            self._window.release()
-
     # -- internals -----------------------------------------------------------------------------
 
     def _make_client(self) -> aiomqtt.Client:
@@ -292,7 +238,7 @@ class MqttConnection:
             tls = ssl.create_default_context(cafile=str(s.ca_file) if s.ca_file else None)
             if s.cert_file is not None:
                 tls.load_cert_chain(str(s.cert_file), str(s.key_file) if s.key_file else None)
-        client = aiomqtt.Client(
+        return aiomqtt.Client(
             self.host,
             self.port,
             identifier=self.client_id,
@@ -306,13 +252,7 @@ class MqttConnection:
             # Small packets go out at once: without this, Nagle's algorithm held a command
             # behind an unacknowledged packet for the peer's 40 ms delayed ACK.
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-            # The pipelining window is ours (``publish_pipelined``); paho may keep all of it on
-            # the wire.
-            max_inflight_messages=PUBLISH_WINDOW,
         )
-        # aiomqtt warns past 10 publishes awaiting acknowledgement: a full window is normal here.
-        client.pending_calls_threshold = PUBLISH_WINDOW + 10
-        return client
 
     async def _subscribe_now(self, client: aiomqtt.Client, pattern: str, qos: int) -> None:
         """Subscribe on a live connection, awaiting the SUBACK; a failure is counted, logged and

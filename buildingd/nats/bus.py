@@ -1,6 +1,6 @@
 """``NatsBus``: the agent bus between the gateways of one site, over NATS JetStream.
 
-Every envelope is sealed with the site's key (``mqtt.bus_auth``: origin, counter, timestamp,
+Every envelope is sealed with the site's key (``nats.seal``: origin, counter, timestamp,
 HMAC) and goes one of two ways (``subjects``):
 
 - a request, call, proposal, award, refusal (any performative but ``inform``) whose receiver
@@ -17,20 +17,23 @@ HMAC) and goes one of two ways (``subjects``):
   and published on core NATS, ``buildingd.<site>.agent.<address>``; gateways keep only what
   their own agents subscribe to.
 
-What arrives is checked as on the MQTT bus (``mqtt.bus``): the seal (a durable message's
+What arrives is checked before any agent sees it: the seal (a durable message's
 timestamp against the time the stream stored it, so a command that waited an hour is not
 "stale", and a replay stored later is), the counter (no replays), the envelope, the sender
 (not one assigned to this gateway; commands only from zones and the coordinator;
-``may_hear``), the content.
+``may_hear``), the content (``agents.content_check``). An inform from another gateway reaches
+every local subscriber but those in ``own_only`` (the telemetry agent: each gateway writes what
+its own agents said).
 Refusals are counted by reason (``invalid_by_reason``, ``buildingd_bus_refused_total``) and
 logged once per reason; a refused durable message is terminated, never redelivered.
 
 On a site whose coordinator is elected (``leads`` given): what is for the coordinator and
 durable goes, from a gateway that does not lead, to ``cmd._coordinator.<address>``, whose
 site-wide consumer only the lease holder pulls (a command sent while a leader dies reaches the
-next); and the bus is the last fence: an envelope sent as the coordinator from a gateway that
-does not hold the lease (a leader paused past its lease, running on before its lease keeper
-noticed) is dropped and counted (``buildingd_bus_fenced_total``), never sent.
+next; a demand-response request is acknowledged once the event it opened is durable,
+``settle``); and the bus is the last fence: an envelope sent as the coordinator from a gateway
+that does not hold the lease (a leader paused past its lease, running on before its lease
+keeper noticed) is dropped and counted (``buildingd_bus_fenced_total``), never sent.
 """
 
 from __future__ import annotations
@@ -40,20 +43,20 @@ import collections
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from buildingd.agents.bus import Envelope, InProcessBus, Performative
+from buildingd.agents.content_check import content_problem
 from buildingd.agents.messages import COORDINATOR, RefusalMsg
 from buildingd.metrics import Metrics
 from buildingd.mqtt import payload as strict_json
-from buildingd.mqtt.bus import COMMAND_SENDERS, content_problem
-from buildingd.mqtt.bus_auth import BusSealer, BusVerifier
 from buildingd.nats import subjects
 from buildingd.nats.connection import NatsErrors, connect
 from buildingd.nats.partition import Partition
+from buildingd.nats.seal import BusSealer, BusVerifier
 from buildingd.settings import NatsSettings
 
 if TYPE_CHECKING:
@@ -63,6 +66,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+COMMAND_SENDERS = ("zone[", "coordinator")  # devices take commands from these only
 REFUSED_METRIC = "buildingd_bus_refused_total"
 FENCED_METRIC = "buildingd_bus_fenced_total"
 COORDINATOR_FETCH_WAIT_S = 1.0  # short: a leader that lost its lease stops pulling soon
@@ -80,6 +84,10 @@ API_TIMEOUT_S = 10.0  # stream and consumer set-up (a cluster may be electing a 
 START_DEADLINE_S = 60.0  # ... tried again this long at start (inside systemd's start timeout)
 FETCH_BATCH = 100
 FETCH_WAIT_S = 5.0  # a pull request waits this long for commands, then is renewed
+# nats-py's fetch returns once its batch is full or its time is up, however early the first
+# message came: the bus waits for one command alone, then takes what follows in batches each
+# waiting at most this long (a round's 1,000 answers no longer wait for the full FETCH_WAIT_S).
+BURST_WAIT_S = 0.02
 NOT_YET_DELAY_S = 1.0  # a command for an agent not started yet comes back after this
 NOT_YET_TRIES = 60  # ... this many times, then it is terminated as undeliverable
 Route = Callable[[str], str | None]  # agent address -> the gateway it lives on (None: unknown)
@@ -114,8 +122,18 @@ class NatsBus(InProcessBus):
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
         leads: Callable[[], bool] | None = None,
+        own_only: frozenset[str] = frozenset(),
     ) -> None:
         super().__init__()
+        # Agents that hear only what this gateway's agents say (the telemetry writer: what
+        # another gateway's agents say is written there, so each line once per site).
+        self.own_only = own_only
+        # What the coordinator's queue holds for one of ``settle_for`` (demand-response
+        # requests) is acknowledged only once ``settle()`` says the coordinator took it and
+        # what it changed is durable (the site's KV bucket): a leader that dies in between
+        # leaves it in the stream for the next. Set by the service on a candidate.
+        self.settle: Callable[[], Awaitable[bool]] | None = None
+        self.settle_for: frozenset[str] = frozenset()
         self.settings = settings
         self.errors = NatsErrors(metrics)
         self.nc: nats.aio.client.Client | None = None  # connected by ``start``
@@ -223,22 +241,30 @@ class NatsBus(InProcessBus):
         async with asyncio.TaskGroup() as tasks:
             if self._coordinator_pull is not None and self.leads is not None:
                 tasks.create_task(self._take_all(self._coordinator_pull, self.leads,
-                                                 COORDINATOR_FETCH_WAIT_S),
+                                                 COORDINATOR_FETCH_WAIT_S, hold=True),
                                   name="nats-bus.coordinator")  # fmt: skip
             await self._take_all(self._pull, lambda: True, FETCH_WAIT_S)
 
-    async def _take_all(self, pull: Any, active: Callable[[], bool], wait_s: float) -> None:
+    async def _take_all(
+        self, pull: Any, active: Callable[[], bool], wait_s: float, hold: bool = False
+    ) -> None:
         """Fetch from one consumer while ``active()`` (checked before each fetch and each
-        message: a message fetched after the lease was lost goes back at once)."""
+        message: a message fetched after the lease was lost goes back at once). ``hold``: a
+        message for one of ``settle_for`` is acknowledged after its batch, by ``_settle``."""
         import nats.errors
 
+        burst = False  # commands came: take what follows in batches, briefly waited for
         while True:
             if not active():
                 await asyncio.sleep(wait_s / 4)
                 continue
             try:
-                msgs = await pull.fetch(FETCH_BATCH, timeout=wait_s)
+                if burst:
+                    msgs = await pull.fetch(FETCH_BATCH, timeout=BURST_WAIT_S)
+                else:
+                    msgs = await pull.fetch(1, timeout=wait_s)  # returns with the first
             except TimeoutError:  # nats' and asyncio's (fetch raises either): none waiting
+                burst = False
                 continue
             except nats.errors.Error as err:  # the cluster away, the consumer electing its
                 self.fetch_errors += 1  # leader (503 right after it is created): again soon
@@ -252,16 +278,40 @@ class NatsBus(InProcessBus):
                 self._fetch_ok = True
                 if self.fetch_errors:
                     log.info("bus: taking commands again")
+            burst = True
+            held: list[Any] | None = [] if hold else None
             for msg in msgs:
                 try:
                     if not active():
                         await msg.nak()  # for the next leader
                         continue
-                    await self._take(msg)
+                    await self._take(msg, held)
                 except nats.errors.Error as err:  # its ack lost: redelivered after ack_wait,
-                    self.fetch_errors += 1  # then refused as a replay if it was delivered
-                    log.warning("bus: acknowledging a command failed (%s: %s)",
-                                type(err).__name__, err)  # fmt: skip
+                    self._ack_failed(err)  # then refused as a replay if it was delivered
+            if held:
+                await self._settle(held)
+
+    async def _settle(self, held: list[Any]) -> None:
+        """Acknowledge what was held once ``settle()`` says the coordinator took it and its
+        state is durable; else hand it back for the next leader (its counter forgotten: if
+        that is this gateway again, it is taken again, not refused as a replay)."""
+        import nats.errors
+
+        settled = self.settle is not None and await self.settle()
+        for msg in held:
+            try:
+                if settled:
+                    await msg.ack()
+                    continue
+                body = strict_json.loads(msg.data)
+                self.verifier.forget(body["origin"], body["counter"])
+                await msg.nak()
+            except nats.errors.Error as err:
+                self._ack_failed(err)
+
+    def _ack_failed(self, err: Exception) -> None:
+        self.fetch_errors += 1
+        log.warning("bus: acknowledging a command failed (%s: %s)", type(err).__name__, err)
 
     async def stop(self) -> None:
         """Wait for the durable publishes under way (up to ``STOP_FLUSH_S``; the rest are
@@ -390,7 +440,8 @@ class NatsBus(InProcessBus):
 
     async def _on_core(self, msg: nats.aio.msg.Msg) -> None:
         address = subjects.token_address(msg.subject[len(self._agent_prefix) :])
-        if not self.subscribers(address):
+        boxes = [box for box in self.subscribers(address) if box.owner not in self.own_only]
+        if not boxes:
             return  # not for an agent of ours
         try:
             env = self._check(msg.subject, msg.data, None)
@@ -398,11 +449,14 @@ class NatsBus(InProcessBus):
             self._count(why.reason, why.detail)
             return
         if env is not None:
-            self.deliver_nowait(env)
+            self.stats.count(env)
+            for box in boxes:
+                box.put_nowait(env)
 
-    async def _take(self, msg: nats.aio.msg.Msg) -> None:
-        """One durable message: delivered and acknowledged, refused and terminated, or (its
-        agent not subscribed yet, at start-up) handed back for later."""
+    async def _take(self, msg: nats.aio.msg.Msg, held: list[Any] | None = None) -> None:
+        """One durable message: delivered and acknowledged (or, for one of ``settle_for``,
+        added to ``held`` when given), refused and terminated, or (its agent not subscribed
+        yet, at start-up) handed back for later."""
         address = subjects.token_address(msg.subject.rsplit(".", 1)[-1])
         meta = msg.metadata
         if not self.subscribers(address):
@@ -427,6 +481,9 @@ class NatsBus(InProcessBus):
             await self._refuse_expired(env)
             return
         await InProcessBus.send(self, env)  # waits for room in a blocking mailbox
+        if held is not None and address in self.settle_for:
+            held.append(msg)
+            return
         await msg.ack()
 
     async def _refuse_expired(self, env: Envelope) -> None:

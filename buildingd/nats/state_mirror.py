@@ -7,6 +7,10 @@ the new coordinator at its start). The formats stay the coordinator's.
 Every write is a compare-and-set on the revision this gateway last read or wrote, and a new
 leader first rewrites every key on the revision it pulled: once it has, a write from a deposed
 leader (paused past its lease, its put still in flight) fails and is counted, never lands.
+
+Write-ahead: the coordinator sends nothing before the state that made it send is here
+(``synced``): a negotiation it opened is in the bucket before a zone is asked or an HTTP
+request answered, an award before it goes out, so a new leader knows of all of them.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ FILES = ("commitments.json", "alerts.json")
 CARRIED = "carried"  # the key of the in-memory state (votes, air-handler resets)
 KEYS = (*FILES, CARRIED)
 CHECK_EVERY_S = 1.0  # a file changed without a word (by hand) is pushed within this
+RETRY_S = 0.2  # a failed write (the bucket's stream electing a leader) is tried again after this
 API_TIMEOUT_S = 5.0
 REFUSED_METRIC = "buildingd_coordinator_state_refused_total"
 
@@ -67,6 +72,8 @@ class StateMirror:
         self.pushes = 0
         self.refused = 0
         self.deposed = False  # a write was refused: nothing more until a takeover pulls again
+        self.failing = False  # the last write could not reach the bucket
+        self._writing = asyncio.Lock()  # one write at a time: two on one revision would refuse
 
     async def open(self) -> nats.js.kv.KeyValue:
         if self.kv is None:
@@ -190,8 +197,6 @@ class StateMirror:
         """While this gateway leads (checked before each write: the fence), push each change
         as soon as a desk says it changed (``changed``), and look every second. A refused
         write (another gateway leads now) is counted and not tried again."""
-        import nats.errors
-
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(CHECK_EVERY_S):
@@ -199,15 +204,45 @@ class StateMirror:
             self.changed.clear()
             if self.deposed or not leads():
                 continue
-            try:
-                await self.push_changed()
-            except Deposed as err:
-                self.refused += 1
-                if self.metrics is not None:
-                    self.metrics.inc(REFUSED_METRIC)
-                log.warning("coordinator state write refused (%s): another gateway leads", err)
-                self.deposed = True
-            except (TimeoutError, nats.errors.Error, OSError) as err:
-                log.warning("coordinator state not mirrored yet: %s; trying again", err)
+            if not await self._push_once() and not self.deposed:
                 self.changed.set()
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(RETRY_S)
+
+    async def synced(self, leads: Callable[[], bool]) -> bool:
+        """Push what changed now; True once the bucket holds this gateway's state, False
+        once it no longer leads or was deposed (what its coordinator sends then is fenced by
+        the bus). Tried again while the bucket cannot answer (its stream electing a leader):
+        the coordinator waits, it does not act on state a new leader could not know."""
+        while not self.deposed and leads():
+            if await self._push_once():
+                return True
+            await asyncio.sleep(RETRY_S)
+        return False
+
+    async def _push_once(self) -> bool:
+        """One ``push_changed``: True when it went through. A refusal is counted and stops
+        this mirror (``deposed``); a failure to reach the bucket is logged."""
+        import nats.errors
+
+        try:
+            async with self._writing:
+                if self.deposed:
+                    return False
+                await self.push_changed()
+        except Deposed as err:
+            self.refused += 1
+            if self.metrics is not None:
+                self.metrics.inc(REFUSED_METRIC)
+            log.warning("coordinator state write refused (%s): another gateway leads", err)
+            self.deposed = True
+            return False
+        except (TimeoutError, nats.errors.Error, OSError) as err:
+            if not self.failing:  # once per outage (tried again every RETRY_S meanwhile)
+                log.warning("coordinator state not mirrored yet: %s; trying again",
+                            str(err) or type(err).__name__)  # fmt: skip
+            self.failing = True
+            return False
+        if self.failing:
+            log.info("coordinator state mirrored again")
+        self.failing = False
+        return True

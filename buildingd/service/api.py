@@ -248,7 +248,10 @@ async def demand_response(daemon: Daemon, request: Request) -> Response:
         conversation = coordinator(daemon).request_demand_response(call, source="http")
     except RequestRefusedError as err:
         raise HttpError(HTTPStatus.UNPROCESSABLE_ENTITY, err.reason) from err
-    await coordinator(daemon).flush()
+    # Accepted once the event is where a new leader would find it (the site's KV bucket).
+    if not await coordinator(daemon).flush():
+        raise HttpError(HTTPStatus.SERVICE_UNAVAILABLE, "this gateway lost the coordinator "
+                        "lease before the event was stored: send it again")  # fmt: skip
     return Response.json({"conversation_id": conversation}, HTTPStatus.ACCEPTED)
 
 

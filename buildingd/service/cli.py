@@ -139,8 +139,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not state_dir_usable(settings.state_dir):
         print(f"state directory {settings.state_dir} is not writable", file=sys.stderr)
         return 1
-    if settings.mqtt.bus:
-        from buildingd.mqtt.bus_auth import load_or_create_key
+    if settings.nats.enabled:
+        from buildingd.nats.seal import load_or_create_key
         from buildingd.settings import bus_key_path
 
         try:

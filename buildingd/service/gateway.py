@@ -127,9 +127,9 @@ def nats_bus(
     """The bus over the site's NATS cluster, sealed with the site's bus key. A site of one
     gateway has no assignment: every agent address routes to this process's own id."""
     from buildingd.agents.hearing import hearing_problem
-    from buildingd.agents.messages import DEMAND_RESPONSE_TOPIC
-    from buildingd.mqtt.bus_auth import load_or_create_key
+    from buildingd.agents.messages import DEMAND_RESPONSE_TOPIC, TELEMETRY
     from buildingd.nats.bus import NatsBus, gateway_route
+    from buildingd.nats.seal import load_or_create_key
     from buildingd.nats.subjects import COORDINATOR_QUEUE
 
     gateway_id = settings.gateway.id or "main"
@@ -158,5 +158,7 @@ def nats_bus(
     def may_hear(env: Envelope) -> str | None:
         return hearing_problem(env, current_site())  # the site after a reload too
 
+    # Each gateway writes to telemetry what its own agents said (readings of its devices, states
+    # of its zones, the coordinator's negotiations where it runs): every line once per site.
     return NatsBus(settings.nats, site.site_id, gateway_id, route, is_local, key, may_hear,
-                   metrics=metrics, leads=leads)  # fmt: skip
+                   metrics=metrics, leads=leads, own_only=frozenset({TELEMETRY}))  # fmt: skip

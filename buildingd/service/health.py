@@ -52,7 +52,9 @@ class Health:
             now = asyncio.get_running_loop().time()
             if daemon.sink is not None and now >= next_health:
                 next_health = now + HEALTH_INTERVAL_S
-                line = daemon_line(daemon.site.site_id, self.measurement(), daemon.clock.now())
+                gateway = None if daemon.site.gateways.single else daemon.election.gateway_id
+                line = daemon_line(daemon.site.site_id, self.measurement(), daemon.clock.now(),
+                                   gateway)  # fmt: skip
                 daemon.sink.submit([line])
             await asyncio.sleep(interval if interval is not None else 5.0)
 

@@ -10,12 +10,12 @@ import errno
 import logging
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from buildingd.agents.bus import Performative
 from buildingd.agents.device import DeviceAgent
-from buildingd.agents.messages import EVENTS_TOPIC, EventMsg
+from buildingd.agents.messages import DEMAND_RESPONSE_TOPIC, EVENTS_TOPIC, EventMsg
 from buildingd.agents.runtime import RestartPolicy, Supervisor
 from buildingd.agents.telemetry import TelemetryAgent
 from buildingd.agents.zone import ZoneAgent
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 # A new leader waits this long for the last leader's state (a NATS stream leader's election
 # takes 4-9 s) before its coordinator starts on its own files.
 TAKE_OVER_S = 30.0
+SETTLE_LOOK_S = 1.0  # how often the bus looks whether the coordinator it waits for still runs
 
 
 async def run(daemon: Daemon, duration_s: float | None) -> None:
@@ -79,10 +80,12 @@ async def run(daemon: Daemon, duration_s: float | None) -> None:
                 for device_id in site.devices:
                     if runs_device(site, settings, device_id):
                         await start_device(daemon, device_id)
+                bus_tasks = []  # run until the agents have stopped, then cancelled
                 if daemon.nats is not None:  # commands once the agents listen
-                    tasks.create_task(daemon.nats.run(), name="nats-bus")
+                    bus_tasks.append(tasks.create_task(daemon.nats.run(), name="nats-bus"))
                     if not site.gateways.single:
-                        tasks.create_task(_watch_partition(daemon), name="nats-partition")
+                        bus_tasks.append(tasks.create_task(_watch_partition(daemon),
+                                                           name="nats-partition"))  # fmt: skip
                 election = _elect_coordinator(daemon, sup, tasks)
                 await _start_http(daemon)
                 daemon.ctx.ready_s = daemon.clock.monotonic()
@@ -110,6 +113,8 @@ async def run(daemon: Daemon, duration_s: float | None) -> None:
                     election.cancel()
                     await asyncio.wait({election})
                 await _shutdown(daemon, sup)
+                for task in bus_tasks:  # else the task group would wait for them for ever
+                    task.cancel()
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
@@ -221,10 +226,12 @@ async def _start_coordinator(
     sup: Supervisor,
     on_saved: Callable[[], None] | None = None,
     carried: dict[str, Any] | None = None,
+    durable: Callable[[], Awaitable[bool]] | None = None,
 ) -> None:
     """``on_saved``: told when a desk has written its state file or changed what it keeps in
     memory (to mirror it at once); ``carried``: votes and resets another gateway's coordinator
-    left (``CoordinatorAgent.carried``)."""
+    left (``CoordinatorAgent.carried``); ``durable``: awaited before the coordinator sends
+    (``Office.durable``)."""
     from buildingd.coordinator.agent import CoordinatorAgent
 
     def make() -> CoordinatorAgent:
@@ -232,6 +239,7 @@ async def _start_coordinator(
         agent = CoordinatorAgent(daemon.ctx, state_dir=daemon.settings.state_dir)
         agent.demand.file.on_saved = agent.alarms.file.on_saved = on_saved
         agent.office.on_state_changed = on_saved
+        agent.office.durable = durable
         agent.carried_in = carried if daemon.coordinator is None else None
         if daemon.coordinator is not None:
             # A restarted coordinator keeps the open escalations and the occupants' votes (the
@@ -270,6 +278,20 @@ def _elect_coordinator(
     def renewed(revision: int) -> None:  # the fencing token of this gateway's coordinator
         daemon.metrics.set("buildingd_coordinator_lease_revision", float(revision))
 
+    async def settled() -> bool:
+        """The coordinator has taken what the bus delivered to it (its inbox is empty: a
+        message is handled in the step that takes it) and its state is in the bucket."""
+        agent = daemon.coordinator
+        while agent is not None and daemon.coordinator is agent:
+            try:
+                async with asyncio.timeout(SETTLE_LOOK_S):
+                    await agent.inbox.drained()
+            except TimeoutError:  # looked at again: a stopped coordinator never drains
+                continue
+            return await mirror.synced(election.leads)
+        return False
+
+    nats.settle, nats.settle_for = settled, frozenset({DEMAND_RESPONSE_TOPIC})
     group: list[asyncio.TaskGroup] = []  # elect()'s, for the start after a takeover
     starting: list[asyncio.Task[None]] = []
 
@@ -279,7 +301,8 @@ def _elect_coordinator(
         await mirror.take_over(TAKE_OVER_S)
         if not election.leads():
             return
-        await _start_coordinator(daemon, sup, on_saved=mirror.changed.set, carried=mirror.taken)
+        await _start_coordinator(daemon, sup, on_saved=mirror.changed.set, carried=mirror.taken,
+                                 durable=lambda: mirror.synced(election.leads))  # fmt: skip
         log.info("this gateway leads: coordinator started (lease revision %d)", revision)
 
     async def acquired(revision: int) -> None:

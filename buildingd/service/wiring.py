@@ -1,7 +1,7 @@
 """Wiring: builds the daemon's parts (clock, simulated building, MQTT connection, bus, the bus
 between gateways, agent context) from validated settings and site. Constructors only: nothing
-here connects or starts (the one file touched is the MQTT bus key, read or created when the bus
-runs over MQTT)."""
+here connects or starts (the one file touched is the bus key, read or created when the bus
+between gateways runs)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from buildingd.config.loader import Site
 from buildingd.drivers.base import BacnetClient, DriverContext
 from buildingd.metrics import Metrics
 from buildingd.service.gateway import Election
-from buildingd.settings import Settings, bus_key_path
+from buildingd.settings import Settings
 from buildingd.sim.building import Building
 
 if TYPE_CHECKING:
@@ -69,8 +69,8 @@ def wire(
     is_local_agent: Callable[[str], bool],
     running_site: Callable[[], Site],
 ) -> Parts:
-    """The parts for ``site``. ``is_local_agent`` tells the MQTT bus which agents run in this
-    process; ``running_site`` gives the site in force (it changes on reload)."""
+    """The parts for ``site``. ``is_local_agent`` tells the bus between gateways which agents
+    run in this process; ``running_site`` gives the site in force (it changes on reload)."""
     building: Building | None = None
     if uses_simulator(site):
         # A given scaled clock (tests, evaluate) says when the simulation starts.
@@ -95,17 +95,6 @@ def wire(
         conf = settings.mqtt
         host = conf.host or "127.0.0.1"
         mqtt = MqttConnection(conf, site.site_id, host, conf.port, metrics=metrics)
-        if conf.bus:
-            from buildingd.agents.hearing import hearing_problem
-            from buildingd.mqtt.bus import MqttBus
-            from buildingd.mqtt.bus_auth import load_or_create_key
-
-            bus = MqttBus(
-                mqtt,
-                is_local_agent,
-                load_or_create_key(bus_key_path(settings)),
-                lambda env: hearing_problem(env, running_site()),
-            )
     nats: NatsBus | None = None
     election = Election(site, settings)
     if settings.nats.enabled:  # the bus between the site's gateways (service/gateway)

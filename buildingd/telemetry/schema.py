@@ -53,7 +53,7 @@ SCHEMA: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("conversation", "reason", "target_w", "committed_w", "zones_awarded", "turns", "messages"),
     ),
     "daemon": (
-        ("site",),
+        ("site", "gateway"),
         (
             "uptime_s",
             "zones_degraded",
@@ -232,9 +232,12 @@ def negotiation_line(
     return line("negotiation", {"site": site, "kind": kind, "state": state}, fields, ts)
 
 
-def daemon_line(site: str, health: dict[str, float | None], ts: datetime) -> str:
-    """Daemon health; ``health`` keys are the ``daemon`` fields of ``SCHEMA``."""
+def daemon_line(
+    site: str, health: dict[str, float | None], ts: datetime, gateway: str | None = None
+) -> str:
+    """Daemon health; ``health`` keys are the ``daemon`` fields of ``SCHEMA``. ``gateway`` on a
+    site over several: each gateway's health is its own series, not one overwriting another."""
     fields: dict[str, float | bool | str | None] = {
         key: health.get(key) for key in SCHEMA["daemon"][1]
     }
-    return line("daemon", {"site": site}, fields, ts)
+    return line("daemon", {"site": site, "gateway": gateway}, fields, ts)

@@ -1,10 +1,12 @@
-"""Who sent a bus message: an HMAC-SHA256 seal over the canonical envelope, with a per-site key,
-a timestamp and a per-sender counter (a replay window), so only gateways holding the site's key
-can put messages on the bus, and a message cannot be played again or moved to another receiver.
+"""Who sent a message on the bus between gateways: an HMAC-SHA256 seal over the canonical
+envelope, with a per-site key, a timestamp and a per-sender counter (a replay window), so only
+gateways holding the site's key can put messages on the bus, and a message cannot be played again
+or moved to another receiver.
 
 Wire form: ``{"origin", "counter", "ts", "envelope", "mac"}``; ``mac`` is the hex HMAC-SHA256
 (RFC 2104) of the canonical JSON (sorted keys, no spaces, ASCII) of
-``[topic, origin, counter, ts, envelope]``. Pure apart from reading and creating the key file.
+``[topic, origin, counter, ts, envelope]`` (``topic``: the NATS subject). Pure apart from
+reading and creating the key file.
 """
 
 from __future__ import annotations
@@ -38,10 +40,10 @@ def load_or_create_key(path: Path) -> bytes:
     try:
         key = path.read_bytes().strip()
     except OSError as err:
-        raise ConfigError([ConfigProblem(str(path), None, "bus_key_file", str(err))]) from err
+        raise ConfigError([ConfigProblem(str(path), None, "nats.bus_key_file", str(err))]) from err
     if len(key) < MIN_KEY_BYTES:
         why = f"the bus key must have at least {MIN_KEY_BYTES} bytes, has {len(key)}"
-        raise ConfigError([ConfigProblem(str(path), None, "bus_key_file", why)])
+        raise ConfigError([ConfigProblem(str(path), None, "nats.bus_key_file", why)])
     return key
 
 
@@ -107,6 +109,13 @@ class BusVerifier:
         self._seen[origin] = (highest, window, now)
         self._forget(now)
         return None
+
+    def forget(self, origin: str, counter: int) -> None:
+        """A message checked and then handed back, not acted on (for whoever takes it next):
+        its counter may come once more."""
+        seen = self._seen.get(origin)
+        if seen is not None:
+            seen[1].discard(counter)
 
     def _forget(self, now: float) -> None:
         """Bound the origins kept: drop those silent past the skew (their messages are stale
