@@ -365,6 +365,8 @@ class NatsBus(InProcessBus):
         """Hand the envelope to a task of its own that publishes it until the stream has stored
         it, and go on: many are pipelined (up to ``IN_FLIGHT``), not one round trip each. Two
         agents' messages are stored in the order sent: each waits for the one before it."""
+        if self.js is None:  # never connected: nothing to hand it to
+            return self._unpublished(env, "not connected yet")
         subject = subjects.command_subject(self.site_id, gateway, env.receiver)
         body = self.sealer.seal(subject, env.model_dump(mode="json"))
         msg_id = f"{self.origin}-{self.sealer.counter}"
