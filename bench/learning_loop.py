@@ -5,7 +5,8 @@ schedule), over the days of a scenario. No agents, no bus: 14 days take seconds,
 tracks ``buildingd evaluate`` within a few per cent (heating, seed 1, at commit 5fd116a: heat
 pump 0.696 / 0.667 kWh/m² against evaluate's 0.696 / 0.663, ``tdis`` 0.78 / 2.00 against
 0.76 / 2.04). Use ``evaluate`` for the figures that are published. Start errors are reported
-per zone with each week's p90 and whether every zone meets the 15-minute goal.
+per zone with each week's p90 and whether every zone meets the 15-minute goal; the heat pump's
+energy by hour of the day and by zone, per week (Wh per m2 of the whole building).
 
     python bench/learning_loop.py heating [days] [ours|base|both]
 """
@@ -20,7 +21,13 @@ from zoneinfo import ZoneInfo
 
 from buildingd.config.loader import load_site
 from buildingd.control.zone import ZoneInputs, ZoneState, decide
-from buildingd.control.zone_learning import ZoneLearning, observe, outlook
+from buildingd.control.zone_learning import (
+    ZoneLearning,
+    building_median,
+    morning_medians,
+    observe,
+    outlook,
+)
 from buildingd.evaluate import EMPTY_BOUNDS_C, OCCUPIED_BOUNDS_C, SCENARIOS
 from buildingd.points import PointKind
 from buildingd.settings import REPO_SITE
@@ -43,6 +50,9 @@ def run(scenario: str, baseline: bool, days: float) -> dict[str, object]:
     state = {z: ZoneState() for z in zones}
     weeks: dict[int, dict[str, float]] = {}
     tdis: dict[int, dict[str, float]] = {}
+    # Heat pump energy (Wh/m2) by hour of the day and by zone, per week: where it is spent.
+    by_hour: dict[int, list[float]] = {}
+    by_zone_wh: dict[int, dict[str, float]] = {}
     starts: dict[str, list[tuple[str, float]]] = {z: [] for z in zones}
     for step in range(int(days * 86400 / STEP_S)):
         now_s = step * STEP_S
@@ -59,6 +69,9 @@ def run(scenario: str, baseline: bool, days: float) -> dict[str, object]:
             by_zone[z] += deviation * STEP_S / 3600
             power_w = sim.heating_w / COP_HEATING + sim.cooling_w / COP_COOLING
             totals["heat_pump_kwh_m2"] += power_w * STEP_S / 3.6e6 / area_m2
+            by_hour.setdefault(week, [0.0] * 24)[local.hour] += power_w * STEP_S / 3600 / area_m2
+            zone_wh = by_zone_wh.setdefault(week, dict.fromkeys(zones, 0.0))
+            zone_wh[z] += power_w * STEP_S / 3600 / area_m2
             light_w = sim.spec.lighting_power_w * sim.light_level_pct / 100
             totals["lighting_kwh_m2"] += light_w * STEP_S / 3.6e6 / area_m2
             policy = site.policy_for(z)
@@ -68,7 +81,8 @@ def run(scenario: str, baseline: bool, days: float) -> dict[str, object]:
             else:
                 occupied = building.read_point(z, PointKind.OCCUPANCY) >= 0.5
                 lux = building.read_point(z, PointKind.ILLUMINANCE)
-                look = outlook(learning[z], local, temp, policy)
+                peers = building_median({o: morning_medians(learning[o]) for o in zones})
+                look = outlook(learning[z], local, temp, policy, peers)
                 inputs = ZoneInputs(temp, occupied=occupied, illuminance_lux=lux)
                 d = decide(state[z], inputs, policy, local, now_s, look)
                 before = len(learning[z].starts)
@@ -86,6 +100,8 @@ def run(scenario: str, baseline: bool, days: float) -> dict[str, object]:
             **{k: round(v, 4) for k, v in totals.items()},
             "tdis_tot": round(sum(tdis[week].values()) / len(zones), 3),
             "tdis_by_zone": {z: round(v, 2) for z, v in tdis[week].items()},
+            "heat_pump_wh_m2_by_hour": [round(v, 2) for v in by_hour[week]],
+            "heat_pump_wh_m2_by_zone": {z: round(v, 2) for z, v in by_zone_wh[week].items()},
         }
         for week, totals in weeks.items()
     } | ({} if baseline else start_report(starts, chosen.first_day))

@@ -66,6 +66,10 @@ def test_topic_filters_follow_the_mqtt_rules() -> None:
     assert topic_matches("a/#", "a")  # '#' also matches the parent level
     assert not topic_matches("a/+", "a/b/c")
     assert not topic_matches("a/b", "a/b/c")
+    # A shared subscription's $share/<group>/ is not part of its filter (MQTT 5 4.8.2): without
+    # stripping it, a request taken by a shared subscription would reach no handler.
+    assert topic_matches("$share/g/a/+/c", "a/b/c")
+    assert not topic_matches("$share/g/a/+/c", "$share/g/a/b/c")
 
 
 async def test_an_oversized_payload_is_refused_unparsed_counted_and_the_next_one_taken(

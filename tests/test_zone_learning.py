@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from buildingd.agents import learning_file
+from buildingd.agents.context import MorningRates
 from buildingd.config.loader import load_site
 from buildingd.control.occupancy_forecast import Prediction
 from buildingd.control.thermal_response import Regime
@@ -30,6 +31,8 @@ from buildingd.control.zone_learning import (
     KEEP_MORNING_RATES,
     ZoneLearning,
     ZoneOutlook,
+    building_median,
+    morning_medians,
     observe,
     outlook,
     summary,
@@ -159,16 +162,22 @@ def test_start_error_corrects_the_next_start(policy) -> None:  # type: ignore[no
 
 
 def summer_morning(  # type: ignore[no-untyped-def]
-    learning: ZoneLearning, policy, day: int, rate_k_per_h: float, from_c: float = 26.0
+    learning: ZoneLearning,
+    policy,
+    day: int,
+    rate_k_per_h: float,
+    from_c: float = 26.0,
+    peers: dict[Regime, float] | None = None,
 ) -> tuple[ZoneLearning, float]:
     """One synthetic summer morning: the zone rests at ``from_c`` until the outlook says to
     start, then its unit cools it at ``rate_k_per_h`` (to 23.5 degC). Minute steps from 05:00
-    to just past the 07:00 start; returns the learning and the morning's judged error (min)."""
+    to just past the 07:00 start; returns the learning and the morning's judged error (min).
+    ``peers``: the other zones' median morning rates."""
     comfort, start = policy.comfort, at(7, 0, day)
     temp, began = from_c, False
     t = at(5, 0, day)
     while t <= start + timedelta(minutes=1):
-        lead_s = outlook(learning, t, temp, policy).occupied_lead_s
+        lead_s = outlook(learning, t, temp, policy, peers).occupied_lead_s
         began = began or (start - t).total_seconds() <= lead_s
         band = comfort.occupied if began else comfort.unoccupied
         now_s = (t - MONDAY).total_seconds()
@@ -222,6 +231,44 @@ def test_cool_down_rate_is_learned_from_whole_mornings(tmp_path: Path, policy) -
     for day in (0, 1, 3, 4, 7, 8, 9):
         fresh, _ = summer_morning(fresh, policy, day, 6.0)
     assert len(fresh.morning_rates) == KEEP_MORNING_RATES
+
+
+def test_a_zone_without_mornings_starts_from_the_other_zones_median(policy) -> None:  # type: ignore[no-untyped-def]
+    """Guards the building median: a zone whose first cool-down would start on the prior
+    (2 K/h: an hour's lead for 2 K, 45 minutes early with a unit cooling at 6 K/h) starts from
+    the other zones' judged mornings instead. Hand-worked: one zone's morning as above is a
+    mean rate of 8 K/h, another's (its unit cools at 3 K/h: 1.5 K in 30 min, 2 K over the edge)
+    4 K/h; their median is 6 K/h, a lead of 20 minutes for 2 K, and the new zone with the
+    same 6 K/h unit enters the tolerance 15 minutes after starting: 5 minutes early."""
+    fast, _ = summer_morning(ZoneLearning(), policy, 0, 6.0)
+    slow, _ = summer_morning(ZoneLearning(), policy, 0, 3.0)
+    assert morning_medians(fast) == {Regime.COOLING: pytest.approx(-8.0, abs=0.3)}
+    assert morning_medians(slow) == {Regime.COOLING: pytest.approx(-4.0, abs=0.2)}
+    peers = building_median(
+        {"fast": morning_medians(fast), "slow": morning_medians(slow), "new": {}}
+    )
+    assert peers == {Regime.COOLING: pytest.approx(-6.0, abs=0.3)}
+    _, prior_error = summer_morning(ZoneLearning(), policy, 1, 6.0)
+    _, error = summer_morning(ZoneLearning(), policy, 1, 6.0, peers=peers)
+    assert prior_error == pytest.approx(-45, abs=1.5)
+    assert error == pytest.approx(-5, abs=1.5)
+    # A zone's own mornings take precedence over the others': the fast zone keeps its 8 K/h
+    # (15 minutes' lead), whatever the building says.
+    lead_s = outlook(fast, at(5, 0, 1), 26.0, policy, {Regime.COOLING: -2.0}).occupied_lead_s
+    assert lead_s == pytest.approx(900, abs=10)
+
+
+def test_the_shared_morning_rates_follow_each_zones_latest() -> None:
+    """Guards the cache of the zone agents' shared median: a zone's new rates (a judged
+    morning, a reset) change the median the next zone reads. Hand-worked: -4 and -6 K/h: -5;
+    the second zone reset: -4; heating only where a zone has it."""
+    rates = MorningRates()
+    assert rates.median() == {}
+    rates.set("a", {Regime.COOLING: -4.0})
+    rates.set("b", {Regime.COOLING: -6.0, Regime.HEATING: 3.0})
+    assert rates.median() == {Regime.COOLING: -5.0, Regime.HEATING: 3.0}
+    rates.set("b", {})
+    assert rates.median() == {Regime.COOLING: -4.0}
 
 
 def test_learned_state_round_trips_and_a_corrupt_file_is_set_aside(tmp_path: Path, policy) -> None:  # type: ignore[no-untyped-def]

@@ -58,7 +58,13 @@ from buildingd.control.zone import (
     ZoneState,
     decide,
 )
-from buildingd.control.zone_learning import ZoneLearning, ZoneOutlook, observe, outlook
+from buildingd.control.zone_learning import (
+    ZoneLearning,
+    ZoneOutlook,
+    morning_medians,
+    observe,
+    outlook,
+)
 from buildingd.control.zone_learning import summary as learning_summary
 from buildingd.points import PointKind, Quality
 
@@ -190,6 +196,8 @@ class ZoneAgent(Agent):
             policy,
         )  # fmt: skip
         judged = len(self.learning.starts) != mornings
+        if judged:
+            self.ctx.morning_rates.set(self.zone_id, morning_medians(self.learning))
         if self._learning_saved_s is None:
             self._learning_saved_s = now_s
         elif judged or now_s - self._learning_saved_s >= LEARNING_SAVE_S:
@@ -242,6 +250,7 @@ class ZoneAgent(Agent):
         """Forget what the zone learned (after a refurbishment, a change of use)."""
         self.learning = ZoneLearning()
         self.outlook = None
+        self.ctx.morning_rates.set(self.zone_id, {})
         self.save_learning()
         log.info("zone %s: learned state reset", self.zone_id)
 
@@ -272,6 +281,7 @@ class ZoneAgent(Agent):
         topic = readings_topic(self.zone_id)
         if self.state_dir is not None and not self.baseline:
             self.learning = learning_file.load(self.state_dir, self.zone_id)
+            self.ctx.morning_rates.set(self.zone_id, morning_medians(self.learning))
         self.ctx.bus.subscribe(self.name, self.inbox)
         self.ctx.bus.subscribe(topic, self.inbox)
         started()
@@ -594,7 +604,8 @@ class ZoneAgent(Agent):
         policy = in_season(policy, season)
         previous_mode = self.state.mode
         if not self.baseline and inputs.temperature_c is not None:
-            self.outlook = outlook(self.learning, local, inputs.temperature_c, policy)
+            peers = self.ctx.morning_rates.median()
+            self.outlook = outlook(self.learning, local, inputs.temperature_c, policy, peers)
         decision = decide(self.state, inputs, policy, local, now_s, self.outlook)
         self.state = decision.state
         self.decision = decision

@@ -12,6 +12,7 @@ time).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
@@ -293,19 +294,50 @@ def _keep_rate(rates: tuple[MorningRate, ...], new: MorningRate | None) -> tuple
     return (*[r for r in rates if r.regime is not new.regime], *same, new)
 
 
-def _effective(learning: ZoneLearning) -> ZoneResponse:
+def _median(values: list[float]) -> float:
+    ranked = sorted(values)
+    middle = len(ranked) // 2
+    return ranked[middle] if len(ranked) % 2 else (ranked[middle - 1] + ranked[middle]) / 2
+
+
+def morning_medians(learning: ZoneLearning) -> dict[Regime, float]:
+    """The median of the zone's own judged mornings' mean rates, per regime that has any: what
+    the zone offers the other zones of the building (``building_median``)."""
+    found: dict[Regime, float] = {}
+    for regime in (Regime.HEATING, Regime.COOLING):
+        rates = [r.rate_k_per_h for r in learning.morning_rates if r.regime is regime]
+        if rates:
+            found[regime] = _median(rates)
+    return found
+
+
+def building_median(by_zone: Mapping[str, Mapping[Regime, float]]) -> dict[Regime, float]:
+    """Per regime, the median over the zones of their morning medians (``morning_medians``): the
+    rate a zone with no mornings of its own starts from, rather than the generic prior (the
+    terminal units of one building are sized alike: a zone's first cool-down on the prior of
+    2 K/h, where the units cool at 4.5-7 K/h, began 26 minutes too early). A zone's own rates
+    are among them only where it has mornings of its own, and there it uses those."""
+    found: dict[Regime, float] = {}
+    for regime in (Regime.HEATING, Regime.COOLING):
+        rates = [r[regime] for r in by_zone.values() if regime in r]
+        if rates:
+            found[regime] = _median(rates)
+    return found
+
+
+def _effective(learning: ZoneLearning, peers: Mapping[Regime, float] | None = None) -> ZoneResponse:
     """The response used for start times: a regime its windows have not taught yet is the
     median of its judged mornings' mean rates, when there are any (robust to one odd morning:
-    an open window, a holiday); otherwise the learned model or the prior."""
+    an open window, a holiday); then the other zones' median (``peers``, from
+    ``building_median``); otherwise the learned model or the prior."""
     models = dict(learning.response.models)
+    own = morning_medians(learning)
     for regime in (Regime.HEATING, Regime.COOLING):
         if learning.response.model(regime).learned:
             continue
-        rates = sorted(r.rate_k_per_h for r in learning.morning_rates if r.regime is regime)
-        if rates:
-            middle = len(rates) // 2
-            median = rates[middle] if len(rates) % 2 else (rates[middle - 1] + rates[middle]) / 2
-            models[regime] = constant_rate(regime, median)
+        rate = own.get(regime, (peers or {}).get(regime))
+        if rate is not None:
+            models[regime] = constant_rate(regime, rate)
     return ZoneResponse(models)
 
 
@@ -346,8 +378,9 @@ def _learn_start(
         error_s = (entered - morning.start).total_seconds()  # early: negative
         measured = _morning_rate(morning, target, entered, comfort)
         if measured is not None and not _effective(learning).model(measured.regime).learned:
-            # The start came from the prior, and this morning's rate replaces the prior from
-            # now on: its error is the prior's, not one the correction should carry forward.
+            # The start came from the prior (or the other zones' rate), and this morning's rate
+            # replaces it from now on: its error is theirs, not one the correction should carry
+            # forward.
             weight = 0.0
         rates = _keep_rate(rates, measured)
     else:
@@ -387,10 +420,16 @@ def observe(
 
 
 def outlook(
-    learning: ZoneLearning, local: datetime, temperature_c: float, policy: Policy
+    learning: ZoneLearning,
+    local: datetime,
+    temperature_c: float,
+    policy: Policy,
+    peers: Mapping[Regime, float] | None = None,
 ) -> ZoneOutlook:
+    """``peers``: the other zones' median morning rates (``building_median``), for a regime
+    this zone has learned nothing of yet."""
     comfort = policy.comfort
-    response = _effective(learning)
+    response = _effective(learning, peers)
 
     def lead(band: Band, from_c: float = temperature_c) -> float:
         base = start_lead_s(

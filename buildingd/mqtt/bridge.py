@@ -28,6 +28,12 @@ Retained requests are ignored. Also published, retained: ``zone/<zone>/light`` (
 state), ``device/<device>/<point>`` (power and energy readings) and ``problem/<subject>``
 (ON/OFF: open break-glass alerts of a zone or device).
 
+On a site over gateways (which may share one broker): demand-response requests and alert
+actions are shared subscriptions on an external broker (``MqttConnection.shared``: one gateway
+takes each and sends it on to the coordinator's queue), a vote or set request is answered by the
+coordinator's gateway when its bridge is on this broker (``gateway/<id>/status`` online), and the
+entities' availability is their gateway's (``ha_discovery``).
+
 The bridge also hands the daemon's ``Metrics`` to the connection (``use_metrics``), so its
 ``buildingd_mqtt_*`` counters reach ``/metrics``.
 """
@@ -61,8 +67,9 @@ from buildingd.agents.messages import (
 from buildingd.agents.requests import RETAINED_METRIC, record_refusal, request_error
 from buildingd.agents.runtime import Agent
 from buildingd.mqtt import payload as strict_json
-from buildingd.mqtt.connection import MqttConnection
+from buildingd.mqtt.connection import MqttConnection, status_topic
 from buildingd.mqtt.ha_discovery import (
+    Availability,
     Topics,
     discovery_configs,
     light_request,
@@ -123,9 +130,16 @@ class MqttBridgeAgent(Agent):
         overrides: Callable[[], Overrides | None] | None = None,
         flush: Callable[[], Awaitable[None]] | None = None,
         configuration_url: str | None = None,
+        leader: Callable[[], str | None] | None = None,
     ) -> None:
+        """``leader``: on a site over gateways, the gateway whose coordinator runs now."""
         super().__init__("mqtt-bridge")
         self.ctx, self.conn, self.vote_fn, self.overrides = ctx, conn, vote, overrides
+        self.leader = leader
+        # Gateways of the site whose status is on this broker (it is shared), and of those the
+        # ones online now.
+        self.gateways_seen: set[str] = {conn.gateway} if conn.gateway else set()
+        self.gateways_online: set[str] = set()
         self._flush = flush
         self.configuration_url = configuration_url
         self.topics = Topics(conn.base)
@@ -163,9 +177,15 @@ class MqttBridgeAgent(Agent):
             self.ctx.bus.subscribe(topic, self.inbox)
         refused = self._on_refused
         self.conn.subscribe(f"{self.base}/zone/+/vote", self._on_vote, 1, refused)
-        self.conn.subscribe(f"{self.base}/demand-response/request", self._on_dr, 1, refused)
+        # Sent on to the coordinator wherever it runs: by one gateway of those on this broker.
+        shared = self.conn.shared
+        self.conn.subscribe(shared(f"{self.base}/demand-response/request"), self._on_dr, 1,
+                            refused)  # fmt: skip
         for verb in ("ack", "clear"):
-            self.conn.subscribe(f"{self.base}/alerts/+/{verb}", self._on_alert_action, 1, refused)
+            self.conn.subscribe(shared(f"{self.base}/alerts/+/{verb}"), self._on_alert_action, 1,
+                                refused)  # fmt: skip
+        if self.conn.gateway is not None:
+            self.conn.subscribe(status_topic(self.base, "+"), self._on_gateway_status, 1)
         self.conn.subscribe(f"{self.base}/alerts/+", self._on_retained_alert, 1)
         self.conn.on_connect(self._republish_alerts)
         # The open alerts, from the coordinator's book (a restarted bridge has lost them).
@@ -204,7 +224,7 @@ class MqttBridgeAgent(Agent):
             # A restarted bridge subscribes afresh; this one's handlers must not linger.
             for handler in (self._on_vote, self._on_dr, self._on_setpoint, self._on_ha,
                             self._on_alert_action, self._on_config,
-                            self._on_retained_alert):  # fmt: skip
+                            self._on_retained_alert, self._on_gateway_status):  # fmt: skip
                 self.conn.unsubscribe(handler)
             self.conn.remove_on_connect(self.announce)
             self.conn.remove_on_connect(self._republish_alerts)
@@ -320,8 +340,9 @@ class MqttBridgeAgent(Agent):
                                 self.settings.qos_readings, retain=True)  # fmt: skip
 
     def _discovery(self) -> dict[str, dict[str, Any]]:
+        availability = Availability(self.conn.gateway, frozenset(self.gateways_seen))
         return discovery_configs(self.ctx.site, self.settings.homeassistant_prefix, self.base,
-                                 self.configuration_url)  # fmt: skip
+                                 self.configuration_url, availability)  # fmt: skip
 
     async def _reannounce(self) -> None:
         """After a reload: configs of removed zones and devices cleared, the rest announced."""
@@ -372,9 +393,33 @@ class MqttBridgeAgent(Agent):
             log.warning("mqtt: retained %s request on %s ignored: requests act once; publish "
                         "it without retain, and clear the retained one", kind, topic)  # fmt: skip
 
+    def _on_gateway_status(self, topic: str, payload: bytes, retained: bool) -> None:
+        gateway = topic.removeprefix(f"{self.base}/gateway/").partition("/")[0]
+        if payload.strip() == b"online":
+            self.gateways_online.add(gateway)
+        else:
+            self.gateways_online.discard(gateway)
+        if gateway not in self.gateways_seen:  # the broker is shared with it: its entities'
+            self.gateways_seen.add(gateway)  # availability is its own status from now on
+            if self.settings.homeassistant_discovery:
+                self._spawn(self._reannounce())
+
+    def _answered_elsewhere(self) -> bool:
+        """A vote or set request the coordinator's own gateway answers: it runs elsewhere and
+        that gateway's bridge is on this broker too (a shared broker), so this one stays out
+        of it. Otherwise a gateway without the coordinator answers that it is not running."""
+        if self.overrides is not None and self.overrides() is not None:
+            return False
+        leader = self.leader() if self.leader is not None else None
+        return (
+            leader is not None and leader != self.conn.gateway and (leader in self.gateways_online)
+        )
+
     def _on_vote(self, topic: str, payload: bytes, retained: bool) -> None:
         if retained:
             return self._retained(topic, "vote")
+        if self._answered_elsewhere():
+            return None
         zone_id = self._zone_of(topic)
         text = payload.decode(errors="replace").strip().strip('"').lower()
         if zone_id is None or self.vote_fn is None:
@@ -407,6 +452,8 @@ class MqttBridgeAgent(Agent):
             return None  # our own answer, not a request
         if retained:
             return self._retained(topic, "override")
+        if self._answered_elsewhere():
+            return None
         zone_id = self._zone_of(topic)
         if zone_id is None:
             return self._bad(topic, "unknown zone")

@@ -2,8 +2,9 @@
 
 * Reconnects with jittered exponential backoff (aiomqtt has no automatic reconnect) and
   subscribes again to every filter registered with ``subscribe``.
-* Last will and an availability topic ``<prefix>/<site>/status``: ``online`` retained on connect,
-  ``offline`` retained by the will (and on a clean stop).
+* Last will and an availability topic ``<prefix>/<site>/status`` (``.../gateway/<id>/status`` on
+  a site over gateways): ``online`` retained on connect, ``offline`` retained by the will (and on
+  a clean stop).
 * Availability is logged once per change, not per attempt.
 * Incoming messages go to the handlers whose filter matches as soon as paho has read them: the
   connection keeps no queue of its own (aiomqtt's bounded queue discards past its size and only
@@ -51,7 +52,10 @@ OnConnect = Callable[[], Awaitable[None]]
 
 
 def topic_matches(pattern: str, topic: str) -> bool:
-    """MQTT 3.1.1 section 4.7 topic filter matching (``+`` one level, ``#`` the rest)."""
+    """MQTT 3.1.1 section 4.7 topic filter matching (``+`` one level, ``#`` the rest); a shared
+    subscription's ``$share/<group>/`` (MQTT 5 section 4.8.2) is not part of the filter."""
+    if pattern.startswith(SHARE_PREFIX):
+        pattern = pattern.split("/", 2)[2]
     pat, parts = pattern.split("/"), topic.split("/")
     for i, p in enumerate(pat):
         if p == "#":
@@ -59,6 +63,13 @@ def topic_matches(pattern: str, topic: str) -> bool:
         if i >= len(parts) or (p != "+" and p != parts[i]):
             return False
     return len(pat) == len(parts)
+
+
+def status_topic(base: str, gateway: str | None) -> str:
+    """Where a connection says ``online`` / ``offline`` (retained; ``offline`` is its will):
+    ``<base>/status``, or per gateway on a site over several, so one gateway's death does not
+    mark the others' entities unavailable."""
+    return f"{base}/gateway/{gateway}/status" if gateway else f"{base}/status"
 
 
 @dataclass
@@ -84,6 +95,7 @@ METRIC_NAMES = {
 }
 SUBSCRIBE_RETRIES = 5  # a failed live subscribe is tried again this often (backoff) per connection
 REFUSED_METRIC = "buildingd_mqtt_refused_total"
+SHARE_PREFIX = "$share/"
 
 
 def suback_refusal(granted: tuple[int, ...] | list[ReasonCode]) -> str | None:
@@ -112,13 +124,22 @@ class MqttConnection:
         host: str,
         port: int,
         metrics: Metrics | None = None,
+        gateway: str | None = None,
+        share: bool = False,
     ) -> None:
+        """``gateway``: this process's gateway on a site over several, which then has its own
+        client id and its own availability topic (``gateway/<id>/status``). ``share``: the
+        site's gateways may share this broker, so requests are subscribed to as a shared
+        subscription (``shared``)."""
         self.settings = settings
         self.site_id = site_id
         self.host, self.port = host, port
         self.base = f"{settings.topic_prefix}/{site_id}"
-        self.status_topic = f"{self.base}/status"
-        self.client_id = settings.client_id or f"buildingd-{site_id}"
+        self.gateway = gateway
+        self.status_topic = status_topic(self.base, gateway)
+        self.client_id = settings.client_id or "-".join(filter(None, ("buildingd", site_id,
+                                                                       gateway)))  # fmt: skip
+        self.share_group = f"buildingd-{site_id}" if share else None
         self.counters = MqttCounters()
         self.metrics: Metrics | None = None
         self.connected = asyncio.Event()
@@ -162,6 +183,14 @@ class MqttConnection:
             task = asyncio.get_running_loop().create_task(self._subscribe_now(client, pattern, qos))
             self._subscribing.add(task)
             task.add_done_callback(self._subscribing.discard)
+
+    def shared(self, pattern: str) -> str:
+        """``pattern`` as a subscription the broker gives to one of the site's gateways only
+        (MQTT 5 section 4.8.2 shared subscriptions; mosquitto has them for MQTT 3.1.1 too), when
+        they may share this broker; a shared subscription gets no retained messages."""
+        if self.share_group is None:
+            return pattern
+        return f"{SHARE_PREFIX}{self.share_group}/{pattern}"
 
     def unsubscribe(self, handler: Handler) -> None:
         # ``==``, not ``is``: each ``obj.method`` access makes a new bound-method object.

@@ -16,6 +16,7 @@ from buildingd import __version__
 from buildingd.agents.messages import ZoneStateMsg
 from buildingd.config.loader import Site
 from buildingd.mqtt import payload as strict_json
+from buildingd.mqtt.connection import status_topic
 from buildingd.points import PointKind
 
 OBJECT_ID = re.compile(r"[^a-zA-Z0-9_-]")
@@ -87,15 +88,35 @@ def zone_kinds(site: Site, zone_id: str) -> set[PointKind]:
     }
 
 
+@dataclass(frozen=True)
+class Availability:
+    """Whose status topic an entity's availability follows. On a site over gateways: the
+    gateway running its zone or device, when that gateway's status is on this broker (a broker
+    the gateways share); else this gateway's (a broker of its own, where only it says whether
+    it is up). On a site of one gateway: the site's ``status``."""
+
+    gateway: str | None = None  # this gateway; None on a site of one
+    on_broker: frozenset[str] = frozenset()  # gateways whose status this broker has
+
+    def topic(self, base: str, owner: str | None) -> str:
+        if self.gateway is None:
+            return status_topic(base, None)
+        return status_topic(base, owner if owner in self.on_broker else self.gateway)
+
+
 def discovery_configs(
-    site: Site, prefix: str, base: str, configuration_url: str | None = None
+    site: Site,
+    prefix: str,
+    base: str,
+    configuration_url: str | None = None,
+    availability: Availability = Availability(),
 ) -> dict[str, dict[str, Any]]:
     """Every discovery config of the site by topic (zones and devices)."""
     configs: dict[str, dict[str, Any]] = {}
     node = object_id(f"buildingd_{site.site_id}")
     for zone_id, zone in site.zones.items():
         for topic, config in zone_configs(site, prefix, base, zone_id, zone.name or zone_id,
-                                          configuration_url):  # fmt: skip
+                                          configuration_url, availability):  # fmt: skip
             configs[topic] = config
     for device_id, device in site.devices.items():
         if not device.enabled:
@@ -110,7 +131,8 @@ def discovery_configs(
         }
         if configuration_url:
             dev["configuration_url"] = f"{configuration_url}/api/devices"
-        common = _availability(base) | {"device": dev}
+        owner = site.gateways.device_gateway.get(device_id)
+        common = _availability(availability.topic(base, owner)) | {"device": dev}
         for point in device.points_list():
             if point.kind not in METERS:
                 continue
@@ -137,9 +159,9 @@ def _meter_name(label: str, point_id: str) -> str:
     return label if point_id == label.lower() else f"{label} {point_id}"
 
 
-def _availability(base: str) -> dict[str, Any]:
+def _availability(topic: str) -> dict[str, Any]:
     return {
-        "availability_topic": f"{base}/status",
+        "availability_topic": topic,
         "payload_available": "online",
         "payload_not_available": "offline",
     }
@@ -152,6 +174,7 @@ def zone_configs(
     zone_id: str,
     zone_name: str,
     configuration_url: str | None = None,
+    availability: Availability = Availability(),
 ) -> list[tuple[str, dict[str, Any]]]:
     """(topic, config) pairs announcing one zone: the entities its points allow."""
     node = object_id(f"buildingd_{site.site_id}")
@@ -169,7 +192,8 @@ def zone_configs(
     }
     if configuration_url:
         device["configuration_url"] = f"{configuration_url}/api/zones/{zone_id}"
-    common = _availability(base) | {"device": device}
+    owner = site.gateways.zone_gateway.get(zone_id)
+    common = _availability(availability.topic(base, owner)) | {"device": device}
     low, high = setpoint_limits(site, zone_id)
     out: list[tuple[str, dict[str, Any]]] = []
     has_climate = bool(kinds & {PointKind.TEMPERATURE, PointKind.HEATING_SETPOINT,

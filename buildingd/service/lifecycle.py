@@ -374,7 +374,9 @@ async def _start_mqtt_bridge(daemon: Daemon, sup: Supervisor, conn: MqttConnecti
     url = f"http://{host}:{http.port}" if http.enabled else None
     await sup.start(
         "mqtt-bridge",
-        lambda: MqttBridgeAgent(daemon.ctx, conn, vote, lambda: daemon.coordinator, flush, url),
+        lambda: MqttBridgeAgent(
+            daemon.ctx, conn, vote, lambda: daemon.coordinator, flush, url, daemon.election.leader
+        ),  # fmt: skip
     )
 
 

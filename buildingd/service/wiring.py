@@ -94,7 +94,12 @@ def wire(
 
         conf = settings.mqtt
         host = conf.host or "127.0.0.1"
-        mqtt = MqttConnection(conf, site.site_id, host, conf.port, metrics=metrics)
+        # Gateways of one site may share a broker (an external one; the embedded amqtt has no
+        # shared subscriptions): each its own client id and availability, requests taken once.
+        several = not site.gateways.single
+        mqtt = MqttConnection(conf, site.site_id, host, conf.port, metrics=metrics,
+                              gateway=(settings.gateway.id or "main") if several else None,
+                              share=several and conf.host is not None)  # fmt: skip
     nats: NatsBus | None = None
     election = Election(site, settings)
     if settings.nats.enabled:  # the bus between the site's gateways (service/gateway)
