@@ -13,9 +13,9 @@ into the site's command stream and acknowledged, taken by the receiving gateway'
 
 Reported: the round as in ``bench_negotiation.py`` (from the negotiation's own history: cfp to
 the coordinator holding every confirmation), its messages, what the buses counted (durable
-publishes stored twice, unpublished, refused), the in-process round of the same site in the same
-run and the ratio, and the machine's load average. ``python bench/bench_nats_round.py 300``
-runs another size.
+publishes the stream de-duplicated, unpublished, refused), the in-process round of the same
+site in the same run and the ratio, and the machine's load average.
+``python bench/bench_nats_round.py 300`` runs another size.
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ async def over_nats(site_dir: Path, state: Path, cluster: NatsCluster, zones: in
         figures["messages_per_zone"] = messages / zones
         await quiet(total)  # the awards' device commands, each on its zone's gateway
         after = [(b.duplicates, b.stats.unpublished, b.stats.invalid) for b in buses if b]
-        for i, name in enumerate(("stored_twice", "unpublished", "refused")):
+        for i, name in enumerate(("deduplicated", "unpublished", "refused")):
             figures[name] = sum(a[i] - c[i] for a, c in zip(after, counted, strict=True))
         figures["zones_per_gateway"] = {g.settings.gateway.id: len(g.zone_agents)
                                         for g in gateways}  # fmt: skip
