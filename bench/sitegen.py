@@ -7,10 +7,16 @@ from pathlib import Path
 
 
 def generate(
-    folder: Path, zones: int, poll_interval_s: float = 10.0, coordinator_apart: bool = False
+    folder: Path,
+    zones: int,
+    poll_interval_s: float = 10.0,
+    coordinator_apart: bool = False,
+    gateways: int = 0,
 ) -> Path:
     """A site of ``zones`` identical rooms in ``folder``. ``coordinator_apart``: two gateways,
-    ``zones`` with every zone and device and ``plant`` running the coordinator."""
+    ``zones`` with every zone and device and ``plant`` running the coordinator. ``gateways``:
+    that many, ``g1`` to ``gN``, each with an equal share of the zones and their devices (a
+    device file each), the coordinator on ``g1``."""
     (folder / "devices").mkdir(parents=True, exist_ok=True)
     (folder / "policies").mkdir(parents=True, exist_ok=True)
     ids = [f"z{n:04d}" for n in range(zones)]
@@ -25,8 +31,31 @@ def generate(
     if coordinator_apart:
         site += ["gateways:", "  - {id: zones, zones: ['*']}", "  - {id: plant, coordinator: true}"]
         dev.insert(0, "gateway: zones")
+    shares = [ids[g * zones // gateways : (g + 1) * zones // gateways] for g in range(gateways)]
+    if gateways:
+        site.append("gateways:")
+        for g, share in enumerate(shares, 1):
+            lead = ", coordinator: true" if g == 1 else ""
+            site.append(f"  - {{id: g{g}, zones: [{', '.join(share)}]{lead}}}")
     (folder / "site.yaml").write_text("\n".join(site) + "\n")
-    p = poll_interval_s
+    if gateways:
+        for g, share in enumerate(shares, 1):
+            lines = [f"gateway: g{g}", "devices:", *_devices(share, poll_interval_s)]
+            (folder / "devices" / f"g{g}.yaml").write_text("\n".join(lines) + "\n")
+    else:
+        dev += _devices(ids, poll_interval_s)
+        (folder / "devices" / "bench.yaml").write_text("\n".join(dev) + "\n")
+    (folder / "policies" / "all.yaml").write_text(
+        "policies:\n  - id: all\n    zones: ['*']\n    timezone: Europe/Berlin\n"
+        "    schedule:\n      occupied_hours:\n        - {days: [mon, tue, wed, thu, fri], "
+        "start: '07:00', end: '19:00'}\n"
+    )
+    return folder
+
+
+def _devices(ids: list[str], p: float) -> list[str]:
+    """A thermostat, a presence sensor and a light of each zone in ``ids`` (YAML lines)."""
+    dev: list[str] = []
     for z in ids:
         dev += [
             f"  - id: {z}-thermostat",
@@ -52,13 +81,7 @@ def generate(
             f"      - {{id: power, zone: {z}, kind: power}}",
             f"      - {{id: dehum, zone: {z}, kind: dehumidifier, writable: true, limits: {{min: 0, max: 1}}}}",
         ]
-    (folder / "devices" / "bench.yaml").write_text("\n".join(dev) + "\n")
-    (folder / "policies" / "all.yaml").write_text(
-        "policies:\n  - id: all\n    zones: ['*']\n    timezone: Europe/Berlin\n"
-        "    schedule:\n      occupied_hours:\n        - {days: [mon, tue, wed, thu, fri], "
-        "start: '07:00', end: '19:00'}\n"
-    )
-    return folder
+    return dev
 
 
 if __name__ == "__main__":

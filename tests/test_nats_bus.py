@@ -443,3 +443,29 @@ async def test_a_request_for_the_coordinator_is_acknowledged_once_it_is_durable(
             assert time.monotonic() < deadline, info
             await asyncio.sleep(0.1)
         assert len(boxes["a"]) == len(boxes["b"]) == 0
+
+
+async def test_durable_publishes_are_pipelined_stored_once_and_in_order_between_two_agents(
+    nats_cluster: NatsCluster,
+) -> None:
+    """Guards the publish pipeline (issue 19): a send returns before its acknowledgement, so
+    many are in flight at once (each used to wait for its own round trip); still every command
+    is stored once, and those from one agent to another in the order sent."""
+    box = Mailbox(THERMOSTAT, maxsize=10_000, overflow="block")
+    zones = [f"zone[z{i}]" for i in range(20)]
+    async with gateway(nats_cluster, "a") as a, gateway(nats_cluster, "b", {THERMOSTAT: box}):
+        most_in_flight = 0
+        for value in range(10):
+            for zone in zones:
+                msg = CommandMsg(point_id="heating_sp", value=value, zone_id=None, reason="test")
+                await a.send(msg.envelope(Performative.REQUEST, zone, THERMOSTAT))
+                most_in_flight = max(most_in_flight, len(a.publishing))
+        await a.published()
+        assert a.stats.unpublished == 0 and not a.publishing
+        assert most_in_flight > 1
+        got = [await received(box) for _ in range(10 * len(zones))]
+        by_sender: dict[str, list[float]] = collections.defaultdict(list)
+        for env in got:
+            by_sender[env.sender].append(CommandMsg.parse(env).value)
+        assert by_sender == {zone: [float(v) for v in range(10)] for zone in zones}
+        assert await values_until_sentinel(a, box) == []  # nothing more, nothing twice

@@ -11,7 +11,7 @@ import collections
 import itertools
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal, Protocol, Self
@@ -63,14 +63,17 @@ class Envelope(BaseModel):
         """An envelope this process's own agents make from ``model``, a content model validated
         when it was built, and typed values: not validated again (pydantic's ``model_construct``
         costs more than validating; this about half as much). Never for outside input."""
-        unknown = values.keys() - _ENVELOPE_FIELDS.keys()
-        if unknown:
+        fields = _OPTIONAL.copy()  # in declaration order, as pydantic keeps them
+        fields.update(values)
+        if len(fields) != len(_OPTIONAL):
+            unknown = values.keys() - _OPTIONAL.keys()
             raise TypeError(f"unknown envelope fields: {sorted(unknown)}")
+        if _MISSING in fields.values():
+            missing = [name for name, value in fields.items() if value is _MISSING]
+            raise TypeError(f"envelope fields {missing} are required")
+        if "content" not in values:
+            fields["content"] = {}
         env = cls.__new__(cls)
-        fields = {
-            name: values[name] if name in values else default()
-            for name, default in _ENVELOPE_FIELDS.items()
-        }
         object.__setattr__(env, "__dict__", fields)
         object.__setattr__(env, "__pydantic_fields_set__", set(values))
         object.__setattr__(env, "__pydantic_extra__", None)
@@ -108,24 +111,11 @@ class Envelope(BaseModel):
         )
 
 
-def _required(name: str) -> Callable[[], Any]:
-    def missing() -> Any:
-        raise TypeError(f"envelope field {name} is required")
-
-    return missing
-
-
-def _default_of(name: str) -> Callable[[], Any]:
-    info = Envelope.model_fields[name]
-    if info.default_factory is not None:
-        return info.default_factory  # type: ignore[return-value]
-    value = info.default
-    return lambda: value
-
-
-# Field name -> its default (made anew each time), in declaration order; required ones raise.
-_ENVELOPE_FIELDS: dict[str, Callable[[], Any]] = {
-    name: _default_of(name) if not info.is_required() else _required(name)
+_MISSING: Any = object()  # a required field not given to ``Envelope.trusted``
+# Field name -> its default, in declaration order: required ones ``_MISSING``; ``content``'s (a
+# new dict each time) is made in ``trusted``.
+_OPTIONAL: dict[str, Any] = {
+    name: _MISSING if info.is_required() else info.default
     for name, info in Envelope.model_fields.items()
 }
 
@@ -229,10 +219,15 @@ class BusStats:
         self.invalid = 0
         self.unpublished = 0  # envelopes a remote transport could not publish (broker down)
         self.total = 0
+        self._kinds: dict[tuple[Performative, str], str] = {}
 
     def count(self, env: Envelope) -> None:
         self.total += 1
-        self.by_kind[f"{env.performative.value}/{env.ontology}"] += 1
+        pair = (env.performative, env.ontology)
+        kind = self._kinds.get(pair)
+        if kind is None:  # the label made once per kind, not once per message
+            kind = self._kinds[pair] = f"{env.performative.value}/{env.ontology}"
+        self.by_kind[kind] += 1
         if env.conversation_id is not None:
             conv = self.by_conversation
             conv[env.conversation_id] = conv.get(env.conversation_id, 0) + 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar, Literal, Self
@@ -22,15 +23,33 @@ class Content(BaseModel):
         # Built here from a validated model by this process's own agents: trusted, so not
         # validated again. Envelopes from another process are validated in full where they
         # come in (``nats.bus``).
-        return Envelope.trusted(
-            self,
-            performative=performative,
-            sender=sender,
-            receiver=receiver,
-            ontology=self.ontology,
-            content=self.model_dump(mode="json"),
-            **kw,
-        )
+        return Envelope.trusted(self, performative=performative, sender=sender, receiver=receiver,
+                                ontology=self.ontology, content=self.model_dump(mode="json"),
+                                **kw)  # fmt: skip
+
+    def envelopes(
+        self, performative: Performative, sender: str, receivers: Iterable[str], **kw: Any
+    ) -> list[Envelope]:
+        """As ``envelope``, one per receiver, sharing the content's JSON form (dumped once: a
+        round's cfps); nobody changes an envelope's content."""
+        content = self.model_dump(mode="json")
+        return [
+            Envelope.trusted(
+                self,
+                performative=performative,
+                sender=sender,
+                receiver=receiver,
+                ontology=self.ontology,
+                content=content,
+                **kw,
+            )
+            for receiver in receivers
+        ]
+
+    def answer(self, to: Envelope, performative: Performative, sender: str) -> Envelope:
+        """A reply to ``to`` (its sender, conversation and protocol) carrying this content."""
+        return self.envelope(performative, sender, to.sender, conversation_id=to.conversation_id,
+                             in_reply_to=to.reply_with, protocol=to.protocol)  # fmt: skip
 
     @classmethod
     def parse(cls, env: Envelope) -> Self:

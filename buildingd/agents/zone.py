@@ -304,8 +304,13 @@ class ZoneAgent(Agent):
                 while env is not None and (env := self.inbox.get_nowait()) is not None:
                     changed = self._handle(env) or changed
                 now = self.ctx.clock.monotonic()
-                while self._pending_replies:
-                    await self.ctx.send(self._pending_replies.pop(0))
+                if self._pending_replies:
+                    while self._pending_replies:
+                        await self.ctx.send(self._pending_replies.pop(0))
+                    # The answer first, then the zone's own work: an award's confirmation
+                    # reaches the coordinator before this zone decides and commands its devices
+                    # (a thousand zones' decisions would otherwise hold up every confirmation).
+                    await asyncio.sleep(0)
                 if changed or now >= next_tick:
                     await self.control(now)
                     next_tick = now + CONTROL_INTERVAL_S
@@ -482,10 +487,8 @@ class ZoneAgent(Agent):
                 conversation, award.level, award.shift_k, award.dim_pct, award.ends_at
             )
             self._apply_commitments()
-            return env.reply(
-                Performative.INFORM_DONE,
-                self.name,
-                DemandResponseDone(level=award.level).model_dump(mode="json"),
+            return DemandResponseDone(level=award.level).answer(
+                env, Performative.INFORM_DONE, self.name
             )
         if env.performative is Performative.REJECT_PROPOSAL:
             return None  # not needed this time: nothing to do, nothing to answer
@@ -494,10 +497,8 @@ class ZoneAgent(Agent):
             # Restored from what is still committed: a cancel of one event keeps another, and a
             # zone agent restarted mid-event (adjustments kept, commitments not) restores too.
             self._apply_commitments()
-            return env.reply(
-                Performative.INFORM_DONE,
-                self.name,
-                DemandResponseDone(restored=True).model_dump(mode="json"),
+            return DemandResponseDone(restored=True).answer(
+                env, Performative.INFORM_DONE, self.name
             )
         return env.reply(Performative.NOT_UNDERSTOOD, self.name, {"reason": "unexpected"})
 

@@ -102,6 +102,7 @@ class CoordinatorAgent(Agent):
                     # The rest of a burst (a round's answers) without a timer per message.
                     while (waiting := self.inbox.get_nowait()) is not None:
                         self.take(waiting)
+                    self.demand.answered(self.ctx.clock.monotonic())
                 now = self.ctx.clock.monotonic()
                 if now >= next_tick:
                     self.tick(now)

@@ -22,7 +22,7 @@ from buildingd.agents.messages import (
     zone_address,
 )
 from buildingd.audit import audit_decision
-from buildingd.config.policies import Band, Policy
+from buildingd.config.policies import Policy
 from buildingd.control.contract_net import Award, Offer, award
 from buildingd.coordinator.escalation import negotiation_story
 from buildingd.coordinator.negotiation import Answers, DemandResponseRun, NegotiationState
@@ -65,6 +65,7 @@ class Conversation:
         run.round += 1
         run.round_id = f"{conversation}.{run.round}"
         run.invited = set(zones)
+        run.answered = 0
         for zone_id in zones:  # a new round: earlier answers of the zones asked do not count
             run.offers.pop(zone_id, None)
             run.refused.pop(zone_id, None)
@@ -76,12 +77,11 @@ class Conversation:
             round=run.round,
         )
         reply_by = self.office.clock.now() + timedelta(seconds=dr.reply_s)
-        for zone_id in zones:
-            self.office.outbox.append(
-                self._to_zone(
-                    run, zone_id, Performative.CFP, call, reply_with=run.round_id, reply_by=reply_by
-                )
-            )
+        self.office.outbox += call.envelopes(
+            Performative.CFP, self.office.name, [zone_address(z) for z in zones],
+            conversation_id=run.negotiation.conversation_id, protocol=CONTRACT_NET,
+            reply_with=run.round_id, reply_by=reply_by,
+        )  # fmt: skip
         why = (
             f"round {run.round}: cfp to {len(zones)} zones: shed {run.target_w:.0f} W "
             f"({run.reason})"
@@ -117,6 +117,19 @@ class Conversation:
             else:
                 self._transition(run, S.SETTLED, now_s, "all zones restored")
 
+    def answers_in(self, run: DemandResponseRun) -> bool:
+        """Whether the step under way has every answer it waits for: counted, not compared (the
+        desk takes one answer per zone asked in a round, confirmations and restores only from
+        zones awarded), so it costs nothing per message."""
+        state = run.negotiation.state
+        if state is S.COLLECTING:
+            return run.answered >= len(run.invited)
+        if state is S.AWARDING:
+            return len(run.confirmed) >= len(run.awarded)
+        if state is S.RESTORING:
+            return len(run.restored) >= len(run.awarded)
+        return False
+
     def _round_over(self, run: DemandResponseRun, now_s: float) -> None:
         """A round's answers are in (or its reply_by passed): award, or ask again."""
         dr = self.office.site.demand_response
@@ -124,14 +137,16 @@ class Conversation:
         for zone_id in silent:  # unanswered cfps count as refusals at reply_by
             run.refused[zone_id] = "no answer by reply_by"
         result = award(self._admissible_offers(run), run.target_w, self._exempt_zones())
-        answers: Answers = (
-            frozenset(
-                (z, tuple(sorted((str(o.level), o.shed_w, o.comfort_cost) for o in offers)))
-                for z, offers in run.offers.items()
-            ),
-            frozenset(run.refused),
-        )
-        looping = answers == run.last_answers
+        answers: Answers | None = None
+        if not result.met:  # only a round that falls short is compared with the last one
+            answers = (
+                frozenset(
+                    (z, tuple(sorted((str(o.level), o.shed_w, o.comfort_cost) for o in offers)))
+                    for z, offers in run.offers.items()
+                ),
+                frozenset(run.refused),
+            )
+        looping = answers is not None and answers == run.last_answers
         no_time = now_s + dr.reply_s + TICK_S >= run.ends_s
         if result.met or looping or no_time or run.round >= run.max_rounds:
             if result.met:
@@ -173,14 +188,14 @@ class Conversation:
                 continue
             policy = site.policy_for(zone_id)
             limits, safety = policy.negotiation, policy.safety
-            band = self._current_band(zone_id, policy)
+            heating_c, cooling_c = self._current_band(zone_id, policy)
             for offer in offers:
                 level = offer.level
                 if not limits.exempt and (
                     level.shift_k <= limits.max_shift_k
                     and level.dim_pct <= limits.max_dim_pct
-                    and band.heating_c - level.shift_k >= safety.min_c
-                    and band.cooling_c + level.shift_k <= safety.max_c
+                    and heating_c - level.shift_k >= safety.min_c
+                    and cooling_c + level.shift_k <= safety.max_c
                 ):
                     admissible.append(offer)
                 else:
@@ -191,12 +206,14 @@ class Conversation:
                                 zone_id, level, run.negotiation.conversation_id)  # fmt: skip
         return admissible
 
-    def _current_band(self, zone_id: str, policy: Policy) -> Band:
-        """The zone's setpoints as it last reported them, or its policy's occupied band."""
+    def _current_band(self, zone_id: str, policy: Policy) -> tuple[float, float]:
+        """The zone's (heating, cooling) setpoints as it last reported them, or its policy's
+        occupied band."""
         state = self.office.zones.get(zone_id)
         if state is None:
-            return policy.comfort.occupied
-        return Band(heating_c=state.heating_sp_c, cooling_c=state.cooling_sp_c)
+            band = policy.comfort.occupied
+            return band.heating_c, band.cooling_c
+        return state.heating_sp_c, state.cooling_sp_c
 
     def _award(self, run: DemandResponseRun, now_s: float, result: Award, short_why: str) -> None:
         conversation = run.negotiation.conversation_id

@@ -60,6 +60,7 @@ class DemandResponseDesk:
         self._rejections_logged: Counter[str] = Counter()
         self.building_power_w: float | None = None
         self._scheduled_started: set[str] = set()  # keys of scheduled events opened
+        self._replied: set[str] = set()  # conversations that took an answer since ``answered``
         self.talk = Conversation(
             office, alarm, self.rejected, self.outcomes, self._save_commitments
         )
@@ -114,6 +115,9 @@ class DemandResponseDesk:
             self._reject(env, "malformed", str(err).splitlines()[0])
             return
         n.count_message()
+        self._replied.add(n.conversation_id)
+        if performative in (Performative.PROPOSE, Performative.REFUSE):
+            run.answered += 1
         if performative is Performative.PROPOSE:
             if offers:
                 run.offers[zone_id] = offers
@@ -161,14 +165,27 @@ class DemandResponseDesk:
         self._scheduled_events(now_s)
         self._power_cap(now_s)
         for run in list(self.negotiations.values()):
-            self.talk.progress(run, now_s)
-            n = run.negotiation
-            if n.over:
-                if n.state is S.SETTLED and run.committed_w >= run.target_w:
-                    self.alarm.negotiation_met(n.conversation_id, n.opened_s)
-                self.negotiations.pop(n.conversation_id, None)
-                self._rejections_logged.pop(n.conversation_id, None)
-                self.finished = [*self.finished[-49:], run]
+            self._progress(run, now_s)
+
+    def answered(self, now_s: float) -> None:
+        """After the agent took a burst of messages: move on at once every negotiation whose
+        step has all its answers in (the round's award, the confirmations, the restores), as
+        its next tick would, instead of waiting up to ``TICK_S`` for it."""
+        for conversation in self._replied:
+            run = self.negotiations.get(conversation)
+            if run is not None and self.talk.answers_in(run):
+                self._progress(run, now_s)
+        self._replied.clear()
+
+    def _progress(self, run: DemandResponseRun, now_s: float) -> None:
+        self.talk.progress(run, now_s)
+        n = run.negotiation
+        if n.over:
+            if n.state is S.SETTLED and run.committed_w >= run.target_w:
+                self.alarm.negotiation_met(n.conversation_id, n.opened_s)
+            self.negotiations.pop(n.conversation_id, None)
+            self._rejections_logged.pop(n.conversation_id, None)
+            self.finished = [*self.finished[-49:], run]
 
     def _scheduled_events(self, now_s: float) -> None:
         dr = self.office.site.demand_response

@@ -202,6 +202,7 @@ class DemandResponseRun:
     round_id: str = ""  # reply_with of this round's cfps: an answer must carry it
     reply_by_s: float = 0.0
     invited: set[str] = field(default_factory=set)  # asked in this round
+    answered: int = 0  # proposals and refusals taken in this round (one per zone asked)
     offers: dict[str, list[Offer]] = field(default_factory=dict)  # this round's proposals
     refused: dict[str, str] = field(default_factory=dict)  # each zone's latest refusal
     last_answers: Answers | None = None  # the previous round's, to spot a clarification loop

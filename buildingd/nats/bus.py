@@ -9,7 +9,10 @@ HMAC) and goes one of two ways (``subjects``):
   repeated after a lost acknowledgement is stored once), and taken by that gateway's durable
   consumer, acknowledged after delivery to the local mailbox. A gateway that is down finds its
   commands when it comes back; one whose ``reply_by`` has passed by then is not delivered, but
-  refused back to its sender (``RefusalMsg``) and counted (``expired``).
+  refused back to its sender (``RefusalMsg``) and counted (``expired``). Durable publishes are
+  pipelined: the sender goes on once its message is handed over, up to ``IN_FLIGHT`` await
+  their acknowledgement at once, each tried again until stored; between two agents they are
+  stored in the order sent.
 - the rest (readings, states, informs, and whatever has no known gateway) is delivered locally
   and published on core NATS, ``buildingd.<site>.agent.<address>``; gateways keep only what
   their own agents subscribe to.
@@ -69,6 +72,10 @@ FENCED_METRIC = "buildingd_bus_fenced_total"
 COORDINATOR_FETCH_WAIT_S = 1.0  # short: a leader that lost its lease stops pulling soon
 UNPUBLISHED_METRIC = "buildingd_bus_unpublished_total"
 PUBLISH_TIMEOUT_S = 2.0  # one try of a durable publish
+# Durable publishes awaiting their acknowledgement at once (one bus): the sender goes on as soon
+# as its message is handed to the client, and waits only when this many are unacknowledged.
+IN_FLIGHT = 512
+STOP_FLUSH_S = 5.0  # at stop, unacknowledged publishes are waited for this long, then counted
 # A durable publish is tried again (same Nats-Msg-Id) until this long has passed: a stream
 # leader's election takes 4-9 s (its Raft timeouts); the sending agent waits meanwhile.
 PUBLISH_DEADLINE_S = 30.0
@@ -77,6 +84,10 @@ API_TIMEOUT_S = 10.0  # stream and consumer set-up (a cluster may be electing a 
 START_DEADLINE_S = 60.0  # ... tried again this long at start (inside systemd's start timeout)
 FETCH_BATCH = 100
 FETCH_WAIT_S = 5.0  # a pull request waits this long for commands, then is renewed
+# nats-py's fetch returns once its batch is full or its time is up, however early the first
+# message came: the bus waits for one command alone, then takes what follows in batches each
+# waiting at most this long (a round's 1,000 answers no longer wait for the full FETCH_WAIT_S).
+BURST_WAIT_S = 0.02
 NOT_YET_DELAY_S = 1.0  # a command for an agent not started yet comes back after this
 NOT_YET_TRIES = 60  # ... this many times, then it is terminated as undeliverable
 Route = Callable[[str], str | None]  # agent address -> the gateway it lives on (None: unknown)
@@ -147,6 +158,12 @@ class NatsBus(InProcessBus):
         self._sub: Any = None  # the core subscription
         self._pull: Any = None  # the durable consumer's pull subscription
         self._coordinator_pull: Any = None  # the coordinator's (a candidate's, while leading)
+        # Durable publishes under way, each a task of this bus (awaited or cancelled at stop),
+        # the window that bounds them, and per (sender, receiver) the latest one: the next one
+        # between the same two agents is published once it is stored.
+        self.publishing: set[asyncio.Task[None]] = set()
+        self._window = asyncio.Semaphore(IN_FLIGHT)
+        self._latest: dict[tuple[str, str], asyncio.Task[None]] = {}
 
     # -- start, run, stop ------------------------------------------------------------------
 
@@ -236,13 +253,18 @@ class NatsBus(InProcessBus):
         message for one of ``settle_for`` is acknowledged after its batch, by ``_settle``."""
         import nats.errors
 
+        burst = False  # commands came: take what follows in batches, briefly waited for
         while True:
             if not active():
                 await asyncio.sleep(wait_s / 4)
                 continue
             try:
-                msgs = await pull.fetch(FETCH_BATCH, timeout=wait_s)
+                if burst:
+                    msgs = await pull.fetch(FETCH_BATCH, timeout=BURST_WAIT_S)
+                else:
+                    msgs = await pull.fetch(1, timeout=wait_s)  # returns with the first
             except TimeoutError:  # nats' and asyncio's (fetch raises either): none waiting
+                burst = False
                 continue
             except nats.errors.Error as err:  # the cluster away, the consumer electing its
                 self.fetch_errors += 1  # leader (503 right after it is created): again soon
@@ -256,6 +278,7 @@ class NatsBus(InProcessBus):
                 self._fetch_ok = True
                 if self.fetch_errors:
                     log.info("bus: taking commands again")
+            burst = True
             held: list[Any] | None = [] if hold else None
             for msg in msgs:
                 try:
@@ -291,7 +314,12 @@ class NatsBus(InProcessBus):
         log.warning("bus: acknowledging a command failed (%s: %s)", type(err).__name__, err)
 
     async def stop(self) -> None:
-        """Unsubscribe and close the connection (unacknowledged commands stay in the stream)."""
+        """Wait for the durable publishes under way (up to ``STOP_FLUSH_S``; the rest are
+        counted as unpublished), unsubscribe and close the connection (unacknowledged commands
+        stay in the stream)."""
+        await self.published(STOP_FLUSH_S)
+        for task in list(self.publishing):
+            task.cancel()
         for sub in (self._sub, self._pull, self._coordinator_pull):
             if sub is not None:
                 await sub.unsubscribe()
@@ -328,19 +356,59 @@ class NatsBus(InProcessBus):
         except nats.errors.Error as err:  # the client closed, its buffer full: counted
             self._unpublished(env, str(err) or type(err).__name__)
 
-    async def _publish_durable(self, env: Envelope, gateway: str) -> None:
-        import nats.errors
+    async def published(self, timeout_s: float | None = None) -> None:
+        """Until every durable publish sent so far is stored or given up (``unpublished``)."""
+        if self.publishing:
+            await asyncio.wait(list(self.publishing), timeout=timeout_s)
 
+    async def _publish_durable(self, env: Envelope, gateway: str) -> None:
+        """Hand the envelope to a task of its own that publishes it until the stream has stored
+        it, and go on: many are pipelined (up to ``IN_FLIGHT``), not one round trip each. Two
+        agents' messages are stored in the order sent: each waits for the one before it."""
+        if self.js is None:  # never connected: nothing to hand it to
+            return self._unpublished(env, "not connected yet")
         subject = subjects.command_subject(self.site_id, gateway, env.receiver)
         body = self.sealer.seal(subject, env.model_dump(mode="json"))
-        headers = {"Nats-Msg-Id": f"{self.origin}-{self.sealer.counter}"}
+        msg_id = f"{self.origin}-{self.sealer.counter}"
+        await self._window.acquire()  # the sender waits here only when the window is full
+        pair = (env.sender, env.receiver)
+        before = self._latest.get(pair)
+        task = asyncio.create_task(self._store(env, subject, body, msg_id, before),
+                                   name=f"nats-bus.publish[{env.receiver}]")  # fmt: skip
+        self._latest[pair] = task
+        self.publishing.add(task)
+
+        def done(task: asyncio.Task[None]) -> None:
+            self.publishing.discard(task)
+            if self._latest.get(pair) is task:
+                del self._latest[pair]
+            self._window.release()
+            if task.cancelled():  # at stop, past STOP_FLUSH_S
+                self._unpublished(env, "the bus stopped before it was stored")
+
+        task.add_done_callback(done)
+
+    async def _store(
+        self,
+        env: Envelope,
+        subject: str,
+        body: bytes,
+        msg_id: str,
+        before: asyncio.Task[None] | None,
+    ) -> None:
+        """Publish until the stream acknowledges it, tried again with the same ``Nats-Msg-Id``
+        (stored once however often it is sent) until ``PUBLISH_DEADLINE_S``, then counted."""
+        import nats.errors
+
+        if before is not None:
+            await asyncio.wait([before])  # stored, or given up
         problem = "not connected yet"
         loop = asyncio.get_running_loop()
         deadline = loop.time() + PUBLISH_DEADLINE_S
         delay_s = RETRY_FIRST_S
         while self.js is not None:
             try:
-                ack = await self.js.publish(subject, body, headers=dict(headers),
+                ack = await self.js.publish(subject, body, headers={"Nats-Msg-Id": msg_id},
                                             stream=self.stream)  # fmt: skip
             except nats.errors.Error as err:  # no ack: the same message id again, soon
                 problem = str(err) or type(err).__name__

@@ -80,10 +80,12 @@ async def run(daemon: Daemon, duration_s: float | None) -> None:
                 for device_id in site.devices:
                     if runs_device(site, settings, device_id):
                         await start_device(daemon, device_id)
+                bus_tasks = []  # run until the agents have stopped, then cancelled
                 if daemon.nats is not None:  # commands once the agents listen
-                    tasks.create_task(daemon.nats.run(), name="nats-bus")
+                    bus_tasks.append(tasks.create_task(daemon.nats.run(), name="nats-bus"))
                     if not site.gateways.single:
-                        tasks.create_task(_watch_partition(daemon), name="nats-partition")
+                        bus_tasks.append(tasks.create_task(_watch_partition(daemon),
+                                                           name="nats-partition"))  # fmt: skip
                 election = _elect_coordinator(daemon, sup, tasks)
                 await _start_http(daemon)
                 daemon.ctx.ready_s = daemon.clock.monotonic()
@@ -111,6 +113,8 @@ async def run(daemon: Daemon, duration_s: float | None) -> None:
                     election.cancel()
                     await asyncio.wait({election})
                 await _shutdown(daemon, sup)
+                for task in bus_tasks:  # else the task group would wait for them for ever
+                    task.cancel()
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
