@@ -194,7 +194,6 @@ class InfluxSink:
 
     async def _step_locked(self, replay: bool) -> None:
         size = self.settings.batch_size
-        self._oldest_pending_s = None  # every line leaves memory now (to the server or disk)
         while self.pending:
             batch = [self.pending.popleft() for _ in range(min(size, len(self.pending)))]
             if self.buffer.points or self._now() < self._retry_at:
@@ -203,6 +202,8 @@ class InfluxSink:
             result = await self._write(batch)
             if result.outcome in (Outcome.RETRY, Outcome.CONFIG):
                 self._spill(batch)
+        # Here, not before the loop: lines submitted during a write above were taken too.
+        self._oldest_pending_s = None
         if replay:
             await self._replay()
 
