@@ -1,11 +1,13 @@
 """How late a command arrives when the NATS node leading the site's command stream is SIGKILLed
 (issue 19): a real 3-node JetStream cluster on 127.0.0.1 per trial, gateway ``a`` sending 300
-commands to a thermostat on gateway ``b``, the stream's leader killed after the 100th. A delivery
-lost in flight when the node dies comes again only after the consumer's ack wait.
+commands (2 ms apart) to a thermostat on gateway ``b``, the stream's leader killed after the
+100th. A delivery lost in flight when the node dies comes again only after the consumer's ack
+wait.
 
 Reported per trial (JSON on stdout): the worst delay of one command (sent to received), the
-time from the kill to the last command received, the commands lost and doubled, and the load
-average. ``python bench/bench_nats_command_delay.py 8`` runs 8 trials (default 6).
+time from the kill to the last command received, the commands lost and doubled, the consumer's
+ack wait, whether ``b`` was connected to the node killed, and the load average.
+``python bench/bench_nats_command_delay.py 8`` runs 8 trials (default 6).
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ from tests.nats_cluster import TEST_USERS, NatsCluster
 from tests.test_nats_bus import THERMOSTAT, command, gateway
 
 COMMANDS, KILL_AT = 300, 100
+PACE_S = 0.002  # between two commands
 GIVE_UP_S = 60.0  # a command not come by then is lost
 
 
-async def trial(cluster: NatsCluster) -> dict[str, float | int | None]:
+async def trial(cluster: NatsCluster) -> dict[str, float | int | bool | None]:
     box = Mailbox(THERMOSTAT, maxsize=10_000, overflow="block")
     sent: dict[float, float] = {}
     came: dict[float, float] = {}
@@ -40,15 +43,22 @@ async def trial(cluster: NatsCluster) -> dict[str, float | int | None]:
         assert a.js is not None and b.js is not None
         consumer = await b.js.consumer_info(subjects.stream_name("hq"), subjects.consumer_name("b"))
         ack_wait_s = consumer.config.ack_wait
-        killed_at = 0.0
+        killed_at, b_on_it = 0.0, False
         for i in range(COMMANDS):
             if i == KILL_AT:
                 info = await a.js.stream_info(subjects.stream_name("hq"))
                 leader = info.cluster.leader if info.cluster is not None else None
                 cluster.kill([n.name for n in cluster.nodes].index(leader))
+                b_on_it = (
+                    b.nc is not None
+                    and b.nc.connected_url is not None
+                    and str(b.nc.connected_url.port)
+                    in next(n.url for n in cluster.nodes if n.name == leader)
+                )
                 killed_at = time.monotonic()
             sent[float(i)] = time.monotonic()
             await a.send(command(float(i)))
+            await asyncio.sleep(PACE_S)  # b taking them as they come: deliveries in flight
         print(f"sent in {time.monotonic() - killed_at:.1f} s after the kill", file=sys.stderr)
         deadline = time.monotonic() + GIVE_UP_S
         while len(came) < COMMANDS and (left := deadline - time.monotonic()) > 0:
@@ -66,6 +76,7 @@ async def trial(cluster: NatsCluster) -> dict[str, float | int | None]:
         "lost": COMMANDS - len(came),
         "doubled": doubled,
         "ack_wait_s": ack_wait_s,
+        "b_on_killed_node": b_on_it,
         "load": round(os.getloadavg()[0], 2),
     }
 
