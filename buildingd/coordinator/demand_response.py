@@ -239,8 +239,10 @@ class DemandResponseDesk:
         """A demand-response request from outside (MQTT, HTTP): opened (its conversation id)
         when it is within the site's ``max_target_w`` and ``max_window_s``, else refused:
         audited, counted, and ``RequestRefusedError`` raised with the reason. A request that
-        names its conversation (one sent over the bus) opens it once: the same one again (a
-        redelivery after a failover) is the event already open, not a second one."""
+        names its conversation (one sent over the bus, one with an HTTP Idempotency-Key) opens
+        it once: the same one again (a redelivery after a failover, a client's retry) is the
+        event already open, not a second one; what it asked is kept ``REQUEST_KEPT_S`` (in the
+        state file), and another request naming the same conversation is refused."""
         digest = hashlib.sha256(call.model_dump_json().encode()).hexdigest()
         taken = self._requests.get(conversation_id or "")
         if taken is not None and taken.digest != digest:

@@ -232,6 +232,9 @@ async def clear(daemon: Daemon, request: Request) -> Response:
     return Response.json({"cleared": request.params["alert"], "by": by})
 
 
+MAX_KEY_CHARS = 255  # an Idempotency-Key's length
+
+
 def idempotent_conversation(request: Request) -> str | None:
     """The conversation named by the request's ``Idempotency-Key`` header (IETF draft "The
     Idempotency-Key HTTP Header Field", draft-ietf-httpapi-idempotency-key-header: a
@@ -247,9 +250,6 @@ def idempotent_conversation(request: Request) -> str | None:
         raise HttpError(HTTPStatus.BAD_REQUEST, "Idempotency-Key must be 1 to "
                         f"{MAX_KEY_CHARS} printable ASCII characters")  # fmt: skip
     return "http-" + hashlib.sha256(key.encode()).hexdigest()[:32]
-
-
-MAX_KEY_CHARS = 255
 
 
 async def demand_response(daemon: Daemon, request: Request) -> Response:
