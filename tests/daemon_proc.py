@@ -123,8 +123,15 @@ class Running:
         except urllib.error.HTTPError as err:
             return err.code, json.loads(err.read() or b"null")
 
-    def post(self, path: str, token: str | None, body: bytes = b"{}") -> tuple[int, Any]:
-        req = urllib.request.Request(self.base + path, method="POST", data=body)
+    def post(
+        self,
+        path: str,
+        token: str | None,
+        body: bytes = b"{}",
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any]:
+        req = urllib.request.Request(self.base + path, method="POST", data=body,
+                                     headers=headers or {})  # fmt: skip
         if token is not None:
             req.add_header("Authorization", f"Bearer {token}")
         try:

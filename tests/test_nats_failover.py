@@ -164,6 +164,37 @@ def test_a_standby_takes_over_when_the_leader_is_killed(
     print(f"takeover {took_s:.1f} s after SIGKILL (lease TTL 6 s, revision {last:g} -> {taken:g})")
 
 
+def test_a_request_retried_with_its_idempotency_key_on_the_new_leader_opens_nothing_new(
+    start: object, nats_cluster: NatsCluster
+) -> None:
+    """A client whose leader died as it answered (or that timed out) sends the same request
+    with the same ``Idempotency-Key`` to the next leader: it gets the event the first opened,
+    not a second one; the key on another request is refused there too (the key's request is in
+    the site's KV bucket with the event)."""
+    assert callable(start)
+    zones: Running = start("zones")  # first: it takes the lease
+    zones.until(lambda: zones.metric(REVISION), "zones leads", WAIT_S)
+    devices: Running = start("devices")
+    devices.until(lambda: devices.json("/healthz")["leader"] == "zones", "devices sees zones lead")
+    key = {"Idempotency-Key": '"grid-2026-12-08T16"'}
+
+    def request(daemon: Running, call: dict[str, Any]) -> tuple[int, Any]:
+        return daemon.post("/api/demand-response", daemon.token, json.dumps(call).encode(), key)
+
+    status, first = request(zones, CALL)
+    assert status == 202, first
+    conversation = first["conversation_id"]
+    zones.until(lambda: conversation in mirrored(nats_cluster), "the event in the bucket", WAIT_S)
+    zones.proc.kill()
+    devices.until(lambda: devices.metric(REVISION), "devices took the lease", WAIT_S)
+    devices.wait_for_output("this gateway leads")
+    assert request(devices, CALL) == (202, first)
+    status, body = request(devices, {**CALL, "target_w": 3000})
+    assert status == 422 and "different request" in json.dumps(body), body
+    runs = devices.json("/api/negotiations")
+    assert [r["conversation_id"] for r in runs] == [conversation], runs
+
+
 def commitments(daemon: Running) -> dict[str, list[str]]:
     """The demand-response conversations each zone run by ``daemon`` keeps in force."""
     return {z["id"]: z.get("commitments", []) for z in daemon.json("/api/zones")}

@@ -1,7 +1,8 @@
 """Two ``buildingd run`` gateways of one site (a real 3-node NATS cluster, both coordinator
 candidates) sharing ONE mosquitto broker, as Home Assistant users run them: a request sent over
 MQTT acts once (a demand-response request opens one event, a vote or a set request is answered
-once, by the gateway running the coordinator), and each entity's availability follows the
+once, by the gateway running the coordinator; the site's events are published once; while the
+coordinator is taken over, one gateway answers so), and each entity's availability follows the
 gateway that runs it, so killing one gateway leaves the other's entities available (the
 retained availability topics read back from the broker)."""
 
@@ -151,6 +152,7 @@ def test_a_request_over_a_shared_broker_acts_once(
     (the standby saying "the coordinator is not running")."""
     zones, devices, listener = shared
     reason = "grid call over a shared broker"
+    before = len(listener.on(f"{BASE}/events"))  # both up and each heard the other
     listener.publish(
         f"{BASE}/demand-response/request",
         json.dumps({"target_w": 1500, "window_s": 1800, "reason": reason}),
@@ -166,6 +168,12 @@ def test_a_request_over_a_shared_broker_acts_once(
     )
     until(run_awarded, "the event awarded")  # by then a second request would have opened too
     assert len(opened()) == 1, opened()
+    # The site's events (non-retained) once each, not once per gateway: the coordinator's
+    # events reach both gateways over NATS, and only the coordinator's gateway publishes them.
+    events = listener.on(f"{BASE}/events")[before:]
+    negotiation = [e for e in events if json.loads(e)["kind"] == "negotiation"]
+    doubled = [e for e in set(events) if events.count(e) > 1]
+    assert negotiation and not doubled, doubled
 
     listener.publish(f"{BASE}/zone/f1-reception/vote", "cold")
     votes = answers(listener, f"{BASE}/zone/f1-reception/vote/result")
@@ -198,3 +206,19 @@ def test_one_gateway_dying_leaves_the_others_entities_available(
     assert retained(mosquitto.port, f"{BASE}/gateway/zones/status") == b"online"
     assert retained(mosquitto.port, f"{BASE}/status") is None  # nobody marks the whole site
     assert zones.proc.poll() is None
+
+
+def test_while_the_coordinator_is_taken_over_one_gateway_says_so(
+    shared: tuple[Running, Running, Listener],
+) -> None:
+    """Guards against the standby answering "the coordinator is not running" in the seconds
+    after the leader's gateway died (before its lease aged out): a vote then is answered once,
+    by the gateway left, saying the coordinator is being taken over and to send it again."""
+    zones, devices, listener = shared
+    zones.proc.kill()  # SIGKILL: the broker publishes its will; its lease ages out (6 s)
+    until(lambda: listener.last(f"{BASE}/gateway/zones/status") == b"offline", "the will")
+    listener.publish(f"{BASE}/zone/f1-reception/vote", "cold")
+    votes = answers(listener, f"{BASE}/zone/f1-reception/vote/result")
+    assert devices.metric("buildingd_coordinator_lease_revision") == 0  # not taken over yet
+    assert [v["accepted"] for v in votes] == [False], votes
+    assert "taking over" in votes[0]["reason"] and "again" in votes[0]["reason"], votes

@@ -1,9 +1,11 @@
-"""The daemon as systemd runs it: sd_notify, HTTP API, reload on SIGHUP, graceful SIGTERM; and
-the watchdog fed by the real daemon, in-process, while its loop or one of its agents is wedged."""
+"""The daemon as systemd runs it: sd_notify, HTTP API (demand-response retries with an
+Idempotency-Key), reload on SIGHUP, graceful SIGTERM; and the watchdog fed by the real daemon,
+in-process, while its loop or one of its agents is wedged."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import signal
@@ -135,6 +137,53 @@ def test_votes_demand_response_and_acknowledgement_over_http(daemon: Running) ->
     code, body = daemon.post(override, daemon.token, b'{"heating_sp_c": 45}')
     assert code == 422 and "safety band" in body["reason"]
     assert daemon.post(override, daemon.token, b'{"setpoint": 21}')[0] == 400
+
+
+# Demand-response requests with an ``Idempotency-Key`` (IETF draft "The Idempotency-Key HTTP
+# Header Field"): a client that got a 503 or a timeout just as its request landed sends it again
+# with the same key and gets the event it opened, also after a restart; the key on a different
+# request is refused (422).
+ASK = {"target_w": 500, "window_s": 600, "reason": "grid operator"}
+
+
+def dr_request(daemon: Running, key: str | None, body: dict[str, Any] = ASK) -> tuple[int, Any]:
+    headers = {} if key is None else {"Idempotency-Key": key}
+    return daemon.post("/api/demand-response", daemon.token, json.dumps(body).encode(), headers)
+
+
+def events(daemon: Running) -> list[str]:
+    return [r["conversation_id"] for r in daemon.json("/api/negotiations")]
+
+
+def test_a_demand_response_retried_with_its_idempotency_key_opens_one_event(
+    daemon: Running, site_copy: Path, tmp_path: Path
+) -> None:
+    daemon.wait_ready()
+    code, first = dr_request(daemon, '"retry-1"')  # a structured-field string, as the draft has it
+    assert code == 202
+    conversation = first["conversation_id"]
+    assert dr_request(daemon, '"retry-1"') == (202, first)  # the retry: the same event
+    assert dr_request(daemon, "retry-1") == (202, first)  # the key unquoted is the same key
+    assert events(daemon).count(conversation) == 1 and len(events(daemon)) == 1
+    code, body = dr_request(daemon, '"retry-1"', {**ASK, "target_w": 900})
+    assert code == 422 and "different request" in json.dumps(body), body
+    assert daemon.metric("buildingd_requests_refused_total", source="http") >= 1
+    assert len(events(daemon)) == 1  # nothing opened by the refused one
+    assert dr_request(daemon, "x" * 256)[0] == 400
+    code, other = dr_request(daemon, '"retry-2"')  # another key: another event
+    assert code == 202 and other["conversation_id"] != conversation
+    assert len(events(daemon)) == 2
+    # Kept in the state: after a restart the retry is still the event it opened.
+    daemon.stop()
+    again = start_daemon(site_copy, tmp_path, state=daemon.state)
+    try:
+        again.wait_ready()
+        assert dr_request(again, '"retry-1"') == (202, first)
+        assert dr_request(again, '"retry-1"', {**ASK, "window_s": 900})[0] == 422
+        assert set(events(again)) <= {conversation, other["conversation_id"]}  # none new
+        assert dr_request(again, None)[0] == 202  # no key: a new event each time, as before
+    finally:
+        again.close()
 
 
 def test_sighup_with_a_broken_policy_keeps_the_old_one(daemon: Running) -> None:

@@ -123,6 +123,18 @@ def test_every_dashboard_query_uses_only_what_the_writer_produces() -> None:
     assert set(schema.SCHEMA) <= used
 
 
+def test_the_health_panels_show_each_gateway_apart() -> None:
+    """On a site over gateways every gateway writes its own ``daemon`` line (tagged
+    ``gateway``): a panel taking ``last()`` over all of them showed whichever wrote last."""
+    dash = json.loads(DASHBOARD.read_text())
+    targets = [t for p in dash["panels"] for t in p.get("targets", [])
+               if 'FROM "daemon"' in t["query"]]  # fmt: skip
+    assert len(targets) >= 8
+    for target in targets:
+        assert re.search(r'GROUP BY (time\(\$__interval\), )?"gateway"', target["query"]), target
+        assert "$tag_gateway" in target["alias"], target
+
+
 def test_dashboard_panels_use_the_provisioned_data_source() -> None:
     source = yaml.safe_load((REPO / "grafana/provisioning/datasources/buildingd.yaml").read_text())[
         "datasources"

@@ -170,9 +170,11 @@ class CoordinatorAgent(Agent):
 
     # -- what the service, the API and the MQTT bridge call: each desk's own ----------------------
 
-    def request_demand_response(self, call: DemandResponseCall, source: str) -> str:
+    def request_demand_response(
+        self, call: DemandResponseCall, source: str, conversation_id: str | None = None
+    ) -> str:
         """Opened (its conversation id), or ``RequestRefusedError`` with the reason."""
-        return self.demand.request(call, source)
+        return self.demand.request(call, source, conversation_id)
 
     def open_demand_response(self, target_w: float, window_s: float, reason: str) -> str:
         return self.demand.open(target_w, window_s, reason)

@@ -64,6 +64,16 @@ class OpenEvent(_Event):
     round: int = Field(ge=0)
 
 
+class TakenRequest(_Frozen):
+    """A request from outside that named its own conversation (an HTTP ``Idempotency-Key``, a
+    request queued on the bus): a digest of what it asked, kept until ``kept_until``, so the
+    same request again is the event it opened and the same name on another request is refused."""
+
+    conversation_id: str = Field(min_length=1, max_length=100)
+    digest: str = Field(min_length=1, max_length=100)
+    kept_until: AwareDatetime
+
+
 class CommitmentsFile(_Frozen):
     version: Literal[1] = 1
     commitments: list[Commitment] = Field(default_factory=list)
@@ -71,6 +81,7 @@ class CommitmentsFile(_Frozen):
     # Keys of scheduled events already opened, kept until the event's end, so a restart inside
     # an event's window does not open it again.
     scheduled_started: list[str] = Field(default_factory=list)
+    requests: list[TakenRequest] = Field(default_factory=list)  # absent in older files
 
 
 class CommitmentsFileError(BuildingdError):
@@ -106,9 +117,13 @@ def save(path: Path, data: CommitmentsFile) -> None:
     write_atomic(path, data.model_dump_json(indent=1) + "\n")
 
 
-def to_file(runs: Iterable[DemandResponseRun], scheduled_started: Iterable[str]) -> CommitmentsFile:
+def to_file(
+    runs: Iterable[DemandResponseRun],
+    scheduled_started: Iterable[str],
+    requests: Iterable[TakenRequest] = (),
+) -> CommitmentsFile:
     """What to keep: every run past its award and before its restore, with the zones awarded,
-    and every run still asking the zones (open or collecting)."""
+    every run still asking the zones (open or collecting), and the requests taken."""
     runs = list(runs)
     records = [
         Commitment(
@@ -130,7 +145,8 @@ def to_file(runs: Iterable[DemandResponseRun], scheduled_started: Iterable[str])
     opened = [OpenEvent(**_event(run), round=run.round) for run in runs
               if run.negotiation.state in _ASKING]  # fmt: skip
     return CommitmentsFile(commitments=records, opened=opened,
-                           scheduled_started=sorted(scheduled_started))  # fmt: skip
+                           scheduled_started=sorted(scheduled_started),
+                           requests=sorted(requests, key=lambda r: r.kept_until))  # fmt: skip
 
 
 _IN_FORCE = (NegotiationState.AWARDING, NegotiationState.EXECUTING)

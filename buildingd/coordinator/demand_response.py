@@ -13,10 +13,12 @@ restart (zones told again, shedding until the window's end), never awarded or op
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import NoReturn
 from zoneinfo import ZoneInfo
 
 from buildingd.agents.bus import Envelope, Performative, new_conversation_id
@@ -45,6 +47,9 @@ from buildingd.points import PointKind
 log = logging.getLogger(__name__)
 REJECTIONS_LOGGED = 20  # per conversation; further rejected messages are only counted
 S = NegotiationState
+# A request that named its conversation is remembered this long (what it asked, as a digest):
+# sent again, it is the event it opened; its name on another request is refused.
+REQUEST_KEPT_S = 24 * 3600.0
 
 
 class DemandResponseDesk:
@@ -60,6 +65,8 @@ class DemandResponseDesk:
         self._rejections_logged: Counter[str] = Counter()
         self.building_power_w: float | None = None
         self._scheduled_started: set[str] = set()  # keys of scheduled events opened
+        # Requests that named their conversation, by it (``request``); kept in the state file.
+        self._requests: dict[str, commitments.TakenRequest] = {}
         self._replied: set[str] = set()  # conversations that took an answer since ``answered``
         self.talk = Conversation(
             office, alarm, self.rejected, self.outcomes, self._save_commitments
@@ -232,18 +239,37 @@ class DemandResponseDesk:
         """A demand-response request from outside (MQTT, HTTP): opened (its conversation id)
         when it is within the site's ``max_target_w`` and ``max_window_s``, else refused:
         audited, counted, and ``RequestRefusedError`` raised with the reason. A request that
-        names its conversation (one sent over the bus) opens it once: the same one again (a
-        redelivery after a failover) is the event already open, not a second one."""
-        if conversation_id is not None and self._known(conversation_id):
+        names its conversation (one sent over the bus, one with an HTTP Idempotency-Key) opens
+        it once: the same one again (a redelivery after a failover, a client's retry) is the
+        event already open, not a second one; what it asked is kept ``REQUEST_KEPT_S`` (in the
+        state file), and another request naming the same conversation is refused."""
+        digest = hashlib.sha256(call.model_dump_json().encode()).hexdigest()
+        taken = self._requests.get(conversation_id or "")
+        if taken is not None and taken.digest != digest:
+            self._refuse(source, f"conversation {conversation_id} was opened by a different "
+                                 "request (target_w, window_s or reason): a request's key names "
+                                 "one request only")  # fmt: skip
+        if conversation_id is not None and (taken is not None or self._known(conversation_id)):
             log.info("coordinator: demand-response request %s from %s already taken",
                      conversation_id, source)  # fmt: skip
             return conversation_id
         problem = self.office.site.demand_response.request_problem(call.target_w, call.window_s)
         if problem is not None:
-            record_refusal(self.office.metrics, "demand-response", problem, source=source)
-            log.warning("coordinator: demand-response request from %s refused: %s", source, problem)
-            raise RequestRefusedError("demand-response", problem)
+            self._refuse(source, problem)
+        if conversation_id is not None:  # kept with the event it opens (saved with its cfp)
+            wall = self.office.clock.now().astimezone(UTC)
+            self._requests = {c: r for c, r in self._requests.items() if r.kept_until > wall}
+            self._requests[conversation_id] = commitments.TakenRequest(
+                conversation_id=conversation_id,
+                digest=digest,
+                kept_until=wall + timedelta(seconds=REQUEST_KEPT_S),
+            )
         return self.open(call.target_w, call.window_s, call.reason, conversation_id)
+
+    def _refuse(self, source: str, problem: str) -> NoReturn:
+        record_refusal(self.office.metrics, "demand-response", problem, source=source)
+        log.warning("coordinator: demand-response request from %s refused: %s", source, problem)
+        raise RequestRefusedError("demand-response", problem)
 
     def _known(self, conversation_id: str) -> bool:
         return conversation_id in self.negotiations or any(
@@ -304,7 +330,8 @@ class DemandResponseDesk:
     def _save_commitments(self) -> None:
         """Write the awards in force (and the scheduled events opened) when they changed."""
         if self.file.path is not None:  # not built for nothing (unit tests keep no files)
-            kept = commitments.to_file(self.negotiations.values(), self._scheduled_started)
+            kept = commitments.to_file(self.negotiations.values(), self._scheduled_started,
+                                       self._requests.values())  # fmt: skip
             self.file.save(kept)
 
     def resume(self, now_s: float) -> None:
@@ -316,6 +343,7 @@ class DemandResponseDesk:
         if saved is None:
             return
         self._scheduled_started |= set(saved.scheduled_started)
+        self._requests |= {r.conversation_id: r for r in saved.requests}
         self._take_up(saved, now_s)
         self._reopen(saved, now_s)
         self._save_commitments()

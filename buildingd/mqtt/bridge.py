@@ -31,8 +31,10 @@ state), ``device/<device>/<point>`` (power and energy readings) and ``problem/<s
 On a site over gateways (which may share one broker): demand-response requests and alert
 actions are shared subscriptions on an external broker (``MqttConnection.shared``: one gateway
 takes each and sends it on to the coordinator's queue), a vote or set request is answered by the
-coordinator's gateway when its bridge is on this broker (``gateway/<id>/status`` online), and the
-entities' availability is their gateway's (``ha_discovery``).
+coordinator's gateway when its bridge is on this broker (``gateway/<id>/status`` online), as
+are the site's ``events`` (once per site, not once per gateway); while the coordinator's gateway
+is away, the first gateway online answers that it is being taken over. The entities'
+availability is their gateway's (``ha_discovery``).
 
 The bridge also hands the daemon's ``Metrics`` to the connection (``use_metrics``), so its
 ``buildingd_mqtt_*`` counters reach ``/metrics``.
@@ -86,6 +88,8 @@ BUS_TOPICS = (ZONE_STATE_TOPIC, EVENTS_TOPIC, ALERTS_TOPIC)
 RANGE_SETTLE_S = 0.3  # Home Assistant sends a range's low and high as two messages, at once
 MAX_ANSWER_CHARS = 240  # a Home Assistant sensor state holds 255
 NO_COORDINATOR = "the coordinator is not running here"
+TAKING_OVER = ("the coordinator's gateway is away and another gateway is taking over: send the "
+               "request again in a few seconds")  # fmt: skip
 RETAINED_LOGGED = 1000  # topics whose ignored retained request was logged (then only counted)
 
 
@@ -210,8 +214,10 @@ class MqttBridgeAgent(Agent):
                     await self._zone_state(ZoneStateMsg.parse(env))
                 elif env.ontology == EventMsg.ontology:
                     event = EventMsg.parse(env)
-                    body = event.model_dump_json().encode()
-                    await self.conn.publish(f"{self.base}/events", body, self.settings.qos_events)
+                    if not self._answered_elsewhere():  # every gateway hears it: one publishes
+                        body = event.model_dump_json().encode()
+                        await self.conn.publish(f"{self.base}/events", body,
+                                                self.settings.qos_events)  # fmt: skip
                     if event.kind == "reload" and self.settings.homeassistant_discovery:
                         await self._reannounce()
                 elif env.ontology == ReadingMsg.ontology:
@@ -405,15 +411,24 @@ class MqttBridgeAgent(Agent):
                 self._spawn(self._reannounce())
 
     def _answered_elsewhere(self) -> bool:
-        """A vote or set request the coordinator's own gateway answers: it runs elsewhere and
-        that gateway's bridge is on this broker too (a shared broker), so this one stays out
-        of it. Otherwise a gateway without the coordinator answers that it is not running."""
-        if self.overrides is not None and self.overrides() is not None:
+        """Whether another gateway's bridge on this broker speaks for the site (answers votes
+        and set requests, publishes the site's ``events``): the coordinator's gateway when it
+        is online here; while none is (its gateway died and another is taking over), the
+        first of the gateways online here. A gateway alone on its broker speaks itself."""
+        me = self.conn.gateway
+        if me is None or (self.overrides is not None and self.overrides() is not None):
             return False
         leader = self.leader() if self.leader is not None else None
-        return (
-            leader is not None and leader != self.conn.gateway and (leader in self.gateways_online)
-        )
+        if leader is not None and leader != me and leader in self.gateways_online:
+            return True
+        return any(other < me for other in self.gateways_online - {me})
+
+    def _no_coordinator(self) -> str:
+        """Why a request the coordinator answers is refused here: on a broker shared with the
+        coordinator's gateway (seen here) or while none leads, it is being taken over."""
+        leader = self.leader() if self.leader is not None else None
+        shared = len(self.gateways_seen) > 1 and (leader is None or leader in self.gateways_seen)
+        return TAKING_OVER if self.conn.gateway is not None and shared else NO_COORDINATOR
 
     def _on_vote(self, topic: str, payload: bytes, retained: bool) -> None:
         if retained:
@@ -424,8 +439,11 @@ class MqttBridgeAgent(Agent):
         text = payload.decode(errors="replace").strip().strip('"').lower()
         if zone_id is None or self.vote_fn is None:
             return self._bad(topic, "unknown zone or no coordinator")
-        result = self.vote_fn(zone_id, text)
-        answer = {"accepted": result.accepted, "reason": result.reason, "vote": text[:20]}
+        answer: dict[str, object] = {"accepted": False, "reason": self._no_coordinator()}
+        if self.overrides is None or self.overrides() is not None:
+            result = self.vote_fn(zone_id, text)
+            answer = {"accepted": result.accepted, "reason": result.reason}
+        answer["vote"] = text[:20]
         self._spawn(self.conn.publish(f"{topic}/result", json.dumps(answer), qos=1))
         return None
 
@@ -459,7 +477,7 @@ class MqttBridgeAgent(Agent):
             return self._bad(topic, "unknown zone")
         overrides = self.overrides() if self.overrides is not None else None
         if overrides is None:
-            refused: dict[str, object] = {"accepted": False, "reason": NO_COORDINATOR}
+            refused: dict[str, object] = {"accepted": False, "reason": self._no_coordinator()}
             self._spawn(self._answer(zone_id, what[:20], refused))
             return None
         if what in ("heating_sp", "cooling_sp"):
@@ -500,7 +518,7 @@ class MqttBridgeAgent(Agent):
             return
         result: dict[str, object]
         if overrides is None:
-            result = {"accepted": False, "reason": NO_COORDINATOR}
+            result = {"accepted": False, "reason": self._no_coordinator()}
         elif state is None:
             result = {"accepted": False, "reason": "zone state not known yet"}
         else:

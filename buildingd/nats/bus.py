@@ -82,6 +82,17 @@ PUBLISH_DEADLINE_S = 30.0
 RETRY_FIRST_S, RETRY_MAX_S = 0.1, 1.0
 API_TIMEOUT_S = 10.0  # stream and consumer set-up (a cluster may be electing a leader)
 START_DEADLINE_S = 60.0  # ... tried again this long at start (inside systemd's start timeout)
+# A command delivered and not acknowledged is delivered again after this: a delivery lost in
+# flight when a NATS node dies (the node the gateway was connected to, or the consumer's leader)
+# never reaches the bus, and came again only after JetStream's 30 s. Short, so a command is
+# still early for its reply_by. A late acknowledgement is still taken: a gateway's own consumer
+# is pulled by this gateway alone, one batch after the other, so nothing is delivered again
+# while its batch is under way; a request held for the coordinator (``_settle``) longer than
+# this may go to a new leader, which takes it as the same event (its conversation id, the
+# desk's ``request``), and the old leader's settle fails. No max_deliver: every delivery
+# is judged by ``_take`` (refused as a replay, expired at its reply_by, or not yet at start-up
+# NOT_YET_TRIES times), and the stream's max_age bounds the rest.
+COMMAND_ACK_WAIT_S = 5.0
 FETCH_BATCH = 100
 FETCH_WAIT_S = 5.0  # a pull request waits this long for commands, then is renewed
 # nats-py's fetch returns once its batch is full or its time is up, however early the first
@@ -203,9 +214,13 @@ class NatsBus(InProcessBus):
                 durable_name=durable,
                 ack_policy=AckPolicy.EXPLICIT,
                 deliver_policy=DeliverPolicy.ALL,
-                ack_wait=30.0,
+                ack_wait=COMMAND_ACK_WAIT_S,
                 max_ack_pending=1000,
+                filter_subject=subjects.gateway_commands(self.site_id, queue),
             )
+            # Created, or updated when it exists (a consumer made by an older version keeps
+            # its ack_wait otherwise: pull_subscribe only binds to an existing one).
+            await api.add_consumer(self.stream, consumer)
             return await api.pull_subscribe(subjects.gateway_commands(self.site_id, queue),
                                             durable=durable, stream=self.stream,
                                             config=consumer)  # fmt: skip

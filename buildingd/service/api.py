@@ -5,6 +5,7 @@ JSON API (zones, devices, alerts) and the token-protected writes, as a table of 
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -231,8 +232,31 @@ async def clear(daemon: Daemon, request: Request) -> Response:
     return Response.json({"cleared": request.params["alert"], "by": by})
 
 
+MAX_KEY_CHARS = 255  # an Idempotency-Key's length
+
+
+def idempotent_conversation(request: Request) -> str | None:
+    """The conversation named by the request's ``Idempotency-Key`` header (IETF draft "The
+    Idempotency-Key HTTP Header Field", draft-ietf-httpapi-idempotency-key-header: a
+    structured-field string, quoted; a bare key is taken too), None without one. A digest of
+    the key: the same key is the same conversation on whichever gateway leads."""
+    raw = request.headers.get("idempotency-key")
+    if raw is None:
+        return None
+    key = raw.strip()
+    if len(key) >= 2 and key[0] == key[-1] == '"':
+        key = key[1:-1]
+    if not 1 <= len(key) <= MAX_KEY_CHARS or not (key.isascii() and key.isprintable()):
+        raise HttpError(HTTPStatus.BAD_REQUEST, "Idempotency-Key must be 1 to "
+                        f"{MAX_KEY_CHARS} printable ASCII characters")  # fmt: skip
+    return "http-" + hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
 async def demand_response(daemon: Daemon, request: Request) -> Response:
-    """Open a demand-response event: ``{"target_w": 2000, "window_s": 3600}``."""
+    """Open a demand-response event: ``{"target_w": 2000, "window_s": 3600}``. With an
+    ``Idempotency-Key``, the same request again (a retry after a 503 or a timeout) is answered
+    as the first was, with the event it opened; the key on a different request is refused."""
+    conversation_id = idempotent_conversation(request)
     body = body_object(request)
     try:
         call = DemandResponseCall(
@@ -245,7 +269,7 @@ async def demand_response(daemon: Daemon, request: Request) -> Response:
         record_refusal(daemon.metrics, "demand-response", why, source="http")
         raise HttpError(HTTPStatus.UNPROCESSABLE_ENTITY, why) from err
     try:
-        conversation = coordinator(daemon).request_demand_response(call, source="http")
+        conversation = coordinator(daemon).request_demand_response(call, "http", conversation_id)
     except RequestRefusedError as err:
         raise HttpError(HTTPStatus.UNPROCESSABLE_ENTITY, err.reason) from err
     # Accepted once the event is where a new leader would find it (the site's KV bucket).
