@@ -42,8 +42,9 @@ ROUTE = {"device[t1]": "b", "zone[z1]": "a"}  # the thermostat on gateway b, its
 THERMOSTAT, ZONE = "device[t1]", "zone[z1]"
 WAIT_S = 30.0  # a bound for a loaded machine, not a speed requirement
 # A command lost in flight comes again after the consumer's ack wait (5 s): this bound leaves a
-# loaded machine 10 s more, and is half JetStream's default (30 s, what it was).
-LOST_IN_FLIGHT_S = 15.0
+# loaded machine 20 s more (gateway b starts inside it), and is still below JetStream's default
+# (30 s, what it was), so the old ack wait fails it.
+LOST_IN_FLIGHT_S = 25.0
 
 
 def nats_settings(cluster: NatsCluster, user: str) -> NatsSettings:
