@@ -12,7 +12,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from buildingd.agents.messages import DemandResponseCall
-from buildingd.coordinator.requests import record_refusal, request_error
+from buildingd.agents.requests import record_refusal, request_error
 from buildingd.errors import RequestRefusedError
 from buildingd.service.gateway import gateways_json
 from buildingd.service.http import HttpError, HttpServer, Request, Response
