@@ -8,9 +8,10 @@ commands and had them confirmed and the bus is quiet; devices poll hourly (``POL
 poll wave falls into the round. The coordinator awards as soon as the last answer is in, and
 sees the award confirmed as soon as the last confirmation is, without waiting for its tick.
 
-Reported: the round's wall time, when its steps were done (``phases_s``: cfps sent, awards
-sent, confirmed, from the negotiation's history), when the bench saw it and the process's CPU
-time until then, the conversation's messages (counted by kind on the bus) and per zone, the cfp
+Reported: the round's wall time and the process's CPU time until the last confirmation was
+taken (``round_cpu_s``), when its steps were done (``phases_s``: cfps sent, awards sent,
+confirmed, from the negotiation's history), when the bench saw it and the process's CPU time
+until then, the conversation's messages (counted by kind on the bus) and per zone, the cfp
 rounds, the bus's traffic before the round, and every bus message from the cfp until the bus is
 quiet again (the awards set off commands to the devices); per size, the award computation
 alone; beside them the raw cost of the same number of messages on the in-process bus, measured
@@ -130,6 +131,15 @@ async def one_round(coordinator: CoordinatorAgent, zones: int) -> Figures:
     phases = {"cfps_sent": time.perf_counter() - t0}  # seconds since the round began
     run = coordinator.negotiations[conversation]
     n = run.negotiation
+    cpu_at: dict[str, float] = {}  # process CPU seconds since the round began, by state reached
+    advance = n.advance
+
+    def timed_advance(to: S, now_s: float, reason: str) -> S:
+        state = advance(to, now_s, reason)
+        cpu_at.setdefault(state.value, time.process_time() - cpu0)
+        return state
+
+    n.advance = timed_advance  # type: ignore[method-assign]
     while n.state in (S.OPEN, S.COLLECTING, S.AWARDING):
         if time.perf_counter() - t0 > 120:
             raise TimeoutError(f"{zones} zones: still {n.state} after 120 s")
@@ -143,6 +153,9 @@ async def one_round(coordinator: CoordinatorAgent, zones: int) -> Figures:
         "round_wall_s": phases.get("confirmed", observed),
         "observed_wall_s": observed,
         "observed_cpu_s": cpu,
+        # CPU until the coordinator took the last confirmation: on a loaded machine the wall
+        # time also counts the moments other processes had the core.
+        "round_cpu_s": cpu_at.get(S.EXECUTING.value, cpu),
         "phases_s": {k: round(v, 5) for k, v in phases.items()},
         "zones_awarded": len(run.awarded),
         "rounds": run.round,  # cfp rounds before the award (the policy allows up to 3)

@@ -11,12 +11,14 @@ band (``vote_offset_k``) that does not expire: nothing to release."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from buildingd.agents import learning_file
 from buildingd.agents.bus import Envelope, Performative, new_conversation_id
@@ -34,19 +36,20 @@ from buildingd.agents.messages import (
     DemandResponseDone,
     DemandResponseProposal,
     EventMsg,
-    OfferMsg,
     ReadingMsg,
     ZoneLearningMsg,
     ZoneStateMsg,
     ZoneSummary,
     device_address,
     readings_topic,
+    with_json,
     zone_address,
 )
 from buildingd.agents.runtime import Agent
 from buildingd.agents.zone_summary import zone_summary
 from buildingd.config.policies import Policy, Season
 from buildingd.control.contract_net import Offer, zone_offers
+from buildingd.control.frozen import replace
 from buildingd.control.seasons import in_season, season_at
 from buildingd.control.thermal_response import Regime
 from buildingd.control.trim_respond import PressureRequestTimer, update_pressure_requests
@@ -123,6 +126,25 @@ class Commitment:
     ends_at: datetime
 
 
+# A zone's answer to a cfp: propose or refuse, the content model and its JSON form.
+_Answer = tuple[Performative, DemandResponseProposal, dict[str, Any]]
+
+
+class _Offers:
+    """A zone's demand-response offers and its answer to a cfp, with what they were worked out
+    from: the zone's inputs, decision and state and the site (policy, capacities). Each of those
+    is replaced, never changed, when it changes, so the same objects mean the same offers."""
+
+    __slots__ = ("answer", "made_of", "offers")
+
+    def __init__(self, made_of: tuple[object, ...], offers: list[Offer]) -> None:
+        self.made_of, self.offers = made_of, offers
+        self.answer: _Answer | None = None  # made at the first cfp that needs it
+
+    def made_of_same(self, made_of: tuple[object, ...]) -> bool:
+        return all(a is b for a, b in zip(self.made_of, made_of, strict=True))
+
+
 class ZoneAgent(Agent):
     mailbox_size = 500
     overflow = "drop_oldest"  # readings are superseded by newer ones
@@ -166,6 +188,7 @@ class ZoneAgent(Agent):
         # G36 static pressure reset request state per terminal unit (device id).
         self._pressure: dict[str, PressureRequestTimer] = {}
         self._overridden = False  # a hand override (mode, light level) was in force last tick
+        self._offers: _Offers | None = None  # the offers as last worked out
         self._bind()
 
     def _bind(self) -> None:
@@ -304,14 +327,16 @@ class ZoneAgent(Agent):
                 while env is not None and (env := self.inbox.get_nowait()) is not None:
                     changed = self._handle(env) or changed
                 now = self.ctx.clock.monotonic()
+                decide_now = changed or now >= next_tick
                 if self._pending_replies:
                     while self._pending_replies:
                         await self.ctx.send(self._pending_replies.pop(0))
                     # The answer first, then the zone's own work: an award's confirmation
                     # reaches the coordinator before this zone decides and commands its devices
                     # (a thousand zones' decisions would otherwise hold up every confirmation).
-                    await asyncio.sleep(0)
-                if changed or now >= next_tick:
+                    if decide_now:
+                        await asyncio.sleep(0)
+                if decide_now:
                     await self.control(now)
                     next_tick = now + CONTROL_INTERVAL_S
         finally:
@@ -362,7 +387,19 @@ class ZoneAgent(Agent):
 
     def offers(self) -> list[Offer]:
         """What this zone can offer a demand-response cfp now: its flexibility within its
-        policy's limits. A shift never takes a setpoint out of the safety band."""
+        policy's limits. A shift never takes a setpoint out of the safety band. Worked out again
+        only when what they are made of changed (a cfp just after a decision takes the offers
+        its summary was made with); the list is shared: not to be changed."""
+        return self._current_offers().offers
+
+    def _current_offers(self) -> _Offers:
+        made_of = (self.inputs(), self.decision, self.state, self.ctx.site)
+        kept = self._offers
+        if kept is None or not kept.made_of_same(made_of):
+            kept = self._offers = _Offers(made_of, self._work_out_offers())
+        return kept
+
+    def _work_out_offers(self) -> list[Offer]:
         limits = self.policy.negotiation
         safety = self.policy.safety
         hvac_w, lighting_w, daylight = self._demand()
@@ -455,26 +492,11 @@ class ZoneAgent(Agent):
         ``ends_at``); restore on cancel. The reply, if any, is sent by the control loop."""
         if env.performative is Performative.CFP:
             DemandResponseCall.parse(env)
-            offers = self.offers()
-            if not offers:
-                why = "exempt by policy" if self.policy.negotiation.exempt else "nothing to shed"
-                reply = DemandResponseProposal(reason=why)
-                return reply.envelope(Performative.REFUSE, self.name, env.sender,
-                                      conversation_id=env.conversation_id,
-                                      in_reply_to=env.reply_with)  # fmt: skip
-            proposal = DemandResponseProposal(
-                offers=[
-                    OfferMsg(
-                        level=str(o.level),
-                        shift_k=o.level.shift_k,
-                        dim_pct=o.level.dim_pct,
-                        shed_w=round(o.shed_w, 1),
-                        comfort_cost=round(o.comfort_cost, 3),
-                    )
-                    for o in offers
-                ]  # fmt: skip
-            )
-            return proposal.envelope(Performative.PROPOSE, self.name, env.sender,
+            kept = self._current_offers()
+            if kept.answer is None:
+                kept.answer = self._answer_to_cfp(kept.offers)
+            performative, proposal, content = kept.answer
+            return proposal.envelope(performative, self.name, env.sender, dumped=content,
                                      conversation_id=env.conversation_id,
                                      in_reply_to=env.reply_with)  # fmt: skip
         if env.performative is Performative.ACCEPT_PROPOSAL:
@@ -487,9 +509,8 @@ class ZoneAgent(Agent):
                 conversation, award.level, award.shift_k, award.dim_pct, award.ends_at
             )
             self._apply_commitments()
-            return DemandResponseDone(level=award.level).answer(
-                env, Performative.INFORM_DONE, self.name
-            )
+            done, dumped = _done(award.level)
+            return done.answer(env, Performative.INFORM_DONE, self.name, dumped)
         if env.performative is Performative.REJECT_PROPOSAL:
             return None  # not needed this time: nothing to do, nothing to answer
         if env.performative is Performative.CANCEL:
@@ -497,10 +518,30 @@ class ZoneAgent(Agent):
             # Restored from what is still committed: a cancel of one event keeps another, and a
             # zone agent restarted mid-event (adjustments kept, commitments not) restores too.
             self._apply_commitments()
-            return DemandResponseDone(restored=True).answer(
-                env, Performative.INFORM_DONE, self.name
-            )
+            return _RESTORED[0].answer(env, Performative.INFORM_DONE, self.name, _RESTORED[1])
         return env.reply(Performative.NOT_UNDERSTOOD, self.name, {"reason": "unexpected"})
+
+    def _answer_to_cfp(self, offers: list[Offer]) -> _Answer:
+        """A proposal of ``offers``, or a refusal with the reason when there are none."""
+        if not offers:
+            why = "exempt by policy" if self.policy.negotiation.exempt else "nothing to shed"
+            return Performative.REFUSE, *with_json(DemandResponseProposal(reason=why))
+        # Its JSON form first, validated once into the model: two thirds of the cost of building
+        # each offer's model and dumping the whole.
+        content: dict[str, Any] = {
+            "offers": [
+                {
+                    "level": str(o.level),
+                    "shift_k": o.level.shift_k,
+                    "dim_pct": o.level.dim_pct,
+                    "shed_w": round(o.shed_w, 1),
+                    "comfort_cost": round(o.comfort_cost, 3),
+                }
+                for o in offers
+            ],
+            "reason": "",
+        }
+        return Performative.PROPOSE, DemandResponseProposal.model_validate(content), content
 
     def _refuse_award(self, award: DemandResponseAward) -> str | None:
         """Why this zone cannot apply ``award``, or None. The coordinator checks the same
@@ -750,6 +791,16 @@ class ZoneAgent(Agent):
 
 
 _TZ_CACHE: dict[str, object] = {}
+
+
+@functools.lru_cache(maxsize=64)
+def _done(level: str) -> tuple[DemandResponseDone, dict[str, Any]]:
+    """A confirmation that ``level`` was applied, with its JSON form: made once per level (a
+    thousand zones confirm a few levels)."""
+    return with_json(DemandResponseDone(level=level))
+
+
+_RESTORED = with_json(DemandResponseDone(restored=True))  # a restore's confirmation
 
 
 def _hand_override(adj: Adjustments) -> bool:

@@ -10,9 +10,9 @@ cheapest set that meets the target: at most one offer per zone, never from an ex
 
 from __future__ import annotations
 
+import functools
 import heapq
 import math
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
@@ -50,6 +50,13 @@ class Level:
         if self.dim_pct:
             parts.append(f"dim-{self.dim_pct:g}%")
         return "+".join(parts) or "none"
+
+
+@functools.lru_cache(maxsize=256)
+def level(shift_k: float, dim_pct: float) -> Level:
+    """``Level(shift_k, dim_pct)``, one object per value: a thousand zones' proposals name the
+    same few levels (less to allocate, and to collect, in a round)."""
+    return Level(shift_k, dim_pct)
 
 
 @dataclass(frozen=True)
@@ -137,10 +144,10 @@ def award(offers: Iterable[Offer], target_w: float, exempt_zones: Sequence[str] 
     """
     received = list(offers)
     exempt = set(exempt_zones)
-    valid = [o for o in received if o.zone_id not in exempt and o.shed_w > 0]
     by_zone: dict[str, list[Offer]] = {}
-    for offer in valid:
-        by_zone.setdefault(offer.zone_id, []).append(offer)
+    for offer in received:
+        if offer.shed_w > 0 and offer.zone_id not in exempt:
+            by_zone.setdefault(offer.zone_id, []).append(offer)
 
     if target_w <= 0:
         chosen: list[Offer] = []
@@ -151,14 +158,15 @@ def award(offers: Iterable[Offer], target_w: float, exempt_zones: Sequence[str] 
         exact = None
         if len(by_zone) <= MAX_EXACT_ZONES:
             exact = _exact(list(by_zone.values()), target_w)
-        chosen = exact if exact is not None else _greedy(valid, target_w)
+        chosen = exact if exact is not None else _greedy(by_zone, target_w)
 
     # By identity, once per accepted offer: equal duplicates received twice stay one rejected.
-    pending = Counter(id(o) for o in chosen)
+    # (An accepted offer is accepted once: at most one per zone.)
+    pending = {id(o) for o in chosen}
     rejected = []
     for offer in received:
-        if pending[id(offer)] > 0:
-            pending[id(offer)] -= 1
+        if id(offer) in pending:
+            pending.discard(id(offer))
         else:
             rejected.append(offer)
     committed = sum(o.shed_w for o in chosen)
@@ -209,45 +217,44 @@ def _exact(zones: list[list[Offer]], target_w: float) -> list[Offer] | None:
     return chosen[::-1]
 
 
-def _greedy(valid: list[Offer], target_w: float) -> list[Offer]:
-    by_zone: dict[str, list[Offer]] = {}
-    for offer in valid:
-        by_zone.setdefault(offer.zone_id, []).append(offer)
+def _greedy(by_zone: dict[str, list[Offer]], target_w: float) -> list[Offer]:
     chosen: dict[str, Offer] = {}
     total = 0.0
-
-    def best_upgrade(zone_id: str) -> tuple[float, int, Offer] | None:
-        # The upgrade costing least comfort per extra watt (the multiple-choice knapsack's
-        # classic greedy): a zone can move to a larger offer later, not only pick once.
-        current = chosen.get(zone_id)
-        shed0, cost0 = (current.shed_w, current.comfort_cost) if current else (0.0, 0.0)
-        best: tuple[float, int, Offer] | None = None
-        for i, offer in enumerate(by_zone[zone_id]):
-            if offer.shed_w > shed0:
-                ratio = (offer.comfort_cost - cost0) / (offer.shed_w - shed0)
-                if best is None or ratio < best[0]:
-                    best = (ratio, i, offer)
-        return best
-
+    # (comfort per extra watt of the zone's best upgrade, zone, offer index): one per zone.
     heap: list[tuple[float, str, int]] = []
-    for zone_id in by_zone:
-        up = best_upgrade(zone_id)
-        if up is not None:
-            heapq.heappush(heap, (up[0], zone_id, up[1]))
+    for zone_id, zone in by_zone.items():
+        up, ratio = _best_upgrade(zone, 0.0, 0.0)
+        if up >= 0:
+            heap.append((ratio, zone_id, up))
+    heapq.heapify(heap)  # the keys differ (one entry per zone): the order pushes would give
     while heap and total < target_w:
         _, zone_id, i = heapq.heappop(heap)
-        offer = by_zone[zone_id][i]
+        zone = by_zone[zone_id]
+        offer = zone[i]
         current = chosen.get(zone_id)
         if current is not None and offer.shed_w <= current.shed_w:
             continue  # stale entry
         total += offer.shed_w - (current.shed_w if current else 0.0)
         chosen[zone_id] = offer
-        up = best_upgrade(zone_id)
-        if up is not None:
-            heapq.heappush(heap, (up[0], zone_id, up[1]))
+        up, ratio = _best_upgrade(zone, offer.shed_w, offer.comfort_cost)
+        if up >= 0:
+            heapq.heappush(heap, (ratio, zone_id, up))
     # Drop what the target does not need, dearest first.
     for offer in sorted(chosen.values(), key=lambda o: -o.comfort_cost):
         if total - offer.shed_w >= target_w:
             del chosen[offer.zone_id]
             total -= offer.shed_w
     return list(chosen.values())
+
+
+def _best_upgrade(zone: list[Offer], shed0: float, cost0: float) -> tuple[int, float]:
+    """The zone's upgrade from (``shed0``, ``cost0``) costing least comfort per extra watt (the
+    multiple-choice knapsack's classic greedy: a zone can move to a larger offer later, not only
+    pick once; the first of equals): its index and that ratio, or -1 when none sheds more."""
+    best, best_ratio = -1, 0.0
+    for i, offer in enumerate(zone):
+        if offer.shed_w > shed0:
+            ratio = (offer.comfort_cost - cost0) / (offer.shed_w - shed0)
+            if best < 0 or ratio < best_ratio:
+                best, best_ratio = i, ratio
+    return best, best_ratio

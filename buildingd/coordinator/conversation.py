@@ -7,10 +7,11 @@ its own: the demand-response desk keeps the runs and is told when one changed (`
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import Counter
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from buildingd.agents.bus import Envelope, Performative
@@ -19,11 +20,12 @@ from buildingd.agents.messages import (
     DemandResponseAward,
     DemandResponseCall,
     DemandResponseProposal,
+    with_json,
     zone_address,
 )
 from buildingd.audit import audit_decision
 from buildingd.config.policies import Policy
-from buildingd.control.contract_net import Award, Offer, award
+from buildingd.control.contract_net import Award, Level, Offer, award
 from buildingd.coordinator.escalation import negotiation_story
 from buildingd.coordinator.negotiation import Answers, DemandResponseRun, NegotiationState
 from buildingd.coordinator.office import TICK_S, Office
@@ -32,6 +34,19 @@ log = logging.getLogger(__name__)
 CONTRACT_NET = "fipa-contract-net"  # the FIPA protocol name every negotiation message carries
 CONFIRM_S = 60.0  # awarded zones must confirm an award, and a restore, within this
 S = NegotiationState
+
+
+_Made = tuple[Content, dict[str, Any]]  # a content model and its JSON form (``with_json``)
+_NOT_NEEDED = with_json(DemandResponseProposal(reason="not needed"))  # a reject-proposal's
+
+
+@functools.lru_cache(maxsize=64)
+def _award_content(level: Level, ends_at: datetime) -> _Made:
+    """An award's content: the same for every zone awarded ``level`` in one event (a thousand
+    zones share a few levels), so made once per level."""
+    return with_json(DemandResponseAward(
+        level=str(level), shift_k=level.shift_k, dim_pct=level.dim_pct, ends_at=ends_at
+    ))  # fmt: skip
 
 
 class Alarm(Protocol):
@@ -261,38 +276,37 @@ class Conversation:
             )
 
     def send_award(self, run: DemandResponseRun, zone_id: str, offer: Offer) -> None:
-        accept = DemandResponseAward(
-            level=str(offer.level),
-            shift_k=offer.level.shift_k,
-            dim_pct=offer.level.dim_pct,
-            ends_at=run.ends_at,
-        )
+        accept = _award_content(offer.level, run.ends_at)
         self.office.outbox.append(self._to_zone(run, zone_id, Performative.ACCEPT_PROPOSAL, accept))
 
     def _reject_proposal(self, run: DemandResponseRun, zone_id: str) -> None:
-        reject = DemandResponseProposal(reason="not needed")
-        self.office.outbox.append(self._to_zone(run, zone_id, Performative.REJECT_PROPOSAL, reject))
+        self.office.outbox.append(
+            self._to_zone(run, zone_id, Performative.REJECT_PROPOSAL, _NOT_NEEDED)
+        )
 
     def _to_zone(
         self,
         run: DemandResponseRun,
         zone_id: str,
         performative: Performative,
-        content: Content | None = None,
-        **kw: Any,
+        content: _Made | None = None,
     ) -> Envelope:
-        """A contract-net message to one zone in ``run``'s conversation."""
-        kw |= {"conversation_id": run.negotiation.conversation_id, "protocol": CONTRACT_NET}
+        """A contract-net message to one zone in ``run``'s conversation, carrying ``content``
+        (a model and its JSON form, shared by every zone sent the same) or none (a cancel)."""
+        conversation = run.negotiation.conversation_id
         receiver = zone_address(zone_id)
         if content is not None:
-            return content.envelope(performative, self.office.name, receiver, **kw)
+            model, dumped = content
+            return model.envelope(performative, self.office.name, receiver, dumped=dumped,
+                                  conversation_id=conversation, protocol=CONTRACT_NET)  # fmt: skip
         ontology = DemandResponseCall.ontology  # a cancel carries no content
         return Envelope(
             performative=performative,
             sender=self.office.name,
             receiver=receiver,
             ontology=ontology,
-            **kw,
+            conversation_id=conversation,
+            protocol=CONTRACT_NET,
         )
 
     def _confirmed(self, run: DemandResponseRun, now_s: float) -> None:

@@ -30,7 +30,7 @@ from buildingd.agents.messages import (
 from buildingd.agents.requests import record_refusal
 from buildingd.audit import audit_decision
 from buildingd.config.policies import DemandResponseEvent, RecurringEvent
-from buildingd.control.contract_net import Level, Offer
+from buildingd.control.contract_net import Offer, level
 from buildingd.control.recurrence import running_occurrence
 from buildingd.coordinator import commitments
 from buildingd.coordinator.conversation import CONFIRM_S, Alarm, Conversation
@@ -114,7 +114,7 @@ class DemandResponseDesk:
             if performative is Performative.PROPOSE:
                 proposal = DemandResponseProposal.parse(env)
                 offers = [
-                    Offer(zone_id, Level(o.shift_k, o.dim_pct), o.shed_w, o.comfort_cost)
+                    Offer(zone_id, level(o.shift_k, o.dim_pct), o.shed_w, o.comfort_cost)
                     for o in proposal.offers
                 ]
             reason = str(env.content.get("reason") or performative)[:200]
