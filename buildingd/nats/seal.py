@@ -3,10 +3,10 @@ envelope, with a per-site key, a timestamp and a per-sender counter (a replay wi
 gateways holding the site's key can put messages on the bus, and a message cannot be played again
 or moved to another receiver.
 
-Wire form: ``{"origin", "counter", "ts", "envelope", "mac"}``; ``mac`` is the hex HMAC-SHA256
-(RFC 2104) of the canonical JSON (sorted keys, no spaces, ASCII) of
-``[topic, origin, counter, ts, envelope]`` (``topic``: the NATS subject). Pure apart from
-reading and creating the key file.
+Wire form: ``{"origin", "counter", "ts", "envelope", "mac"}`` (``envelope``: one, or a list of
+them for a batch); ``mac`` is the hex HMAC-SHA256 (RFC 2104) of the canonical JSON (sorted
+keys, no spaces, ASCII) of ``[topic, origin, counter, ts, envelope]`` (``topic``: the NATS
+subject). Pure apart from reading and creating the key file.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class BusSealer:
         self.key, self.origin, self.clock = key, origin, clock
         self.counter = 0
 
-    def seal(self, topic: str, envelope: dict[str, Any]) -> bytes:
+    def seal(self, topic: str, envelope: dict[str, Any] | list[dict[str, Any]]) -> bytes:
         self.counter += 1
         ts = round(self.clock(), 3)
         seal = mac(self.key, topic, self.origin, self.counter, ts, envelope)
