@@ -390,8 +390,8 @@ class NatsBus(InProcessBus):
         after the first envelope was queued, so what agents sent to it meanwhile (a round's
         cfps, its zones' confirmations) goes together, as a batch (one seal, one publish, one
         acknowledgement); what is queued while a publish awaits its acknowledgement goes
-        next. An envelope for a topic (``BATCHED``: a demand-response request is acknowledged
-        only once settled) goes alone, as does one that was alone in its turn."""
+        next. An envelope for a topic (not ``BATCHED``: a demand-response request is
+        acknowledged on its own, once settled) goes alone, as does one alone in its turn."""
         envelopes: list[Envelope] = []
         try:
             while envelopes or self._queued.get(gateway):
@@ -549,18 +549,19 @@ class NatsBus(InProcessBus):
             self._count("wrong shape", "a batch is {origin, envelope: [...]}")
             return
         body, own = opened
-        receivers = {e.get("receiver") for e in body["envelope"] if isinstance(e, dict)}
-        waiting = [r for r in receivers if isinstance(r, str) and not self.subscribers(r)]
-        if waiting and meta.num_delivered < NOT_YET_TRIES:
-            self.verifier.forget(body["origin"], body["counter"])  # taken again later
-            await msg.nak(delay=NOT_YET_DELAY_S)
-            return
 
         def for_here(address: str) -> bool:
             if queue == subjects.COORDINATOR_QUEUE:
                 return address == COORDINATOR
             return self.route(address) == self.gateway_id
 
+        receivers = {e.get("receiver") for e in body["envelope"] if isinstance(e, dict)}
+        waiting = [r for r in receivers
+                   if isinstance(r, str) and for_here(r) and not self.subscribers(r)]  # fmt: skip
+        if waiting and meta.num_delivered < NOT_YET_TRIES:
+            self.verifier.forget(body["origin"], body["counter"])  # taken again later
+            await msg.nak(delay=NOT_YET_DELAY_S)
+            return
         for data in body["envelope"]:
             try:
                 env = self._vet(data, own, for_here)
