@@ -21,7 +21,8 @@ consumer.
 
 Reported, per mode: the round as in ``bench_negotiation.py`` (from the negotiation's own
 history: cfp to the coordinator holding every confirmation), its messages, what the buses
-counted (durable publishes the stream de-duplicated, unpublished, refused); for ``processes``
+counted (durable publishes the stream de-duplicated, unpublished, refused; the messages their
+NATS clients received, core and durable, all gateways together); for ``processes``
 also each gateway's CPU seconds from the cfp until its bus was quiet again. Beside them: the
 in-process round of the same number of zones on one gateway in the same run, the ratios, and
 the machine's load average. ``python bench/bench_nats_round.py 300`` runs another size.
@@ -114,14 +115,18 @@ async def settled(gateways: list[Daemon], zones: int) -> None:
     await until(done, 120, "zones settled")
 
 
-def counters(buses: list[NatsBus | None]) -> list[tuple[int, int, int]]:
-    return [(b.duplicates, b.stats.unpublished, b.stats.invalid) for b in buses if b]
+COUNTED = ("deduplicated", "unpublished", "refused", "nats_messages_in")
 
 
-def counted_since(before: list[tuple[int, int, int]], after: list[tuple[int, int, int]]) -> Figures:
+def counters(buses: list[NatsBus | None]) -> list[tuple[int, ...]]:
+    return [(b.duplicates, b.stats.unpublished, b.stats.invalid,
+             b.nc.stats["in_msgs"] if b.nc else 0) for b in buses if b]  # fmt: skip
+
+
+def counted_since(before: list[tuple[int, ...]], after: list[tuple[int, ...]]) -> Figures:
     return {
         name: sum(a[i] - c[i] for a, c in zip(after, before, strict=True))
-        for i, name in enumerate(("deduplicated", "unpublished", "refused"))
+        for i, name in enumerate(COUNTED)
     }
 
 
