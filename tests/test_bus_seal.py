@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from buildingd.agents.bus import Performative
 from buildingd.agents.hearing import hearing_problem
@@ -19,6 +21,8 @@ from buildingd.nats.seal import (
     REPLAY_WINDOW,
     BusSealer,
     BusVerifier,
+    canonical,
+    canonical_json,
     load_or_create_key,
 )
 
@@ -127,3 +131,29 @@ def test_zones_hear_only_the_coordinator_and_their_own_devices(demo_site: Path) 
         assert hearing_problem(cfp.model_copy(update={"sender": sender}), site) is not None
     result = cfp.model_copy(update={"sender": "device[f1-meeting-thermostat]"})
     assert hearing_problem(result, site) is None
+
+
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(envelope=JSON, ts=st.floats(min_value=0, max_value=2e9), counter=st.integers(1, 2**40))
+def test_the_envelope_encoded_once_signs_the_same_bytes_as_the_whole_encoding(
+    envelope: object, ts: float, counter: int
+) -> None:
+    """The sealer encodes an envelope once, for its seal and its body; the receiver encodes
+    what it parsed whole: both must sign the same bytes (unicode, floats, nesting)."""
+    whole = json.dumps(["t.x", "gw-1", counter, ts, envelope], sort_keys=True,
+                       separators=(",", ":"), allow_nan=False).encode()  # fmt: skip
+    assert canonical("t.x", "gw-1", counter, ts, envelope) == whole
+    assert canonical("t.x", "gw-1", counter, ts, None, canonical_json(envelope)) == whole
+    clock = Clock()
+    sealed = BusSealer(KEY, "gw-1", clock).seal("t.x", [{"content": envelope}])
+    assert BusVerifier(KEY, clock).problem("t.x", json.loads(sealed)) is None

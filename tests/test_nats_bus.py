@@ -3,7 +3,8 @@ gateway that is down waits in the site's stream and is delivered once when it is
 later too); a repeated publish is stored once; an expired command is refused to its sender; a
 forged or replayed one, and every other kind of bad message, is refused and counted; an envelope
 for an agent of the same gateway stays off NATS, one that cannot be published is counted; a
-gateway's NATS user cannot reach another site."""
+gateway's NATS user cannot reach another site; commands sent together go as one batch, and a
+forged or replayed batch is refused and counted."""
 
 from __future__ import annotations
 
@@ -512,9 +513,9 @@ async def test_durable_publishes_are_pipelined_stored_once_and_in_order_between_
             for zone in zones:
                 msg = CommandMsg(point_id="heating_sp", value=value, zone_id=None, reason="test")
                 await a.send(msg.envelope(Performative.REQUEST, zone, THERMOSTAT))
-                most_in_flight = max(most_in_flight, len(a.publishing))
+                most_in_flight = max(most_in_flight, a.in_flight)
         await a.published()
-        assert a.stats.unpublished == 0 and not a.publishing
+        assert a.stats.unpublished == 0 and not a.publishing and a.in_flight == 0
         assert most_in_flight > 1
         got = [await received(box) for _ in range(10 * len(zones))]
         by_sender: dict[str, list[float]] = collections.defaultdict(list)
@@ -522,3 +523,75 @@ async def test_durable_publishes_are_pipelined_stored_once_and_in_order_between_
             by_sender[env.sender].append(CommandMsg.parse(env).value)
         assert by_sender == {zone: [float(v) for v in range(10)] for zone in zones}
         assert await values_until_sentinel(a, box) == []  # nothing more, nothing twice
+
+
+async def sent_in_one_turn(bus: NatsBus, values: list[float]) -> None:
+    """Commands sent one after the other with nothing awaited in between: one batch."""
+    for value in values:
+        await bus.send(command(value))
+
+
+async def test_commands_sent_in_one_loop_turn_go_as_one_batch_delivered_once_after_a_restart(
+    nats_cluster: NatsCluster,
+) -> None:
+    """Guards batching (issue 19, the round across gateways): what one gateway sends to
+    another's agents in one loop turn is one message in the stream (one seal, one publish),
+    waits there while the receiving gateway is down, and is delivered once, in order, when it
+    is back; acknowledged, it is not delivered again after another restart."""
+    async with gateway(nats_cluster, "b"):
+        pass  # b has run once (its consumer exists) and is down now
+    async with gateway(nats_cluster, "a") as a:
+        assert a.js is not None
+        stream = subjects.stream_name("hq")
+        before = (await a.js.stream_info(stream)).state.messages
+        await sent_in_one_turn(a, [21.0, 21.5, 22.0])
+        await a.published()
+        assert a.stats.unpublished == 0
+        assert (await a.js.stream_info(stream)).state.messages == before + 1  # one batch
+        box = Mailbox(THERMOSTAT, overflow="block")
+        async with gateway(nats_cluster, "b", {THERMOSTAT: box}) as b:
+            assert await values_until_sentinel(a, box) == [21.0, 21.5, 22.0]
+            assert b.stats.invalid == 0
+    async with gateway(nats_cluster, "b", {THERMOSTAT: box}), gateway(nats_cluster, "a") as a:
+        assert await values_until_sentinel(a, box) == []  # acknowledged: not again
+
+
+async def test_a_forged_or_replayed_batch_is_refused_and_counted_and_each_envelope_checked(
+    nats_cluster: NatsCluster,
+) -> None:
+    """A batch sealed without the site's key is refused whole and counted; a genuine batch
+    published again is refused as a replay; in a genuine batch each envelope is checked on its
+    own (a forged sender refused and counted, the others delivered)."""
+    box = Mailbox(THERMOSTAT, overflow="block")
+    intruder = await nats.connect(servers=nats_cluster.urls, user="hq-a", password="pw-hq-a")
+    js = intruder.jetstream()
+    subject = subjects.batch_subject("hq", "b")
+    captured: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def capture(msg: nats.aio.msg.Msg) -> None:
+        captured.put_nowait(msg.data)
+
+    await intruder.subscribe(subject, cb=capture)
+    good, forged_sender = command(24.0), command(25.0).model_copy(update={"sender": "hacker"})
+    try:
+        async with (
+            gateway(nats_cluster, "a") as a,
+            gateway(nats_cluster, "b", {THERMOSTAT: box}) as b,
+        ):
+            forger = BusSealer(b"not the site key, but long enough", "intruder")
+            batch = [command(35.0).model_dump(mode="json"), command(36.0).model_dump(mode="json")]
+            await js.publish(subject, forger.seal(subject, batch), headers={"Nats-Msg-Id": "f-1"})
+            mixed = [good.model_dump(mode="json"), forged_sender.model_dump(mode="json")]
+            insider = BusSealer(KEY, "gw-x")  # holds the key: still no forged sender gets in
+            await js.publish(subject, insider.seal(subject, mixed), headers={"Nats-Msg-Id": "m-1"})
+            await sent_in_one_turn(a, [20.0, 21.0])
+            genuine = await asyncio.wait_for(captured.get(), WAIT_S)
+            while json.loads(genuine)["origin"] != a.origin:  # the others went by first
+                genuine = await asyncio.wait_for(captured.get(), WAIT_S)
+            await js.publish(subject, genuine, headers={"Nats-Msg-Id": "replay-1"})
+            assert await values_until_sentinel(a, box) == [24.0, 20.0, 21.0]
+            assert b.invalid_by_reason == {"unauthenticated": 1, "forged sender": 1,
+                                           "replayed": 1}  # fmt: skip
+            assert b.stats.invalid == 3
+    finally:
+        await intruder.close()

@@ -10,9 +10,11 @@ HMAC) and goes one of two ways (``subjects``):
   consumer, acknowledged after delivery to the local mailbox. A gateway that is down finds its
   commands when it comes back; one whose ``reply_by`` has passed by then is not delivered, but
   refused back to its sender (``RefusalMsg``) and counted (``expired``). Durable publishes are
-  pipelined: the sender goes on once its message is handed over, up to ``IN_FLIGHT`` await
-  their acknowledgement at once, each tried again until stored; between two agents they are
-  stored in the order sent.
+  pipelined: the sender goes on once its message is handed over (up to ``IN_FLIGHT`` not
+  stored yet); per receiving gateway they are stored in the order sent, each tried again
+  until stored. What agents send to one gateway's agents in one loop turn (a round's cfps,
+  awards, proposals, confirmations) goes as one *batch* on ``...cmd.<gateway>._batch``: one
+  seal over all its envelopes, one publish; the receiver checks each envelope on its own.
 - the rest (readings, states, informs, and whatever has no known gateway) is delivered locally
   and published on core NATS, ``buildingd.<site>.agent.<address>``; gateways keep only what
   their own agents subscribe to.
@@ -74,7 +76,11 @@ UNPUBLISHED_METRIC = "buildingd_bus_unpublished_total"
 PUBLISH_TIMEOUT_S = 2.0  # one try of a durable publish
 # Durable publishes awaiting their acknowledgement at once (one bus): the sender goes on as soon
 # as its message is handed to the client, and waits only when this many are unacknowledged.
-IN_FLIGHT = 512
+IN_FLIGHT = 2048
+# Envelopes for agents (not topics) queued for one gateway in the same loop turn go as one batch
+# of up to this many: one seal, one publish, one acknowledgement, one delivery to take.
+BATCHED = ("zone[", "device[", COORDINATOR)
+MAX_BATCH = 500
 STOP_FLUSH_S = 5.0  # at stop, unacknowledged publishes are waited for this long, then counted
 # A durable publish is tried again (same Nats-Msg-Id) until this long has passed: a stream
 # leader's election takes 4-9 s (its Raft timeouts); the sending agent waits meanwhile.
@@ -169,12 +175,14 @@ class NatsBus(InProcessBus):
         self._sub: Any = None  # the core subscription
         self._pull: Any = None  # the durable consumer's pull subscription
         self._coordinator_pull: Any = None  # the coordinator's (a candidate's, while leading)
-        # Durable publishes under way, each a task of this bus (awaited or cancelled at stop),
-        # the window that bounds them, and per (sender, receiver) the latest one: the next one
-        # between the same two agents is published once it is stored.
+        # Durable publishes under way: per gateway, one task of this bus publishing what is
+        # queued for it, in order (awaited or cancelled at stop); the window bounds the
+        # envelopes queued and awaiting their acknowledgement.
         self.publishing: set[asyncio.Task[None]] = set()
         self._window = asyncio.Semaphore(IN_FLIGHT)
-        self._latest: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self.in_flight = 0  # envelopes handed to the bus, not stored (nor given up) yet
+        self._queued: dict[str, list[Envelope]] = {}  # per gateway, not published yet
+        self._publishers: dict[str, asyncio.Task[None]] = {}  # per gateway, publishing
 
     # -- start, run, stop ------------------------------------------------------------------
 
@@ -377,46 +385,76 @@ class NatsBus(InProcessBus):
             await asyncio.wait(list(self.publishing), timeout=timeout_s)
 
     async def _publish_durable(self, env: Envelope, gateway: str) -> None:
-        """Hand the envelope to a task of its own that publishes it until the stream has stored
-        it, and go on: many are pipelined (up to ``IN_FLIGHT``), not one round trip each. Two
-        agents' messages are stored in the order sent: each waits for the one before it."""
+        """Queue the envelope for ``gateway`` and go on: the sender waits only when
+        ``IN_FLIGHT`` envelopes are not stored yet. One task per gateway (``_deliver_to``)
+        publishes what is queued for it, in the order queued."""
         if self.js is None:  # never connected: nothing to hand it to
             return self._unpublished(env, "not connected yet")
-        subject = subjects.command_subject(self.site_id, gateway, env.receiver)
-        body = self.sealer.seal(subject, env.model_dump(mode="json"))
-        msg_id = f"{self.origin}-{self.sealer.counter}"
-        await self._window.acquire()  # the sender waits here only when the window is full
-        pair = (env.sender, env.receiver)
-        before = self._latest.get(pair)
-        task = asyncio.create_task(self._store(env, subject, body, msg_id, before),
-                                   name=f"nats-bus.publish[{env.receiver}]")  # fmt: skip
-        self._latest[pair] = task
-        self.publishing.add(task)
+        await self._window.acquire()
+        self.in_flight += 1
+        self._queued.setdefault(gateway, []).append(env)
+        if gateway not in self._publishers:
+            task = asyncio.create_task(self._deliver_to(gateway),
+                                       name=f"nats-bus.publish[{gateway}]")  # fmt: skip
+            self._publishers[gateway] = task
+            self.publishing.add(task)
+            task.add_done_callback(self.publishing.discard)
 
-        def done(task: asyncio.Task[None]) -> None:
-            self.publishing.discard(task)
-            if self._latest.get(pair) is task:
-                del self._latest[pair]
-            self._window.release()
-            if task.cancelled():  # at stop, past STOP_FLUSH_S
+    async def _deliver_to(self, gateway: str) -> None:
+        """Publish what is queued for ``gateway`` until nothing is: started in the loop turn
+        after the first envelope was queued, so what agents sent to it meanwhile (a round's
+        cfps, its zones' confirmations) goes together, as a batch (one seal, one publish, one
+        acknowledgement); what is queued while a publish awaits its acknowledgement goes
+        next. An envelope for a topic (not ``BATCHED``: a demand-response request is
+        acknowledged on its own, once settled) goes alone, as does one alone in its turn."""
+        envelopes: list[Envelope] = []
+        try:
+            while envelopes or self._queued.get(gateway):
+                if not envelopes:
+                    envelopes = self._queued.pop(gateway)
+                chunk = self._next_chunk(envelopes)
+                await self._store(chunk, gateway)
+                del envelopes[: len(chunk)]
+                for _ in chunk:
+                    self._window.release()
+                self.in_flight -= len(chunk)
+        except asyncio.CancelledError:  # at stop, past STOP_FLUSH_S
+            for env in envelopes + self._queued.pop(gateway, []):
                 self._unpublished(env, "the bus stopped before it was stored")
+                self._window.release()
+                self.in_flight -= 1
+            raise
+        finally:
+            del self._publishers[gateway]
 
-        task.add_done_callback(done)
+    def _next_chunk(self, envelopes: list[Envelope]) -> list[Envelope]:
+        """The envelopes at the head that go in one publish: one alone, or as many as
+        ``MAX_BATCH`` in a row that may be batched."""
+        if not envelopes[0].receiver.startswith(BATCHED):
+            return envelopes[:1]
+        n = 1
+        while n < min(len(envelopes), MAX_BATCH) and envelopes[n].receiver.startswith(BATCHED):
+            n += 1
+        return envelopes[:n]
 
-    async def _store(
-        self,
-        env: Envelope,
-        subject: str,
-        body: bytes,
-        msg_id: str,
-        before: asyncio.Task[None] | None,
-    ) -> None:
-        """Publish until the stream acknowledges it, tried again with the same ``Nats-Msg-Id``
-        (stored once however often it is sent) until ``PUBLISH_DEADLINE_S``, then counted."""
+    async def _store(self, chunk: list[Envelope], gateway: str) -> None:
+        """Seal and publish ``chunk`` (one envelope on its receiver's subject, several as a
+        batch) until the stream acknowledges it, tried again with the same ``Nats-Msg-Id``
+        (stored once however often it is sent) until ``PUBLISH_DEADLINE_S``, then counted
+        (each envelope). A batch bigger than the server takes is sent in halves."""
         import nats.errors
 
-        if before is not None:
-            await asyncio.wait([before])  # stored, or given up
+        if len(chunk) == 1:
+            subject = subjects.command_subject(self.site_id, gateway, chunk[0].receiver)
+            body = self.sealer.seal(subject, chunk[0].model_dump(mode="json"))
+        else:
+            subject = subjects.batch_subject(self.site_id, gateway)
+            body = self.sealer.seal(subject, [env.model_dump(mode="json") for env in chunk])
+            if self.nc is not None and len(body) > self.nc.max_payload:
+                half = len(chunk) // 2
+                await self._store(chunk[:half], gateway)
+                return await self._store(chunk[half:], gateway)
+        msg_id = f"{self.origin}-{self.sealer.counter}"
         problem = "not connected yet"
         loop = asyncio.get_running_loop()
         deadline = loop.time() + PUBLISH_DEADLINE_S
@@ -435,7 +473,8 @@ class NatsBus(InProcessBus):
             if ack.duplicate:
                 self.duplicates += 1
             return
-        self._unpublished(env, problem)
+        for env in chunk:
+            self._unpublished(env, problem)
 
     def _fence(self, env: Envelope) -> None:
         self.fenced += 1
@@ -474,7 +513,10 @@ class NatsBus(InProcessBus):
         """One durable message: delivered and acknowledged (or, for one of ``settle_for``,
         added to ``held`` when given), refused and terminated, or (its agent not subscribed
         yet, at start-up) handed back for later."""
-        address = subjects.token_address(msg.subject.rsplit(".", 1)[-1])
+        token = msg.subject.rsplit(".", 1)[-1]
+        if token == subjects.BATCH_TOKEN:
+            return await self._take_batch(msg)
+        address = subjects.token_address(token)
         meta = msg.metadata
         if not self.subscribers(address):
             if meta.num_delivered < NOT_YET_TRIES:
@@ -503,6 +545,52 @@ class NatsBus(InProcessBus):
             return
         await msg.ack()
 
+    async def _take_batch(self, msg: nats.aio.msg.Msg) -> None:
+        """A batch of durable envelopes (one seal): refused whole when its seal or shape is
+        wrong (counted once); else each envelope checked, refused and counted on its own, or
+        delivered (or refused back to its sender past its reply-by), then the batch
+        acknowledged. While one of its receivers has not subscribed yet (at start-up), the
+        whole batch is handed back for later (nothing of it delivered), as a single command."""
+        meta = msg.metadata
+        queue = subjects.token_address(msg.subject.rsplit(".", 2)[-2])
+        try:
+            opened = self._open(msg.subject, msg.data, meta.timestamp.timestamp())
+        except Refused as why:
+            await msg.term()
+            self._count(why.reason, why.detail)
+            return
+        if opened is None or not isinstance(opened[0]["envelope"], list):
+            await msg.term()
+            self._count("wrong shape", "a batch is {origin, envelope: [...]}")
+            return
+        body, own = opened
+
+        def for_here(address: str) -> bool:
+            if queue == subjects.COORDINATOR_QUEUE:
+                return address == COORDINATOR
+            return self.route(address) == self.gateway_id
+
+        receivers = {e.get("receiver") for e in body["envelope"] if isinstance(e, dict)}
+        waiting = [r for r in receivers
+                   if isinstance(r, str) and for_here(r) and not self.subscribers(r)]  # fmt: skip
+        if waiting and meta.num_delivered < NOT_YET_TRIES:
+            self.verifier.forget(body["origin"], body["counter"])  # taken again later
+            await msg.nak(delay=NOT_YET_DELAY_S)
+            return
+        for data in body["envelope"]:
+            try:
+                env = self._vet(data, own, for_here)
+            except Refused as why:
+                self._count(why.reason, why.detail)
+                continue
+            if not self.subscribers(env.receiver):
+                self._count("undeliverable", f"no agent {env.receiver} on {self.gateway_id}")
+            elif env.reply_by is not None and env.reply_by.timestamp() < self.clock():
+                await self._refuse_expired(env)
+            else:
+                await InProcessBus.send(self, env)
+        await msg.ack()
+
     async def _refuse_expired(self, env: Envelope) -> None:
         self.expired += 1
         reply_by = env.reply_by.isoformat() if env.reply_by is not None else "?"
@@ -527,11 +615,21 @@ class NatsBus(InProcessBus):
 
     def _check(self, subject: str, data: bytes, stored: float | None) -> Envelope | None:
         """The envelope, None for an echo of our own, or ``Refused`` (why)."""
+        opened = self._open(subject, data, stored)
+        if opened is None:
+            return None
+        body, own = opened
+        receiver = subjects.token_address(subject.rsplit(".", 1)[-1])
+        return self._vet(body["envelope"], own, lambda address: address == receiver)
+
+    def _open(self, subject: str, data: bytes, stored: float | None) -> tuple[Any, bool] | None:
+        """The message's body and whether it is our own, once its shape and seal are right;
+        None for an echo of our own core message; else ``Refused``."""
         try:
             body = strict_json.loads(data)
         except ValueError as err:
             raise Refused("not JSON", str(err)) from err
-        if not isinstance(body, dict) or not isinstance(body.get("envelope"), dict):
+        if not isinstance(body, dict) or not isinstance(body.get("envelope"), dict | list):
             raise Refused("wrong shape", "expected {origin, envelope}")
         own = body.get("origin") == self.origin
         if own and stored is None:
@@ -541,11 +639,16 @@ class NatsBus(InProcessBus):
         problem = self.verifier.problem(subject, body, now=stored)
         if problem is not None:
             raise Refused(*problem)
+        return body, own
+
+    def _vet(self, data: Any, own: bool, for_here: Callable[[str], bool]) -> Envelope:
+        """One envelope of a sealed message, checked (``for_here``: whether its receiver is one
+        the subject it came on serves), or ``Refused``."""
         try:
-            env = Envelope.model_validate(body["envelope"])
+            env = Envelope.model_validate(data)
         except ValidationError as err:
             raise Refused("invalid envelope", str(err.errors()[0]["msg"])) from err
-        if subjects.address_token(env.receiver) != subject.rsplit(".", 1)[-1]:
+        if not for_here(env.receiver):
             raise Refused("receiver mismatch", f"envelope is for {env.receiver}")
         # An agent assigned to this gateway speaks from here only; service agents every
         # gateway runs (mqtt-bridge, telemetry, supervisor) have no gateway of their own.

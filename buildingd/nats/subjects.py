@@ -3,9 +3,9 @@ per-gateway consumers, and the permissions a gateway's NATS user needs (nothing 
 
 Subjects: ``buildingd.<site>.agent.<address>`` (core NATS: readings, states, negotiation) and
 ``buildingd.<site>.cmd.<gateway>.<address>`` (kept in the site's stream until the gateway that
-hosts the receiver takes and acknowledges them). An address token is the agent address with
-``%``, ``.``, ``*``, ``>``, whitespace and non-ASCII percent-encoded (NATS splits on ``.`` and
-reads ``*`` and ``>`` as wildcards).
+hosts the receiver takes and acknowledges them; ``...cmd.<gateway>._batch`` carries several).
+An address token is the agent address with ``%``, ``.``, ``*``, ``>``, whitespace and
+non-ASCII percent-encoded (NATS splits on ``.`` and reads ``*`` and ``>`` as wildcards).
 """
 
 from __future__ import annotations
@@ -42,6 +42,15 @@ def agent_subject(site_id: str, address: str) -> str:
 
 def command_subject(site_id: str, gateway_id: str, address: str) -> str:
     return f"{site_root(site_id)}.cmd.{address_token(gateway_id)}.{address_token(address)}"
+
+
+# The last token of a batch of commands for one gateway's agents (``nats.bus``). Agent
+# addresses and topics start with a letter: this token is nobody's.
+BATCH_TOKEN = "_batch"
+
+
+def batch_subject(site_id: str, gateway_id: str) -> str:
+    return f"{site_root(site_id)}.cmd.{address_token(gateway_id)}.{BATCH_TOKEN}"
 
 
 def gateway_commands(site_id: str, gateway_id: str) -> str:
