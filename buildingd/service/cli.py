@@ -164,6 +164,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         # cyclic collector's full passes, which otherwise stall the loop for 100s of ms when a
         # reload's parsing triggers one on a large site (bench/bench_reload.py).
         daemon.on_ready.append(gc.freeze)
+        daemon.on_reloaded.append(gc.freeze)  # the new site and agents join them
         daemon.on_stopping.append(gc.unfreeze)
         async with asyncio.TaskGroup() as tg:
             view = tg.create_task(
