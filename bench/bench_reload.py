@@ -129,7 +129,11 @@ async def bench(folder: Path) -> dict[str, object]:
     await reload_every_device(0)  # what the first restart of every agent allocates once
     rss_before, objects_before = rss_mb(), tracked_objects()
     watch.clear()
-    runs = [await reload_every_device(n) for n in range(1, RELOADS + 1)]
+    runs, rss_every_5 = [], []
+    for n in range(1, RELOADS + 1):
+        runs.append(await reload_every_device(n))
+        if n % 5 == 0:
+            rss_every_5.append(round(rss_mb(), 1))
     changed_gc = watch.summary()
     rss_after, objects_after = rss_mb(), tracked_objects()
     assert daemon.reloads == {"ok": 3 + RELOADS, "failed": 0}, daemon.reloads
@@ -157,6 +161,7 @@ async def bench(folder: Path) -> dict[str, object]:
         "rss_before_reloads_mb": round(rss_before, 1),
         "rss_after_reloads_mb": round(rss_after, 1),
         "rss_growth_per_reload_mb": round((rss_after - rss_before) / RELOADS, 3),
+        "rss_every_5_reloads_mb": rss_every_5,
         "tracked_objects_before_reloads": objects_before,
         "tracked_objects_growth_per_reload": round((objects_after - objects_before) / RELOADS, 1),
         "baseline_idle_max_loop_gap_ms": round(idle_gap * MS, 1),
