@@ -1,9 +1,13 @@
-"""Generate a site of N simulated zones (10 points each) for benchmarks."""
+"""Generate a site of N simulated zones (10 points each) for benchmarks, and a daemon on it."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from buildingd.service.app import Daemon
 
 
 def generate(
@@ -82,6 +86,29 @@ def _devices(ids: list[str], p: float) -> list[str]:
             f"      - {{id: dehum, zone: {z}, kind: dehumidifier, writable: true, limits: {{min: 0, max: 1}}}}",
         ]
     return dev
+
+
+def quiet_daemon(site_dir: Path, state_dir: Path) -> Daemon:
+    """A daemon on the generated site in ``site_dir``, with nothing outside the process: the
+    simulated devices in process (no protocol servers), no HTTP API, telemetry dropped; its clock
+    starts on Monday 11 January 2027 at 09:00 UTC and runs at real speed."""
+    from datetime import UTC, datetime
+
+    from buildingd.clock import ScaledClock
+    from buildingd.config.loader import load_site
+    from buildingd.evaluate import NullSink
+    from buildingd.service.app import Daemon
+    from buildingd.settings import Settings
+
+    settings = Settings(site_dir=site_dir, state_dir=state_dir)
+    settings = settings.model_copy(
+        update={
+            "sim": settings.sim.model_copy(update={"protocols": False}),
+            "http": settings.http.model_copy(update={"enabled": False}),
+        }
+    )
+    clock = ScaledClock(datetime(2027, 1, 11, 9, 0, tzinfo=UTC), 1.0)
+    return Daemon(settings, load_site(site_dir), clock=clock, sink_factory=NullSink)
 
 
 if __name__ == "__main__":

@@ -174,6 +174,10 @@ class Supervisor:
         if not task.cancelled() and task.exception() is not None:
             log.error("agent %s ended with %r while stopping", name, task.exception())
         child.state = ChildState.STOPPED
+        # The ended task keeps its CancelledError, whose traceback holds ``_keep``'s frame, which
+        # holds this child: a cycle. Dropped here, a stopped agent (a reload restarts hundreds)
+        # is freed by reference counting, even when ``gc.freeze()`` keeps it from the collector.
+        child.task = None
 
     async def stop_many(self, names: list[str]) -> None:
         """Stop these agents at once (each within its own deadline)."""

@@ -83,7 +83,7 @@ def load_site(root: Path) -> Site:
     """Load and cross-check a site directory. Raises ``ConfigError`` listing every problem, and
     only ``ConfigError``: a check that trips over data it did not expect is a problem too."""
     try:
-        with _no_collector_passes():
+        with no_collector_passes():
             return _load_site(root)
     except ConfigError:
         raise
@@ -95,11 +95,12 @@ def load_site(root: Path) -> Site:
 
 
 @contextlib.contextmanager
-def _no_collector_passes() -> Iterator[None]:
-    """Loading builds hundreds of thousands of objects that all stay alive; each allocation
-    threshold crossed would run the cyclic collector over the growing heap again (what made a
-    2,000-zone site take twice as long per zone as a 1,000-zone one). Nothing built here is
-    cyclic garbage, so the collector waits until the load is over."""
+def no_collector_passes() -> Iterator[None]:
+    """No cyclic collector pass inside (back as it was after, whatever happens). Loading builds
+    hundreds of thousands of objects that all stay alive; each allocation threshold crossed would
+    run the collector over the growing heap again (what made a 2,000-zone site take twice as long
+    per zone as a 1,000-zone one). Nothing built here is cyclic garbage, so the collector waits
+    until the load is over. A reload holds it for the same reason (``service/reloading.py``)."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:

@@ -89,6 +89,7 @@ class Daemon:
         self.ready = asyncio.Event()
         self.on_ready: list[Callable[[], None]] = []
         self.on_stopping: list[Callable[[], None]] = []  # called once a stop begins
+        self.on_reloaded: list[Callable[[], None]] = []  # after a reload's changes are applied
 
     # -- run and stop (lifecycle) --------------------------------------------------------------
 

@@ -161,9 +161,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         daemon = Daemon(settings, site, settings_loader=lambda: _settings(args, **overrides))
         daemon.on_stopping.append(watchdog.arm)
         # What start-up built (modules, site, agents) lives as long as the process: out of the
-        # cyclic collector's full passes, which otherwise stall the loop for 100s of ms when a
-        # reload's parsing triggers one on a large site (bench/bench_reload.py).
+        # cyclic collector's full passes, which otherwise stall the loop for 100s of ms on a
+        # large site (bench/bench_reload.py). What a reload built joins it; what a reload
+        # replaced is freed by reference counting, frozen or not (service/reloading.py).
         daemon.on_ready.append(gc.freeze)
+        daemon.on_reloaded.append(gc.freeze)
         daemon.on_stopping.append(gc.unfreeze)
         async with asyncio.TaskGroup() as tg:
             view = tg.create_task(
