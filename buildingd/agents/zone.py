@@ -609,9 +609,6 @@ class ZoneAgent(Agent):
         decision = decide(self.state, inputs, policy, local, now_s, self.outlook)
         self.state = decision.state
         self.decision = decision
-        if not self.baseline:
-            await self._learn(now_s, local, inputs, decision, policy)
-        self._account(inputs, decision, now_s)
         if decision.state.mode is not previous_mode:
             log.info("zone %s: %s -> %s", self.zone_id, previous_mode, decision.state.mode)
             if decision.state.mode is ZoneMode.HOLD:
@@ -632,6 +629,11 @@ class ZoneAgent(Agent):
                 else:
                     await self._drive(act, target, now_s, f"{decision.state.mode} mode")
                 act.by_override = act.by_override or (overridden and act.pending is not None)
+        # The commands first: learning (which may write its file) and the books wait, so an
+        # occupancy change reaches the lights without them.
+        if not self.baseline:
+            await self._learn(now_s, local, inputs, decision, policy)
+        self._account(inputs, decision, now_s)
         await self._publish_state(inputs, decision, now_s)
 
     def _account(self, inputs: ZoneInputs, decision: ZoneDecision, now_s: float) -> None:
