@@ -238,8 +238,8 @@ async def test_a_zone_commands_its_lights_before_it_saves_and_publishes_what_it_
         await send(env)
 
     zone.ctx.send = recorded  # type: ignore[method-assign]
-    save = zone.save_learning
-    zone.save_learning = lambda: (order.append("save"), save())[1]  # type: ignore[method-assign]
+    save = zone._save_learning_soon
+    zone._save_learning_soon = lambda: (order.append("save"), save())[1]  # type: ignore[method-assign]
     for args in (
         (PointKind.TEMPERATURE, "f1-meeting-thermostat", "temperature", 21.0, Quality.GOOD),
         (PointKind.OCCUPANCY, "f1-meeting-presence", "occupancy", 1.0, Quality.GOOD),
