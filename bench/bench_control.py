@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
@@ -63,6 +64,7 @@ async def daemon_rate(
     wall = time.perf_counter() - t0
     cpu = time.process_time() - cpu0
     c = daemon.metrics.counters
+    points = sum(len(d.points_list()) for d in site.devices.values())
     readings = c["buildingd_readings_published_total"] + c["buildingd_readings_suppressed_total"]
     commands = sum(v for k, v in c.items() if k.startswith("buildingd_commands_total"))
     return {
@@ -70,7 +72,13 @@ async def daemon_rate(
         "published_per_s": c["buildingd_readings_published_total"] / wall,
         "commands_per_s": commands / wall,
         "cpu_fraction": cpu / wall,
-        "points": sum(len(d.points_list()) for d in site.devices.values()),
+        "points": points,
+        # What the site asks for: every point read once per poll interval, in real seconds.
+        # The figure above cannot exceed it; ``ratio_offered_to_raw_bus`` is the most the
+        # ratio below can show at this speed.
+        "offered_readings_per_s": sum(
+            len(d.points_list()) * speed / d.poll_interval_s for d in site.devices.values()
+        ),
     }
 
 
@@ -111,6 +119,8 @@ def main() -> None:
                     **{k: round(v, 1) for k, v in loop_rate.items()},
                     "baseline_raw_bus_messages_per_s": round(bus, 1),
                     "ratio_readings_to_raw_bus": round(loop_rate["readings_per_s"] / bus, 4),
+                    "ratio_offered_to_raw_bus": round(loop_rate["offered_readings_per_s"] / bus, 4),
+                    "load_average": [round(x, 2) for x in os.getloadavg()],
                 },
                 "messages_per_zone_hour": {
                     "report_by_exception": round(rbe, 1),

@@ -2,7 +2,9 @@
 
 - end-to-end latency from an occupancy publish (zigbee2mqtt format) to the resulting light
   command on the broker (Tasmota ``cmnd/.../Dimmer``), through driver, device agent, zone agent
-  and back, p50/p99, beside a plain publish-to-subscribe round trip on the same broker;
+  and back, p50/p99, beside a plain publish-to-subscribe round trip on the same broker, taken
+  in turns with the end-to-end rounds (same load, same event loop), with the garbage
+  collector's passes during the rounds;
 - messages per second the daemon takes in (sensor payloads parsed by the MQTT driver) beside
   what a bare aiomqtt subscriber receives from the same flood.
 """
@@ -10,7 +12,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import os
+import socket
 import statistics
 import sys
 import tempfile
@@ -26,7 +31,9 @@ from buildingd.service.app import Daemon
 from buildingd.settings import Settings
 from tests.servers import Mosquitto
 
-ROUNDS = 200
+NODELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
+ROUNDS = 1000  # p99 is then the 10th worst, not the 2nd
+SETTLE_S = 0.03
 FLOOD = 20_000
 
 SITE = "site: bench\ntimezone: UTC\nzones:\n  - {id: room, area_m2: 20}\n"
@@ -51,29 +58,59 @@ policies:
 """
 
 
+def client(host: str, port: int, identifier: str) -> aiomqtt.Client:
+    # TCP_NODELAY as the daemon's own connection sets it: without it a client's small publish
+    # waits for the ACK of its previous one (Nagle against delayed ACK, up to 40 ms on
+    # loopback), which made both figures swing with the gap between rounds.
+    return aiomqtt.Client(host, port, identifier=identifier, socket_options=NODELAY)
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def plain_round_trip(host: str, port: int) -> list[float]:
-    out = []
-    async with (
-        aiomqtt.Client(host, port, identifier="rt-sub") as sub,
-        aiomqtt.Client(host, port, identifier="rt-pub") as pub,
-    ):
+    """The broker's round trip with no daemon running (on an otherwise idle event loop)."""
+    async with client(host, port, "rt-sub") as sub, client(host, port, "rt-pub") as pub:
         await sub.subscribe("bench/rt")
         await asyncio.sleep(0.2)
-        for i in range(ROUNDS):
-            t0 = time.perf_counter()
-            await pub.publish("bench/rt", str(i))
-            async for _ in sub.messages:
-                break
-            out.append(time.perf_counter() - t0)
-    return out
+        return [await round_trip(pub, sub, str(i).encode()) for i in range(ROUNDS)]
 
 
-async def end_to_end(host: str, port: int, root: Path) -> tuple[list[float], float, float]:
+async def round_trip(pub: aiomqtt.Client, sub: aiomqtt.Client, body: bytes) -> float:
+    t0 = time.perf_counter()
+    await pub.publish("bench/rt", body)
+    async for _ in sub.messages:
+        break
+    return time.perf_counter() - t0
+
+
+class GcPauses:
+    """The collector's passes while installed: (generation, seconds) each."""
+
+    def __init__(self) -> None:
+        self.passes: list[tuple[int, float]] = []
+        self._t0 = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            self.passes.append((info["generation"], time.perf_counter() - self._t0))
+
+    def summary(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for gen in (0, 1, 2):
+            pauses = [d for g, d in self.passes if g == gen]
+            out[f"gen{gen}_passes"] = len(pauses)
+            out[f"gen{gen}_max_ms"] = round(max(pauses, default=0.0) * 1000, 3)
+        return out
+
+
+async def end_to_end(
+    host: str, port: int, root: Path
+) -> tuple[list[float], list[float], dict[str, float], float, float]:
     for sub, text in (("devices", DEVICES), ("policies", POLICY)):
         (root / sub).mkdir(parents=True)
         (root / sub / "x.yaml").write_text(text)
@@ -86,24 +123,38 @@ async def end_to_end(host: str, port: int, root: Path) -> tuple[list[float], flo
     task = asyncio.create_task(daemon.run(600))
     await daemon.ready.wait()
     latencies: list[float] = []
-    async with aiomqtt.Client(host, port, identifier="bench-devices") as dev:
+    plain: list[float] = []
+    gc_pauses = GcPauses()
+    async with (
+        client(host, port, "bench-devices") as dev,
+        client(host, port, "rt-sub") as rt_sub,
+        client(host, port, "rt-pub") as rt_pub,
+    ):
         await dev.subscribe("cmnd/dimmer/Dimmer")
+        await rt_sub.subscribe("bench/rt")
         await dev.publish("thermo", b'{"t": 21.0}', retain=True)
         await dev.publish("tele/dimmer/STATE", b'{"POWER":"OFF","Dimmer":0}', retain=True)
         await asyncio.sleep(1.0)
         occupied = False
-        for _ in range(ROUNDS):
-            occupied = not occupied
-            body = json.dumps({"occupancy": occupied, "illuminance": 10}).encode()
-            t0 = time.perf_counter()
-            await dev.publish("zigbee2mqtt/motion", body)
-            async for message in dev.messages:
-                latencies.append(time.perf_counter() - t0)
-                level = int(bytes(message.payload))  # type: ignore[arg-type]
-                result = json.dumps({"POWER": "ON" if level else "OFF", "Dimmer": level})
-                await dev.publish("stat/dimmer/RESULT", result.encode())
-                break
-            await asyncio.sleep(0.1)  # the read-back settles before the next change
+        gc.callbacks.append(gc_pauses)
+        try:
+            for i in range(ROUNDS):
+                # The broker's own round trip in turns with the daemon's: both see the same load
+                # (the machine is shared), so their ratio is one run's, not two moments'.
+                plain.append(await round_trip(rt_pub, rt_sub, str(i).encode()))
+                occupied = not occupied
+                body = json.dumps({"occupancy": occupied, "illuminance": 10}).encode()
+                t0 = time.perf_counter()
+                await dev.publish("zigbee2mqtt/motion", body)
+                async for message in dev.messages:
+                    latencies.append(time.perf_counter() - t0)
+                    level = int(bytes(message.payload))  # type: ignore[arg-type]
+                    result = json.dumps({"POWER": "ON" if level else "OFF", "Dimmer": level})
+                    await dev.publish("stat/dimmer/RESULT", result.encode())
+                    break
+                await asyncio.sleep(SETTLE_S)  # the read-back settles before the next change
+        finally:
+            gc.callbacks.remove(gc_pauses)
         # Throughput: a flood of sensor reports, counted by the daemon's connection.
         assert daemon.mqtt is not None
         before = daemon.mqtt.counters.received
@@ -115,13 +166,13 @@ async def end_to_end(host: str, port: int, root: Path) -> tuple[list[float], flo
         daemon_rate = (daemon.mqtt.counters.received - before) / (time.perf_counter() - t0)
     daemon.request_stop()
     await task
-    return latencies, daemon_rate, await bare_rate(host, port)
+    return latencies, plain, gc_pauses.summary(), daemon_rate, await bare_rate(host, port)
 
 
 async def bare_rate(host: str, port: int) -> float:
     async with (
-        aiomqtt.Client(host, port, identifier="flood-sub") as sub,
-        aiomqtt.Client(host, port, identifier="flood-pub") as pub,
+        client(host, port, "flood-sub") as sub,
+        client(host, port, "flood-pub") as pub,
     ):
         await sub.subscribe("bench/flood")
         await asyncio.sleep(0.2)
@@ -146,8 +197,10 @@ async def main_async(tmp: Path) -> dict[str, object]:
     broker = Mosquitto(tmp / "mosquitto")
     broker.start()
     try:
-        plain = await plain_round_trip(broker.host, broker.port)
-        e2e, daemon_rate, bare = await end_to_end(broker.host, broker.port, tmp / "site")
+        alone = await plain_round_trip(broker.host, broker.port)
+        e2e, plain, gc_pauses, daemon_rate, bare = await end_to_end(
+            broker.host, broker.port, tmp / "site"
+        )
     finally:
         broker.stop()
     ms = 1000.0
@@ -160,6 +213,13 @@ async def main_async(tmp: Path) -> dict[str, object]:
                                               "p99": round(pct(plain, 0.99) * ms, 3)},
             "ratio_p50_e2e_to_round_trip": round(pct(e2e, 0.5) / pct(plain, 0.5), 1),
             "ratio_p99_e2e_to_round_trip": round(pct(e2e, 0.99) / pct(plain, 0.99), 1),
+            # The same round trip before the daemon started, alone on the event loop.
+            "broker_round_trip_alone_ms": {"p50": round(pct(alone, 0.5) * ms, 3),
+                                           "p99": round(pct(alone, 0.99) * ms, 3)},
+            "ratio_p99_e2e_to_round_trip_alone": round(pct(e2e, 0.99) / pct(alone, 0.99), 1),
+            "rounds": ROUNDS,
+            "gc_during_rounds": gc_pauses,
+            "load_average": [round(x, 2) for x in os.getloadavg()],
             "daemon_messages_per_s": round(daemon_rate),
             "baseline_bare_subscriber_messages_per_s": round(bare),
             "ratio_daemon_to_bare_subscriber": round(daemon_rate / bare, 3),

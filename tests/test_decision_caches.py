@@ -9,15 +9,16 @@ import contextlib
 import dataclasses
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from buildingd.agents.bus import InProcessBus, Performative
+from buildingd.agents.bus import Envelope, InProcessBus, Performative
 from buildingd.agents.context import AgentContext
-from buildingd.agents.messages import ReadingMsg
+from buildingd.agents.messages import ZONE_LEARNING_TOPIC, ReadingMsg
 from buildingd.agents.zone import ZoneAgent
 from buildingd.clock import ScaledClock
 from buildingd.config.loader import load_site
@@ -220,3 +221,36 @@ async def test_a_zone_decides_on_a_devices_whole_poll() -> None:
     assert seen[0] == ZoneInputs(
         temperature_c=21.0, humidity_pct=None, occupied=True, illuminance_lux=80.0
     )
+
+
+async def test_a_zone_commands_its_lights_before_it_saves_and_publishes_what_it_learned(
+    tmp_path: Path,
+) -> None:
+    """The occupancy -> light path does not wait for the learning bookkeeping (a file write)."""
+    zone = meeting_room()
+    zone.state_dir = tmp_path
+    zone.ctx.ready_s = 0.0
+    order: list[str] = []
+    send = zone.ctx.send
+
+    async def recorded(env: Envelope) -> None:
+        order.append(f"{env.ontology}->{env.receiver}")
+        await send(env)
+
+    zone.ctx.send = recorded  # type: ignore[method-assign]
+    save = zone._save_learning_soon
+    zone._save_learning_soon = lambda: (order.append("save"), save())[1]  # type: ignore[method-assign]
+    for args in (
+        (PointKind.TEMPERATURE, "f1-meeting-thermostat", "temperature", 21.0, Quality.GOOD),
+        (PointKind.OCCUPANCY, "f1-meeting-presence", "occupancy", 1.0, Quality.GOOD),
+        (PointKind.ILLUMINANCE, "f1-meeting-presence", "illuminance", 10.0, Quality.GOOD),
+    ):
+        zone._handle(reading(*args))  # type: ignore[arg-type]
+    now = zone.ctx.clock.monotonic()
+    zone._learning_saved_s = now - 2 * 3600  # the learned state is due to be written now
+    await zone.control(now)
+    light = next(i for i, what in enumerate(order) if what.startswith("command->device[") and
+                 "light" in what)  # fmt: skip
+    assert "save" in order and f"{ZONE_LEARNING_TOPIC}" in " ".join(order)
+    assert light < order.index("save")
+    assert light < next(i for i, what in enumerate(order) if what.endswith(ZONE_LEARNING_TOPIC))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import date, datetime
 from pathlib import Path
 from typing import Literal
@@ -157,5 +158,18 @@ def load(state_dir: Path, zone_id: str) -> ZoneLearning:
         return ZoneLearning()
 
 
+# The one thread that writes learned state: writes (two fsyncs each, milliseconds on an SD card)
+# leave the event loop, and go to disk one at a time in the order they were asked for, so a later
+# state is never overwritten by an earlier one. Idle, it costs nothing; it is joined at exit.
+_WRITER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="learning-save")
+
+
 def save(state_dir: Path, zone_id: str, learning: ZoneLearning) -> None:
-    write_atomic(path_for(state_dir, zone_id), dump(zone_id, learning))
+    """Write now and wait (at stop, after a reset): after the writes already asked for."""
+    save_soon(state_dir, zone_id, learning).result()
+
+
+def save_soon(state_dir: Path, zone_id: str, learning: ZoneLearning) -> Future[None]:
+    """Encode now (on the caller's thread: a CPU-bound encoding in a thread would hold the GIL
+    against the event loop) and write on the writer thread; the future says how it went."""
+    return _WRITER.submit(write_atomic, path_for(state_dir, zone_id), dump(zone_id, learning))

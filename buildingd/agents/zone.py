@@ -11,6 +11,8 @@ band (``vote_offset_k``) that does not expire: nothing to release."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import functools
 import logging
 import statistics
@@ -224,7 +226,7 @@ class ZoneAgent(Agent):
         if self._learning_saved_s is None:
             self._learning_saved_s = now_s
         elif judged or now_s - self._learning_saved_s >= LEARNING_SAVE_S:
-            self.save_learning()
+            self._save_learning_soon()
             self._learning_saved_s = now_s
             await self._publish_learning(local, judged)
 
@@ -251,14 +253,32 @@ class ZoneAgent(Agent):
         await self.ctx.send(msg.envelope(Performative.INFORM, self.name, ZONE_LEARNING_TOPIC))
 
     def save_learning(self) -> None:
-        """Write the learned state (atomically); a failure is logged, never fatal."""
+        """Write the learned state (atomically) and wait; a failure is logged, never fatal."""
         if self.state_dir is None or self.baseline:
             return
         try:
             learning_file.save(self.state_dir, self.zone_id, self.learning)
         except OSError as err:
-            self.ctx.metrics.inc("buildingd_state_write_errors_total", file="learning")
-            log.warning("zone %s: learned state not saved: %s", self.zone_id, err)
+            self._not_saved(err)
+
+    def _save_learning_soon(self) -> None:
+        """As ``save_learning``, written on the writer thread: the decision does not wait for
+        the disk. A failure is reported on the loop when the write ends."""
+        if self.state_dir is None or self.baseline:
+            return
+        loop = asyncio.get_running_loop()
+
+        def done(write: concurrent.futures.Future[None]) -> None:
+            err = write.exception()
+            if isinstance(err, OSError):
+                with contextlib.suppress(RuntimeError):  # the loop has closed: nobody to tell
+                    loop.call_soon_threadsafe(self._not_saved, err)
+
+        learning_file.save_soon(self.state_dir, self.zone_id, self.learning).add_done_callback(done)
+
+    def _not_saved(self, err: OSError) -> None:
+        self.ctx.metrics.inc("buildingd_state_write_errors_total", file="learning")
+        log.warning("zone %s: learned state not saved: %s", self.zone_id, err)
 
     def learning_summary(self) -> dict[str, object] | None:
         if self.baseline:
@@ -650,9 +670,6 @@ class ZoneAgent(Agent):
         decision = decide(self.state, inputs, policy, local, now_s, self.outlook)
         self.state = decision.state
         self.decision = decision
-        if not self.baseline:
-            await self._learn(now_s, local, inputs, decision, policy)
-        self._account(inputs, decision, now_s)
         if decision.state.mode is not previous_mode:
             log.info("zone %s: %s -> %s", self.zone_id, previous_mode, decision.state.mode)
             if decision.state.mode is ZoneMode.HOLD:
@@ -673,6 +690,11 @@ class ZoneAgent(Agent):
                 else:
                     await self._drive(act, target, now_s, f"{decision.state.mode} mode")
                 act.by_override = act.by_override or (overridden and act.pending is not None)
+        # The commands first: learning (which may write its file) and the books wait, so an
+        # occupancy change reaches the lights without them.
+        if not self.baseline:
+            await self._learn(now_s, local, inputs, decision, policy)
+        self._account(inputs, decision, now_s)
         await self._publish_state(inputs, decision, now_s)
 
     def _account(self, inputs: ZoneInputs, decision: ZoneDecision, now_s: float) -> None:
