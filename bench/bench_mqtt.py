@@ -23,8 +23,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import aiomqtt
+from gc_watch import CollectorWatch
 
 from buildingd.config.loader import load_site
 from buildingd.service.app import Daemon
@@ -86,31 +88,9 @@ async def round_trip(pub: aiomqtt.Client, sub: aiomqtt.Client, body: bytes) -> f
     return time.perf_counter() - t0
 
 
-class GcPauses:
-    """The collector's passes while installed: (generation, seconds) each."""
-
-    def __init__(self) -> None:
-        self.passes: list[tuple[int, float]] = []
-        self._t0 = 0.0
-
-    def __call__(self, phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            self._t0 = time.perf_counter()
-        else:
-            self.passes.append((info["generation"], time.perf_counter() - self._t0))
-
-    def summary(self) -> dict[str, float]:
-        out: dict[str, float] = {}
-        for gen in (0, 1, 2):
-            pauses = [d for g, d in self.passes if g == gen]
-            out[f"gen{gen}_passes"] = len(pauses)
-            out[f"gen{gen}_max_ms"] = round(max(pauses, default=0.0) * 1000, 3)
-        return out
-
-
 async def end_to_end(
     host: str, port: int, root: Path
-) -> tuple[list[float], list[float], dict[str, float], float, float]:
+) -> tuple[list[float], list[float], dict[str, object], float, float]:
     for sub, text in (("devices", DEVICES), ("policies", POLICY)):
         (root / sub).mkdir(parents=True)
         (root / sub / "x.yaml").write_text(text)
@@ -124,7 +104,7 @@ async def end_to_end(
     await daemon.ready.wait()
     latencies: list[float] = []
     plain: list[float] = []
-    gc_pauses = GcPauses()
+    gc_pauses = CollectorWatch()
     async with (
         client(host, port, "bench-devices") as dev,
         client(host, port, "rt-sub") as rt_sub,

@@ -28,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
+from gc_watch import CollectorWatch  # noqa: E402
 from sitegen import generate, quiet_daemon  # noqa: E402
 
 from buildingd.config.loader import load_site  # noqa: E402
@@ -36,31 +37,6 @@ ZONES = int(sys.argv[1]) if len(sys.argv) > 1 else 200
 RELOADS = int(sys.argv[2]) if len(sys.argv) > 2 else 20
 IDLE_S = 3.0
 MS = 1000.0
-
-
-class CollectorWatch:
-    """The cyclic collector's passes (generation, duration) since the last ``clear``."""
-
-    def __init__(self) -> None:
-        self.passes: list[tuple[int, float]] = []
-        self._started = 0.0
-
-    def __call__(self, phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            self._started = time.perf_counter()
-        else:
-            self.passes.append((info["generation"], time.perf_counter() - self._started))
-
-    def clear(self) -> None:
-        self.passes.clear()
-
-    def summary(self) -> dict[str, object]:
-        """Per generation: how many passes and the longest (ms)."""
-        return {
-            f"gen{g}": {"passes": len(d), "longest_ms": round(max(d, default=0.0) * MS, 1)}
-            for g in (0, 1, 2)
-            for d in [[s for gen, s in self.passes if gen == g]]
-        }
 
 
 async def max_gap_s(work: Callable[[], Awaitable[Any]]) -> tuple[float, float]:
