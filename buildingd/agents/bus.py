@@ -182,9 +182,7 @@ class Mailbox:
         self._items.append(env)
         self._not_empty.set()
         self._empty.clear()
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._wake_getter()
 
     def get_nowait(self) -> Envelope | None:
         """The oldest envelope, or None when the box is empty."""
@@ -214,8 +212,10 @@ class Mailbox:
         self._waiter = loop.create_future()
         try:
             await self._waiter
-        except asyncio.CancelledError:
-            self._drop_timer()
+        except asyncio.CancelledError:  # the timer would keep a stopped agent's box till then
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
             raise
         finally:
             self._waiter = None
@@ -223,13 +223,11 @@ class Mailbox:
 
     def _deadline_passed(self) -> None:
         self._timer = None
+        self._wake_getter()
+
+    def _wake_getter(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
-
-    def _drop_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
 
     def _taken(self) -> Envelope:
         env = self._items.popleft()
