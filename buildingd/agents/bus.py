@@ -125,6 +125,9 @@ def new_conversation_id() -> str:
 
 
 Overflow = Literal["drop_oldest", "block"]
+# ``Mailbox.get_until`` keeps its armed timer for a deadline this close (event-loop seconds): a
+# zone works its deadline out afresh before each wait, a few hundred nanoseconds apart.
+DEADLINE_SLACK_S = 1e-6
 
 
 class Mailbox:
@@ -143,35 +146,43 @@ class Mailbox:
         self._empty = asyncio.Event()  # set while nothing waits in the box
         self._empty.set()
         self.dropped = 0
+        self._waiter: asyncio.Future[None] | None = None  # ``get_until``'s, woken by a put
+        self._timer: asyncio.TimerHandle | None = None  # ``get_until``'s deadline, kept armed
 
     def __len__(self) -> int:
         return len(self._items)
 
     async def put(self, env: Envelope) -> None:
-        if len(self._items) >= self.maxsize:
-            if self.overflow == "drop_oldest":
-                self._items.popleft()
-                self.dropped += 1
-            else:
-                while len(self._items) >= self.maxsize:
-                    self._not_full.clear()
-                    await self._not_full.wait()
-        self._items.append(env)
-        self._not_empty.set()
-        self._empty.clear()
+        if self._offer(env):
+            return
+        while len(self._items) >= self.maxsize:
+            self._not_full.clear()
+            await self._not_full.wait()
+        self._add(env)
 
     def put_nowait(self, env: Envelope) -> bool:
         """Enqueue without waiting; returns False (and counts a drop) if a ``block`` box is full."""
+        if self._offer(env):
+            return True
+        self.dropped += 1
+        return False
+
+    def _offer(self, env: Envelope) -> bool:
+        """Enqueue if that needs no wait (room, or ``drop_oldest``); False, nothing counted, if a
+        ``block`` box is full."""
         if len(self._items) >= self.maxsize:
             if self.overflow == "block":
-                self.dropped += 1
                 return False
             self._items.popleft()
             self.dropped += 1
+        self._add(env)
+        return True
+
+    def _add(self, env: Envelope) -> None:
         self._items.append(env)
         self._not_empty.set()
         self._empty.clear()
-        return True
+        self._wake_getter()
 
     def get_nowait(self) -> Envelope | None:
         """The oldest envelope, or None when the box is empty."""
@@ -184,6 +195,39 @@ class Mailbox:
             self._not_empty.clear()
             await self._not_empty.wait()
         return self._taken()
+
+    async def get_until(self, deadline: float) -> Envelope | None:
+        """The oldest envelope, or None if the box is still empty at ``deadline`` (event-loop
+        time; one getter at a time). The box keeps one timer, moved only when the deadline
+        does: an envelope that comes first costs no timer set up and cancelled (a zone waits
+        like this for every message between two of its ticks)."""
+        if self._items:
+            return self._taken()
+        loop = asyncio.get_running_loop()
+        timer = self._timer
+        if timer is None or abs(timer.when() - deadline) > DEADLINE_SLACK_S:
+            if timer is not None:
+                timer.cancel()
+            self._timer = loop.call_at(deadline, self._deadline_passed)
+        self._waiter = loop.create_future()
+        try:
+            await self._waiter
+        except asyncio.CancelledError:  # the timer would keep a stopped agent's box till then
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            raise
+        finally:
+            self._waiter = None
+        return self._taken() if self._items else None
+
+    def _deadline_passed(self) -> None:
+        self._timer = None
+        self._wake_getter()
+
+    def _wake_getter(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     def _taken(self) -> Envelope:
         env = self._items.popleft()

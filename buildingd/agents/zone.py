@@ -336,11 +336,9 @@ class ZoneAgent(Agent):
                 env = self.inbox.get_nowait()
                 wait_s = max(0.0, next_tick - self.ctx.clock.monotonic())
                 if env is None and wait_s > 0:
-                    try:
-                        async with asyncio.timeout(self.ctx.clock.to_loop_seconds(wait_s)):
-                            env = await self.inbox.get()
-                    except TimeoutError:
-                        env = None
+                    loop = asyncio.get_running_loop()
+                    tick_at = loop.time() + self.ctx.clock.to_loop_seconds(wait_s)
+                    env = await self.inbox.get_until(tick_at)
                 changed = self._handle(env) if env is not None else False
                 # The rest of a burst first (a device's poll sends its points together): one
                 # decision on the newest inputs instead of one per message.
