@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sitegen import generate
+from sitegen import generate, settings_for
 
 from buildingd.agents.bus import Envelope, InProcessBus, Mailbox, Performative
 from buildingd.agents.device import DeviceAgent
@@ -26,16 +26,7 @@ from buildingd.clock import ScaledClock
 from buildingd.config.loader import load_site
 from buildingd.evaluate import NullSink
 from buildingd.service.app import Daemon
-from buildingd.settings import REPO_SITE, Settings
-
-
-def settings_for(site_dir: Path, state: Path) -> Settings:
-    # In-process: simulated devices read from the model, not served over Modbus/MQTT (network
-    # timers cannot run on virtual time, and the figure is the control loop's, not a broker's).
-    return Settings.model_validate(
-        {"site_dir": site_dir, "state_dir": state, "http": {"enabled": False},
-         "sim": {"protocols": False}}
-    )  # fmt: skip
+from buildingd.settings import REPO_SITE
 
 
 async def raw_bus_rate(n: int = 200_000) -> float:

@@ -44,7 +44,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_control import settings_for
 from bench_negotiation import (
     POLL_S,
     START,
@@ -55,7 +54,7 @@ from bench_negotiation import (
     rounded,
     until,
 )
-from sitegen import generate
+from sitegen import generate, settings_for
 
 from buildingd.agents.bus import Performative
 from buildingd.agents.messages import COORDINATOR, AdjustmentsMsg, zone_address

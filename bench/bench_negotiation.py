@@ -35,8 +35,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_control import raw_bus_rate, settings_for
-from sitegen import generate
+from bench_control import raw_bus_rate
+from sitegen import generate, settings_for
 
 from buildingd.agents.bus import Performative
 from buildingd.agents.messages import (

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from buildingd.service.app import Daemon
+    from buildingd.settings import Settings
 
 
 def generate(
@@ -88,6 +89,18 @@ def _devices(ids: list[str], p: float) -> list[str]:
     return dev
 
 
+def settings_for(site_dir: Path, state_dir: Path) -> Settings:
+    """Settings with nothing outside the process: simulated devices read from the model, not
+    served over Modbus/MQTT (network timers cannot run on virtual time, and the figures are the
+    daemon's, not a broker's), no HTTP API."""
+    from buildingd.settings import Settings
+
+    return Settings.model_validate(
+        {"site_dir": site_dir, "state_dir": state_dir, "http": {"enabled": False},
+         "sim": {"protocols": False}}
+    )  # fmt: skip
+
+
 def quiet_daemon(site_dir: Path, state_dir: Path) -> Daemon:
     """A daemon on the generated site in ``site_dir``, with nothing outside the process: the
     simulated devices in process (no protocol servers), no HTTP API, telemetry dropped; its clock
@@ -98,17 +111,11 @@ def quiet_daemon(site_dir: Path, state_dir: Path) -> Daemon:
     from buildingd.config.loader import load_site
     from buildingd.evaluate import NullSink
     from buildingd.service.app import Daemon
-    from buildingd.settings import Settings
 
-    settings = Settings(site_dir=site_dir, state_dir=state_dir)
-    settings = settings.model_copy(
-        update={
-            "sim": settings.sim.model_copy(update={"protocols": False}),
-            "http": settings.http.model_copy(update={"enabled": False}),
-        }
-    )
     clock = ScaledClock(datetime(2027, 1, 11, 9, 0, tzinfo=UTC), 1.0)
-    return Daemon(settings, load_site(site_dir), clock=clock, sink_factory=NullSink)
+    return Daemon(
+        settings_for(site_dir, state_dir), load_site(site_dir), clock=clock, sink_factory=NullSink
+    )
 
 
 if __name__ == "__main__":
