@@ -12,6 +12,7 @@ own, so one's memory does not count in the next one's RSS.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import statistics
@@ -125,6 +126,10 @@ async def one(zones: int, speed: float) -> dict[str, Any]:
              "sim": {"protocols": False}}
         )  # fmt: skip
         daemon = Daemon(settings, site, clock=clock, sink_factory=NullSink)
+        # As ``buildingd run`` does (service/cli.py): what start-up and reloads built is frozen.
+        daemon.on_ready.append(gc.freeze)
+        daemon.on_reloaded.append(gc.freeze)
+        daemon.on_stopping.append(gc.unfreeze)
         t0 = time.perf_counter()
         running = asyncio.create_task(daemon.run(None))
         await daemon.ready.wait()

@@ -121,9 +121,11 @@ class DeviceAgent(Agent):
                 while True:
                     if inbox_get is None:
                         inbox_get = asyncio.ensure_future(self.inbox.get())
-                    if update is None:
+                    if update is None and self.driver.streams_updates:
                         update = asyncio.ensure_future(self.driver.wait_update())
-                    waits: set[asyncio.Future[Any]] = {inbox_get, update}
+                    waits: set[asyncio.Future[Any]] = {inbox_get}
+                    if update is not None:
+                        waits.add(update)
                     timeout_s: float | None = None
                     if polling is not None:
                         waits.add(polling)
@@ -140,7 +142,7 @@ class DeviceAgent(Agent):
                     if polling is not None and polling in done:
                         finished, polling = polling, None
                         finished.result()  # a bug in a poll crashes the agent
-                    if update in done:
+                    if update is not None and update in done:
                         update.result()
                         update = None
                         poll_due = True

@@ -451,6 +451,10 @@ class BacnetDriver(Driver):
 
     # -- change of value -----------------------------------------------------------------------
 
+    @property
+    def streams_updates(self) -> bool:
+        return self.cov is not None  # change-of-value subscriptions, once open
+
     async def wait_update(self) -> None:
         if self.cov is None:
             await super().wait_update()

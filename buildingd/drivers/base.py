@@ -64,6 +64,12 @@ class Driver(ABC):
             point_id=point_id,
         )  # fmt: skip
 
+    @property
+    def streams_updates(self) -> bool:
+        """Whether ``wait_update`` ever returns (a streaming driver, once open); a device agent
+        keeps no waiting task for a driver that is only polled."""
+        return False
+
     async def wait_update(self) -> None:
         """Return when new data may be available (streaming drivers); polled drivers never do."""
         await asyncio.Event().wait()

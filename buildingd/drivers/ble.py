@@ -298,6 +298,10 @@ class _BleBase(Driver):
             log.warning("device %s: %s", where, message)
             self._last_problem = message
 
+    @property
+    def streams_updates(self) -> bool:
+        return True
+
     async def wait_update(self) -> None:
         await self._update.wait()
         self._update.clear()

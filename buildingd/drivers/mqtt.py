@@ -101,6 +101,10 @@ class MqttDriver(Driver):
             raise DeviceUnavailableError("device reports offline", device_id=self.device.id)
         return dict(self.latest)
 
+    @property
+    def streams_updates(self) -> bool:
+        return True
+
     async def wait_update(self) -> None:
         await self._update.wait()
         self._update.clear()
