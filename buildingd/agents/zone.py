@@ -191,6 +191,7 @@ class ZoneAgent(Agent):
         self._pressure: dict[str, PressureRequestTimer] = {}
         self._overridden = False  # a hand override (mode, light level) was in force last tick
         self._offers: _Offers | None = None  # the offers as last worked out
+        self._readings_taken = 0  # since last counted in ``buildingd_zone_readings_total``
         self._bind()
 
     def _bind(self) -> None:
@@ -344,6 +345,9 @@ class ZoneAgent(Agent):
                 # decision on the newest inputs instead of one per message.
                 while env is not None and (env := self.inbox.get_nowait()) is not None:
                     changed = self._handle(env) or changed
+                if self._readings_taken:  # counted once per burst, not once per reading
+                    self.ctx.metrics.inc("buildingd_zone_readings_total", self._readings_taken)
+                    self._readings_taken = 0
                 now = self.ctx.clock.monotonic()
                 decide_now = changed or now >= next_tick
                 if self._pending_replies:
@@ -366,6 +370,7 @@ class ZoneAgent(Agent):
         """Take in one message; True when it should trigger a decision right away."""
         if env.ontology == ReadingMsg.ontology:
             msg = ReadingMsg.parse(env)
+            self._readings_taken += 1
             key = (msg.device_id, msg.point_id)
             old = self.sensors.get(key)
             self.sensors[key] = (msg.kind, _Sensor(msg.value, msg.quality))
@@ -653,6 +658,7 @@ class ZoneAgent(Agent):
             and (ready_s is None or now_s - max(ready_s, self._started_s) < STARTUP_GRACE_S)
         ):
             return
+        self.ctx.metrics.inc("buildingd_zone_decisions_total")
         policy = self.policy
         local = self.ctx.clock.now().astimezone(_tz(policy.timezone or self.ctx.site.timezone))
         season = season_at(policy, local)
