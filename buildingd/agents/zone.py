@@ -48,7 +48,7 @@ from buildingd.agents.messages import (
     zone_address,
 )
 from buildingd.agents.runtime import Agent
-from buildingd.agents.zone_summary import zone_summary
+from buildingd.agents.zone_summary import summary_fields, zone_summary
 from buildingd.config.policies import Policy, Season
 from buildingd.control.contract_net import Offer, zone_offers
 from buildingd.control.frozen import replace
@@ -130,6 +130,15 @@ class Commitment:
 
 # A zone's answer to a cfp: propose or refuse, the content model and its JSON form.
 _Answer = tuple[Performative, DemandResponseProposal, dict[str, Any]]
+
+
+# The sensor kinds a zone's inputs are made of.
+_INPUT_KINDS = (
+    PointKind.TEMPERATURE,
+    PointKind.HUMIDITY,
+    PointKind.OCCUPANCY,
+    PointKind.ILLUMINANCE,
+)
 
 
 class _Offers:
@@ -650,12 +659,12 @@ class ZoneAgent(Agent):
         # Kept until a reading comes in: a decision and its summary read it four times.
         if self._inputs is not None:
             return self._inputs
-
-        def good(kind: PointKind) -> list[float]:
-            return [s.value for k, s in self.sensors.values() if k is kind and s.quality.usable]
-
-        temps, hums = good(PointKind.TEMPERATURE), good(PointKind.HUMIDITY)
-        occ, lux = good(PointKind.OCCUPANCY), good(PointKind.ILLUMINANCE)
+        good: dict[PointKind, list[float]] = {k: [] for k in _INPUT_KINDS}
+        for kind, sensor in self.sensors.values():  # one pass, in the sensors' order
+            if kind in good and sensor.quality.usable:
+                good[kind].append(sensor.value)
+        temps, hums = good[PointKind.TEMPERATURE], good[PointKind.HUMIDITY]
+        occ, lux = good[PointKind.OCCUPANCY], good[PointKind.ILLUMINANCE]
         self._inputs = ZoneInputs(
             # Median: one drifting sensor among three cannot move the zone.
             temperature_c=statistics.median(temps) if temps else None,
@@ -822,7 +831,7 @@ class ZoneAgent(Agent):
         self._last_state_msg = key
         self._last_state_s = now_s
         msg = ZoneStateMsg(
-            **dict(zone_summary(self.zone_id, inputs, decision, self.degraded)),
+            **summary_fields(self.zone_id, inputs, decision, self.degraded),
             timestamp=self.ctx.clock.now(),
             hvac_w=hvac_w,
             lighting_w=lighting_w,
