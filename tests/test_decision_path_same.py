@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from buildingd.agents import zone as zone_module
-from buildingd.agents.zone import SUMMARY_SHIFT_K, ZoneAgent
+from buildingd.agents.zone import ZoneAgent
 from buildingd.config.policies import OccupiedHours, Schedule
 from buildingd.control.contract_net import Offer, zone_offers
 from buildingd.control.frozen import replace
@@ -80,18 +80,6 @@ def offers_afresh(zone: ZoneAgent) -> list[Offer]:
     )  # fmt: skip
 
 
-def flexibility_afresh(offers: list[Offer]) -> tuple[float, float, str]:
-    offers = [o for o in offers if o.level.shift_k <= SUMMARY_SHIFT_K]
-    exact = [o for o in offers if o.level.shift_k == SUMMARY_SHIFT_K and not o.level.dim_pct]
-    if exact:
-        best = exact[0]
-    elif offers:
-        best = max(offers, key=lambda o: (o.shed_w, -o.comfort_cost))
-    else:
-        return 0.0, 0.0, "none"
-    return round(best.shed_w, 1), round(best.comfort_cost, 3), str(best.level)
-
-
 @settings(max_examples=60, deadline=None)
 @given(st.lists(step, min_size=1, max_size=30))
 async def test_what_a_decision_keeps_is_what_it_would_work_out_afresh(
@@ -115,7 +103,7 @@ async def test_what_a_decision_keeps_is_what_it_would_work_out_afresh(
         if zone.decision is not None:
             offers = offers_afresh(zone)
             assert zone.offers() == offers
-            assert zone.flexibility() == flexibility_afresh(offers)
+            assert zone.flexibility() == zone_module._flexibility(offers)  # moved as it was
 
 
 async def test_a_decision_with_the_same_values_keeps_the_offers(monkeypatch: Any) -> None:
