@@ -48,7 +48,7 @@ from buildingd.agents.messages import (
     zone_address,
 )
 from buildingd.agents.runtime import Agent
-from buildingd.agents.zone_summary import zone_summary
+from buildingd.agents.zone_summary import summary_fields, zone_summary
 from buildingd.config.policies import Policy, Season
 from buildingd.control.contract_net import Offer, zone_offers
 from buildingd.control.frozen import replace
@@ -132,16 +132,34 @@ class Commitment:
 _Answer = tuple[Performative, DemandResponseProposal, dict[str, Any]]
 
 
+# The sensor kinds a zone's inputs are made of.
+_INPUT_KINDS = (
+    PointKind.TEMPERATURE,
+    PointKind.HUMIDITY,
+    PointKind.OCCUPANCY,
+    PointKind.ILLUMINANCE,
+)
+
+
 class _Offers:
     """A zone's demand-response offers and its answer to a cfp, with what they were worked out
     from: the zone's inputs, decision and state and the site (policy, capacities). Each of those
-    is replaced, never changed, when it changes, so the same objects mean the same offers."""
+    is replaced, never changed, when it changes, so the same objects mean the same offers.
+    ``args`` are the values ``zone_offers`` took (a pure function of them): a decision that
+    changes none of them keeps the offers, their answer and the summary's flexibility."""
 
-    __slots__ = ("answer", "made_of", "offers")
+    __slots__ = ("answer", "args", "demand", "flexibility", "made_of", "offers")
 
-    def __init__(self, made_of: tuple[object, ...], offers: list[Offer]) -> None:
-        self.made_of, self.offers = made_of, offers
+    def __init__(
+        self,
+        made_of: tuple[object, ...],
+        demand: tuple[float, float, bool],
+        args: dict[str, Any],
+        offers: list[Offer],
+    ) -> None:
+        self.made_of, self.demand, self.args, self.offers = made_of, demand, args, offers
         self.answer: _Answer | None = None  # made at the first cfp that needs it
+        self.flexibility: tuple[float, float, str] | None = None  # made at the first summary
 
     def made_of_same(self, made_of: tuple[object, ...]) -> bool:
         return all(a is b for a, b in zip(self.made_of, made_of, strict=True))
@@ -189,8 +207,10 @@ class ZoneAgent(Agent):
         self.commitments: dict[str, Commitment] = {}
         # G36 static pressure reset request state per terminal unit (device id).
         self._pressure: dict[str, PressureRequestTimer] = {}
+        self._dampers_seen = False  # a damper position came in: the zone has terminal units
         self._overridden = False  # a hand override (mode, light level) was in force last tick
         self._offers: _Offers | None = None  # the offers as last worked out
+        self._readings_taken = 0  # since last counted in ``buildingd_zone_readings_total``
         self._bind()
 
     def _bind(self) -> None:
@@ -344,6 +364,9 @@ class ZoneAgent(Agent):
                 # decision on the newest inputs instead of one per message.
                 while env is not None and (env := self.inbox.get_nowait()) is not None:
                     changed = self._handle(env) or changed
+                if self._readings_taken:  # counted once per burst, not once per reading
+                    self.ctx.metrics.inc("buildingd_zone_readings_total", self._readings_taken)
+                    self._readings_taken = 0
                 now = self.ctx.clock.monotonic()
                 decide_now = changed or now >= next_tick
                 if self._pending_replies:
@@ -366,9 +389,12 @@ class ZoneAgent(Agent):
         """Take in one message; True when it should trigger a decision right away."""
         if env.ontology == ReadingMsg.ontology:
             msg = ReadingMsg.parse(env)
+            self._readings_taken += 1
             key = (msg.device_id, msg.point_id)
             old = self.sensors.get(key)
             self.sensors[key] = (msg.kind, _Sensor(msg.value, msg.quality))
+            if msg.kind is PointKind.DAMPER_POSITION:
+                self._dampers_seen = True
             self._inputs = None
             # Occupancy and quality changes act at once; other readings at the next tick.
             return (
@@ -414,43 +440,48 @@ class ZoneAgent(Agent):
         made_of = (self.inputs(), self.decision, self.state, self.ctx.site)
         kept = self._offers
         if kept is None or not kept.made_of_same(made_of):
-            kept = self._offers = _Offers(made_of, self._work_out_offers())
+            demand = self._demand()
+            args = self._offer_args(demand)
+            if kept is None or kept.args != args:
+                kept = self._offers = _Offers(
+                    made_of, demand, args, zone_offers(self.zone_id, **args)
+                )
+            else:  # the same values: the same offers
+                kept.made_of, kept.demand = made_of, demand
         return kept
 
     def _work_out_offers(self) -> list[Offer]:
+        return zone_offers(self.zone_id, **self._offer_args(self._demand()))
+
+    def _offer_args(self, demand: tuple[float, float, bool]) -> dict[str, Any]:
+        """``zone_offers``' arguments after the zone id, from ``demand`` (``_demand()``)."""
         limits = self.policy.negotiation
         safety = self.policy.safety
-        hvac_w, lighting_w, daylight = self._demand()
+        hvac_w, lighting_w, daylight = demand
         max_shift_k = limits.max_shift_k
         if self.decision is not None:
             # Room left below heating and above cooling, before any shift already applied.
             band, shift = self.decision.band, self.state.adjustments.dr_shift_k
             room = min(band.heating_c + shift - safety.min_c, safety.max_c - band.cooling_c - shift)
             max_shift_k = min(max_shift_k, max(0.0, room))
-        return zone_offers(
-            self.zone_id,
-            hvac_w=hvac_w,
-            occupied=bool(self.inputs().occupied),
-            light_w=lighting_w,
-            daylight_sufficient=daylight,
-            max_shift_k=max_shift_k,
-            max_dim_pct=limits.max_dim_pct,
-            exempt=limits.exempt,
-        )
+        return {
+            "hvac_w": hvac_w,
+            "occupied": bool(self.inputs().occupied),
+            "light_w": lighting_w,
+            "daylight_sufficient": daylight,
+            "max_shift_k": max_shift_k,
+            "max_dim_pct": limits.max_dim_pct,
+            "exempt": limits.exempt,
+        }
 
     def flexibility(self) -> tuple[float, float, str]:
         """What the summary says the zone could shed: (W, comfort cost, level) of the offer it
         would propose at the 1 K shift, or short of that its largest offer below it; (0, 0,
         "none") with nothing to offer. Rounded as in a proposal, so the numbers agree."""
-        offers = [o for o in self.offers() if o.level.shift_k <= SUMMARY_SHIFT_K]
-        exact = [o for o in offers if o.level.shift_k == SUMMARY_SHIFT_K and not o.level.dim_pct]
-        if exact:
-            best = exact[0]
-        elif offers:
-            best = max(offers, key=lambda o: (o.shed_w, -o.comfort_cost))
-        else:
-            return 0.0, 0.0, "none"
-        return round(best.shed_w, 1), round(best.comfort_cost, 3), str(best.level)
+        kept = self._current_offers()
+        if kept.flexibility is None:
+            kept.flexibility = _flexibility(kept.offers)
+        return kept.flexibility
 
     def pressure_requests(self, now_s: float) -> int:
         """G36 duct static pressure reset requests of the zone's VAV terminal units (section
@@ -458,6 +489,8 @@ class ZoneAgent(Agent):
         optionally ``airflow`` and ``airflow_setpoint``: without them only the damper rule
         applies. Unusable readings count as missing; a unit without a usable damper reading
         sends nothing."""
+        if not self._dampers_seen:  # no terminal unit: nothing to scan, no timer to run
+            return 0
         by_device: dict[str, dict[PointKind, float]] = {}
         terminals: set[str] = set()
         for (device_id, _), (kind, sensor) in self.sensors.items():
@@ -626,12 +659,12 @@ class ZoneAgent(Agent):
         # Kept until a reading comes in: a decision and its summary read it four times.
         if self._inputs is not None:
             return self._inputs
-
-        def good(kind: PointKind) -> list[float]:
-            return [s.value for k, s in self.sensors.values() if k is kind and s.quality.usable]
-
-        temps, hums = good(PointKind.TEMPERATURE), good(PointKind.HUMIDITY)
-        occ, lux = good(PointKind.OCCUPANCY), good(PointKind.ILLUMINANCE)
+        good: dict[PointKind, list[float]] = {k: [] for k in _INPUT_KINDS}
+        for kind, sensor in self.sensors.values():  # one pass, in the sensors' order
+            if kind in good and sensor.quality.usable:
+                good[kind].append(sensor.value)
+        temps, hums = good[PointKind.TEMPERATURE], good[PointKind.HUMIDITY]
+        occ, lux = good[PointKind.OCCUPANCY], good[PointKind.ILLUMINANCE]
         self._inputs = ZoneInputs(
             # Median: one drifting sensor among three cannot move the zone.
             temperature_c=statistics.median(temps) if temps else None,
@@ -653,6 +686,7 @@ class ZoneAgent(Agent):
             and (ready_s is None or now_s - max(ready_s, self._started_s) < STARTUP_GRACE_S)
         ):
             return
+        self.ctx.metrics.inc("buildingd_zone_decisions_total")
         policy = self.policy
         local = self.ctx.clock.now().astimezone(_tz(policy.timezone or self.ctx.site.timezone))
         season = season_at(policy, local)
@@ -793,11 +827,11 @@ class ZoneAgent(Agent):
         )
         if key == self._last_state_msg and now_s - self._last_state_s < STATE_HEARTBEAT_S:
             return
-        hvac_w, lighting_w, daylight = self._demand()
+        hvac_w, lighting_w, daylight = self._current_offers().demand
         self._last_state_msg = key
         self._last_state_s = now_s
         msg = ZoneStateMsg(
-            **dict(zone_summary(self.zone_id, inputs, decision, self.degraded)),
+            **summary_fields(self.zone_id, inputs, decision, self.degraded),
             timestamp=self.ctx.clock.now(),
             hvac_w=hvac_w,
             lighting_w=lighting_w,
@@ -808,6 +842,19 @@ class ZoneAgent(Agent):
             pressure_requests=pressure_requests,
         )
         await self.ctx.send(msg.envelope(Performative.INFORM, self.name, ZONE_STATE_TOPIC))
+
+
+def _flexibility(offers: list[Offer]) -> tuple[float, float, str]:
+    """``ZoneAgent.flexibility`` of ``offers``."""
+    offers = [o for o in offers if o.level.shift_k <= SUMMARY_SHIFT_K]
+    exact = [o for o in offers if o.level.shift_k == SUMMARY_SHIFT_K and not o.level.dim_pct]
+    if exact:
+        best = exact[0]
+    elif offers:
+        best = max(offers, key=lambda o: (o.shed_w, -o.comfort_cost))
+    else:
+        return 0.0, 0.0, "none"
+    return round(best.shed_w, 1), round(best.comfort_cost, 3), str(best.level)
 
 
 _TZ_CACHE: dict[str, object] = {}

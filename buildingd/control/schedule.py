@@ -6,8 +6,22 @@ from datetime import datetime, timedelta
 
 from buildingd.config.policies import Schedule
 
+# The last answer, for the same schedule and time objects: one zone decision asks three times
+# (decide, its mode, learning) with the same two.
+_last: tuple[Schedule, datetime, bool] | None = None
+
 
 def scheduled_occupied(schedule: Schedule, local: datetime) -> bool:
+    global _last
+    last = _last
+    if last is not None and last[0] is schedule and last[1] is local:
+        return last[2]
+    answer = _scheduled_occupied(schedule, local)
+    _last = (schedule, local, answer)
+    return answer
+
+
+def _scheduled_occupied(schedule: Schedule, local: datetime) -> bool:
     if local.date() in schedule.holidays:
         return False
     t = local.time().replace(tzinfo=None)
