@@ -68,16 +68,28 @@ class Envelope(BaseModel):
         if len(fields) != len(_OPTIONAL):
             unknown = values.keys() - _OPTIONAL.keys()
             raise TypeError(f"unknown envelope fields: {sorted(unknown)}")
-        if _MISSING in fields.values():
+        if not values.keys() >= _REQUIRED:
             missing = [name for name, value in fields.items() if value is _MISSING]
             raise TypeError(f"envelope fields {missing} are required")
         if "content" not in values:
             fields["content"] = {}
-        env = cls.__new__(cls)
-        object.__setattr__(env, "__dict__", fields)
-        object.__setattr__(env, "__pydantic_fields_set__", set(values))
-        object.__setattr__(env, "__pydantic_extra__", None)
-        object.__setattr__(env, "__pydantic_private__", {"_model": model})
+        return cls._made(fields, set(values), model)
+
+    def to(self, receiver: str) -> Envelope:
+        """The same message to ``receiver``: content and model shared (a round's cfps and
+        awards differ only in whom they go to; a third of the cost of ``trusted``)."""
+        fields = self.__dict__.copy()
+        fields["receiver"] = receiver
+        model = self.__pydantic_private__["_model"]  # type: ignore[index]
+        return self._made(fields, self.__pydantic_fields_set__.copy(), model)
+
+    @classmethod
+    def _made(cls, fields: dict[str, Any], fields_set: set[str], model: Any) -> Envelope:
+        env = _new(cls)
+        _set(env, "__dict__", fields)
+        _set(env, "__pydantic_fields_set__", fields_set)
+        _set(env, "__pydantic_extra__", None)
+        _set(env, "__pydantic_private__", {"_model": model})
         return env
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
@@ -118,6 +130,8 @@ _OPTIONAL: dict[str, Any] = {
     name: _MISSING if info.is_required() else info.default
     for name, info in Envelope.model_fields.items()
 }
+_REQUIRED = frozenset(name for name, value in _OPTIONAL.items() if value is _MISSING)
+_new, _set = object.__new__, object.__setattr__  # looked up once: every message is made so
 
 
 def new_conversation_id() -> str:

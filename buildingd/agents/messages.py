@@ -38,10 +38,13 @@ class Content(BaseModel):
     def envelopes(
         self, performative: Performative, sender: str, receivers: Iterable[str], **kw: Any
     ) -> list[Envelope]:
-        """As ``envelope``, one per receiver, sharing the content's JSON form (dumped once: a
-        round's cfps)."""
-        dumped = self.model_dump(mode="json")
-        return [self.envelope(performative, sender, r, dumped=dumped, **kw) for r in receivers]
+        """As ``envelope``, one per receiver: made once and readdressed (``Envelope.to``), so
+        all share the content's JSON form (a round's cfps)."""
+        made: list[Envelope] = []
+        for receiver in receivers:
+            made.append(made[0].to(receiver) if made else
+                        self.envelope(performative, sender, receiver, **kw))  # fmt: skip
+        return made
 
     def answer(
         self,

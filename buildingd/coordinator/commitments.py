@@ -125,23 +125,8 @@ def to_file(
     """What to keep: every run past its award and before its restore, with the zones awarded,
     every run still asking the zones (open or collecting), and the requests taken."""
     runs = list(runs)
-    records = [
-        Commitment(
-            **_event(run),
-            committed_w=run.committed_w,
-            awarded={
-                z: CommittedOffer(
-                    shift_k=o.level.shift_k,
-                    dim_pct=o.level.dim_pct,
-                    shed_w=o.shed_w,
-                    comfort_cost=o.comfort_cost,
-                )
-                for z, o in sorted(run.awarded.items())
-            },
-        )
-        for run in runs
-        if run.negotiation.state in _IN_FORCE and run.awarded
-    ]
+    records = [_record(run) for run in runs
+               if run.negotiation.state in _IN_FORCE and run.awarded]  # fmt: skip
     opened = [OpenEvent(**_event(run), round=run.round) for run in runs
               if run.negotiation.state in _ASKING]  # fmt: skip
     return CommitmentsFile(commitments=records, opened=opened,
@@ -151,6 +136,30 @@ def to_file(
 
 _IN_FORCE = (NegotiationState.AWARDING, NegotiationState.EXECUTING)
 _ASKING = (NegotiationState.OPEN, NegotiationState.COLLECTING)
+
+
+def _record(run: DemandResponseRun) -> Commitment:
+    """The run's commitment: made again only when its awards or committed watts changed (a
+    thousand zones' awards are not built and compared again when the run only moves on, from
+    awarding to executing)."""
+    kept = run.kept_record
+    if kept is not None and kept[1] == run.committed_w and kept[0] == run.awarded:
+        return kept[2]  # the same Offer objects: compared by identity, a few µs for a thousand
+    record = Commitment(
+        **_event(run),
+        committed_w=run.committed_w,
+        awarded={
+            z: CommittedOffer(
+                shift_k=o.level.shift_k,
+                dim_pct=o.level.dim_pct,
+                shed_w=o.shed_w,
+                comfort_cost=o.comfort_cost,
+            )
+            for z, o in sorted(run.awarded.items())
+        },
+    )
+    run.kept_record = (dict(run.awarded), run.committed_w, record)
+    return record
 
 
 def _event(run: DemandResponseRun) -> dict[str, Any]:

@@ -248,12 +248,20 @@ class Conversation:
                 f"{len(run.refused)} refused; {why}",
             )
             return
+        # The first award of each level (None: the rejection) readdressed to every other zone
+        # given the same: a thousand zones share a few.
+        made: dict[Level | None, Envelope] = {}
         for zone_id in run.offers:
             chosen = run.awarded.get(zone_id)
-            if chosen is None:
-                self._reject_proposal(run, zone_id)
+            key = None if chosen is None else chosen.level
+            first = made.get(key)
+            if first is not None:
+                env = first.to(zone_address(zone_id))
+            elif chosen is None:
+                env = made[key] = self._rejection(run, zone_id)
             else:
-                self.send_award(run, zone_id, chosen)
+                env = made[key] = self._award_to(run, zone_id, chosen)
+            self.office.outbox.append(env)
         run.confirm_by_s = now_s + CONFIRM_S
         awarded = sorted(run.awarded.items())
         levels = ", ".join(f"{z}:{o.level}" for z, o in awarded[:10]) or "none"
@@ -276,13 +284,17 @@ class Conversation:
             )
 
     def send_award(self, run: DemandResponseRun, zone_id: str, offer: Offer) -> None:
+        self.office.outbox.append(self._award_to(run, zone_id, offer))
+
+    def _award_to(self, run: DemandResponseRun, zone_id: str, offer: Offer) -> Envelope:
         accept = _award_content(offer.level, run.ends_at)
-        self.office.outbox.append(self._to_zone(run, zone_id, Performative.ACCEPT_PROPOSAL, accept))
+        return self._to_zone(run, zone_id, Performative.ACCEPT_PROPOSAL, accept)
 
     def _reject_proposal(self, run: DemandResponseRun, zone_id: str) -> None:
-        self.office.outbox.append(
-            self._to_zone(run, zone_id, Performative.REJECT_PROPOSAL, _NOT_NEEDED)
-        )
+        self.office.outbox.append(self._rejection(run, zone_id))
+
+    def _rejection(self, run: DemandResponseRun, zone_id: str) -> Envelope:
+        return self._to_zone(run, zone_id, Performative.REJECT_PROPOSAL, _NOT_NEEDED)
 
     def _to_zone(
         self,

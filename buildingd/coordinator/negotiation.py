@@ -22,9 +22,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from buildingd.control.contract_net import Offer
 from buildingd.errors import BuildingdError
+
+if TYPE_CHECKING:
+    from buildingd.coordinator.commitments import Commitment
 
 
 class NegotiationState(StrEnum):
@@ -212,3 +216,8 @@ class DemandResponseRun:
     committed_w: float = 0.0
     confirm_by_s: float = 0.0
     restore_by_s: float = 0.0
+    # The commitments file's record of this run as last made, with the awards and committed watts
+    # it was made from (``commitments.to_file``): not made again while they are the same.
+    kept_record: tuple[dict[str, Offer], float, Commitment] | None = field(
+        default=None, repr=False, compare=False
+    )
