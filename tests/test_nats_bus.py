@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -229,7 +230,8 @@ async def test_every_kind_of_bad_message_is_refused_counted_and_logged_once(
     # reaching the agent, each reason logged once, and the bus goes on after them.
     box = Mailbox(THERMOSTAT, overflow="block")
     intruder = await nats.connect(servers=nats_cluster.urls, user="hq-a", password="pw-hq-a")
-    subject = subjects.agent_subject("hq", THERMOSTAT)  # core NATS: judged by b's own clock
+    # core NATS, to b's agent: judged by b's own clock
+    subject = subjects.gateway_agent_subject("hq", "b", THERMOSTAT)
     good = command(20.0).model_dump(mode="json")
     content = good["content"]
     sealer = BusSealer(KEY, "gw-x")
@@ -314,6 +316,47 @@ async def test_an_envelope_for_an_agent_of_this_gateway_stays_off_nats(
     finally:
         await bus.stop()
         await watcher.close()
+
+
+async def test_a_gateway_takes_from_nats_only_what_its_agents_listen_to(
+    nats_cluster: NatsCluster,
+) -> None:
+    """The server sends gateway b only informs for a topic one of b's agents listens to and
+    for b's own agents: not the other topics (a 1,000-zone round's readings and states, which
+    b would parse only to drop), nor b's own messages back."""
+    zone, thermostat = Mailbox(ZONE), Mailbox(THERMOSTAT)
+
+    def inform(receiver: str, value: float = 0.0) -> Envelope:
+        return Envelope(performative=Performative.INFORM, sender="daemon", receiver=receiver,
+                        ontology="test", content={"value": value})  # fmt: skip
+
+    async with (
+        gateway(nats_cluster, "a") as a,
+        gateway(nats_cluster, "b", {"readings/z1": zone, THERMOSTAT: thermostat}) as b,
+    ):
+        await b.listening()
+        # b's interest reaches a's server through the cluster soon after: until it has
+        while True:
+            await a.send(inform("readings/z1"))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(zone.get(), 1.0)
+                break
+        await asyncio.sleep(1.0)  # a copy sent before the one that came, then dropped
+        while zone.get_nowait() is not None:
+            pass
+        before = b.core_received
+        await b.send(inform("readings/z1", 1.0))  # delivered here; not sent back by NATS
+        assert (await received(zone)).content == {"value": 1.0}
+        await b.nc.flush()  # type: ignore[union-attr]
+        for n in range(100):
+            await a.send(inform("readings/z2", n))  # nobody on b listens to these
+            await a.send(inform("zone-state", n))
+        await a.send(inform(THERMOSTAT, 2.0))  # b's agent: on b's own subject
+        await a.send(inform("readings/z1", 3.0))  # a's messages come in order: the last
+        assert (await received(thermostat)).content == {"value": 2.0}
+        assert (await received(zone)).content == {"value": 3.0}
+        assert b.core_received - before == 2
+        assert b.stats.invalid == 0
 
 
 async def test_an_envelope_not_published_is_counted_and_logged() -> None:
