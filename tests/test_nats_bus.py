@@ -318,6 +318,17 @@ async def test_an_envelope_for_an_agent_of_this_gateway_stays_off_nats(
         await watcher.close()
 
 
+async def heard(send: Callable[[], Awaitable[None]], box: Mailbox) -> Envelope:
+    """What ``send`` sends, once ``box`` has it: sent again each second until then (a new
+    subscription reaches the cluster's other nodes soon after; core NATS drops what is sent
+    before)."""
+    async with asyncio.timeout(WAIT_S):
+        while True:
+            await send()
+            with contextlib.suppress(TimeoutError):
+                return await asyncio.wait_for(box.get(), 1.0)
+
+
 async def test_a_gateway_takes_from_nats_only_what_its_agents_listen_to(
     nats_cluster: NatsCluster,
 ) -> None:
@@ -335,12 +346,7 @@ async def test_a_gateway_takes_from_nats_only_what_its_agents_listen_to(
         gateway(nats_cluster, "b", {"readings/z1": zone, THERMOSTAT: thermostat}) as b,
     ):
         await b.listening()
-        # b's interest reaches a's server through the cluster soon after: until it has
-        while True:
-            await a.send(inform("readings/z1"))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(zone.get(), 1.0)
-                break
+        await heard(lambda: a.send(inform("readings/z1")), zone)
         await asyncio.sleep(1.0)  # a copy sent before the one that came, then dropped
         while zone.get_nowait() is not None:
             pass
@@ -357,6 +363,24 @@ async def test_a_gateway_takes_from_nats_only_what_its_agents_listen_to(
         assert (await received(zone)).content == {"value": 3.0}
         assert b.core_received - before == 2
         assert b.stats.invalid == 0
+
+
+async def test_an_inform_for_the_coordinator_reaches_the_gateway_that_leads(
+    nats_cluster: NatsCluster,
+) -> None:
+    """Gateway a does not lead: what it says to the coordinator (here its demand-response
+    topic) goes to the coordinator's queue on core NATS too, which the leader b hears."""
+    box = Mailbox("coordinator")
+    async with (
+        gateway(nats_cluster, "a", leads=lambda: False) as a,
+        gateway(nats_cluster, "b", {DEMAND_RESPONSE_TOPIC: box}, leads=lambda: True) as b,
+    ):
+        await b.listening()
+        inform = Envelope(performative=Performative.INFORM, sender="daemon",
+                          receiver=DEMAND_RESPONSE_TOPIC, ontology="test")  # fmt: skip
+        got = await heard(lambda: a.send(inform), box)
+        assert (got.sender, got.ontology) == ("daemon", "test")
+        assert a.stats.unpublished == 0 and b.stats.invalid == 0
 
 
 async def test_an_envelope_not_published_is_counted_and_logged() -> None:
