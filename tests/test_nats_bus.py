@@ -200,7 +200,10 @@ async def test_forged_and_replayed_commands_are_refused_and_counted(
     async def capture(msg: nats.aio.msg.Msg) -> None:
         captured.put_nowait(msg.data)
 
-    await intruder.subscribe(subject, cb=capture)
+    # What it replays it overheard on the network (a gateway's user may not subscribe to
+    # another gateway's commands): captured here with the cluster's own credentials.
+    sniffer = await nats.connect(nats_cluster.urls, user=ADMIN.name, password=ADMIN.password)
+    await sniffer.subscribe(subject, cb=capture)
     try:
         async with (
             gateway(nats_cluster, "a") as a,
@@ -220,6 +223,7 @@ async def test_forged_and_replayed_commands_are_refused_and_counted(
             assert b.stats.invalid == 2
     finally:
         await intruder.close()
+        await sniffer.close()
 
 
 async def test_every_kind_of_bad_message_is_refused_counted_and_logged_once(
@@ -423,6 +427,44 @@ async def test_a_gateway_of_one_site_cannot_reach_another_site_s_subjects(
             assert len(box) == 0 and b.stats.invalid == 0
     finally:
         await other.close()
+
+
+async def test_a_gateway_cannot_listen_to_what_is_sent_to_another_gateway(
+    nats_cluster: NatsCluster,
+) -> None:
+    """Gateway a's NATS user may not subscribe to the informs other gateways address to b's
+    agents, nor to the commands published into the site's stream for b: refused by the
+    server, nothing received; b's agent gets its inform."""
+    box = Mailbox(THERMOSTAT)
+    errors = NatsErrors()
+    eavesdropper = await connect(nats_settings(nats_cluster, "hq-a"), "eavesdropper", errors)
+    overheard: list[str] = []
+
+    async def overhear(msg: nats.aio.msg.Msg) -> None:
+        overheard.append(msg.subject)
+
+    try:
+        async with (
+            gateway(nats_cluster, "a") as a,
+            gateway(nats_cluster, "b", {THERMOSTAT: box}) as b,
+        ):
+            await b.listening()
+            for subject in (subjects.gateway_agents("hq", "b"),
+                            subjects.gateway_commands("hq", "b")):  # fmt: skip
+                await eavesdropper.subscribe(subject, cb=overhear)
+            await eavesdropper.flush()
+            await until(lambda: errors.by_kind.get("permissions", 0) >= 2,
+                        "the server's permissions violations")  # fmt: skip
+            inform = Envelope(performative=Performative.INFORM, sender=ZONE,
+                              receiver=THERMOSTAT, ontology="test")  # fmt: skip
+            await a.send(inform)
+            await a.send(command(20.0))
+            assert (await received(box)).ontology == "test"
+            assert CommandMsg.parse(await received(box)).value == 20.0
+            await eavesdropper.flush()
+            assert overheard == []
+    finally:
+        await eavesdropper.close()
 
 
 async def test_no_command_is_lost_or_doubled_when_the_stream_leader_is_killed(
@@ -638,7 +680,10 @@ async def test_a_forged_or_replayed_batch_is_refused_and_counted_and_each_envelo
     async def capture(msg: nats.aio.msg.Msg) -> None:
         captured.put_nowait(msg.data)
 
-    await intruder.subscribe(subject, cb=capture)
+    # What it replays it overheard on the network (a gateway's user may not subscribe to
+    # another gateway's commands): captured here with the cluster's own credentials.
+    sniffer = await nats.connect(nats_cluster.urls, user=ADMIN.name, password=ADMIN.password)
+    await sniffer.subscribe(subject, cb=capture)
     good, forged_sender = command(24.0), command(25.0).model_copy(update={"sender": "hacker"})
     try:
         async with (
@@ -662,3 +707,4 @@ async def test_a_forged_or_replayed_batch_is_refused_and_counted_and_each_envelo
             assert b.stats.invalid == 3
     finally:
         await intruder.close()
+        await sniffer.close()

@@ -107,7 +107,8 @@ def gateway_permissions(site_id: str, gateway_id: str) -> dict[str, Any]:
     coordinator's (create each with its own filter, pull from it, acknowledge; only a lease
     holder pulls the coordinator's), the site's lease and state buckets, plus reply
     inboxes. Another site's
-    subjects and another gateway's commands are refused by the server."""
+    subjects, another gateway's commands, and (to subscribe) another gateway's informs are
+    refused by the server."""
     stream = stream_name(site_id)
     api = "$JS.API"
     buckets = lease_bucket(site_id), state_bucket(site_id)
@@ -141,5 +142,15 @@ def gateway_permissions(site_id: str, gateway_id: str) -> dict[str, Any]:
                 *(f"{api}.DIRECT.GET.KV_{b}.>" for b in buckets),
             ]
         },
-        "subscribe": {"allow": [f"{site_root(site_id)}.>", "_INBOX.>"]},
+        # Core NATS: the site's topics, what other gateways address to this one's agents and
+        # to the coordinator's queue (a candidate's), replies; not another gateway's informs,
+        # nor the commands published into the stream for another gateway.
+        "subscribe": {
+            "allow": [
+                f"{site_root(site_id)}.agent.>",
+                gateway_agents(site_id, gateway_id),
+                gateway_agents(site_id, COORDINATOR_QUEUE),
+                "_INBOX.>",
+            ]
+        },
     }
