@@ -213,6 +213,7 @@ class NatsBus(InProcessBus):
         self.nc = nc = await connect(
             self.settings, f"buildingd-{self.site_id}-{self.gateway_id}", self.errors
         )
+        heard = list(self._heard)  # before the connection; later ones: ``subscribe`` subscribes
         self.js = nc.jetstream(timeout=PUBLISH_TIMEOUT_S)
         # What other gateways address to this gateway's agents (and, on a candidate, to the
         # coordinator wherever it runs: the leader's takes it).
@@ -221,7 +222,7 @@ class NatsBus(InProcessBus):
             queues.append(subjects.COORDINATOR_QUEUE)
         for queue in queues:
             await self._hear(subjects.gateway_agents(self.site_id, queue))
-        for address in self._heard:
+        for address in heard:
             await self._hear_topic(address)
         config = StreamConfig(
             name=self.stream,
@@ -360,7 +361,7 @@ class NatsBus(InProcessBus):
         await self.published(STOP_FLUSH_S)
         for task in list(self.publishing):
             task.cancel()
-        for task in self._subscribing:
+        for task in list(self._subscribing):
             task.cancel()
         for sub in (*self._subs_core, self._pull, self._coordinator_pull):
             if sub is not None:
