@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -199,7 +200,10 @@ async def test_forged_and_replayed_commands_are_refused_and_counted(
     async def capture(msg: nats.aio.msg.Msg) -> None:
         captured.put_nowait(msg.data)
 
-    await intruder.subscribe(subject, cb=capture)
+    # What it replays it overheard on the network (a gateway's user may not subscribe to
+    # another gateway's commands): captured here with the cluster's own credentials.
+    sniffer = await nats.connect(nats_cluster.urls, user=ADMIN.name, password=ADMIN.password)
+    await sniffer.subscribe(subject, cb=capture)
     try:
         async with (
             gateway(nats_cluster, "a") as a,
@@ -219,6 +223,7 @@ async def test_forged_and_replayed_commands_are_refused_and_counted(
             assert b.stats.invalid == 2
     finally:
         await intruder.close()
+        await sniffer.close()
 
 
 async def test_every_kind_of_bad_message_is_refused_counted_and_logged_once(
@@ -229,7 +234,8 @@ async def test_every_kind_of_bad_message_is_refused_counted_and_logged_once(
     # reaching the agent, each reason logged once, and the bus goes on after them.
     box = Mailbox(THERMOSTAT, overflow="block")
     intruder = await nats.connect(servers=nats_cluster.urls, user="hq-a", password="pw-hq-a")
-    subject = subjects.agent_subject("hq", THERMOSTAT)  # core NATS: judged by b's own clock
+    # core NATS, to b's agent: judged by b's own clock
+    subject = subjects.gateway_agent_subject("hq", "b", THERMOSTAT)
     good = command(20.0).model_dump(mode="json")
     content = good["content"]
     sealer = BusSealer(KEY, "gw-x")
@@ -316,6 +322,71 @@ async def test_an_envelope_for_an_agent_of_this_gateway_stays_off_nats(
         await watcher.close()
 
 
+async def heard(send: Callable[[], Awaitable[None]], box: Mailbox) -> Envelope:
+    """What ``send`` sends, once ``box`` has it: sent again each second until then (a new
+    subscription reaches the cluster's other nodes soon after; core NATS drops what is sent
+    before)."""
+    async with asyncio.timeout(WAIT_S):
+        while True:
+            await send()
+            with contextlib.suppress(TimeoutError):
+                return await asyncio.wait_for(box.get(), 1.0)
+
+
+async def test_a_gateway_takes_from_nats_only_what_its_agents_listen_to(
+    nats_cluster: NatsCluster,
+) -> None:
+    """The server sends gateway b only informs for a topic one of b's agents listens to and
+    for b's own agents: not the other topics (a 1,000-zone round's readings and states, which
+    b would parse only to drop), nor b's own messages back."""
+    zone, thermostat = Mailbox(ZONE), Mailbox(THERMOSTAT)
+
+    def inform(receiver: str, value: float = 0.0) -> Envelope:
+        return Envelope(performative=Performative.INFORM, sender="daemon", receiver=receiver,
+                        ontology="test", content={"value": value})  # fmt: skip
+
+    async with (
+        gateway(nats_cluster, "a") as a,
+        gateway(nats_cluster, "b", {"readings/z1": zone, THERMOSTAT: thermostat}) as b,
+    ):
+        await b.listening()
+        await heard(lambda: a.send(inform("readings/z1")), zone)
+        await asyncio.sleep(1.0)  # a copy sent before the one that came, then dropped
+        while zone.get_nowait() is not None:
+            pass
+        before = b.core_received
+        await b.send(inform("readings/z1", 1.0))  # delivered here; not sent back by NATS
+        assert (await received(zone)).content == {"value": 1.0}
+        await b.nc.flush()  # type: ignore[union-attr]
+        for n in range(100):
+            await a.send(inform("readings/z2", n))  # nobody on b listens to these
+            await a.send(inform("zone-state", n))
+        await a.send(inform(THERMOSTAT, 2.0))  # b's agent: on b's own subject
+        await a.send(inform("readings/z1", 3.0))  # a's messages come in order: the last
+        assert (await received(thermostat)).content == {"value": 2.0}
+        assert (await received(zone)).content == {"value": 3.0}
+        assert b.core_received - before == 2
+        assert b.stats.invalid == 0
+
+
+async def test_an_inform_for_the_coordinator_reaches_the_gateway_that_leads(
+    nats_cluster: NatsCluster,
+) -> None:
+    """Gateway a does not lead: what it says to the coordinator (here its demand-response
+    topic) goes to the coordinator's queue on core NATS too, which the leader b hears."""
+    box = Mailbox("coordinator")
+    async with (
+        gateway(nats_cluster, "a", leads=lambda: False) as a,
+        gateway(nats_cluster, "b", {DEMAND_RESPONSE_TOPIC: box}, leads=lambda: True) as b,
+    ):
+        await b.listening()
+        inform = Envelope(performative=Performative.INFORM, sender="daemon",
+                          receiver=DEMAND_RESPONSE_TOPIC, ontology="test")  # fmt: skip
+        got = await heard(lambda: a.send(inform), box)
+        assert (got.sender, got.ontology) == ("daemon", "test")
+        assert a.stats.unpublished == 0 and b.stats.invalid == 0
+
+
 async def test_an_envelope_not_published_is_counted_and_logged() -> None:
     # Not connected (no cluster at all): a command for another gateway cannot go out; it is
     # counted by kind, never raised into the sending agent.
@@ -356,6 +427,44 @@ async def test_a_gateway_of_one_site_cannot_reach_another_site_s_subjects(
             assert len(box) == 0 and b.stats.invalid == 0
     finally:
         await other.close()
+
+
+async def test_a_gateway_cannot_listen_to_what_is_sent_to_another_gateway(
+    nats_cluster: NatsCluster,
+) -> None:
+    """Gateway a's NATS user may not subscribe to the informs other gateways address to b's
+    agents, nor to the commands published into the site's stream for b: refused by the
+    server, nothing received; b's agent gets its inform."""
+    box = Mailbox(THERMOSTAT)
+    errors = NatsErrors()
+    eavesdropper = await connect(nats_settings(nats_cluster, "hq-a"), "eavesdropper", errors)
+    overheard: list[str] = []
+
+    async def overhear(msg: nats.aio.msg.Msg) -> None:
+        overheard.append(msg.subject)
+
+    try:
+        async with (
+            gateway(nats_cluster, "a") as a,
+            gateway(nats_cluster, "b", {THERMOSTAT: box}) as b,
+        ):
+            await b.listening()
+            for subject in (subjects.gateway_agents("hq", "b"),
+                            subjects.gateway_commands("hq", "b")):  # fmt: skip
+                await eavesdropper.subscribe(subject, cb=overhear)
+            await eavesdropper.flush()
+            await until(lambda: errors.by_kind.get("permissions", 0) >= 2,
+                        "the server's permissions violations")  # fmt: skip
+            inform = Envelope(performative=Performative.INFORM, sender=ZONE,
+                              receiver=THERMOSTAT, ontology="test")  # fmt: skip
+            await a.send(inform)
+            await a.send(command(20.0))
+            assert (await received(box)).ontology == "test"
+            assert CommandMsg.parse(await received(box)).value == 20.0
+            await eavesdropper.flush()
+            assert overheard == []
+    finally:
+        await eavesdropper.close()
 
 
 async def test_no_command_is_lost_or_doubled_when_the_stream_leader_is_killed(
@@ -571,7 +680,10 @@ async def test_a_forged_or_replayed_batch_is_refused_and_counted_and_each_envelo
     async def capture(msg: nats.aio.msg.Msg) -> None:
         captured.put_nowait(msg.data)
 
-    await intruder.subscribe(subject, cb=capture)
+    # What it replays it overheard on the network (a gateway's user may not subscribe to
+    # another gateway's commands): captured here with the cluster's own credentials.
+    sniffer = await nats.connect(nats_cluster.urls, user=ADMIN.name, password=ADMIN.password)
+    await sniffer.subscribe(subject, cb=capture)
     good, forged_sender = command(24.0), command(25.0).model_copy(update={"sender": "hacker"})
     try:
         async with (
@@ -595,3 +707,4 @@ async def test_a_forged_or_replayed_batch_is_refused_and_counted_and_each_envelo
             assert b.stats.invalid == 3
     finally:
         await intruder.close()
+        await sniffer.close()

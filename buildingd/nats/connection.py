@@ -72,6 +72,7 @@ async def connect(settings: NatsSettings, name: str, errors: NatsErrors) -> nats
             ping_interval=PING_INTERVAL_S,
             max_outstanding_pings=MAX_OUTSTANDING_PINGS,
             error_cb=errors.handle,
+            no_echo=True,  # the bus delivers its own messages in process, never from NATS
         )
     except (OSError, nats.errors.Error) as err:
         where = ", ".join(settings.servers)

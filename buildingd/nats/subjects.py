@@ -1,9 +1,13 @@
 """Names on the NATS side of one site, pure: agent subjects, the site's command stream and its
 per-gateway consumers, and the permissions a gateway's NATS user needs (nothing outside its site).
 
-Subjects: ``buildingd.<site>.agent.<address>`` (core NATS: readings, states, negotiation) and
-``buildingd.<site>.cmd.<gateway>.<address>`` (kept in the site's stream until the gateway that
-hosts the receiver takes and acknowledges them; ``...cmd.<gateway>._batch`` carries several).
+Subjects on core NATS: ``buildingd.<site>.at.<gateway>.<address>`` (an inform to an agent whose
+gateway the sender knows: each gateway subscribes to its own, one wildcard) and
+``buildingd.<site>.agent.<address>`` (a topic, or an agent of no known gateway: a gateway
+subscribes to each address its own agents listen to, so the server drops what nobody there
+wants). In the site's stream: ``buildingd.<site>.cmd.<gateway>.<address>`` (kept until the
+gateway that hosts the receiver takes and acknowledges it; ``...cmd.<gateway>._batch`` carries
+several).
 An address token is the agent address with ``%``, ``.``, ``*``, ``>``, whitespace and
 non-ASCII percent-encoded (NATS splits on ``.`` and reads ``*`` and ``>`` as wildcards).
 """
@@ -38,6 +42,15 @@ def site_root(site_id: str) -> str:
 
 def agent_subject(site_id: str, address: str) -> str:
     return f"{site_root(site_id)}.agent.{address_token(address)}"
+
+
+def gateway_agent_subject(site_id: str, gateway_id: str, address: str) -> str:
+    return f"{site_root(site_id)}.at.{address_token(gateway_id)}.{address_token(address)}"
+
+
+def gateway_agents(site_id: str, gateway_id: str) -> str:
+    """What one gateway subscribes to for the informs other gateways address to its agents."""
+    return f"{site_root(site_id)}.at.{address_token(gateway_id)}.>"
 
 
 def command_subject(site_id: str, gateway_id: str, address: str) -> str:
@@ -94,7 +107,8 @@ def gateway_permissions(site_id: str, gateway_id: str) -> dict[str, Any]:
     coordinator's (create each with its own filter, pull from it, acknowledge; only a lease
     holder pulls the coordinator's), the site's lease and state buckets, plus reply
     inboxes. Another site's
-    subjects and another gateway's commands are refused by the server."""
+    subjects, another gateway's commands, and (to subscribe) another gateway's informs are
+    refused by the server."""
     stream = stream_name(site_id)
     api = "$JS.API"
     buckets = lease_bucket(site_id), state_bucket(site_id)
@@ -128,5 +142,15 @@ def gateway_permissions(site_id: str, gateway_id: str) -> dict[str, Any]:
                 *(f"{api}.DIRECT.GET.KV_{b}.>" for b in buckets),
             ]
         },
-        "subscribe": {"allow": [f"{site_root(site_id)}.>", "_INBOX.>"]},
+        # Core NATS: the site's topics, what other gateways address to this one's agents and
+        # to the coordinator's queue (a candidate's), replies; not another gateway's informs,
+        # nor the commands published into the stream for another gateway.
+        "subscribe": {
+            "allow": [
+                f"{site_root(site_id)}.agent.>",
+                gateway_agents(site_id, gateway_id),
+                gateway_agents(site_id, COORDINATOR_QUEUE),
+                "_INBOX.>",
+            ]
+        },
     }

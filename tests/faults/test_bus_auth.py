@@ -31,7 +31,7 @@ SITE = "demo-office"
 THERMOSTAT = "device[f1-meeting-thermostat]"
 # One gateway (the demo declares no ``gateways:``): its id is "main", every agent runs in it.
 STREAM_SUBJECT = subjects.command_subject(SITE, "main", THERMOSTAT)
-CORE_SUBJECT = subjects.agent_subject(SITE, THERMOSTAT)
+CORE_SUBJECT = subjects.gateway_agent_subject(SITE, "main", THERMOSTAT)
 FORGED_C = 27.5  # what the attacker asks for: above any band of the demo policy
 
 
