@@ -18,10 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import nats.errors
+import nats.js
+
 from buildingd.nats.server_bin import server_binary
 from tests.conftest import free_port
 
 START_TIMEOUT_S = 60.0  # a generous bound for a loaded 2-core machine
+STORE_TIMEOUT_S = 60.0
 
 
 @dataclass
@@ -276,3 +280,22 @@ TEST_USERS = [
     gateway_user("demo-office", "devices"),
     gateway_user("demo-office", "zones"),
 ]
+
+
+async def publish_stored(
+    js: nats.js.JetStreamContext, subject: str, body: bytes, msg_id: str
+) -> None:
+    """Publish into a stream until it acknowledges. A stream's subjects reach the other nodes
+    a moment after it is created (and while it elects a leader), and a publish through one of
+    them meanwhile has no responders; the same ``Nats-Msg-Id`` makes a retry after a lost
+    acknowledgement a duplicate, not a second copy."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + STORE_TIMEOUT_S
+    while True:
+        try:
+            await js.publish(subject, body, headers={"Nats-Msg-Id": msg_id}, timeout=2)
+            return
+        except nats.errors.Error:
+            if loop.time() > deadline:
+                raise
+            await asyncio.sleep(0.2)

@@ -35,7 +35,7 @@ from buildingd.nats.connection import NatsErrors, connect
 from buildingd.nats.seal import BusSealer
 from buildingd.settings import NatsSettings
 from tests.conftest import until
-from tests.nats_cluster import ADMIN, NatsCluster
+from tests.nats_cluster import ADMIN, NatsCluster, publish_stored
 
 pytestmark = pytest.mark.nats
 
@@ -211,13 +211,13 @@ async def test_forged_and_replayed_commands_are_refused_and_counted(
         ):
             forger = BusSealer(b"not the site key, but long enough", "intruder")
             forged = forger.seal(subject, command(35.0).model_dump(mode="json"))
-            await js.publish(subject, forged, headers={"Nats-Msg-Id": "forged-1"})
+            await publish_stored(js, subject, forged, "forged-1")
             await a.send(command(20.0))
             genuine = await asyncio.wait_for(captured.get(), WAIT_S)
             while json.loads(genuine)["origin"] != a.origin:  # the forged one went by first
                 genuine = await asyncio.wait_for(captured.get(), WAIT_S)
             assert json.loads(genuine)["envelope"]["content"]["value"] == 20.0
-            await js.publish(subject, genuine, headers={"Nats-Msg-Id": "replay-1"})
+            await publish_stored(js, subject, genuine, "replay-1")
             assert await values_until_sentinel(a, box) == [20.0]
             assert b.invalid_by_reason == {"unauthenticated": 1, "replayed": 1}
             assert b.stats.invalid == 2
@@ -692,15 +692,15 @@ async def test_a_forged_or_replayed_batch_is_refused_and_counted_and_each_envelo
         ):
             forger = BusSealer(b"not the site key, but long enough", "intruder")
             batch = [command(35.0).model_dump(mode="json"), command(36.0).model_dump(mode="json")]
-            await js.publish(subject, forger.seal(subject, batch), headers={"Nats-Msg-Id": "f-1"})
+            await publish_stored(js, subject, forger.seal(subject, batch), "f-1")
             mixed = [good.model_dump(mode="json"), forged_sender.model_dump(mode="json")]
             insider = BusSealer(KEY, "gw-x")  # holds the key: still no forged sender gets in
-            await js.publish(subject, insider.seal(subject, mixed), headers={"Nats-Msg-Id": "m-1"})
+            await publish_stored(js, subject, insider.seal(subject, mixed), "m-1")
             await sent_in_one_turn(a, [20.0, 21.0])
             genuine = await asyncio.wait_for(captured.get(), WAIT_S)
             while json.loads(genuine)["origin"] != a.origin:  # the others went by first
                 genuine = await asyncio.wait_for(captured.get(), WAIT_S)
-            await js.publish(subject, genuine, headers={"Nats-Msg-Id": "replay-1"})
+            await publish_stored(js, subject, genuine, "replay-1")
             assert await values_until_sentinel(a, box) == [24.0, 20.0, 21.0]
             assert b.invalid_by_reason == {"unauthenticated": 1, "forged sender": 1,
                                            "replayed": 1}  # fmt: skip

@@ -9,7 +9,7 @@ import nats
 import pytest
 from nats.js.api import StorageType, StreamConfig
 
-from tests.nats_cluster import ADMIN, NatsCluster, NatsNode
+from tests.nats_cluster import ADMIN, NatsCluster, NatsNode, publish_stored
 
 pytestmark = pytest.mark.nats
 
@@ -59,18 +59,7 @@ async def test_a_replicated_stream_keeps_its_messages_when_its_leader_is_killed(
 
 
 async def publish_retrying(js: nats.js.JetStreamContext, i: int) -> None:
-    """Publish message ``i`` until the stream acknowledges it; the same ``Nats-Msg-Id`` makes a
-    retry after a lost acknowledgement a duplicate, not a second copy."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 60
-    while loop.time() < deadline:
-        try:
-            await js.publish("r3.x", f"{i}".encode(), headers={"Nats-Msg-Id": f"m{i}"},
-                             timeout=2)  # fmt: skip
-            return
-        except nats.errors.Error:  # no responders, timeouts: the stream is electing a leader
-            await asyncio.sleep(0.2)  # backoff between tries
-    pytest.fail(f"message {i} not stored within 60 s")
+    await publish_stored(js, "r3.x", f"{i}".encode(), f"m{i}")
 
 
 async def until_new_leader(js: nats.js.JetStreamContext, old: str) -> None:
