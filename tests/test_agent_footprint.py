@@ -34,9 +34,9 @@ def test_a_polled_device_keeps_no_task_waiting_for_updates(tmp_path: Path) -> No
             t.get_name() for t in asyncio.all_tasks()
             if "wait_update" in getattr(t.get_coro(), "__qualname__", "")
         ]  # fmt: skip
-        unfinished_starts = [
-            c.name for c in daemon.supervisor.children.values() if c.ready is not None
-        ]  # type: ignore[union-attr]
+        assert daemon.supervisor is not None
+        children = daemon.supervisor.children.values()
+        unfinished_starts = [c.name for c in children if c.ready is not None]
         await task
         return len(polled), waiting, unfinished_starts
 
